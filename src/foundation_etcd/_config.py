@@ -1,0 +1,242 @@
+"""Configuration: one frozen object, from arguments or ``FOUNDATION_ETCD_*`` variables.
+
+Every value is checked when the object is built, so a mistake surfaces at start-up with the
+name of the setting, not as a timeout later:
+
+* at least one endpoint, each ``host:port`` (an ``http://`` or ``https://`` scheme is
+  accepted; ``https`` requires a CA);
+* TLS files exist and are readable PEM; a client certificate comes with its key;
+* a user comes with a password;
+* session timings satisfy ``ttl > step_down + keepalive_interval`` and
+  ``step_down > 1.2 * keepalive_interval`` (DESIGN.md, Session): the first leaves at least
+  one keepalive round between the last acknowledgement and the local deadline, the second
+  lets a keepalive be retried once before the process steps down.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ._errors import ConfigurationError
+from ._keys import Keyspace, validate_id
+
+__all__ = ["Config"]
+
+ENV_PREFIX = "FOUNDATION_ETCD_"
+_MIN_TTL = 2.0  # etcd never grants less than about 2 s with default election timing
+
+
+def _positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(name, f"must be a number of seconds, not {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(name, f"must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def _endpoint(raw: str) -> tuple[str, bool]:
+    """Normalise one endpoint to ``host:port``; return it and whether it asked for TLS."""
+    text = raw.strip()
+    tls = False
+    for scheme in ("http://", "https://"):
+        if text.startswith(scheme):
+            tls = scheme == "https://"
+            text = text[len(scheme) :]
+    text = text.rstrip("/")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or "/" in text:
+        raise ConfigurationError("endpoints", f"{raw!r} is not host:port")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError("endpoints", f"{raw!r} has no valid port")
+    if host == "localhost":
+        host = "127.0.0.1"  # avoid resolver ambiguity between ::1 and 127.0.0.1
+    return f"{host}:{int(port)}", tls
+
+
+def _pem(name: str, path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(name, f"cannot read {str(path)!r}: {exc.strerror}") from exc
+    if b"-----BEGIN " not in data:
+        raise ConfigurationError(name, f"{str(path)!r} is not a PEM file")
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """How to reach etcd, where to keep keys, and the session's timings.
+
+    Attributes:
+        endpoints: etcd client endpoints, ``host:port``; requests are balanced over them and
+            fail over between them.
+        namespace: top-level key namespace (an id).
+        tenant: tenant within the namespace (an id); all keys live under
+            ``/{namespace}/{tenant}/``.
+        ca_cert: PEM file of the CA that signed the etcd servers' certificates; enables TLS.
+        client_cert: PEM client certificate for mutual TLS (needs ``client_key``).
+        client_key: PEM private key of ``client_cert``.
+        server_name: name to verify in the server certificate, when it differs from the
+            endpoint host (needed with several IP endpoints and TLS).
+        user: etcd user for authentication (needs ``password``).
+        password: the user's password.
+        ttl: lease time-to-live asked of etcd, seconds.
+        keepalive_interval: seconds between keepalives; default ``ttl / 3``.
+        step_down: seconds before etcd could expire the lease at which the process stops
+            acting for it; default ``ttl / 2``.
+        request_timeout: deadline of one unary request, seconds.
+        connect_timeout: how long ``connect`` waits for a first answer, seconds.
+        grpc_keepalive_time: seconds between HTTP/2 pings on an idle connection, so that a
+            blackholed connection is noticed (etcd refuses pings more often than every 5 s).
+        grpc_keepalive_timeout: seconds to wait for a ping's answer before the connection
+            is declared dead.
+        watch_progress_interval: a watch stream silent this long is asked for progress; one
+            silent for twice as long is restarted.
+    """
+
+    endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
+    namespace: str = "foundation"
+    tenant: str = "default"
+    ca_cert: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    server_name: str | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ttl: float = 10.0
+    keepalive_interval: float | None = None
+    step_down: float | None = None
+    request_timeout: float = 5.0
+    connect_timeout: float = 5.0
+    grpc_keepalive_time: float = 5.0
+    grpc_keepalive_timeout: float = 3.0
+    watch_progress_interval: float = 5.0
+
+    def __post_init__(self) -> None:
+        raw = self.endpoints
+        if isinstance(raw, str):
+            raw = tuple(e for e in raw.split(",") if e.strip())
+        if not isinstance(raw, Sequence) or not raw:
+            raise ConfigurationError("endpoints", "at least one endpoint is required")
+        parsed = [_endpoint(str(e)) for e in raw]
+        object.__setattr__(self, "endpoints", tuple(dict.fromkeys(e for e, _ in parsed)))
+        validate_id(self.namespace, "namespace")
+        validate_id(self.tenant, "tenant")
+
+        object.__setattr__(self, "ca_cert", _pem("ca_cert", self.ca_cert))
+        object.__setattr__(self, "client_cert", _pem("client_cert", self.client_cert))
+        object.__setattr__(self, "client_key", _pem("client_key", self.client_key))
+        if any(tls for _, tls in parsed) and self.ca_cert is None:
+            raise ConfigurationError("ca_cert", "an https:// endpoint needs a CA certificate")
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ConfigurationError("client_cert", "client_cert and client_key go together")
+        if self.client_cert is not None and self.ca_cert is None:
+            raise ConfigurationError("ca_cert", "mutual TLS needs a CA certificate")
+        if (self.user is None) != (self.password is None):
+            raise ConfigurationError("user", "user and password go together")
+
+        ttl = _positive("ttl", self.ttl)
+        if ttl < _MIN_TTL:
+            raise ConfigurationError("ttl", f"must be at least {_MIN_TTL} s (etcd's minimum)")
+        interval = ttl / 3 if self.keepalive_interval is None else self.keepalive_interval
+        interval = _positive("keepalive_interval", interval)
+        step_down = ttl / 2 if self.step_down is None else self.step_down
+        step_down = _positive("step_down", step_down)
+        object.__setattr__(self, "ttl", ttl)
+        object.__setattr__(self, "keepalive_interval", interval)
+        object.__setattr__(self, "step_down", step_down)
+        if not ttl > step_down + interval:
+            raise ConfigurationError(
+                "ttl",
+                f"ttl ({ttl:g}) must exceed step_down ({step_down:g}) + "
+                f"keepalive_interval ({interval:g})",
+            )
+        if not step_down > 1.2 * interval:
+            raise ConfigurationError(
+                "step_down",
+                f"step_down ({step_down:g}) must exceed 1.2 x keepalive_interval ({interval:g})",
+            )
+        for name in (
+            "request_timeout",
+            "connect_timeout",
+            "grpc_keepalive_time",
+            "grpc_keepalive_timeout",
+            "watch_progress_interval",
+        ):
+            object.__setattr__(self, name, _positive(name, getattr(self, name)))
+
+    @property
+    def keyspace(self) -> Keyspace:
+        """The key layout of this namespace and tenant."""
+        return Keyspace(self.namespace, self.tenant)
+
+    @property
+    def tls(self) -> bool:
+        """Whether connections use TLS."""
+        return self.ca_cert is not None
+
+    @property
+    def safe_keepalive_interval(self) -> float:
+        """``keepalive_interval`` as a float (always set after construction)."""
+        assert self.keepalive_interval is not None
+        return self.keepalive_interval
+
+    @property
+    def safe_step_down(self) -> float:
+        """``step_down`` as a float (always set after construction)."""
+        assert self.step_down is not None
+        return self.step_down
+
+    def with_options(self, **changes: Any) -> Config:
+        """Return a copy with some settings changed, validated again."""
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Build a configuration from ``FOUNDATION_ETCD_*`` variables and arguments.
+
+        Variables are the upper-case field names with the prefix, e.g.
+        ``FOUNDATION_ETCD_ENDPOINTS=10.0.0.1:2379,10.0.0.2:2379``,
+        ``FOUNDATION_ETCD_TTL=15``, ``FOUNDATION_ETCD_CA_CERT=/etc/etcd/ca.pem``.
+        Arguments win over variables.
+
+        Args:
+            env: the environment to read; ``os.environ`` by default.
+            **overrides: settings that take precedence over the environment.
+
+        Raises:
+            ConfigurationError: for unknown keyword arguments or invalid values.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            text = env.get(ENV_PREFIX + f.name.upper())
+            if text is None or text == "":
+                continue
+            if f.name in ("ca_cert", "client_cert", "client_key"):
+                values[f.name] = Path(text)
+            elif f.name == "endpoints":
+                values[f.name] = tuple(e for e in text.split(",") if e.strip())
+            elif f.name in ("namespace", "tenant", "server_name", "user", "password"):
+                values[f.name] = text
+            else:
+                try:
+                    values[f.name] = float(text)
+                except ValueError:
+                    raise ConfigurationError(
+                        f.name, f"{ENV_PREFIX + f.name.upper()}={text!r} is not a number"
+                    ) from None
+        known = {f.name for f in fields(cls)}
+        for name in overrides:
+            if name not in known:
+                raise ConfigurationError(name, "unknown setting")
+        values.update(overrides)
+        return cls(**values)

@@ -1,0 +1,229 @@
+"""The one error tree of foundation_etcd.
+
+Every error the library raises on purpose derives from :class:`FoundationEtcdError`.
+gRPC errors are translated into this tree in the transport module and nowhere else::
+
+    FoundationEtcdError
+    ├── ConfigurationError (ValueError)      bad configuration, found at construction
+    ├── InvalidIdError (ValueError)          an id or name outside the allowed alphabet
+    ├── RequestTooLargeError (ValueError)    a value or request over etcd's 1.5 MiB limit
+    ├── TooManyOperationsError (ValueError)  a transaction over etcd's 128 operations
+    ├── EtcdError                            etcd answered with an error, or did not answer
+    │   ├── EtcdUnavailableError             no endpoint reachable / no leader; not applied
+    │   │   └── NoLeaderError                the member has no raft leader
+    │   ├── AmbiguousResultError             a write was sent, its outcome is unknown
+    │   ├── CompactedError                   the revision asked for was compacted away
+    │   ├── LeaseNotFoundError               the lease does not exist (expired or revoked)
+    │   ├── AuthError                        authentication failed or permission denied
+    │   └── EtcdServerError                  any other error etcd reported
+    ├── SessionError
+    │   ├── SessionClosedError               the session was closed by its owner
+    │   └── LeaseLostError                   the lease could no longer be proven alive
+    └── AgentExistsError                     an agent id is already registered and live
+
+Each class says when it is raised and carries the context needed to act on it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentExistsError",
+    "AmbiguousResultError",
+    "AuthError",
+    "CompactedError",
+    "ConfigurationError",
+    "EtcdError",
+    "EtcdServerError",
+    "EtcdUnavailableError",
+    "FoundationEtcdError",
+    "InvalidIdError",
+    "LeaseLostError",
+    "LeaseNotFoundError",
+    "NoLeaderError",
+    "RequestTooLargeError",
+    "SessionClosedError",
+    "SessionError",
+    "TooManyOperationsError",
+]
+
+
+class FoundationEtcdError(Exception):
+    """Base class of every error raised by foundation_etcd."""
+
+
+class ConfigurationError(FoundationEtcdError, ValueError):
+    """A configuration value is invalid; raised when the configuration is built.
+
+    Attributes:
+        field: the name of the offending setting.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class InvalidIdError(FoundationEtcdError, ValueError):
+    """An id or name is empty, too long, or holds a character outside ``[A-Za-z0-9._:-]``.
+
+    Raised before anything is sent to etcd.
+
+    Attributes:
+        kind: what the id names (``"agent id"``, ``"node id"``, ...).
+        value: the rejected value.
+    """
+
+    def __init__(self, kind: str, value: object, reason: str) -> None:
+        super().__init__(f"invalid {kind} {value!r}: {reason}")
+        self.kind = kind
+        self.value = value
+
+
+class RequestTooLargeError(FoundationEtcdError, ValueError):
+    """A value or a whole request is larger than etcd accepts (1.5 MiB by default).
+
+    Raised before the request is sent, so nothing is half-applied.
+
+    Attributes:
+        size: the size in bytes of what was to be sent.
+        limit: the limit in bytes.
+    """
+
+    def __init__(self, size: int, limit: int, what: str = "request") -> None:
+        super().__init__(f"{what} of {size} bytes exceeds etcd's limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class TooManyOperationsError(FoundationEtcdError, ValueError):
+    """A transaction has more operations (or compares) than etcd accepts (128 by default).
+
+    Raised before the transaction is sent.
+
+    Attributes:
+        count: the number of operations in the largest branch.
+        limit: the limit.
+    """
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(f"transaction with {count} operations exceeds etcd's limit of {limit}")
+        self.count = count
+        self.limit = limit
+
+
+class EtcdError(FoundationEtcdError):
+    """etcd answered a request with an error, or could not be reached.
+
+    Attributes:
+        code: the gRPC status code name (``"UNAVAILABLE"``...), or ``None``.
+        details: the message etcd or gRPC gave.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None, details: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details
+
+
+class EtcdUnavailableError(EtcdError):
+    """No etcd endpoint could serve the request, and it was not applied.
+
+    Reads raising this may be retried freely. Writes raise it only when the request is known
+    not to have reached etcd (connection refused before sending); otherwise they raise
+    :class:`AmbiguousResultError`.
+    """
+
+
+class NoLeaderError(EtcdUnavailableError):
+    """The etcd member has lost its raft leader; the request was not applied."""
+
+
+class AmbiguousResultError(EtcdError):
+    """A write was sent but no answer came back: it may or may not have been applied.
+
+    Never resend such a write blindly. Make it idempotent through its compares, or re-read
+    the keys it touches to learn its outcome.
+
+    Attributes:
+        operation: which request it was (``"put"``, ``"txn"``, ...).
+    """
+
+    def __init__(
+        self, message: str, *, operation: str, code: str | None = None, details: str = ""
+    ) -> None:
+        super().__init__(message, code=code, details=details)
+        self.operation = operation
+
+
+class CompactedError(EtcdError):
+    """The requested revision has been compacted away.
+
+    Attributes:
+        compact_revision: the oldest revision still available, when etcd said it (else 0).
+    """
+
+    def __init__(self, message: str, *, compact_revision: int = 0, details: str = "") -> None:
+        super().__init__(message, code="OUT_OF_RANGE", details=details)
+        self.compact_revision = compact_revision
+
+
+class LeaseNotFoundError(EtcdError):
+    """The lease does not exist: it expired or was revoked.
+
+    Attributes:
+        lease_id: the lease asked for.
+    """
+
+    def __init__(self, lease_id: int, *, details: str = "") -> None:
+        super().__init__(f"lease {lease_id:x} not found", code="NOT_FOUND", details=details)
+        self.lease_id = lease_id
+
+
+class AuthError(EtcdError):
+    """Authentication failed, or the user lacks permission for the keys touched."""
+
+
+class EtcdServerError(EtcdError):
+    """etcd reported an error that has no more specific class here."""
+
+
+class SessionError(FoundationEtcdError):
+    """Base class of session errors."""
+
+
+class SessionClosedError(SessionError):
+    """The session was closed by its owner; nothing more can be bound to it."""
+
+
+class LeaseLostError(SessionError):
+    """The session's lease could no longer be proven alive, so work bound to it stopped.
+
+    Raised in work that was bound to the lease (and cancelled), or when binding to a lease
+    that is already lost. The session itself goes on with a new lease.
+
+    Attributes:
+        lease_id: the lost lease.
+    """
+
+    def __init__(self, lease_id: int, reason: str = "") -> None:
+        text = f"lease {lease_id:x} lost"
+        super().__init__(f"{text}: {reason}" if reason else text)
+        self.lease_id = lease_id
+        self.reason = reason
+
+
+class AgentExistsError(FoundationEtcdError):
+    """An agent id is already registered and live.
+
+    Attributes:
+        agent_id: the id asked for.
+        node_id: the node that holds it, when known.
+        lease_id: the lease that holds it.
+    """
+
+    def __init__(self, agent_id: str, *, node_id: str | None, lease_id: int) -> None:
+        holder = f"node {node_id!r}" if node_id else "another holder"
+        super().__init__(f"agent {agent_id!r} is already live on {holder} (lease {lease_id:x})")
+        self.agent_id = agent_id
+        self.node_id = node_id
+        self.lease_id = lease_id

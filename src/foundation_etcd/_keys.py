@@ -1,0 +1,179 @@
+"""Key layout and id validation.
+
+Every key the library writes is built here, under ``/{namespace}/{tenant}/`` so that one etcd
+role per tenant can confine the tenant to its prefix. Settings a tenant must not change (its
+quota limits) live under ``/{namespace}/_system/``: ``_`` is not allowed in ids, so no tenant
+can be named ``_system``.
+
+Ids (node, agent, tenant, namespace, election, lock, resource names) are 1-128 characters of
+``[A-Za-z0-9._:-]``; anything else raises :class:`InvalidIdError` before etcd is asked.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ._errors import InvalidIdError
+
+__all__ = ["Keyspace", "prefix_end", "validate_id"]
+
+MAX_ID_LENGTH = 128
+_ID_RE = re.compile(r"[A-Za-z0-9._:-]+")
+
+
+def validate_id(value: object, kind: str = "id") -> str:
+    """Check that ``value`` is a valid id and return it.
+
+    Args:
+        value: the candidate id.
+        kind: what the id names, used in the error message.
+
+    Returns:
+        The id, unchanged.
+
+    Raises:
+        InvalidIdError: when ``value`` is not a string of 1-128 characters of
+            ``[A-Za-z0-9._:-]``, or is ``.`` or ``..``.
+    """
+    if not isinstance(value, str):
+        raise InvalidIdError(kind, value, f"must be a str, not {type(value).__name__}")
+    if not value:
+        raise InvalidIdError(kind, value, "must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidIdError(kind, value, f"longer than {MAX_ID_LENGTH} characters")
+    if _ID_RE.fullmatch(value) is None:
+        bad = next(c for c in value if _ID_RE.fullmatch(c) is None)
+        what = "'/'" if bad == "/" else repr(bad)
+        if not bad.isprintable():
+            what = f"control character {bad!r}"
+        raise InvalidIdError(kind, value, f"contains {what}; allowed are A-Z a-z 0-9 . _ : -")
+    if value in (".", ".."):
+        raise InvalidIdError(kind, value, "'.' and '..' are reserved")
+    return value
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    r"""Return the ``range_end`` that makes a range cover every key starting with ``prefix``.
+
+    Args:
+        prefix: a non-empty key prefix.
+
+    Returns:
+        The smallest key greater than every key with that prefix (``b"\0"`` for all keys).
+    """
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\0"
+
+
+@dataclass(frozen=True, slots=True)
+class Keyspace:
+    """The keys of one namespace and tenant.
+
+    Attributes:
+        namespace: the top-level namespace (an id).
+        tenant: the tenant (an id).
+    """
+
+    namespace: str = "foundation"
+    tenant: str = "default"
+
+    def __post_init__(self) -> None:
+        validate_id(self.namespace, "namespace")
+        validate_id(self.tenant, "tenant")
+
+    @property
+    def prefix(self) -> bytes:
+        """The tenant's prefix, ``/{namespace}/{tenant}/``."""
+        return f"/{self.namespace}/{self.tenant}/".encode()
+
+    @property
+    def system_prefix(self) -> bytes:
+        """The prefix of settings the tenant may read but not change."""
+        return f"/{self.namespace}/_system/".encode()
+
+    def key(self, *parts: str) -> bytes:
+        """Join ``parts`` under the tenant prefix (parts are not validated here)."""
+        return self.prefix + "/".join(parts).encode()
+
+    def relative(self, key: bytes) -> str:
+        """Return ``key`` without the tenant prefix.
+
+        Raises:
+            ValueError: when ``key`` is not under this tenant's prefix.
+        """
+        if not key.startswith(self.prefix):
+            raise ValueError(f"key {key!r} is outside {self.prefix!r}")
+        return key[len(self.prefix) :].decode()
+
+    # nodes ---------------------------------------------------------------------------------
+    def nodes_prefix(self) -> bytes:
+        """Prefix of node announcements."""
+        return self.key("nodes", "")
+
+    def node(self, node_id: str) -> bytes:
+        """Announcement of one node (under its session lease)."""
+        return self.key("nodes", validate_id(node_id, "node id"))
+
+    # agents --------------------------------------------------------------------------------
+    def agents_live_prefix(self) -> bytes:
+        """Prefix of live agent registrations."""
+        return self.key("agents", "live", "")
+
+    def agent_live(self, agent_id: str) -> bytes:
+        """Live registration of one agent (under the hosting lease)."""
+        return self.key("agents", "live", validate_id(agent_id, "agent id"))
+
+    def agent_spec(self, agent_id: str) -> bytes:
+        """Desired agent: class, args, placement (no lease)."""
+        return self.key("agents", "spec", validate_id(agent_id, "agent id"))
+
+    def agent_assign(self, agent_id: str) -> bytes:
+        """Node chosen by placement (no lease)."""
+        return self.key("agents", "assign", validate_id(agent_id, "agent id"))
+
+    def agent_state(self, agent_id: str) -> bytes:
+        """Last state checkpoint of an agent (no lease)."""
+        return self.key("agents", "state", validate_id(agent_id, "agent id"))
+
+    # election and locks --------------------------------------------------------------------
+    def election_prefix(self, name: str) -> bytes:
+        """Prefix of the candidates of one election."""
+        return self.key("elections", validate_id(name, "election name"), "")
+
+    def lock_prefix(self, name: str) -> bytes:
+        """Prefix of the waiters of one lock."""
+        return self.key("locks", validate_id(name, "lock name"), "")
+
+    # quotas --------------------------------------------------------------------------------
+    def quota_queue_prefix(self, resource: str) -> bytes:
+        """Prefix of the reservation queue of one resource."""
+        return self.key("quotas", validate_id(resource, "resource"), "queue", "")
+
+    def quota_limit(self, resource: str) -> bytes:
+        """The tenant's limit for one resource, outside the tenant prefix."""
+        return self.system_prefix + (
+            f"limits/{self.tenant}/{validate_id(resource, 'resource')}".encode()
+        )
+
+    def node_reservation(self, node_id: str, agent_id: str) -> bytes:
+        """Node capacity taken by a placed agent (no lease)."""
+        return self.key(
+            "nodes-res", validate_id(node_id, "node id"), validate_id(agent_id, "agent id")
+        )
+
+    # signals -------------------------------------------------------------------------------
+    def inbox(self, agent_id: str, msg_id: str) -> bytes:
+        """One signal waiting for its agent."""
+        return self.key(
+            "inbox", validate_id(agent_id, "agent id"), validate_id(msg_id, "message id")
+        )
+
+    def topic(self, topic: str, msg_id: str) -> bytes:
+        """One broadcast on a topic."""
+        return self.key("topics", validate_id(topic, "topic"), validate_id(msg_id, "message id"))

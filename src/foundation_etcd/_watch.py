@@ -1,0 +1,348 @@
+"""Reliable watches and the watched view that other modules use as their cache.
+
+:func:`open_view` keeps an in-memory copy of every key under a prefix, equal to what a fresh
+list would return at :attr:`WatchedView.revision`:
+
+1. list the prefix with a linearizable read (paged, one snapshot) at revision ``R``;
+2. watch from ``R + 1``; apply each event batch whose revision is above the last applied one
+   (older or repeated events are dropped);
+3. after a broken stream, resume from the last applied revision + 1;
+4. when that revision has been compacted, list again and apply the difference as changes;
+5. a stream silent for ``watch_progress_interval`` is asked for progress; one silent for
+   twice as long is restarted. Streams carry ``hasleader``, so a member cut off from the
+   raft leader cancels them and the view moves to another member.
+
+Guarantees:
+    * After the view has applied revision ``N``, its items equal a linearizable list of the
+      prefix at ``N``; change callbacks see every change once, in revision order (changes
+      found by a re-list after compaction are reported together, at the new revision).
+    * :meth:`WatchedView.wait_for` returns once the view has caught up to a revision,
+      learned from events or from progress notifications. On etcd < 3.5.8 a progress answer
+      may, in a narrow race, overtake an event of the same revision; code that needs its
+      own write to be visible should wait for that key's revision with
+      :meth:`WatchedView.wait_for_key`.
+    * The view never blocks on a slow subscriber: subscriptions buffer without bound.
+    * While etcd is unreachable the view keeps its last state and retries;
+      :attr:`WatchedView.connected` tells whether a stream is up. An authentication or
+      permission error stops it; ``wait_for`` then raises that error.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._errors import AuthError, EtcdError, FoundationEtcdError
+from ._keys import prefix_end
+from ._kv import EventType, KeyValue, WatchEvent
+from ._transport import Transport, WatchResponse, WatchStream
+
+__all__ = ["ChangeKind", "ViewChange", "WatchedView", "open_view"]
+
+log = logging.getLogger("foundation_etcd.watch")
+
+
+class ChangeKind(enum.Enum):
+    """What happened to a key of a view."""
+
+    ADDED = "added"
+    UPDATED = "updated"
+    REMOVED = "removed"
+
+
+@dataclass(frozen=True, slots=True)
+class ViewChange:
+    """One change of a view.
+
+    Attributes:
+        kind: added, updated or removed.
+        key: the key.
+        kv: the key as it is now (for a removal: as it was).
+        revision: the revision at which the view applied the change.
+    """
+
+    kind: ChangeKind
+    key: bytes
+    kv: KeyValue
+    revision: int
+
+
+ChangeCallback = Callable[[list[ViewChange]], None]
+
+
+class _Compacted(Exception):
+    """The resume revision was compacted away; the view must list again."""
+
+
+class WatchedView:
+    """An in-memory, watch-maintained copy of the keys under one prefix.
+
+    Open with :func:`open_view`. Reading it (:meth:`get`, :meth:`items`, ``len``) costs no
+    I/O.
+    """
+
+    def __init__(self, transport: Transport, prefix: bytes) -> None:
+        self.transport = transport
+        self.prefix = prefix
+        self._end = prefix_end(prefix)
+        self._items: dict[bytes, KeyValue] = {}
+        self._applied = 0  # last revision whose events are in _items (dedupe and resume)
+        self._known = 0  # highest revision known to be reflected (events or progress)
+        self._advanced = anyio.Event()
+        self._want_progress = anyio.Event()
+        self._callbacks: list[ChangeCallback] = []
+        self._subscribers: set[MemoryObjectSendStream[list[ViewChange]]] = set()
+        self._error: FoundationEtcdError | None = None
+        self._closed = False
+        self.connected = False
+        self.relists = 0
+        self.restarts = 0
+
+    # reading -------------------------------------------------------------------------------
+    @property
+    def revision(self) -> int:
+        """The revision the view is known to reflect."""
+        return self._known
+
+    def get(self, key: bytes) -> KeyValue | None:
+        """The key's current value in the view, or ``None``."""
+        return self._items.get(key)
+
+    def items(self) -> Mapping[bytes, KeyValue]:
+        """A read-only mapping of key to value (do not hold it across awaits)."""
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._items)
+
+    # waiting and subscribing -----------------------------------------------------------------
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise anyio.ClosedResourceError("view is closed")
+
+    async def wait_for(self, revision: int) -> None:
+        """Wait until the view reflects at least ``revision`` (asks etcd for progress).
+
+        Raises:
+            AuthError: the view stopped on a permission error.
+        """
+        while self._known < revision:
+            self._check()
+            self._want_progress.set()
+            await self._advanced.wait()
+
+    async def wait_for_key(self, key: bytes, mod_revision: int) -> KeyValue | None:
+        """Wait until the view has applied ``key`` at ``mod_revision`` or later.
+
+        Returns the key (``None`` if it was deleted since).
+        """
+        while True:
+            self._check()
+            kv = self._items.get(key)
+            if (kv is not None and kv.mod_revision >= mod_revision) or (
+                self._applied >= mod_revision
+            ):
+                return kv
+            self._want_progress.set()
+            await self._advanced.wait()
+
+    def on_change(self, callback: ChangeCallback) -> Callable[[], None]:
+        """Call ``callback(changes)`` synchronously for each applied batch, in order.
+
+        Callbacks must be quick and must not raise (an exception is logged). Returns a
+        function that removes the callback.
+        """
+        self._callbacks.append(callback)
+        return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[MemoryObjectReceiveStream[list[ViewChange]]]:
+        """Receive each batch of changes applied after this call, in order."""
+        send, receive = anyio.create_memory_object_stream[list[ViewChange]](math.inf)
+        self._subscribers.add(send)
+        try:
+            async with receive:
+                yield receive
+        finally:
+            self._subscribers.discard(send)
+            send.close()
+
+    # applying ------------------------------------------------------------------------------
+    def _advance(self, known: int) -> None:
+        if known > self._known:
+            self._known = known
+        self._advanced.set()
+        self._advanced = anyio.Event()
+
+    def _emit(self, changes: list[ViewChange]) -> None:
+        if not changes:
+            return
+        for cb in list(self._callbacks):
+            try:
+                cb(changes)
+            except Exception:
+                log.exception("view change callback failed")
+        for send in list(self._subscribers):
+            try:
+                send.send_nowait(changes)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._subscribers.discard(send)
+
+    def _apply_events(self, revision: int, events: list[WatchEvent]) -> None:
+        changes: list[ViewChange] = []
+        for ev in events:
+            if ev.revision <= self._applied:
+                continue  # already reflected (resume overlap or duplicate)
+            key = ev.kv.key
+            if ev.type is EventType.PUT:
+                kind = ChangeKind.UPDATED if key in self._items else ChangeKind.ADDED
+                self._items[key] = ev.kv
+                changes.append(ViewChange(kind, key, ev.kv, ev.revision))
+            else:
+                old = self._items.pop(key, None)
+                if old is not None:
+                    changes.append(ViewChange(ChangeKind.REMOVED, key, old, ev.revision))
+        last = max((ev.revision for ev in events), default=0)
+        self._applied = max(self._applied, last)
+        self._emit(changes)
+        self._advance(max(self._applied, revision if not events else last))
+
+    async def _relist(self) -> None:
+        result = await self.transport.get_prefix(self.prefix)
+        fresh = {kv.key: kv for kv in result.kvs}
+        rev = result.revision
+        changes: list[ViewChange] = []
+        if self._applied:
+            for key, old in self._items.items():
+                if key not in fresh:
+                    changes.append(ViewChange(ChangeKind.REMOVED, key, old, rev))
+            for key, kv in fresh.items():
+                old_kv = self._items.get(key)
+                if old_kv is None:
+                    changes.append(ViewChange(ChangeKind.ADDED, key, kv, rev))
+                elif old_kv.mod_revision != kv.mod_revision:
+                    changes.append(ViewChange(ChangeKind.UPDATED, key, kv, rev))
+            self.relists += 1
+        self._items = fresh
+        self._applied = rev
+        self._emit(changes)
+        self._advance(rev)
+
+    # running -------------------------------------------------------------------------------
+    async def _pinger(self, stream: WatchStream, last: list[float], interval: float) -> None:
+        """Ask for progress when the stream is quiet or a waiter needs it; kill it when dead."""
+        asked_at = math.inf
+        while True:
+            with anyio.move_on_after(interval / 2):
+                await self._want_progress.wait()
+            now = anyio.current_time()
+            if now - last[0] > 2 * interval and now - asked_at > interval:
+                log.info("watch on %r silent for %.1fs; restarting", self.prefix, now - last[0])
+                stream.close()
+                return
+            if self._want_progress.is_set() or now - last[0] > interval:
+                self._want_progress = anyio.Event()
+                if asked_at == math.inf or asked_at < last[0] or now - asked_at > interval / 2:
+                    asked_at = now
+                    await stream.request_progress()
+
+    async def _stream_once(self, interval: float) -> None:
+        stream = self.transport.open_watch()
+        last = [anyio.current_time()]
+        try:
+            await stream.create(self.prefix, self._end, self._applied + 1, progress_notify=True)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._pinger, stream, last, interval)
+                while True:
+                    resp: WatchResponse = await stream.read()
+                    last[0] = anyio.current_time()
+                    if resp.compact_revision:
+                        raise _Compacted()
+                    if resp.canceled:
+                        raise EtcdError(f"watch cancelled by etcd: {resp.cancel_reason}")
+                    if resp.created:
+                        self.connected = True
+                        continue
+                    self._apply_events(resp.revision, resp.events)
+        finally:
+            self.connected = False
+            stream.close()
+
+    async def _run(self, task_status: TaskStatus[None]) -> None:
+        interval = self.transport.config.watch_progress_interval
+        await self._relist()
+        task_status.started()
+        delay = 0.05
+        while True:
+            try:
+                await self._stream_once(interval)
+            except _Compacted:
+                log.info(
+                    "watch on %r: revision %d compacted; listing again",
+                    self.prefix,
+                    self._applied + 1,
+                )
+                await self._relist_retrying()
+            except AuthError as exc:
+                log.error("watch on %r stopped: %s", self.prefix, exc)
+                self._error = exc
+                self._advance(self._known)
+                return
+            except EtcdError as exc:
+                self.restarts += 1
+                log.info(
+                    "watch on %r broke (%s); resuming from %d", self.prefix, exc, self._applied + 1
+                )
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            delay = 0.05
+
+    async def _relist_retrying(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._relist()
+                return
+            except AuthError:
+                raise
+            except EtcdError:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+
+@asynccontextmanager
+async def open_view(transport: Transport, prefix: bytes) -> AsyncIterator[WatchedView]:
+    """Open a watched view of every key under ``prefix``; it is current when yielded.
+
+    Args:
+        transport: an open transport.
+        prefix: the key prefix to mirror.
+
+    Yields:
+        The view, loaded with a linearizable list.
+    """
+    view = WatchedView(transport, prefix)
+    async with anyio.create_task_group() as tg:
+        await tg.start(view._run)
+        try:
+            yield view
+        finally:
+            view._closed = True
+            view._advance(view._known)
+            for send in list(view._subscribers):
+                send.close()
+            tg.cancel_scope.cancel()
