@@ -1,8 +1,23 @@
-"""foundation_etcd: embedded, async-first clustering for Python agents on etcd."""
+"""foundation_etcd: embedded, async-first clustering for Python agents on etcd.
 
+The package root only re-exports; the implementation lives in private modules, one concept
+each. See ``docs/`` for the concepts and their guarantees.
+"""
+
+from ._agent import (
+    AgentContext,
+    AgentHooks,
+    ClusterSpec,
+    RestartPolicy,
+    agent_classes,
+    cluster_spec,
+    clustered,
+)
+from ._cluster import Cluster, HostedAgent, NodeChange, NodeInfo, connect
 from ._config import Config
 from ._errors import (
     AgentExistsError,
+    AgentNotFoundError,
     AmbiguousResultError,
     AuthError,
     CompactedError,
@@ -14,33 +29,106 @@ from ._errors import (
     InvalidIdError,
     LeaseLostError,
     LeaseNotFoundError,
+    NodeExistsError,
     NoLeaderError,
     RequestTooLargeError,
+    SerializationError,
     SessionClosedError,
     SessionError,
     TooManyOperationsError,
 )
-from ._keys import Keyspace, validate_id
+from ._keys import Keyspace, prefix_end, validate_id
+from ._kv import (
+    Compare,
+    DeleteResult,
+    EventType,
+    KeyValue,
+    Op,
+    PutResult,
+    RangeResult,
+    TxnResult,
+    WatchEvent,
+)
+from ._registry import AgentChange, AgentInfo, Registration, Registry
+from ._session import Lease, Session, SessionStatistics, open_session
+from ._transport import (
+    MAX_REQUEST_BYTES,
+    MAX_TXN_OPS,
+    LeaseGrant,
+    LeaseInfo,
+    Status,
+    Transport,
+    UnsafeEtcdVersionWarning,
+    open_transport,
+)
+from ._watch import ChangeKind, ViewChange, WatchedView, open_view
+
+__version__ = "0.1.0"
 
 __all__ = [
+    "MAX_REQUEST_BYTES",
+    "MAX_TXN_OPS",
+    "AgentChange",
+    "AgentContext",
     "AgentExistsError",
+    "AgentHooks",
+    "AgentInfo",
+    "AgentNotFoundError",
     "AmbiguousResultError",
     "AuthError",
+    "ChangeKind",
+    "Cluster",
+    "ClusterSpec",
     "CompactedError",
+    "Compare",
     "Config",
     "ConfigurationError",
+    "DeleteResult",
     "EtcdError",
     "EtcdServerError",
     "EtcdUnavailableError",
+    "EventType",
     "FoundationEtcdError",
+    "HostedAgent",
     "InvalidIdError",
+    "KeyValue",
     "Keyspace",
+    "Lease",
+    "LeaseGrant",
+    "LeaseInfo",
     "LeaseLostError",
     "LeaseNotFoundError",
     "NoLeaderError",
+    "NodeChange",
+    "NodeExistsError",
+    "NodeInfo",
+    "Op",
+    "PutResult",
+    "RangeResult",
+    "Registration",
+    "Registry",
     "RequestTooLargeError",
+    "RestartPolicy",
+    "SerializationError",
+    "Session",
     "SessionClosedError",
     "SessionError",
+    "SessionStatistics",
+    "Status",
     "TooManyOperationsError",
+    "Transport",
+    "TxnResult",
+    "UnsafeEtcdVersionWarning",
+    "ViewChange",
+    "WatchEvent",
+    "WatchedView",
+    "agent_classes",
+    "cluster_spec",
+    "clustered",
+    "connect",
+    "open_session",
+    "open_transport",
+    "open_view",
+    "prefix_end",
     "validate_id",
 ]

@@ -196,7 +196,15 @@ class Config:
         return self.step_down
 
     def with_options(self, **changes: Any) -> Config:
-        """Return a copy with some settings changed, validated again."""
+        """Return a copy with some settings changed, validated again.
+
+        A timing left at its default (``ttl / 3``, ``ttl / 2``) follows a changed ``ttl``.
+        """
+        if "ttl" in changes:
+            if "keepalive_interval" not in changes and self.keepalive_interval == self.ttl / 3:
+                changes["keepalive_interval"] = None
+            if "step_down" not in changes and self.step_down == self.ttl / 2:
+                changes["step_down"] = None
         return replace(self, **changes)
 
     @classmethod

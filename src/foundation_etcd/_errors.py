@@ -19,7 +19,10 @@ gRPC errors are translated into this tree in the transport module and nowhere el
     ├── SessionError
     │   ├── SessionClosedError               the session was closed by its owner
     │   └── LeaseLostError                   the lease could no longer be proven alive
-    └── AgentExistsError                     an agent id is already registered and live
+    ├── SerializationError (TypeError)       a payload that cannot be encoded as JSON
+    ├── AgentExistsError                     an agent id is already registered and live
+    ├── AgentNotFoundError (KeyError)        no such agent, or not registered by this process
+    └── NodeExistsError                      a node id is already announced by a live process
 
 Each class says when it is raised and carries the context needed to act on it.
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 __all__ = [
     "AgentExistsError",
+    "AgentNotFoundError",
     "AmbiguousResultError",
     "AuthError",
     "CompactedError",
@@ -40,7 +44,9 @@ __all__ = [
     "LeaseLostError",
     "LeaseNotFoundError",
     "NoLeaderError",
+    "NodeExistsError",
     "RequestTooLargeError",
+    "SerializationError",
     "SessionClosedError",
     "SessionError",
     "TooManyOperationsError",
@@ -227,3 +233,46 @@ class AgentExistsError(FoundationEtcdError):
         self.agent_id = agent_id
         self.node_id = node_id
         self.lease_id = lease_id
+
+
+class AgentNotFoundError(FoundationEtcdError, KeyError):
+    """No live agent has this id, or this process does not hold its registration.
+
+    Attributes:
+        agent_id: the id asked for.
+    """
+
+    def __init__(self, agent_id: str, message: str = "") -> None:
+        super().__init__(message or f"agent {agent_id!r} is not registered")
+        self.agent_id = agent_id
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class NodeExistsError(FoundationEtcdError):
+    """A node id is already announced by another live process.
+
+    Attributes:
+        node_id: the id asked for.
+        lease_id: the lease that holds it.
+    """
+
+    def __init__(self, node_id: str, *, lease_id: int) -> None:
+        super().__init__(f"node {node_id!r} is already announced (lease {lease_id:x})")
+        self.node_id = node_id
+        self.lease_id = lease_id
+
+
+class SerializationError(FoundationEtcdError, TypeError):
+    """A payload (metadata, state, arguments) cannot be encoded as JSON.
+
+    Raised before anything is written.
+
+    Attributes:
+        what: which payload it was.
+    """
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"{what} is not JSON-serializable: {reason}")
+        self.what = what

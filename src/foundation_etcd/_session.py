@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import anyio
 from anyio.abc import TaskGroup
 
+from ._background import background_tasks
 from ._config import Config
 from ._errors import (
     AuthError,
@@ -393,7 +394,7 @@ async def open_session(
             f"no lease granted within {session.config.connect_timeout:g} s"
         ) from None
     session._set_lease(first)
-    async with anyio.create_task_group() as tg:
+    async with background_tasks() as tg:
         session._tg = tg
         tg.start_soon(session._run, first)
         try:

@@ -18,14 +18,18 @@ Guarantees:
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import socket
 import warnings
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
+import anyio
+import anyio.lowlevel
 import grpc
 import grpc.aio
 from etcd3aio import _protobuf as pb
@@ -73,6 +77,7 @@ __all__ = [
     "UnsafeEtcdVersionWarning",
     "WatchResponse",
     "WatchStream",
+    "open_transport",
 ]
 
 log = logging.getLogger("foundation_etcd.transport")
@@ -372,6 +377,26 @@ def _watch_response(m: Any) -> WatchResponse:
 # streams
 
 
+async def _cancelled(operation: str) -> EtcdUnavailableError:
+    """Handle an ``asyncio.CancelledError`` that came out of a gRPC call.
+
+    grpc.aio raises a *fresh* ``CancelledError`` when a call is cancelled (and from any
+    read or write on a call cancelled earlier). anyio only recognises the cancellations
+    of its own scopes, so letting grpc's instance through would turn a caller's
+    ``fail_after`` into a bare cancellation of the whole task. So:
+
+    * when the current task is really being cancelled, yield once: anyio (or asyncio)
+      delivers its own cancellation at that checkpoint, and it propagates from here;
+    * otherwise the error only means "this call is gone": it is returned as an
+      :class:`EtcdUnavailableError` for the caller to raise.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling() > 0:
+        await anyio.lowlevel.checkpoint()
+        raise asyncio.CancelledError(f"{operation}: cancelled")
+    return EtcdUnavailableError(f"{operation}: call cancelled")
+
+
 class KeepAliveStream:
     """One open lease keepalive stream. Use :meth:`Transport.open_keepalive`.
 
@@ -392,6 +417,10 @@ class KeepAliveStream:
             resp = await self._call.read()
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, "keepalive", write=False) from exc
+        except (asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
+            raise EtcdUnavailableError(f"keepalive: stream finished ({exc})") from exc
+        except asyncio.CancelledError:
+            raise await _cancelled("keepalive") from None
         if resp is grpc.aio.EOF:
             raise EtcdUnavailableError("keepalive: stream closed by the server")
         return int(resp.TTL)
@@ -436,8 +465,10 @@ class WatchStream:
             await self._call.write(req)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, "watch", write=False) from exc
-        except grpc.aio.UsageError as exc:
-            raise EtcdUnavailableError(f"watch: stream closed ({exc})") from exc
+        except (asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
+            raise EtcdUnavailableError(f"watch: stream finished ({exc})") from exc
+        except asyncio.CancelledError:
+            raise await _cancelled("watch") from None
 
     async def read(self) -> WatchResponse:
         """Wait for the next message.
@@ -449,6 +480,8 @@ class WatchStream:
             resp = await self._call.read()
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, "watch", write=False) from exc
+        except asyncio.CancelledError:
+            raise await _cancelled("watch") from None
         if resp is grpc.aio.EOF:
             raise EtcdUnavailableError("watch: stream closed by the server")
         return _watch_response(resp)
@@ -550,6 +583,8 @@ class Transport:
             resp = await self._maint.Status(
                 _rpc.StatusRequest(), timeout=deadline, wait_for_ready=True
             )
+        except asyncio.CancelledError:
+            raise await _cancelled("connect") from None
         except grpc.aio.AioRpcError as exc:
             err = _translate(exc, "connect", write=False)
             if isinstance(err, EtcdUnavailableError) or exc.code() in (
@@ -579,6 +614,8 @@ class Transport:
                 _rpc.AuthenticateRequest(name=self.config.user, password=self.config.password),
                 timeout=self._timeout,
             )
+        except asyncio.CancelledError:
+            raise await _cancelled("authenticate") from None
         except grpc.aio.AioRpcError as exc:
             err = _translate(exc, "authenticate", write=False)
             if isinstance(err, EtcdServerError):
@@ -593,6 +630,13 @@ class Transport:
     async def _unary(self, method: Any, req: Any, operation: str, *, write: bool) -> Any:
         try:
             return await method(req, timeout=self._timeout, metadata=self._metadata)
+        except asyncio.CancelledError:
+            gone = await _cancelled(operation)
+            if write:
+                raise AmbiguousResultError(
+                    f"{operation}: call cancelled after sending", operation=operation
+                ) from None
+            raise gone from None
         except grpc.aio.AioRpcError as exc:
             err = _translate(exc, operation, write=write)
             if (
@@ -637,6 +681,28 @@ class Transport:
             kvs.extend(res.kvs)
             more = res.more
         return RangeResult(kvs, first.revision, len(kvs), False)
+
+    async def count_prefix_changes(
+        self, prefix: bytes, *, after: int, revision: int
+    ) -> tuple[int, int]:
+        """Count, at ``revision``, the keys under ``prefix`` changed after ``after``, and all.
+
+        One transaction of two count-only reads at one revision.
+        """
+        end = Op.get(prefix, prefix=True).range_end
+        changed = _rpc.RangeRequest(
+            key=prefix,
+            range_end=end,
+            count_only=True,
+            revision=revision,
+            min_mod_revision=after + 1,
+        )
+        total = _rpc.RangeRequest(key=prefix, range_end=end, count_only=True, revision=revision)
+        req = _rpc.TxnRequest(
+            success=[_rpc.RequestOp(request_range=changed), _rpc.RequestOp(request_range=total)]
+        )
+        m = await self._unary(self._kv.Txn, req, "txn", write=False)
+        return int(m.responses[0].response_range.count), int(m.responses[1].response_range.count)
 
     async def put(
         self, key: Bytes, value: Bytes, *, lease: int = 0, prev_kv: bool = False
@@ -736,3 +802,14 @@ class Transport:
             int(m.dbSize),
             list(m.errors),
         )
+
+
+@asynccontextmanager
+async def open_transport(config: Config) -> AsyncIterator[Transport]:
+    """Connect to etcd for the duration of the block (see :meth:`Transport.connect`)."""
+    transport = await Transport.connect(config)
+    try:
+        yield transport
+    finally:
+        with anyio.CancelScope(shield=True):
+            await transport.close()

@@ -40,6 +40,7 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ._background import background_tasks
 from ._errors import AuthError, EtcdError, FoundationEtcdError
 from ._keys import prefix_end
 from ._kv import EventType, KeyValue, WatchEvent
@@ -95,7 +96,9 @@ class WatchedView:
         self._end = prefix_end(prefix)
         self._items: dict[bytes, KeyValue] = {}
         self._applied = 0  # last revision whose events are in _items (dedupe and resume)
-        self._known = 0  # highest revision known to be reflected (events or progress)
+        self._known = 0  # highest revision known to be reflected (events, verified progress)
+        self._progress = 0  # highest revision reported by an unverified progress answer
+        self._watch_id = -2
         self._advanced = anyio.Event()
         self._want_progress = anyio.Event()
         self._callbacks: list[ChangeCallback] = []
@@ -136,13 +139,38 @@ class WatchedView:
     async def wait_for(self, revision: int) -> None:
         """Wait until the view reflects at least ``revision`` (asks etcd for progress).
 
+        A progress answer that etcd may have sent ahead of pending events (etcd < 3.5.8
+        answers progress requests for unsynced watchers too) is verified with one
+        linearizable count before it is trusted.
+
         Raises:
             AuthError: the view stopped on a permission error.
         """
         while self._known < revision:
             self._check()
-            self._want_progress.set()
+            if self._progress >= revision:
+                if await self._verify(self._progress):
+                    continue
+                self._progress = 0  # events are pending: they will advance the view
+            else:
+                self._want_progress.set()
             await self._advanced.wait()
+
+    async def _verify(self, progress: int) -> bool:
+        """Whether the items as applied also equal the prefix at ``progress``.
+
+        True when, at ``progress``, no key under the prefix was changed after the applied
+        revision and the number of keys is the same (a deletion lowers the count; a
+        re-creation has a newer mod revision).
+        """
+        applied, count = self._applied, len(self._items)
+        changed, total = await self.transport.count_prefix_changes(
+            self.prefix, after=applied, revision=progress
+        )
+        if changed == 0 and total == count and self._applied == applied:
+            self._advance(progress)
+            return True
+        return False
 
     async def wait_for_key(self, key: bytes, mod_revision: int) -> KeyValue | None:
         """Wait until the view has applied ``key`` at ``mod_revision`` or later.
@@ -201,7 +229,7 @@ class WatchedView:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._subscribers.discard(send)
 
-    def _apply_events(self, revision: int, events: list[WatchEvent]) -> None:
+    def _apply_events(self, events: list[WatchEvent]) -> None:
         changes: list[ViewChange] = []
         for ev in events:
             if ev.revision <= self._applied:
@@ -218,7 +246,7 @@ class WatchedView:
         last = max((ev.revision for ev in events), default=0)
         self._applied = max(self._applied, last)
         self._emit(changes)
-        self._advance(max(self._applied, revision if not events else last))
+        self._advance(self._applied)
 
     async def _relist(self) -> None:
         result = await self.transport.get_prefix(self.prefix)
@@ -257,29 +285,52 @@ class WatchedView:
                 self._want_progress = anyio.Event()
                 if asked_at == math.inf or asked_at < last[0] or now - asked_at > interval / 2:
                     asked_at = now
-                    await stream.request_progress()
+                    try:
+                        await stream.request_progress()
+                    except EtcdError:
+                        stream.close()  # the reader sees the broken stream and resumes
+                        return
 
     async def _stream_once(self, interval: float) -> None:
         stream = self.transport.open_watch()
         last = [anyio.current_time()]
+        error: Exception | None = None
         try:
             await stream.create(self.prefix, self._end, self._applied + 1, progress_notify=True)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._pinger, stream, last, interval)
-                while True:
-                    resp: WatchResponse = await stream.read()
-                    last[0] = anyio.current_time()
-                    if resp.compact_revision:
-                        raise _Compacted()
-                    if resp.canceled:
-                        raise EtcdError(f"watch cancelled by etcd: {resp.cancel_reason}")
-                    if resp.created:
-                        self.connected = True
-                        continue
-                    self._apply_events(resp.revision, resp.events)
+                try:
+                    await self._read_loop(stream, last)
+                except (EtcdError, _Compacted) as exc:
+                    error = exc  # raised below, outside the task group (no exception group)
+                tg.cancel_scope.cancel()
         finally:
             self.connected = False
             stream.close()
+        if error is not None:
+            raise error
+
+    async def _read_loop(self, stream: WatchStream, last: list[float]) -> None:
+        while True:
+            resp: WatchResponse = await stream.read()
+            last[0] = anyio.current_time()
+            if resp.compact_revision:
+                raise _Compacted()
+            if resp.canceled:
+                raise EtcdError(f"watch cancelled by etcd: {resp.cancel_reason}")
+            if resp.created:
+                self._watch_id = resp.watch_id
+                self.connected = True
+                continue
+            if resp.events:
+                self._apply_events(resp.events)
+            elif resp.watch_id == self._watch_id:
+                # etcd notifies a watch of progress only once it is synced: trusted
+                self._advance(max(self._applied, resp.revision))
+            else:
+                # a stream-wide answer to a progress request: verified by wait_for
+                self._progress = max(self._progress, resp.revision)
+                self._advance(self._known)
 
     async def _run(self, task_status: TaskStatus[None]) -> None:
         interval = self.transport.config.watch_progress_interval
@@ -336,7 +387,7 @@ async def open_view(transport: Transport, prefix: bytes) -> AsyncIterator[Watche
         The view, loaded with a linearizable list.
     """
     view = WatchedView(transport, prefix)
-    async with anyio.create_task_group() as tg:
+    async with background_tasks() as tg:
         await tg.start(view._run)
         try:
             yield view

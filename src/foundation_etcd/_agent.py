@@ -1,0 +1,192 @@
+"""``@clustered``: cluster settings recorded on an agent class, and nothing else.
+
+The decorator stores a :class:`ClusterSpec` on the class and adds the class to this
+process's catalog of agent classes (what a node runtime may host). It wraps no method,
+adds no base class and changes no behaviour: the class still works with no cluster at all,
+and no etcd call sits on the path of its ordinary methods.
+
+The lifecycle hooks a host calls are all optional; :class:`AgentHooks` lists them. They are
+named ``on_start`` / ``on_stop`` (not ``start`` / ``stop``) so that a class's own methods of
+those common names are never called by the cluster by accident.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from ._keys import validate_id
+
+__all__ = [
+    "AgentContext",
+    "AgentHooks",
+    "ClusterSpec",
+    "RestartPolicy",
+    "agent_classes",
+    "call_hook",
+    "cluster_spec",
+    "clustered",
+]
+
+T = TypeVar("T", bound=type)
+
+_SPEC_ATTR = "__foundation_cluster__"
+_CATALOG: dict[str, type] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """How a node restarts a failed agent locally.
+
+    Attributes:
+        mode: ``"always"``, ``"on-failure"`` or ``"never"``.
+        max_restarts: restarts allowed within ``window`` seconds before giving up.
+        window: the window for ``max_restarts``, seconds.
+        backoff: first delay between restarts, seconds (doubled each time, capped at 30 s).
+    """
+
+    mode: str = "on-failure"
+    max_restarts: int = 5
+    window: float = 60.0
+    backoff: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("always", "on-failure", "never"):
+            raise ValueError(f"restart mode must be always, on-failure or never: {self.mode!r}")
+        if self.max_restarts < 0 or self.window <= 0 or self.backoff < 0:
+            raise ValueError("restart limits must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    """What ``@clustered`` records on a class.
+
+    Attributes:
+        name: the cluster-wide class name (what specs in etcd refer to).
+        capabilities: what instances can do; registered with each instance.
+        critical: whether the scheduler restarts instances on another node when theirs dies.
+        placement: the placement strategy's name (``"least-loaded"`` by default).
+        resources: resources an instance takes from its node's capacity.
+        restart: the local restart policy.
+    """
+
+    name: str
+    capabilities: frozenset[str] = frozenset()
+    critical: bool = False
+    placement: str = "least-loaded"
+    resources: Mapping[str, int] = field(default_factory=dict)
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentContext:
+    """What a hosted agent is told about itself in ``on_start``.
+
+    Attributes:
+        agent_id: the agent's id.
+        node_id: the node hosting it.
+        incarnation: the create revision of its live key.
+        cluster: the :class:`Cluster` hosting it.
+    """
+
+    agent_id: str
+    node_id: str
+    incarnation: int
+    cluster: Any
+
+
+@runtime_checkable
+class AgentHooks(Protocol):
+    """The lifecycle a host calls. Every method is optional; sync or async both work.
+
+    * ``on_start(ctx: AgentContext)`` after registration, before the host's body runs;
+    * ``on_stop()`` when the host leaves, before unregistration;
+    * ``handle_signal(signal)`` for each delivered signal;
+    * ``get_state() -> JSON`` and ``restore_state(state)`` for checkpoints.
+    """
+
+    def on_start(self, ctx: AgentContext) -> Any:
+        """Called once the agent is registered."""
+
+    def on_stop(self) -> Any:
+        """Called before the agent is unregistered."""
+
+
+def clustered(
+    name: str | None = None,
+    *,
+    capabilities: tuple[str, ...] | list[str] | frozenset[str] = (),
+    critical: bool = False,
+    placement: str = "least-loaded",
+    resources: Mapping[str, int] | None = None,
+    restart: RestartPolicy | None = None,
+) -> Callable[[T], T]:
+    """Record cluster settings on a class; return the class itself, unchanged.
+
+    Args:
+        name: the cluster-wide class name; the class's ``__qualname__`` by default.
+        capabilities: capability names (ids) of every instance.
+        critical: restart on another node when the hosting node dies.
+        placement: placement strategy name.
+        resources: positive integer amounts taken from the node's capacity.
+        restart: local restart policy.
+
+    Raises:
+        InvalidIdError: a bad name or capability.
+        ValueError: a non-positive resource amount, or a name already used by another class.
+    """
+    if name is not None:
+        validate_id(name, "agent class name")
+    caps = frozenset(validate_id(c, "capability") for c in capabilities)
+    res = dict(resources or {})
+    for resource, amount in res.items():
+        validate_id(resource, "resource")
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+            raise ValueError(f"resource {resource!r} needs a positive integer, not {amount!r}")
+
+    def decorate(cls: T) -> T:
+        if not inspect.isclass(cls):
+            raise TypeError("@clustered decorates classes")
+        spec = ClusterSpec(
+            name=validate_id(name or cls.__qualname__.replace("<", "").replace(">", ""), "name"),
+            capabilities=caps,
+            critical=critical,
+            placement=placement,
+            resources=res,
+            restart=restart or RestartPolicy(),
+        )
+        other = _CATALOG.get(spec.name)
+        if other is not None and other.__module__ + other.__qualname__ != (
+            cls.__module__ + cls.__qualname__
+        ):
+            raise ValueError(f"cluster name {spec.name!r} is already used by {other!r}")
+        setattr(cls, _SPEC_ATTR, spec)
+        _CATALOG[spec.name] = cls
+        return cls
+
+    return decorate
+
+
+def cluster_spec(obj: object) -> ClusterSpec | None:
+    """The :class:`ClusterSpec` of a decorated class or of an instance of one."""
+    cls = obj if inspect.isclass(obj) else type(obj)
+    spec = cls.__dict__.get(_SPEC_ATTR)
+    return spec if isinstance(spec, ClusterSpec) else None
+
+
+def agent_classes() -> dict[str, type]:
+    """The classes decorated in this process, by cluster name (what a node may host)."""
+    return dict(_CATALOG)
+
+
+async def call_hook(agent: object, hook: str, *args: Any) -> Any:
+    """Call ``agent.hook(*args)`` if the agent has it, awaiting it when it is async."""
+    method = getattr(agent, hook, None)
+    if method is None or not callable(method):
+        return None
+    result = method(*args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result

@@ -1,0 +1,37 @@
+"""Background tasks beside a ``with`` body, without wrapping the body's exceptions.
+
+anyio task groups wrap every exception that crosses them in an ``ExceptionGroup``. The
+library's context managers (sessions, views, subscriptions) run helper tasks beside the
+caller's body; an error raised by the caller's own code must come out as itself, not
+wrapped. :func:`background_tasks` keeps that promise: the body's exception is held while the
+helper tasks are cancelled and re-raised unchanged once they have stopped. A failing helper
+task still cancels the body and surfaces as an exception group (a bug, not a usage error).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from anyio.abc import TaskGroup
+
+__all__ = ["background_tasks"]
+
+
+@asynccontextmanager
+async def background_tasks() -> AsyncIterator[TaskGroup]:
+    """A task group for helper tasks; they are cancelled when the body ends.
+
+    Yields:
+        The task group to start helper tasks in.
+    """
+    body_error: BaseException | None = None
+    async with anyio.create_task_group() as tg:
+        try:
+            yield tg
+        except BaseException as exc:  # held, and re-raised unchanged below
+            body_error = exc
+        tg.cancel_scope.cancel()
+    if body_error is not None:
+        raise body_error

@@ -1,0 +1,349 @@
+"""``Cluster``: the entry point. One session, this node's announcement, views, the registry.
+
+::
+
+    async with foundation_etcd.connect(cfg, node_id="n1", capacity={"cpu": 8}) as cluster:
+        async with cluster.host(MyAgent(), agent_id="a1"):
+            ...
+
+Guarantees:
+    * The node key ``nodes/{node_id}`` exists exactly while this process's session lease
+      lives: written create-if-absent under the lease, so a node id is announced by one live
+      process at a time (:class:`NodeExistsError` otherwise, after waiting up to one TTL
+      for a crashed predecessor's key to expire). After a lease loss it is announced again
+      under the new lease, like every registration.
+    * A crashed process's node key and agent registrations vanish together, at one revision.
+    * Closing unregisters hosted agents (running their ``on_stop``), then revokes the lease,
+      bounded by ``request_timeout`` and shielded from cancellation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from . import _codec
+from ._agent import AgentContext, call_hook, cluster_spec
+from ._background import background_tasks
+from ._config import Config
+from ._errors import AgentNotFoundError, EtcdError, NodeExistsError
+from ._keys import validate_id
+from ._kv import Compare, KeyValue, Op
+from ._registry import Registration, Registry
+from ._session import Lease, Session, open_session
+from ._transport import Transport, open_transport
+from ._watch import ChangeKind, WatchedView, open_view
+
+__all__ = ["Cluster", "HostedAgent", "NodeChange", "NodeInfo", "connect"]
+
+log = logging.getLogger("foundation_etcd.cluster")
+
+MAX_NODE_INFO_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A live node as announced in etcd.
+
+    Attributes:
+        node_id: the node's id.
+        capacity: resource name to integer amount the node offers.
+        capabilities: what the node can host.
+        address: where the node can be reached (free-form, optional).
+        started_at: wall-clock time the process connected (seconds since the epoch).
+        pid: the process id.
+        hostname: the host name.
+        lease_id: the session lease the node key lives under.
+        revision: the revision of the announcement.
+    """
+
+    node_id: str
+    capacity: Mapping[str, int]
+    capabilities: frozenset[str]
+    address: str
+    started_at: float
+    pid: int
+    hostname: str
+    lease_id: int
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeChange:
+    """A node joined (``added``), re-announced (``updated``) or left (``removed``)."""
+
+    kind: ChangeKind
+    node: NodeInfo
+
+
+@dataclass(frozen=True, slots=True)
+class HostedAgent:
+    """An agent instance hosted by this process (see :meth:`Cluster.host`)."""
+
+    agent: Any
+    agent_id: str
+    cluster: Cluster
+
+    @property
+    def registration(self) -> Registration | None:
+        """The current registration (``None`` while it is being renewed after a loss)."""
+        return self.cluster.registry.owned().get(self.agent_id)
+
+
+class Cluster:
+    """This process's membership of the cluster. Open with :func:`connect`."""
+
+    def __init__(
+        self,
+        config: Config,
+        transport: Transport,
+        session: Session,
+        node_id: str,
+        node_value: bytes,
+    ) -> None:
+        self.config = config
+        self.transport = transport
+        self.session = session
+        self.keyspace = config.keyspace
+        self.node_id = node_id
+        self._node_value = node_value
+        self._node_view: WatchedView | None = None
+        self._registry: Registry | None = None
+
+    # node announcement ---------------------------------------------------------------------
+    async def _announce(self, lease: Lease) -> int:
+        key = self.keyspace.node(self.node_id)
+        deadline = anyio.current_time() + self.config.ttl + 2
+        while True:
+            lease.ensure_alive()
+            res = await self.transport.txn(
+                [Compare.create_revision(key) == 0],
+                [Op.put(key, self._node_value, lease=lease.id)],
+                [Op.get(key)],
+            )
+            if res.succeeded:
+                return res.revision
+            holder = res.range(0).first
+            if holder is None:
+                continue
+            if anyio.current_time() >= deadline:
+                raise NodeExistsError(self.node_id, lease_id=holder.lease)
+            log.info("node %r still announced by lease %x; waiting", self.node_id, holder.lease)
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                await self._wait_deleted(key, holder.mod_revision)
+
+    async def _wait_deleted(self, key: bytes, after: int) -> None:
+        stream = self.transport.open_watch()
+        try:
+            await stream.create(key, None, after + 1, progress_notify=False)
+            while True:
+                resp = await stream.read()
+                if resp.canceled or any(e.type.value == "delete" for e in resp.events):
+                    return
+        finally:
+            stream.close()
+
+    async def _reannounce(self, lease: Lease) -> None:
+        await self._announce(lease)
+
+    # views ---------------------------------------------------------------------------------
+    @property
+    def registry(self) -> Registry:
+        """The agent registry."""
+        assert self._registry is not None
+        return self._registry
+
+    def _parse_node(self, kv: KeyValue) -> NodeInfo | None:
+        try:
+            d = _codec.decode(kv.value)
+            return NodeInfo(
+                node_id=str(d["node_id"]),
+                capacity={str(k): int(v) for k, v in d.get("capacity", {}).items()},
+                capabilities=frozenset(d.get("capabilities", ())),
+                address=str(d.get("address", "")),
+                started_at=float(d.get("started_at", 0.0)),
+                pid=int(d.get("pid", 0)),
+                hostname=str(d.get("hostname", "")),
+                lease_id=kv.lease,
+                revision=kv.mod_revision,
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
+            log.warning("ignoring malformed node announcement at %r", kv.key)
+            return None
+
+    def nodes(self) -> dict[str, NodeInfo]:
+        """Live nodes by id, from the watched view (no I/O)."""
+        assert self._node_view is not None
+        out = {}
+        for kv in self._node_view.items().values():
+            info = self._parse_node(kv)
+            if info is not None:
+                out[info.node_id] = info
+        return out
+
+    def node(self, node_id: str) -> NodeInfo | None:
+        """One live node from the view, or ``None``."""
+        assert self._node_view is not None
+        kv = self._node_view.get(self.keyspace.node(node_id))
+        return None if kv is None else self._parse_node(kv)
+
+    async def wait_for(self, revision: int) -> None:
+        """Wait until the node and agent views reflect ``revision``."""
+        assert self._node_view is not None
+        await self._node_view.wait_for(revision)
+        await self.registry.wait_for(revision)
+
+    @asynccontextmanager
+    async def watch_nodes(self) -> AsyncIterator[MemoryObjectReceiveStream[list[NodeChange]]]:
+        """Receive each batch of node changes after this call, in order."""
+        assert self._node_view is not None
+        async with self._node_view.subscribe() as raw:
+            send, receive = anyio.create_memory_object_stream[list[NodeChange]](1)
+
+            async def pump() -> None:
+                async with send:
+                    async for batch in raw:
+                        out = []
+                        for c in batch:
+                            info = self._parse_node(c.kv)
+                            if info is not None:
+                                out.append(NodeChange(c.kind, info))
+                        if out:
+                            await send.send(out)
+
+            async with background_tasks() as tg, receive:
+                tg.start_soon(pump)
+                yield receive
+
+    # hosting -------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def host(
+        self,
+        agent: object,
+        agent_id: str | None = None,
+        *,
+        meta: Mapping[str, Any] | None = None,
+        capabilities: Iterable[str] | None = None,
+    ) -> AsyncIterator[HostedAgent]:
+        """Register a local agent instance for the duration of the block.
+
+        On entry: register (create-if-absent, under the session lease) with the class's
+        ``@clustered`` capabilities (or ``capabilities``), then ``await agent.on_start(ctx)``
+        if it has one. On exit: ``agent.on_stop()`` if it has one, then unregister; both
+        shielded and bounded by ``request_timeout``. After a lease loss the registration
+        comes back by itself under the new lease.
+
+        Raises:
+            AgentExistsError: the id is live already.
+            InvalidIdError, SerializationError, RequestTooLargeError: bad input.
+        """
+        spec = cluster_spec(agent)
+        class_name = spec.name if spec else type(agent).__qualname__
+        caps = (
+            tuple(capabilities)
+            if capabilities is not None
+            else tuple(spec.capabilities if spec else ())
+        )
+        if agent_id is None:
+            agent_id = f"{class_name}-{uuid.uuid4().hex[:12]}"
+        reg = await self.registry.register(
+            agent_id, capabilities=caps, meta=meta, class_name=class_name
+        )
+        ctx = AgentContext(agent_id, self.node_id, reg.incarnation, self)
+        started = False
+        try:
+            await call_hook(agent, "on_start", ctx)
+            started = True
+            yield HostedAgent(agent, agent_id, self)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.request_timeout):
+                try:
+                    if started:
+                        await call_hook(agent, "on_stop")
+                finally:
+                    try:
+                        await self.registry.unregister(agent_id)
+                    except AgentNotFoundError:
+                        pass  # its registration was lost and taken by another process
+                    except EtcdError as exc:
+                        log.warning("unregister of %r failed: %s", agent_id, exc)
+
+
+def _node_value(
+    node_id: str,
+    capacity: Mapping[str, int],
+    capabilities: Iterable[str],
+    address: str,
+) -> bytes:
+    caps = sorted({validate_id(c, "capability") for c in capabilities})
+    cap_map: dict[str, int] = {}
+    for resource, amount in capacity.items():
+        validate_id(resource, "resource")
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+            raise ValueError(f"capacity {resource!r} must be a non-negative int, not {amount!r}")
+        cap_map[resource] = amount
+    return _codec.encode(
+        {
+            "node_id": node_id,
+            "capacity": cap_map,
+            "capabilities": caps,
+            "address": address,
+            "started_at": time.time(),
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+        },
+        "node info",
+        MAX_NODE_INFO_BYTES,
+    )
+
+
+@asynccontextmanager
+async def connect(
+    config: Config | None = None,
+    *,
+    node_id: str | None = None,
+    capacity: Mapping[str, int] | None = None,
+    capabilities: Iterable[str] = (),
+    address: str = "",
+) -> AsyncIterator[Cluster]:
+    """Join the cluster: open a transport and a session, announce this node, load views.
+
+    Args:
+        config: connection settings; ``Config.from_env()`` by default.
+        node_id: this node's id; ``{hostname}-{pid}`` by default.
+        capacity: resources this node offers (``{"cpu": 8, "gpu": 1}``).
+        capabilities: what this node can host.
+        address: where this node can be reached, free-form.
+
+    Raises:
+        EtcdUnavailableError: etcd cannot be reached.
+        NodeExistsError: another live process announces ``node_id``.
+        InvalidIdError, ValueError: bad ids or capacities (before anything is sent).
+    """
+    config = config or Config.from_env()
+    node_id = validate_id(node_id or f"{socket.gethostname()}-{os.getpid()}", "node id")
+    value = _node_value(node_id, capacity or {}, capabilities, address)
+    async with AsyncExitStack() as stack:
+        transport = await stack.enter_async_context(open_transport(config))
+        session = await stack.enter_async_context(open_session(transport, config))
+        cluster = Cluster(config, transport, session, node_id, value)
+        await cluster._announce(session.lease)
+        session.on_renewed(cluster._reannounce)
+        cluster._node_view = await stack.enter_async_context(
+            open_view(transport, config.keyspace.nodes_prefix())
+        )
+        agents_view = await stack.enter_async_context(
+            open_view(transport, config.keyspace.agents_live_prefix())
+        )
+        cluster._registry = Registry(transport, session, config.keyspace, node_id, agents_view)
+        yield cluster

@@ -1,0 +1,36 @@
+"""JSON payloads: encoded once, checked for size before anything is sent."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ._errors import RequestTooLargeError, SerializationError
+
+__all__ = ["decode", "encode"]
+
+
+def encode(value: Any, what: str, limit: int) -> bytes:
+    """Encode ``value`` as compact JSON.
+
+    Args:
+        value: a JSON-compatible value (dicts with str keys, lists, str, numbers, bools, None).
+        what: what the payload is, for error messages.
+        limit: the largest encoding accepted, in bytes.
+
+    Raises:
+        SerializationError: ``value`` cannot be encoded (a set, an object, a NaN...).
+        RequestTooLargeError: the encoding is larger than ``limit``.
+    """
+    try:
+        data = json.dumps(value, separators=(",", ":"), allow_nan=False, sort_keys=True).encode()
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(what, str(exc)) from None
+    if len(data) > limit:
+        raise RequestTooLargeError(len(data), limit, what)
+    return data
+
+
+def decode(data: bytes) -> Any:
+    """Decode a JSON payload written by :func:`encode`."""
+    return json.loads(data)

@@ -1,0 +1,364 @@
+"""Agent registry: live agents behind the session lease, looked up by id or capability.
+
+An agent is *live* while its key ``agents/live/{agent_id}`` exists. The key is written with
+create-if-absent (``create_revision == 0``) under the registering process's session lease;
+its create revision is the registration's **incarnation**.
+
+Guarantees:
+    * At most one live registration per agent id at any revision: a second
+      :meth:`Registry.register` raises :class:`AgentExistsError` naming the holder.
+    * A crashed process's registrations vanish with its lease, all at one revision, at most
+      one TTL after its last keepalive.
+    * Lookups by id or capability from memory (:meth:`Registry.get`, :meth:`Registry.find`)
+      reflect the watched view; :meth:`Registry.lookup` is a linearizable read.
+    * Unregister and metadata updates are guarded by the incarnation: a process never
+      deletes or overwrites a registration it does not hold.
+    * On session loss the registrations are cancelled with the lease and come back under the
+      new lease by themselves, with new incarnations. If another process took an id in
+      between, that registration is dropped and reported (``Registry.conflicts``).
+    * Metadata is JSON of at most 64 KiB, checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from . import _codec
+from ._background import background_tasks
+from ._errors import AgentExistsError, AgentNotFoundError
+from ._keys import Keyspace, validate_id
+from ._kv import Compare, KeyValue, Op
+from ._session import Lease, Session
+from ._transport import Transport
+from ._watch import ChangeKind, ViewChange, WatchedView
+
+__all__ = ["AgentChange", "AgentInfo", "Registration", "Registry"]
+
+log = logging.getLogger("foundation_etcd.registry")
+
+MAX_META_BYTES = 64 * 1024
+_REREGISTER_CONCURRENCY = 64
+
+
+@dataclass(frozen=True, slots=True)
+class AgentInfo:
+    """A live agent as the registry sees it.
+
+    Attributes:
+        agent_id: the agent's id.
+        node_id: the node whose process registered it.
+        class_name: the agent's cluster name (``@clustered(name=...)``), or ``""``.
+        capabilities: what the agent can do.
+        meta: free-form JSON metadata.
+        incarnation: the create revision of the live key.
+        lease_id: the lease it lives under.
+        revision: the revision of the last change (registration or metadata update).
+    """
+
+    agent_id: str
+    node_id: str
+    class_name: str
+    capabilities: frozenset[str]
+    meta: Mapping[str, Any]
+    incarnation: int
+    lease_id: int
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """Proof that this process registered an agent: its key, incarnation and lease.
+
+    ``guard`` is a compare to add to your own transactions so that they apply only while
+    this registration is the live one.
+    """
+
+    agent_id: str
+    key: bytes
+    incarnation: int
+    lease_id: int
+
+    @property
+    def guard(self) -> Compare:
+        """``create_revision(key) == incarnation``."""
+        return Compare.create_revision(self.key) == self.incarnation
+
+
+@dataclass(frozen=True, slots=True)
+class AgentChange:
+    """A change of the registry: ``kind`` is added, updated or removed."""
+
+    kind: ChangeKind
+    agent: AgentInfo
+
+
+@dataclass(slots=True)
+class _Owned:
+    capabilities: tuple[str, ...]
+    class_name: str
+    meta: dict[str, Any]
+    registration: Registration | None = None
+    lost: bool = False
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+
+class Registry:
+    """Agents by id and capability. Obtain it from ``Cluster.registry``."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        session: Session,
+        keyspace: Keyspace,
+        node_id: str,
+        view: WatchedView,
+    ) -> None:
+        self._t = transport
+        self._session = session
+        self._ks = keyspace
+        self._node_id = node_id
+        self._view = view
+        self._prefix = keyspace.agents_live_prefix()
+        self._agents: dict[str, AgentInfo] = {}
+        self._by_capability: dict[str, set[str]] = {}
+        self._owned: dict[str, _Owned] = {}
+        self.conflicts: list[AgentExistsError] = []
+        for kv in view.items().values():
+            self._index(kv)
+        view.on_change(self._on_change)
+        session.on_renewed(self._reregister_all)
+
+    # the in-memory index -------------------------------------------------------------------
+    def _parse(self, kv: KeyValue) -> AgentInfo | None:
+        agent_id = kv.key[len(self._prefix) :].decode()
+        try:
+            data = _codec.decode(kv.value)
+            return AgentInfo(
+                agent_id=agent_id,
+                node_id=str(data.get("node", "")),
+                class_name=str(data.get("class", "")),
+                capabilities=frozenset(data.get("capabilities", ())),
+                meta=data.get("meta") or {},
+                incarnation=kv.create_revision,
+                lease_id=kv.lease,
+                revision=kv.mod_revision,
+            )
+        except (ValueError, TypeError, AttributeError):
+            log.warning("ignoring malformed registration at %r", kv.key)
+            return None
+
+    def _index(self, kv: KeyValue) -> None:
+        info = self._parse(kv)
+        if info is None:
+            return
+        self._unindex(info.agent_id)
+        self._agents[info.agent_id] = info
+        for cap in info.capabilities:
+            self._by_capability.setdefault(cap, set()).add(info.agent_id)
+
+    def _unindex(self, agent_id: str) -> None:
+        old = self._agents.pop(agent_id, None)
+        if old is None:
+            return
+        for cap in old.capabilities:
+            ids = self._by_capability.get(cap)
+            if ids is not None:
+                ids.discard(agent_id)
+                if not ids:
+                    del self._by_capability[cap]
+
+    def _on_change(self, changes: list[ViewChange]) -> None:
+        for c in changes:
+            if c.kind is ChangeKind.REMOVED:
+                self._unindex(c.key[len(self._prefix) :].decode())
+            else:
+                self._index(c.kv)
+
+    # reading -------------------------------------------------------------------------------
+    def get(self, agent_id: str) -> AgentInfo | None:
+        """The agent from the watched view (no I/O), or ``None``."""
+        return self._agents.get(agent_id)
+
+    def find(self, *capabilities: str) -> list[AgentInfo]:
+        """Agents having every one of ``capabilities``, from memory, sorted by id."""
+        if not capabilities:
+            return sorted(self._agents.values(), key=lambda a: a.agent_id)
+        sets = [self._by_capability.get(c, set()) for c in capabilities]
+        ids = set.intersection(*sorted(sets, key=len))
+        return [self._agents[i] for i in sorted(ids)]
+
+    def all(self) -> list[AgentInfo]:
+        """Every live agent, from memory, sorted by id."""
+        return self.find()
+
+    def __len__(self) -> int:
+        return len(self._agents)
+
+    async def lookup(self, agent_id: str) -> AgentInfo | None:
+        """The agent as etcd has it now (a linearizable read)."""
+        kv = await self._t.get(self._ks.agent_live(agent_id))
+        return None if kv is None else self._parse(kv)
+
+    async def wait_for(self, revision: int) -> None:
+        """Wait until the in-memory view reflects ``revision``."""
+        await self._view.wait_for(revision)
+
+    @asynccontextmanager
+    async def watch(self) -> AsyncIterator[MemoryObjectReceiveStream[list[AgentChange]]]:
+        """Receive each batch of registry changes after this call, in order."""
+        async with self._view.subscribe() as raw:
+            send, receive = anyio.create_memory_object_stream[list[AgentChange]](1)
+
+            async def pump() -> None:
+                async with send:
+                    async for batch in raw:
+                        out = []
+                        for c in batch:
+                            info = self._parse(c.kv)
+                            if info is not None:
+                                out.append(AgentChange(c.kind, info))
+                        if out:
+                            await send.send(out)
+
+            async with background_tasks() as tg, receive:
+                tg.start_soon(pump)
+                yield receive
+
+    # writing -------------------------------------------------------------------------------
+    def owned(self) -> dict[str, Registration]:
+        """The registrations this process holds now, by agent id."""
+        return {a: o.registration for a, o in self._owned.items() if o.registration is not None}
+
+    def _value(self, class_name: str, capabilities: Iterable[str], meta: Any) -> bytes:
+        meta_bytes = _codec.encode(meta, "agent metadata", MAX_META_BYTES)
+        del meta_bytes  # checked on its own so the error names the metadata
+        return _codec.encode(
+            {
+                "node": self._node_id,
+                "class": class_name,
+                "capabilities": sorted(capabilities),
+                "meta": meta,
+            },
+            "registration",
+            MAX_META_BYTES + 4096,
+        )
+
+    async def _create(self, agent_id: str, owned: _Owned, lease: Lease) -> Registration:
+        key = self._ks.agent_live(agent_id)
+        value = self._value(owned.class_name, owned.capabilities, owned.meta)
+        lease.ensure_alive()
+        res = await self._t.txn(
+            [Compare.create_revision(key) == 0],
+            [Op.put(key, value, lease=lease.id)],
+            [Op.get(key)],
+        )
+        if not res.succeeded:
+            current = res.range(0).first
+            holder = self._parse(current) if current is not None else None
+            raise AgentExistsError(
+                agent_id,
+                node_id=holder.node_id if holder else None,
+                lease_id=current.lease if current is not None else 0,
+            )
+        return Registration(agent_id, key, res.revision, lease.id)
+
+    async def register(
+        self,
+        agent_id: str,
+        *,
+        capabilities: Iterable[str] = (),
+        meta: Mapping[str, Any] | None = None,
+        class_name: str = "",
+    ) -> Registration:
+        """Register a live agent under this process's session lease.
+
+        One transaction: create-if-absent of ``agents/live/{agent_id}``.
+
+        Raises:
+            InvalidIdError: a bad agent id or capability name.
+            SerializationError: metadata that is not JSON.
+            RequestTooLargeError: metadata over 64 KiB.
+            AgentExistsError: the id is live already (the holder is named).
+        """
+        validate_id(agent_id, "agent id")
+        caps = tuple(sorted({validate_id(c, "capability") for c in capabilities}))
+        owned = _Owned(caps, class_name, dict(meta or {}))
+        self._value(class_name, caps, owned.meta)  # fail on bad input before any I/O
+        if agent_id in self._owned:
+            reg = self._owned[agent_id].registration
+            raise AgentExistsError(
+                agent_id, node_id=self._node_id, lease_id=reg.lease_id if reg else 0
+            )
+        lease = await self._session.wait_lease()
+        self._owned[agent_id] = owned
+        try:
+            owned.registration = await self._create(agent_id, owned, lease)
+        except BaseException:
+            self._owned.pop(agent_id, None)
+            raise
+        return owned.registration
+
+    def _mine(self, agent_id: str) -> tuple[_Owned, Registration]:
+        owned = self._owned.get(agent_id)
+        if owned is None or owned.registration is None:
+            raise AgentNotFoundError(agent_id, f"agent {agent_id!r} is not registered here")
+        return owned, owned.registration
+
+    async def unregister(self, agent_id: str) -> bool:
+        """Remove a registration this process holds.
+
+        Returns whether the key was deleted (``False`` when it had already gone, e.g. with
+        a lost lease).
+
+        Raises:
+            AgentNotFoundError: this process holds no registration of ``agent_id``.
+        """
+        owned = self._owned.pop(agent_id, None)
+        if owned is None:
+            raise AgentNotFoundError(agent_id, f"agent {agent_id!r} is not registered here")
+        reg = owned.registration
+        if reg is None:
+            return False
+        res = await self._t.txn([reg.guard], [Op.delete(reg.key)])
+        return res.succeeded
+
+    async def update_meta(self, agent_id: str, meta: Mapping[str, Any]) -> Registration:
+        """Replace the metadata of a registration this process holds.
+
+        Raises:
+            AgentNotFoundError: not held here, or the registration is no longer live.
+            SerializationError, RequestTooLargeError: bad metadata (nothing written).
+        """
+        owned, reg = self._mine(agent_id)
+        value = self._value(owned.class_name, owned.capabilities, dict(meta))
+        res = await self._t.txn([reg.guard], [Op.put(reg.key, value, lease=reg.lease_id)])
+        if not res.succeeded:
+            raise AgentNotFoundError(agent_id, f"registration of {agent_id!r} is no longer live")
+        owned.meta = dict(meta)
+        return reg
+
+    async def _reregister_all(self, lease: Lease) -> None:
+        limiter = anyio.CapacityLimiter(_REREGISTER_CONCURRENCY)
+
+        async def again(agent_id: str, owned: _Owned) -> None:
+            async with limiter:
+                try:
+                    owned.registration = await self._create(agent_id, owned, lease)
+                except AgentExistsError as exc:
+                    log.error("cannot register %r again after lease loss: %s", agent_id, exc)
+                    owned.registration = None
+                    owned.lost = True
+                    self._owned.pop(agent_id, None)
+                    self.conflicts.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for agent_id, owned in list(self._owned.items()):
+                owned.registration = None
+                tg.start_soon(again, agent_id, owned)
