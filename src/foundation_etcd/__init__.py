@@ -15,6 +15,7 @@ from ._agent import (
 )
 from ._cluster import Cluster, HostedAgent, NodeChange, NodeInfo, connect
 from ._config import Config
+from ._election import Election, Leadership
 from ._errors import (
     AgentExistsError,
     AgentNotFoundError,
@@ -27,10 +28,14 @@ from ._errors import (
     EtcdUnavailableError,
     FoundationEtcdError,
     InvalidIdError,
+    LeadershipLostError,
     LeaseLostError,
     LeaseNotFoundError,
+    LockBusyError,
+    LockLostError,
     NodeExistsError,
     NoLeaderError,
+    OwnershipLostError,
     RequestTooLargeError,
     SerializationError,
     SessionClosedError,
@@ -49,6 +54,8 @@ from ._kv import (
     TxnResult,
     WatchEvent,
 )
+from ._lock import Lock, LockHandle
+from ._ownership import OwnerInfo, Ownership
 from ._registry import AgentChange, AgentInfo, Registration, Registry
 from ._session import Lease, Session, SessionStatistics, open_session
 from ._transport import (
@@ -84,6 +91,7 @@ __all__ = [
     "Config",
     "ConfigurationError",
     "DeleteResult",
+    "Election",
     "EtcdError",
     "EtcdServerError",
     "EtcdUnavailableError",
@@ -93,16 +101,25 @@ __all__ = [
     "InvalidIdError",
     "KeyValue",
     "Keyspace",
+    "Leadership",
+    "LeadershipLostError",
     "Lease",
     "LeaseGrant",
     "LeaseInfo",
     "LeaseLostError",
     "LeaseNotFoundError",
+    "Lock",
+    "LockBusyError",
+    "LockHandle",
+    "LockLostError",
     "NoLeaderError",
     "NodeChange",
     "NodeExistsError",
     "NodeInfo",
     "Op",
+    "OwnerInfo",
+    "Ownership",
+    "OwnershipLostError",
     "PutResult",
     "RangeResult",
     "Registration",

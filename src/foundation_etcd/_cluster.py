@@ -36,9 +36,11 @@ from . import _codec
 from ._agent import AgentContext, call_hook, cluster_spec
 from ._background import background_tasks
 from ._config import Config
+from ._election import Election
 from ._errors import AgentNotFoundError, EtcdError, NodeExistsError
 from ._keys import validate_id
 from ._kv import Compare, KeyValue, Op
+from ._lock import Lock
 from ._registry import Registration, Registry
 from ._session import Lease, Session, open_session
 from ._transport import Transport, open_transport
@@ -224,6 +226,15 @@ class Cluster:
             async with background_tasks() as tg, receive:
                 tg.start_soon(pump)
                 yield receive
+
+    # coordination ----------------------------------------------------------------------------
+    def election(self, name: str) -> Election:
+        """The election ``name`` among this cluster's processes, on this node's session."""
+        return Election(self.session, name)
+
+    def lock(self, name: str) -> Lock:
+        """The lock ``name`` among this cluster's processes, on this node's session."""
+        return Lock(self.session, name)
 
     # hosting -------------------------------------------------------------------------------
     @asynccontextmanager

@@ -19,6 +19,10 @@ gRPC errors are translated into this tree in the transport module and nowhere el
     ├── SessionError
     │   ├── SessionClosedError               the session was closed by its owner
     │   └── LeaseLostError                   the lease could no longer be proven alive
+    ├── OwnershipLostError                   a leadership or lock ended while in use
+    │   ├── LeadershipLostError              ... a leadership (stale token, lease lost)
+    │   └── LockLostError                    ... a lock
+    ├── LockBusyError                        acquire_nowait found the lock held or queued
     ├── SerializationError (TypeError)       a payload that cannot be encoded as JSON
     ├── AgentExistsError                     an agent id is already registered and live
     ├── AgentNotFoundError (KeyError)        no such agent, or not registered by this process
@@ -41,10 +45,14 @@ __all__ = [
     "EtcdUnavailableError",
     "FoundationEtcdError",
     "InvalidIdError",
+    "LeadershipLostError",
     "LeaseLostError",
     "LeaseNotFoundError",
+    "LockBusyError",
+    "LockLostError",
     "NoLeaderError",
     "NodeExistsError",
+    "OwnershipLostError",
     "RequestTooLargeError",
     "SerializationError",
     "SessionClosedError",
@@ -276,3 +284,49 @@ class SerializationError(FoundationEtcdError, TypeError):
     def __init__(self, what: str, reason: str) -> None:
         super().__init__(f"{what} is not JSON-serializable: {reason}")
         self.what = what
+
+
+class OwnershipLostError(FoundationEtcdError):
+    """A leadership or lock ended while it was in use; the write that found out was refused.
+
+    Raised by a guarded write whose fencing compare failed (etcd refused it: nothing was
+    written), and at the exit of a leadership or lock block whose body was cancelled
+    because the ownership ended (session lost, own key deleted).
+
+    Attributes:
+        name: the election or lock name.
+        key: the owner's key.
+        token: the fencing token that is no longer current.
+        reason: what ended it.
+    """
+
+    def __init__(self, name: str, *, key: bytes, token: int, reason: str) -> None:
+        super().__init__(f"{name!r}: ownership with token {token} ended: {reason}")
+        self.name = name
+        self.key = key
+        self.token = token
+        self.reason = reason
+
+
+class LeadershipLostError(OwnershipLostError):
+    """This process is no longer the leader of an election."""
+
+
+class LockLostError(OwnershipLostError):
+    """This process no longer holds a lock."""
+
+
+class LockBusyError(FoundationEtcdError):
+    """``acquire_nowait`` found the lock held or waited for; nothing was written.
+
+    Attributes:
+        name: the lock name.
+        holder_key: the key of the current holder (or first waiter), if known.
+        holder_token: its create revision, if known.
+    """
+
+    def __init__(self, name: str, *, holder_key: bytes | None, holder_token: int) -> None:
+        super().__init__(f"lock {name!r} is busy (held with token {holder_token})")
+        self.name = name
+        self.holder_key = holder_key
+        self.holder_token = holder_token

@@ -161,6 +161,8 @@ class RangeOp:
     serializable: bool = False
     revision: int = 0
     sort_by_create: bool = False
+    descending: bool = False
+    max_create_revision: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,8 +220,14 @@ class Op:
         serializable: bool = False,
         revision: int = 0,
         sort_by_create: bool = False,
+        descending: bool = False,
+        max_create_revision: int = 0,
     ) -> RangeOp:
-        """Read ``key``, every key with prefix ``key``, or ``[key, range_end)``."""
+        """Read ``key``, every key with prefix ``key``, or ``[key, range_end)``.
+
+        With ``sort_by_create`` keys come in create-revision order (newest first with
+        ``descending``); ``max_create_revision`` keeps only keys created at or before it.
+        """
         k = to_bytes(key)
         return RangeOp(
             k,
@@ -230,6 +238,8 @@ class Op:
             serializable,
             revision,
             sort_by_create,
+            descending,
+            max_create_revision,
         )
 
     @staticmethod

@@ -136,7 +136,8 @@ class Lease:
             return
         self.lost_reason = reason
         self._lost.set()
-        log.warning("lease %x lost: %s", self.id, reason)
+        level = logging.INFO if reason == "session closed" else logging.WARNING
+        log.log(level, "lease %x lost: %s", self.id, reason)
         for scope in list(self._scopes):
             scope.cancel()
         for hook in self._lost_hooks:

@@ -216,7 +216,9 @@ def _range_pb(op: RangeOp) -> Any:
         req.range_end = op.range_end
     if op.sort_by_create:
         req.sort_target = _rpc.RangeRequest.CREATE
-        req.sort_order = _rpc.RangeRequest.ASCEND
+        req.sort_order = _rpc.RangeRequest.DESCEND if op.descending else _rpc.RangeRequest.ASCEND
+    if op.max_create_revision:
+        req.max_create_revision = op.max_create_revision
     return req
 
 

@@ -1,0 +1,92 @@
+"""Distributed locks with fencing tokens, on the session lease.
+
+::
+
+    lock = Lock(session, "reports")
+    async with lock.acquire() as held:          # waits, FIFO; bound it with anyio.fail_after
+        await held.put(key, value)              # refused by etcd once the lock is lost
+    async with lock.acquire_nowait() as held:   # LockBusyError at once if taken or queued
+        ...
+
+Waiters queue under ``locks/{name}/`` (see the ownership module for the algorithm).
+
+Guarantees:
+    * **Mutual exclusion** across processes and, through an in-process lock, across the
+      tasks of one process (they share one session lease, hence one key).
+    * **FIFO** by create revision; each waiter watches only its predecessor.
+    * **One transaction** to acquire an uncontended lock, one to release it.
+    * **No lease per acquire**: keys live under the session lease, so nothing leaks; a
+      crashed holder's key goes with its lease.
+    * **The body never runs without the lock**: a wait that times out, is cancelled or
+      loses the session raises and deletes its key; a lost session or a deleted key cancels
+      the body and raises :class:`LockLostError`.
+    * **Fenced writes** through :class:`LockHandle` (``txn``, ``put``, ``delete``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ._errors import LockLostError, OwnershipLostError
+from ._keys import validate_id
+from ._kv import Op, to_bytes
+from ._ownership import OwnerInfo, Ownership, owned
+from ._session import Session
+
+__all__ = ["Lock", "LockHandle"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class LockHandle(Ownership):
+    """This process holds a lock. See :class:`Ownership` for the fenced writes."""
+
+    lost_error: ClassVar[type[OwnershipLostError]] = LockLostError
+
+
+class Lock:
+    """A named lock among processes of one namespace and tenant."""
+
+    def __init__(self, session: Session, name: str) -> None:
+        """Prepare a lock; nothing is sent until it is acquired.
+
+        Raises:
+            InvalidIdError: a bad name.
+        """
+        self.name = validate_id(name, "lock name")
+        self._session = session
+        self._prefix = session.config.keyspace.lock_prefix(name)
+
+    @asynccontextmanager
+    async def acquire(self, value: bytes | str = b"") -> AsyncIterator[LockHandle]:
+        """Wait for the lock (FIFO), hold it for the block, release it on exit.
+
+        Raises:
+            LeaseLostError: the session lease was lost while waiting.
+            LockLostError: the lock was lost while the body ran (body cancelled).
+        """
+        async with owned(
+            self._session, self.name, self._prefix, to_bytes(value), kind=LockHandle
+        ) as handle:
+            yield handle
+
+    @asynccontextmanager
+    async def acquire_nowait(self, value: bytes | str = b"") -> AsyncIterator[LockHandle]:
+        """Take the lock only if nobody holds or waits for it; otherwise write nothing.
+
+        Raises:
+            LockBusyError: the lock is held or waited for (by this process or another).
+        """
+        async with owned(
+            self._session, self.name, self._prefix, to_bytes(value), kind=LockHandle, nowait=True
+        ) as handle:
+            yield handle
+
+    async def holder(self) -> OwnerInfo | None:
+        """The current holder (a linearizable read), or ``None``."""
+        res = await self._session.transport.range(
+            Op.get(self._prefix, prefix=True, limit=1, sort_by_create=True)
+        )
+        return None if res.first is None else OwnerInfo.of(res.first)

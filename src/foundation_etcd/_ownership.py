@@ -1,0 +1,359 @@
+"""The queue behind elections and locks, and the fenced ownership it grants.
+
+Candidates (or lock waiters) of one name each create ``{prefix}{lease_hex}`` under their
+session lease; the key with the lowest create revision owns the name. That create revision
+is the **fencing token**: successive owners have strictly increasing tokens, because a new
+key always gets a higher revision than every key before it.
+
+Algorithm (etcd's ``concurrency`` package, with two of its gaps closed):
+
+1. one transaction creates the own key (if absent) and reads the first key of the queue; when
+   that is the own key, the caller owns the name after **one round trip**;
+2. otherwise, one transaction reads the own key and its predecessor (the newest key created
+   before it); the caller watches only that predecessor's deletion (no thundering herd);
+3. after each wake-up it checks that its own key **still exists** (a deleted or expired
+   candidacy never becomes owner), and repeats 2 until it has no predecessor;
+4. the whole wait runs under the session lease's guard: a lost session **aborts** the
+   campaign instead of leaving it running; a cancelled or failed wait deletes the own key.
+
+Guarantees:
+    * At most one owner per name at any revision; tokens strictly increase.
+    * Every write made through :class:`Ownership` carries ``create_revision(own_key) ==
+      token``: etcd refuses it once the ownership has ended (a paused or partitioned former
+      owner cannot write), and the refusal raises :class:`OwnershipLostError` and ends the
+      ownership locally.
+    * The owner's body is cancelled when the session lease is lost or the own key is deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import ClassVar, TypeVar
+
+import anyio
+
+from ._background import background_tasks
+from ._errors import (
+    EtcdError,
+    LeaseLostError,
+    LockBusyError,
+    OwnershipLostError,
+)
+from ._kv import AnyOp, Compare, EventType, KeyValue, Op, TxnResult
+from ._session import Lease, Session
+from ._transport import Transport
+
+__all__ = ["OwnerInfo", "Ownership", "local_lock", "owned"]
+
+log = logging.getLogger("foundation_etcd.ownership")
+
+OwnerT = TypeVar("OwnerT", bound="Ownership")
+
+_LOCAL: weakref.WeakKeyDictionary[Session, dict[bytes, anyio.Lock]] = weakref.WeakKeyDictionary()
+
+
+def local_lock(session: Session, prefix: bytes) -> anyio.Lock:
+    """The in-process lock that queues this process's own tasks for one name.
+
+    All tasks of a process share one session lease, hence one key per name: they must take
+    turns locally before the process takes its turn in etcd.
+    """
+    locks = _LOCAL.setdefault(session, {})
+    lock = locks.get(prefix)
+    if lock is None:
+        lock = locks[prefix] = anyio.Lock()
+    return lock
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerInfo:
+    """The current owner of a name as etcd reports it.
+
+    Attributes:
+        key: the owner's key.
+        token: its create revision (the fencing token).
+        value: the value it proclaimed.
+        lease_id: its lease.
+    """
+
+    key: bytes
+    token: int
+    value: bytes
+    lease_id: int
+
+    @classmethod
+    def of(cls, kv: KeyValue) -> OwnerInfo:
+        """Build from the owner's key."""
+        return cls(kv.key, kv.create_revision, kv.value, kv.lease)
+
+
+@dataclass(slots=True)
+class _State:
+    lost_reason: str = ""
+    scope: anyio.CancelScope | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Ownership:
+    """Proof of ownership of an election or a lock, with fenced writes.
+
+    Attributes:
+        name: the election or lock name.
+        key: the own key.
+        fencing_token: the own key's create revision; hand it to systems outside etcd so
+            they can refuse writes carrying a lower token.
+        lease_id: the session lease the key lives under.
+    """
+
+    name: str
+    key: bytes
+    fencing_token: int
+    lease_id: int
+    _transport: Transport = field(repr=False)
+    _lease: Lease = field(repr=False)
+    _state: _State = field(default_factory=_State, repr=False)
+
+    lost_error: ClassVar[type[OwnershipLostError]] = OwnershipLostError
+
+    @property
+    def token(self) -> int:
+        """Alias of :attr:`fencing_token`."""
+        return self.fencing_token
+
+    @property
+    def guard(self) -> Compare:
+        """The compare to add to your own transactions: ``create_revision(key) == token``."""
+        return Compare.create_revision(self.key) == self.fencing_token
+
+    @property
+    def lost(self) -> bool:
+        """Whether this ownership is known to have ended."""
+        return bool(self._state.lost_reason)
+
+    def _end(self, reason: str) -> OwnershipLostError:
+        if not self._state.lost_reason:
+            self._state.lost_reason = reason
+            if self._state.scope is not None:
+                self._state.scope.cancel()
+        return self.lost_error(
+            self.name, key=self.key, token=self.fencing_token, reason=self._state.lost_reason
+        )
+
+    def ensure_current(self) -> None:
+        """Raise unless the ownership is still believed current (no I/O).
+
+        Raises:
+            OwnershipLostError: it ended (or the session lease is past its deadline).
+        """
+        if self._state.lost_reason:
+            raise self._end(self._state.lost_reason)
+        try:
+            self._lease.ensure_alive()
+        except LeaseLostError as exc:
+            raise self._end(f"session lease lost ({exc.reason})") from exc
+
+    async def txn(
+        self,
+        compare: Sequence[Compare] = (),
+        success: Sequence[AnyOp] = (),
+        failure: Sequence[AnyOp] = (),
+    ) -> TxnResult:
+        """Run a transaction only while this ownership is current.
+
+        The caller's transaction is nested under the fencing compare, so its own compares
+        decide between ``success`` and ``failure`` as usual, and the result is the nested
+        one.
+
+        Raises:
+            OwnershipLostError: the fencing compare failed; etcd wrote nothing.
+            AmbiguousResultError: no answer; the outcome is unknown.
+        """
+        self.ensure_current()
+        res = await self._transport.txn(
+            [self.guard], [Op.txn(compare, success, failure)], [Op.get(self.key)]
+        )
+        if not res.succeeded:
+            raise self._end("fencing token is no longer current (refused by etcd)")
+        inner = res.responses[0]
+        assert isinstance(inner, TxnResult)
+        return inner
+
+    async def put(self, key: bytes | str, value: bytes | str, *, lease: int = 0) -> int:
+        """Write a key only while this ownership is current; return the revision."""
+        return (await self.txn((), [Op.put(key, value, lease=lease)])).revision
+
+    async def delete(self, key: bytes | str, *, prefix: bool = False) -> int:
+        """Delete a key (or prefix) only while this ownership is current; return the revision."""
+        return (await self.txn((), [Op.delete(key, prefix=prefix)])).revision
+
+
+async def _wait_deleted(transport: Transport, key: bytes, after_revision: int) -> None:
+    """Return once ``key`` is deleted at a revision after ``after_revision``."""
+    delay = 0.05
+    while True:
+        stream = transport.open_watch()
+        try:
+            await stream.create(key, None, after_revision + 1, progress_notify=False)
+            while True:
+                resp = await stream.read()
+                if resp.compact_revision or resp.canceled:
+                    return  # cannot tell: let the caller look again
+                for ev in resp.events:
+                    after_revision = ev.revision
+                    if ev.type is EventType.DELETE:
+                        return
+        except EtcdError as exc:
+            log.info("watch on %r broke (%s); resuming", key, exc)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        finally:
+            stream.close()
+
+
+async def _enqueue(
+    transport: Transport, prefix: bytes, key: bytes, value: bytes, lease: Lease
+) -> tuple[int, KeyValue | None]:
+    """Create the own key; return its create revision and the first key of the queue."""
+    first = Op.get(prefix, prefix=True, limit=1, sort_by_create=True)
+    lease.ensure_alive()
+    res = await transport.txn(
+        [Compare.create_revision(key) == 0],
+        [Op.put(key, value, lease=lease.id), first],
+        [Op.get(key), first],
+    )
+    if res.succeeded:
+        return res.revision, res.range(1).first
+    own = res.range(0).first
+    assert own is not None
+    return own.create_revision, res.range(1).first
+
+
+async def _wait_turn(
+    transport: Transport, prefix: bytes, key: bytes, token: int, lease: Lease
+) -> None:
+    """Wait until no key older than the own key remains; fail if the own key vanishes."""
+    while True:
+        lease.ensure_alive()
+        res = await transport.txn(
+            [],
+            [
+                Op.get(key),
+                Op.get(
+                    prefix,
+                    prefix=True,
+                    limit=1,
+                    sort_by_create=True,
+                    descending=True,
+                    max_create_revision=token - 1,
+                ),
+            ],
+        )
+        own = res.range(0).first
+        if own is None or own.create_revision != token:
+            raise LeaseLostError(lease.id, "own key deleted while waiting")
+        pred = res.range(1).first
+        if pred is None:
+            return
+        await _wait_deleted(transport, pred.key, res.revision)
+
+
+async def _monitor(transport: Transport, ownership: Ownership, from_revision: int) -> None:
+    """End the ownership when the own key is deleted or replaced."""
+    await _wait_deleted(transport, ownership.key, from_revision)
+    kv = await transport.get(ownership.key)
+    if kv is None or kv.create_revision != ownership.fencing_token:
+        ownership._end("own key deleted")
+    else:  # the watch could not tell (compaction); keep watching from here
+        await _monitor(transport, ownership, kv.mod_revision)
+
+
+async def _take_if_free(
+    transport: Transport, name: str, prefix: bytes, key: bytes, value: bytes, lease: Lease
+) -> int:
+    """One transaction: create the own key only if the queue is empty (else write nothing)."""
+    end = Op.get(prefix, prefix=True).range_end
+    lease.ensure_alive()
+    res = await transport.txn(
+        [Compare.create_revision(prefix, range_end=end) == 0],  # true only for an empty range
+        [Op.put(key, value, lease=lease.id)],
+        [Op.get(prefix, prefix=True, limit=1, sort_by_create=True)],
+    )
+    if res.succeeded:
+        return res.revision
+    first = res.range(0).first
+    raise LockBusyError(
+        name,
+        holder_key=first.key if first else None,
+        holder_token=first.create_revision if first else 0,
+    )
+
+
+@asynccontextmanager
+async def owned(
+    session: Session,
+    name: str,
+    prefix: bytes,
+    value: bytes,
+    *,
+    kind: type[OwnerT],
+    nowait: bool = False,
+) -> AsyncIterator[OwnerT]:
+    """Queue for ``prefix`` and hold it for the duration of the block.
+
+    Args:
+        session: whose lease the own key lives under.
+        name: the election or lock name (for errors).
+        prefix: the queue's key prefix.
+        value: the own key's value.
+        kind: the :class:`Ownership` subclass to grant.
+        nowait: take the name only if nobody owns or waits for it, else raise
+            :class:`LockBusyError` having written nothing.
+
+    Raises:
+        LeaseLostError: the session lease was lost before ownership was granted.
+        OwnershipLostError: the ownership ended while the body ran (body cancelled).
+        LockBusyError: with ``nowait``, the name was taken.
+    """
+    transport = session.transport
+    timeout = session.config.request_timeout
+    local = local_lock(session, prefix)
+    if nowait and local.locked():
+        raise LockBusyError(name, holder_key=None, holder_token=0)
+    async with local:
+        lease = await session.wait_lease()
+        key = prefix + f"{lease.id:x}".encode()
+        token = 0
+        ownership: OwnerT | None = None
+        try:
+            with lease.guard():
+                if nowait:
+                    token = await _take_if_free(transport, name, prefix, key, value, lease)
+                else:
+                    token, first = await _enqueue(transport, prefix, key, value, lease)
+                    if first is None or first.key != key:
+                        await _wait_turn(transport, prefix, key, token, lease)
+                ownership = kind(name, key, token, lease.id, transport, lease)
+                async with background_tasks() as tg:
+                    tg.start_soon(_monitor, transport, ownership, token)
+                    with anyio.CancelScope() as scope:
+                        ownership._state.scope = scope
+                        yield ownership
+                    if scope.cancelled_caught and ownership.lost:
+                        raise ownership._end(ownership._state.lost_reason)
+        except LeaseLostError as exc:
+            if ownership is not None:
+                raise ownership._end(f"session lease lost ({exc.reason})") from exc
+            raise
+        finally:
+            if token:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
+                    try:  # resign: only our own key, only if it is still ours
+                        await transport.txn(
+                            [Compare.create_revision(key) == token], [Op.delete(key)]
+                        )
+                    except EtcdError as exc:
+                        log.warning("could not delete %r (%s); it expires with its lease", key, exc)
