@@ -28,6 +28,7 @@ from ._errors import (
     EtcdUnavailableError,
     FoundationEtcdError,
     InvalidIdError,
+    InvalidReservationError,
     LeadershipLostError,
     LeaseLostError,
     LeaseNotFoundError,
@@ -36,6 +37,8 @@ from ._errors import (
     NodeExistsError,
     NoLeaderError,
     OwnershipLostError,
+    QuotaError,
+    QuotaExceededError,
     RequestTooLargeError,
     SerializationError,
     SessionClosedError,
@@ -56,6 +59,7 @@ from ._kv import (
 )
 from ._lock import Lock, LockHandle
 from ._ownership import OwnerInfo, Ownership
+from ._quotas import Quotas, QuotaUsage, Reservation
 from ._registry import AgentChange, AgentInfo, Registration, Registry
 from ._session import Lease, Session, SessionStatistics, open_session
 from ._transport import (
@@ -99,6 +103,7 @@ __all__ = [
     "FoundationEtcdError",
     "HostedAgent",
     "InvalidIdError",
+    "InvalidReservationError",
     "KeyValue",
     "Keyspace",
     "Leadership",
@@ -121,10 +126,15 @@ __all__ = [
     "Ownership",
     "OwnershipLostError",
     "PutResult",
+    "QuotaError",
+    "QuotaExceededError",
+    "QuotaUsage",
+    "Quotas",
     "RangeResult",
     "Registration",
     "Registry",
     "RequestTooLargeError",
+    "Reservation",
     "RestartPolicy",
     "SerializationError",
     "Session",

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from . import _codec
@@ -41,6 +42,7 @@ from ._errors import AgentNotFoundError, EtcdError, NodeExistsError
 from ._keys import validate_id
 from ._kv import Compare, KeyValue, Op
 from ._lock import Lock
+from ._quotas import Quotas
 from ._registry import Registration, Registry
 from ._session import Lease, Session, open_session
 from ._transport import Transport, open_transport
@@ -121,6 +123,30 @@ class Cluster:
         self._node_value = node_value
         self._node_view: WatchedView | None = None
         self._registry: Registry | None = None
+        self._tg: TaskGroup | None = None
+        self._views: dict[bytes, WatchedView] = {}
+        self._quotas: Quotas | None = None
+
+    async def view(self, prefix: bytes) -> WatchedView:
+        """A watched view of ``prefix``, opened once and kept until the cluster closes."""
+        view = self._views.get(prefix)
+        if view is None:
+            assert self._tg is not None
+            view = await self._tg.start(self._run_view, prefix)
+            self._views[prefix] = view
+        return view
+
+    async def _run_view(self, prefix: bytes, *, task_status: TaskStatus[WatchedView]) -> None:
+        async with open_view(self.transport, prefix) as view:
+            task_status.started(view)
+            await anyio.sleep_forever()
+
+    @property
+    def quotas(self) -> Quotas:
+        """Quota accounting for this tenant (and this cluster's nodes' capacity)."""
+        if self._quotas is None:
+            self._quotas = Quotas(self)
+        return self._quotas
 
     # node announcement ---------------------------------------------------------------------
     async def _announce(self, lease: Lease) -> int:
@@ -357,4 +383,5 @@ async def connect(
             open_view(transport, config.keyspace.agents_live_prefix())
         )
         cluster._registry = Registry(transport, session, config.keyspace, node_id, agents_view)
+        cluster._tg = await stack.enter_async_context(background_tasks())
         yield cluster

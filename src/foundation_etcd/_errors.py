@@ -23,6 +23,9 @@ gRPC errors are translated into this tree in the transport module and nowhere el
     │   ├── LeadershipLostError              ... a leadership (stale token, lease lost)
     │   └── LockLostError                    ... a lock
     ├── LockBusyError                        acquire_nowait found the lock held or queued
+    ├── QuotaError
+    │   ├── QuotaExceededError               reserve_nowait found no room now
+    │   └── InvalidReservationError (ValueError)  bad amounts, unknown resource, over limit
     ├── SerializationError (TypeError)       a payload that cannot be encoded as JSON
     ├── AgentExistsError                     an agent id is already registered and live
     ├── AgentNotFoundError (KeyError)        no such agent, or not registered by this process
@@ -45,6 +48,7 @@ __all__ = [
     "EtcdUnavailableError",
     "FoundationEtcdError",
     "InvalidIdError",
+    "InvalidReservationError",
     "LeadershipLostError",
     "LeaseLostError",
     "LeaseNotFoundError",
@@ -53,6 +57,8 @@ __all__ = [
     "NoLeaderError",
     "NodeExistsError",
     "OwnershipLostError",
+    "QuotaError",
+    "QuotaExceededError",
     "RequestTooLargeError",
     "SerializationError",
     "SessionClosedError",
@@ -330,3 +336,35 @@ class LockBusyError(FoundationEtcdError):
         self.name = name
         self.holder_key = holder_key
         self.holder_token = holder_token
+
+
+class QuotaError(FoundationEtcdError):
+    """Base class of quota errors."""
+
+
+class QuotaExceededError(QuotaError):
+    """``reserve_nowait`` could not be admitted now; its queued keys were withdrawn.
+
+    Attributes:
+        pool: the pool without room.
+        requested: the amount asked for.
+        used: the amount held in that pool when refused.
+        limit: the pool's limit.
+    """
+
+    def __init__(self, pool: str, *, requested: int, used: int, limit: int) -> None:
+        super().__init__(
+            f"quota {pool!r}: {requested} requested, {used} of {limit} in use or queued ahead"
+        )
+        self.pool = pool
+        self.requested = requested
+        self.used = used
+        self.limit = limit
+
+
+class InvalidReservationError(QuotaError, ValueError):
+    """A reservation or limit that can never be valid; raised before anything is written.
+
+    Zero, negative or non-integer amounts, a resource with no limit, or an amount larger
+    than the limit (never admissible).
+    """
