@@ -387,13 +387,13 @@ class Quotas:
                     raise EtcdError("limits kept changing; reservation not attempted")
                 admitted = self._admitted_from_reads(res.responses[len(keys) :], pools, keys)
                 reservation = Reservation(rid, {p: a for p, a, *_ in pools}, keys, token, lease.id)
-                if admitted is None or not admitted:
-                    if nowait and admitted is False:
-                        raise self._exceeded(pools)
+                if admitted is not True:
+                    if nowait and isinstance(admitted, QuotaExceededError):
+                        raise admitted
                     await qview.wait_for(token)
                     if nowait:
                         if not self._admitted_in_view(pools, token):
-                            raise self._exceeded(pools)
+                            raise self._exceeded(pools, token)
                     else:
                         await self._wait_admitted(pools, token)
                 yield reservation
@@ -413,36 +413,46 @@ class Quotas:
                             "release of %s failed (%s); it expires with its lease", rid, exc
                         )
 
-    def _exceeded(self, pools: list[tuple[str, int, int, bytes, int]]) -> QuotaExceededError:
-        """The error for the first pool that has no room now."""
+    def _exceeded(
+        self, pools: list[tuple[str, int, int, bytes, int]], token: int
+    ) -> QuotaExceededError:
+        """The error for the first pool where the reservation (queued at ``token``) has no room."""
         for pool, amount, limit, _, _ in pools:
-            used, _queued = self._queues.get(pool, _Queue()).usage(limit)
-            if used + amount > limit:
-                return QuotaExceededError(pool, requested=amount, used=used, limit=limit)
+            through = self._queues.get(pool, _Queue()).sum_through(token) or amount
+            if through > limit:
+                return QuotaExceededError(
+                    pool, requested=amount, used=through - amount, limit=limit
+                )
         pool, amount, limit, _, _ = pools[0]
-        used = self._queues.get(pool, _Queue()).usage(limit)[0]
-        return QuotaExceededError(pool, requested=amount, used=used, limit=limit)
+        return QuotaExceededError(pool, requested=amount, used=limit, limit=limit)
 
     @staticmethod
     def _admitted_from_reads(
-        reads: Sequence[object], pools: list[tuple[str, int, int, bytes, int]], keys: tuple[bytes, ...]
-    ) -> bool | None:
-        """Decide from the transaction's own reads; ``None`` when a queue was too long."""
-        decided = True
-        for read, (pool, _, limit, _, _), key in zip(reads, pools, keys, strict=True):
-            kvs = getattr(read, "kvs", [])
+        reads: Sequence[object],
+        pools: list[tuple[str, int, int, bytes, int]],
+        keys: tuple[bytes, ...],
+    ) -> bool | QuotaExceededError | None:
+        """Decide from the transaction's own reads (exact at its revision).
+
+        Returns ``True`` when admitted, the error to raise when not admitted now, and
+        ``None`` when a queue was longer than what the transaction read.
+        """
+        refused: QuotaExceededError | None = None
+        for read, (pool, amount, limit, _, _), key in zip(reads, pools, keys, strict=True):
             total = 0
             seen = False
-            for kv in kvs:
+            for kv in getattr(read, "kvs", []):
                 total += _amount(kv, pool)
                 if kv.key == key:
                     seen = True
                     break
             if not seen:
                 return None
-            if total > limit:
-                decided = False
-        return decided
+            if total > limit and refused is None:
+                refused = QuotaExceededError(
+                    pool, requested=amount, used=total - amount, limit=limit
+                )
+        return True if refused is None else refused
 
     def _admitted_in_view(self, pools: list[tuple[str, int, int, bytes, int]], token: int) -> bool:
         assert self._lview is not None

@@ -1,0 +1,64 @@
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Worker:
+    """A Python worker process speaking JSON lines on stdout."""
+
+    def __init__(self, module: str, *args: str) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", "-m", module, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=ROOT,
+        )
+        self.events: list[dict] = []
+
+    async def next_event(self, name: str | None = None, limit: float = 20) -> dict:
+        assert self.proc.stdout is not None
+        with anyio.fail_after(limit):
+            while True:
+                line = await anyio.to_thread.run_sync(self.proc.stdout.readline)
+                if not line:
+                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                    raise AssertionError(f"worker exited: {err[-3000:]}")
+                ev = json.loads(line)
+                self.events.append(ev)
+                if name is None or ev["event"] == name:
+                    return ev
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                f.close()
+
+
+@pytest.fixture
+def spawn_worker() -> Iterator:
+    workers: list[Worker] = []
+
+    def spawn(module: str, *args: str) -> Worker:
+        w = Worker(module, *args)
+        workers.append(w)
+        return w
+
+    yield spawn
+    for w in workers:
+        w.stop()

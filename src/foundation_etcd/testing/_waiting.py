@@ -1,0 +1,26 @@
+"""Waiting for a condition on local state, for tests."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+__all__ = ["wait_until"]
+
+
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]], *, poll: float = 0.01
+) -> None:
+    """Return once ``predicate()`` is true; bound the wait with ``anyio.fail_after``.
+
+    For conditions on in-memory state (a view, a list filled by a callback) that have no
+    event of their own. The predicate may be a coroutine function.
+    """
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        await anyio.sleep(poll)

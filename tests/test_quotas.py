@@ -1,0 +1,148 @@
+import anyio
+import pytest
+
+from foundation_etcd import (
+    Config,
+    InvalidReservationError,
+    LeaseLostError,
+    QuotaExceededError,
+    connect,
+)
+from foundation_etcd.testing import wait_until
+
+pytestmark = pytest.mark.etcd
+
+
+async def test_reserve_release_and_usage(etcd_config: Config) -> None:
+    async with connect(etcd_config, node_id="n1") as c:
+        q = c.quotas
+        await q.set_limit("gpu", 4)
+        assert await q.get_limit("gpu") == 4
+        async with q.reserve({"gpu": 3}) as r:
+            assert r.amounts == {"gpu": 3}
+            u = await q.open_usage("gpu")
+            assert (u.limit, u.used, u.queued) == (4, 3, 0)
+            with pytest.raises(QuotaExceededError) as info:
+                async with q.reserve_nowait({"gpu": 2}):
+                    raise AssertionError("admitted over the limit")
+            assert (info.value.used, info.value.limit) == (3, 4)
+            async with q.reserve_nowait({"gpu": 1}):
+                assert (await q.open_usage("gpu")).used == 4
+        u = await q.open_usage("gpu")
+        assert (u.used, u.reservations) == (0, 0)
+
+
+async def test_bad_input_writes_nothing(etcd_config: Config) -> None:
+    async with connect(etcd_config, node_id="n1") as c:
+        q = c.quotas
+        await q.set_limit("cpu", 8)
+        rev = (await c.transport.status()).revision
+        for bad in ({"cpu": 0}, {"cpu": -1}, {"cpu": 1.5}, {"cpu": True}, {}, {"nope": 1}):
+            with pytest.raises(InvalidReservationError):
+                async with q.reserve(bad):  # type: ignore[arg-type]
+                    raise AssertionError("body ran")
+        with pytest.raises(InvalidReservationError, match="can never be admitted"):
+            async with q.reserve({"cpu": 9}):
+                pass
+        with pytest.raises(ValueError):
+            await q.set_limit("cpu", -2)
+        assert (await c.transport.status()).revision == rev
+
+
+async def test_waiter_is_admitted_on_release_fifo(etcd_config: Config) -> None:
+    async with connect(etcd_config, node_id="a") as a, connect(etcd_config, node_id="b") as b:
+        await a.quotas.set_limit("slots", 2)
+        order: list[str] = []
+        release = anyio.Event()
+
+        async def holder() -> None:
+            async with a.quotas.reserve({"slots": 2}):
+                order.append("a-in")
+                await release.wait()
+            order.append("a-out")
+
+        async def waiter(name: str, amount: int) -> None:
+            async with b.quotas.reserve({"slots": amount}):
+                order.append(f"{name}-in")
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(holder)
+                await wait_until(lambda: not ("a-in" not in order))
+                tg.start_soon(waiter, "big", 2)
+                await anyio.sleep(0.1)
+                tg.start_soon(waiter, "small", 1)
+                await anyio.sleep(0.2)
+                assert order == ["a-in"]  # the small one does not jump the queue
+                release.set()
+        assert order[:3] == ["a-in", "a-out", "big-in"]
+
+
+async def test_multi_resource_admitted_only_if_all_fit(etcd_config: Config) -> None:
+    async with connect(etcd_config, node_id="n") as c:
+        q = c.quotas
+        await q.set_limit("cpu", 4)
+        await q.set_limit("mem", 10)
+        async with q.reserve({"cpu": 1, "mem": 9}):
+            with pytest.raises(QuotaExceededError) as info:
+                async with q.reserve_nowait({"cpu": 1, "mem": 2}):
+                    pass
+            assert info.value.pool == "mem"
+            assert (await q.open_usage("cpu")).used == 1
+
+
+async def test_lowering_limit_admits_nothing_new(etcd_config: Config) -> None:
+    async with connect(etcd_config, node_id="n") as c:
+        q = c.quotas
+        await q.set_limit("x", 5)
+        async with q.reserve({"x": 4}):
+            await q.set_limit("x", 2)
+            await q.open_usage("x")
+            with pytest.raises(QuotaExceededError):
+                async with q.reserve_nowait({"x": 1}):
+                    pass
+        async with q.reserve_nowait({"x": 1}):
+            pass
+
+
+async def test_limit_raise_wakes_waiter(etcd_config: Config) -> None:
+    async with connect(etcd_config, node_id="n") as c:
+        q = c.quotas
+        await q.set_limit("y", 1)
+        admitted = anyio.Event()
+
+        async def waiter() -> None:
+            async with q.reserve({"y": 1}):
+                admitted.set()
+
+        async with q.reserve({"y": 1}):
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(waiter)
+                    await anyio.sleep(0.2)
+                    assert not admitted.is_set()
+                    await q.set_limit("y", 2)
+                    await admitted.wait()
+
+
+async def test_node_capacity_pool(etcd_config: Config) -> None:
+    async with connect(etcd_config, node_id="gpu-box", capacity={"gpu": 2}) as c:
+        async with c.quotas.reserve({"gpu": 2}, node="gpu-box"):
+            with pytest.raises(QuotaExceededError):
+                async with c.quotas.reserve_nowait({"gpu": 1}, node="gpu-box"):
+                    pass
+        with pytest.raises(InvalidReservationError, match="no limit"):
+            async with c.quotas.reserve({"gpu": 1}, node="elsewhere"):
+                pass
+
+
+async def test_reservation_goes_with_the_lease(etcd_config: Config) -> None:
+    async with connect(etcd_config, node_id="h") as c, connect(etcd_config, node_id="w") as w:
+        await c.quotas.set_limit("z", 1)
+        with anyio.fail_after(10):
+            with pytest.raises(LeaseLostError):
+                async with c.quotas.reserve({"z": 1}):
+                    await w.transport.lease_revoke(c.session.lease.id)
+                    await anyio.sleep(10)
+            async with w.quotas.reserve({"z": 1}):
+                pass

@@ -1,0 +1,142 @@
+import random
+
+import anyio
+import pytest
+
+from foundation_etcd import (
+    ChangeKind,
+    Config,
+    KeyValue,
+    Transport,
+    ViewChange,
+    WatchedView,
+    open_transport,
+    open_view,
+)
+from foundation_etcd.testing import wait_until
+
+pytestmark = pytest.mark.etcd
+
+
+async def assert_equals_fresh_list(view: WatchedView, t: Transport, revision: int) -> None:
+    with anyio.fail_after(15):
+        await view.wait_for(revision)
+    fresh = await t.get_prefix(view.prefix)
+    assert {kv.key: kv for kv in fresh.kvs} == dict(view.items())
+
+
+def replay(snapshot: dict[bytes, KeyValue], batches: list[list[ViewChange]]) -> dict:
+    """Apply a change history to a snapshot; fail on a change applied twice or out of order."""
+    state = dict(snapshot)
+    last = 0
+    for batch in batches:
+        for c in batch:
+            assert c.revision >= last, "changes out of revision order"
+            last = c.revision
+            if c.kind is ChangeKind.REMOVED:
+                assert c.key in state, f"removal of absent key {c.key!r}"
+                del state[c.key]
+            elif c.kind is ChangeKind.ADDED:
+                assert c.key not in state, f"key {c.key!r} added twice"
+                state[c.key] = c.kv
+            else:
+                assert c.key in state and state[c.key].mod_revision < c.kv.mod_revision
+                state[c.key] = c.kv
+    return state
+
+
+async def churn(t: Transport, prefix: bytes, n: int, seed: int) -> int:
+    rnd = random.Random(seed)
+    rev = 0
+    for i in range(n):
+        key = prefix + f"k{rnd.randrange(20)}".encode()
+        if rnd.random() < 0.3:
+            rev = max(rev, (await t.delete(key)).revision)
+        else:
+            rev = (await t.put(key, f"{i}".encode())).revision
+    return rev
+
+
+async def test_view_follows_concurrent_writers(etcd_config: Config) -> None:
+    prefix = etcd_config.keyspace.key("w/")
+    async with open_transport(etcd_config) as t:
+        await churn(t, prefix, 20, seed=1)
+        async with open_view(t, prefix) as view:
+            snapshot = dict(view.items())
+            batches: list[list[ViewChange]] = []
+            view.on_change(batches.append)
+            async with anyio.create_task_group() as tg:
+                for s in range(4):
+                    tg.start_soon(churn, t, prefix, 100, s + 10)
+            rev = (await t.put(prefix + b"last", b"1")).revision
+            await assert_equals_fresh_list(view, t, rev)
+            assert replay(snapshot, batches) == dict(view.items())
+
+
+async def test_wait_for_revision_outside_prefix(etcd_config: Config) -> None:
+    async with open_transport(etcd_config) as t, open_view(t, etcd_config.keyspace.key("a/")) as v:
+        rev = (await t.put(etcd_config.keyspace.key("b"), b"1")).revision
+        with anyio.fail_after(5):
+            await v.wait_for(rev)
+        assert v.revision >= rev and len(v) == 0
+
+
+async def test_view_across_etcd_restart(etcd_factory, etcd_namespace: str) -> None:
+    server = etcd_factory()
+    cfg = Config(endpoints=(server.endpoint,), namespace=etcd_namespace)
+    prefix = cfg.keyspace.key("r/")
+    async with open_transport(cfg) as t:
+        await churn(t, prefix, 30, seed=2)
+        async with open_view(t, prefix) as view:
+            snapshot = dict(view.items())
+            batches: list[list[ViewChange]] = []
+            view.on_change(batches.append)
+            await churn(t, prefix, 30, seed=3)
+            await anyio.to_thread.run_sync(server.restart)
+            with anyio.fail_after(20):
+                while True:  # the client reconnects by itself
+                    try:
+                        rev = await churn(t, prefix, 30, seed=4)
+                        break
+                    except Exception:
+                        await anyio.sleep(0.1)
+            await assert_equals_fresh_list(view, t, rev)
+            assert view.restarts >= 1
+            assert replay(snapshot, batches) == dict(view.items())
+
+
+async def test_view_across_compaction(
+    etcd_config: Config, etcd_endpoints: list[str], fault_proxy_factory
+) -> None:
+    proxy = fault_proxy_factory(etcd_endpoints[0])
+    cut_cfg = etcd_config.with_options(endpoints=(proxy.endpoint,))
+    prefix = etcd_config.keyspace.key("c/")
+    async with open_transport(etcd_config) as t, open_transport(cut_cfg) as tv:
+        await churn(t, prefix, 40, seed=5)
+        async with open_view(tv, prefix) as view:
+            snapshot = dict(view.items())
+            batches: list[list[ViewChange]] = []
+            view.on_change(batches.append)
+            proxy.drop()
+            with anyio.fail_after(10):
+                await wait_until(lambda: not (view.connected))
+            rev = await churn(t, prefix, 60, seed=6)
+            await t.compact(rev)
+            proxy.pass_()
+            await assert_equals_fresh_list(view, t, rev)
+            assert view.relists == 1
+            assert replay(snapshot, batches) == dict(view.items())
+
+
+async def test_subscribe_receives_batches(etcd_config: Config) -> None:
+    prefix = etcd_config.keyspace.key("s/")
+    async with open_transport(etcd_config) as t, open_view(t, prefix) as view:
+        async with view.subscribe() as changes:
+            await t.put(prefix + b"a", b"1")
+            await t.put(prefix + b"a", b"2")
+            await t.delete(prefix + b"a")
+            got = []
+            with anyio.fail_after(5):
+                while len(got) < 3:
+                    got.extend(await changes.receive())
+        assert [c.kind for c in got] == [ChangeKind.ADDED, ChangeKind.UPDATED, ChangeKind.REMOVED]
