@@ -36,6 +36,7 @@ from ._errors import (
     LockLostError,
     NodeExistsError,
     NoLeaderError,
+    NoNodeFitsError,
     OwnershipLostError,
     QuotaError,
     QuotaExceededError,
@@ -59,6 +60,7 @@ from ._kv import (
 )
 from ._lock import Lock, LockHandle
 from ._ownership import OwnerInfo, Ownership
+from ._placement import NodeLoad, PlacementRequest, PlacementStrategy
 from ._quotas import Quotas, QuotaUsage, Reservation
 from ._registry import AgentChange, AgentInfo, Registration, Registry
 from ._session import Lease, Session, SessionStatistics, open_session
@@ -118,13 +120,17 @@ __all__ = [
     "LockHandle",
     "LockLostError",
     "NoLeaderError",
+    "NoNodeFitsError",
     "NodeChange",
     "NodeExistsError",
     "NodeInfo",
+    "NodeLoad",
     "Op",
     "OwnerInfo",
     "Ownership",
     "OwnershipLostError",
+    "PlacementRequest",
+    "PlacementStrategy",
     "PutResult",
     "QuotaError",
     "QuotaExceededError",

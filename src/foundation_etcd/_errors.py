@@ -23,6 +23,7 @@ gRPC errors are translated into this tree in the transport module and nowhere el
     │   ├── LeadershipLostError              ... a leadership (stale token, lease lost)
     │   └── LockLostError                    ... a lock
     ├── LockBusyError                        acquire_nowait found the lock held or queued
+    ├── NoNodeFitsError                      no live node can host an agent (reasons per node)
     ├── QuotaError
     │   ├── QuotaExceededError               reserve_nowait found no room now
     │   └── InvalidReservationError (ValueError)  bad amounts, unknown resource, over limit
@@ -55,6 +56,7 @@ __all__ = [
     "LockBusyError",
     "LockLostError",
     "NoLeaderError",
+    "NoNodeFitsError",
     "NodeExistsError",
     "OwnershipLostError",
     "QuotaError",
@@ -368,3 +370,18 @@ class InvalidReservationError(QuotaError, ValueError):
     Zero, negative or non-integer amounts, a resource with no limit, or an amount larger
     than the limit (never admissible).
     """
+
+
+class NoNodeFitsError(FoundationEtcdError):
+    """No live node can host an agent.
+
+    Attributes:
+        agent_id: the agent.
+        reasons: node id to why it does not fit (empty when no node is live).
+    """
+
+    def __init__(self, agent_id: str, reasons: dict[str, str]) -> None:
+        detail = "; ".join(f"{n}: {r}" for n, r in sorted(reasons.items())) or "no live nodes"
+        super().__init__(f"no node fits agent {agent_id!r} ({detail})")
+        self.agent_id = agent_id
+        self.reasons = reasons
