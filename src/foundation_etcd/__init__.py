@@ -27,6 +27,7 @@ from ._errors import (
     EtcdServerError,
     EtcdUnavailableError,
     FoundationEtcdError,
+    IncarnationLostError,
     InvalidIdError,
     InvalidReservationError,
     LeadershipLostError,
@@ -63,6 +64,8 @@ from ._ownership import OwnerInfo, Ownership
 from ._placement import NodeLoad, PlacementRequest, PlacementStrategy
 from ._quotas import Quotas, QuotaUsage, Reservation
 from ._registry import AgentChange, AgentInfo, Registration, Registry
+from ._runtime import AgentRunContext, NodeRuntime
+from ._scheduler import AgentRef, AgentSpec, AgentStatus, Scheduler
 from ._session import Lease, Session, SessionStatistics, open_session
 from ._transport import (
     MAX_REQUEST_BYTES,
@@ -87,6 +90,10 @@ __all__ = [
     "AgentHooks",
     "AgentInfo",
     "AgentNotFoundError",
+    "AgentRef",
+    "AgentRunContext",
+    "AgentSpec",
+    "AgentStatus",
     "AmbiguousResultError",
     "AuthError",
     "ChangeKind",
@@ -104,6 +111,7 @@ __all__ = [
     "EventType",
     "FoundationEtcdError",
     "HostedAgent",
+    "IncarnationLostError",
     "InvalidIdError",
     "InvalidReservationError",
     "KeyValue",
@@ -125,6 +133,7 @@ __all__ = [
     "NodeExistsError",
     "NodeInfo",
     "NodeLoad",
+    "NodeRuntime",
     "Op",
     "OwnerInfo",
     "Ownership",
@@ -142,6 +151,7 @@ __all__ = [
     "RequestTooLargeError",
     "Reservation",
     "RestartPolicy",
+    "Scheduler",
     "SerializationError",
     "Session",
     "SessionClosedError",

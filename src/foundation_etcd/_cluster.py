@@ -24,7 +24,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -42,8 +42,11 @@ from ._errors import AgentNotFoundError, EtcdError, NodeExistsError
 from ._keys import validate_id
 from ._kv import Compare, KeyValue, Op
 from ._lock import Lock
+from ._placement import PlacementStrategy
 from ._quotas import Quotas
 from ._registry import Registration, Registry
+from ._runtime import NodeRuntime
+from ._scheduler import AgentRef, AgentStatus, Scheduler
 from ._session import Lease, Session, open_session
 from ._transport import Transport, open_transport
 from ._watch import ChangeKind, WatchedView, open_view
@@ -126,6 +129,8 @@ class Cluster:
         self._tg: TaskGroup | None = None
         self._views: dict[bytes, WatchedView] = {}
         self._quotas: Quotas | None = None
+        self._scheduler: Scheduler | None = None
+        self.runtime: NodeRuntime | None = None
 
     async def view(self, prefix: bytes) -> WatchedView:
         """A watched view of ``prefix``, opened once and kept until the cluster closes."""
@@ -219,6 +224,11 @@ class Cluster:
                 out[info.node_id] = info
         return out
 
+    def node_kv(self, node_id: str) -> KeyValue | None:
+        """The raw announcement key of a live node from the view, or ``None``."""
+        assert self._node_view is not None
+        return self._node_view.get(self.keyspace.node(node_id))
+
     def node(self, node_id: str) -> NodeInfo | None:
         """One live node from the view, or ``None``."""
         assert self._node_view is not None
@@ -252,6 +262,78 @@ class Cluster:
             async with background_tasks() as tg, receive:
                 tg.start_soon(pump)
                 yield receive
+
+    # agents: spawn, place, serve -------------------------------------------------------------
+    @property
+    def scheduler(self) -> Scheduler:
+        """Spawning, placement and failover."""
+        if self._scheduler is None:
+            self._scheduler = Scheduler(self)
+        return self._scheduler
+
+    async def spawn(
+        self,
+        agent_class: type,
+        agent_id: str,
+        *,
+        args: Mapping[str, Any] | None = None,
+        critical: bool | None = None,
+        placement: str | PlacementStrategy | None = None,
+        resources: Mapping[str, int] | None = None,
+        requires: Iterable[str] = (),
+    ) -> AgentRef:
+        """Write the desired agent and place it on a node, in one transaction.
+
+        ``critical``, ``placement`` and ``resources`` default to the class's ``@clustered``
+        settings. The chosen node's runtime (``serve``) starts it.
+
+        Raises:
+            TypeError: the class is not ``@clustered``.
+            AgentExistsError: the id is already spawned.
+            NoNodeFitsError: no live node fits; nothing was written.
+        """
+        return await self.scheduler.spawn(
+            agent_class,
+            agent_id,
+            args=args,
+            critical=critical,
+            placement=placement,
+            resources=resources,
+            requires=tuple(requires),
+        )
+
+    async def despawn(self, agent_id: str) -> None:
+        """Remove a spawned agent; its node stops it (final checkpoint, then unregister)."""
+        await self.scheduler.despawn(agent_id)
+
+    async def agents(self) -> list[AgentStatus]:
+        """Every spawned agent with its state (pending, running, failed) and node."""
+        return await self.scheduler.agents()
+
+    async def drain(self, node_id: str) -> list[tuple[str, str]]:
+        """Move every agent off ``node_id``; returns ``(agent_id, new_node)`` pairs."""
+        return await self.scheduler.drain(node_id)
+
+    async def serve(
+        self,
+        classes: Mapping[str, type] | None = None,
+        *,
+        scheduler: bool = True,
+        on_event: Callable[..., None] | None = None,
+    ) -> None:
+        """Host the agents assigned to this node (and take part in failover), forever.
+
+        Args:
+            classes: cluster name to class this node may host; by default every class
+                decorated with ``@clustered`` in this process. Nothing else is ever hosted.
+            scheduler: also campaign to be the cluster's failover scheduler.
+            on_event: called as ``on_event(name, **fields)`` for runtime events.
+        """
+        self.runtime = NodeRuntime(self, classes, on_event)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.runtime.run)
+            if scheduler:
+                tg.start_soon(self.scheduler.run_failover)
 
     # coordination ----------------------------------------------------------------------------
     def election(self, name: str) -> Election:
@@ -382,6 +464,8 @@ async def connect(
         agents_view = await stack.enter_async_context(
             open_view(transport, config.keyspace.agents_live_prefix())
         )
+        cluster._views[config.keyspace.nodes_prefix()] = cluster._node_view
+        cluster._views[config.keyspace.agents_live_prefix()] = agents_view
         cluster._registry = Registry(transport, session, config.keyspace, node_id, agents_view)
         cluster._tg = await stack.enter_async_context(background_tasks())
         yield cluster

@@ -21,7 +21,8 @@ gRPC errors are translated into this tree in the transport module and nowhere el
     │   └── LeaseLostError                   the lease could no longer be proven alive
     ├── OwnershipLostError                   a leadership or lock ended while in use
     │   ├── LeadershipLostError              ... a leadership (stale token, lease lost)
-    │   └── LockLostError                    ... a lock
+    │   ├── LockLostError                    ... a lock
+    │   └── IncarnationLostError             ... an agent incarnation (state write refused)
     ├── LockBusyError                        acquire_nowait found the lock held or queued
     ├── NoNodeFitsError                      no live node can host an agent (reasons per node)
     ├── QuotaError
@@ -48,6 +49,7 @@ __all__ = [
     "EtcdServerError",
     "EtcdUnavailableError",
     "FoundationEtcdError",
+    "IncarnationLostError",
     "InvalidIdError",
     "InvalidReservationError",
     "LeadershipLostError",
@@ -385,3 +387,7 @@ class NoNodeFitsError(FoundationEtcdError):
         super().__init__(f"no node fits agent {agent_id!r} ({detail})")
         self.agent_id = agent_id
         self.reasons = reasons
+
+
+class IncarnationLostError(OwnershipLostError):
+    """An agent incarnation is no longer the live one; its state write was refused."""

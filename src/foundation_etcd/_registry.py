@@ -106,6 +106,7 @@ class _Owned:
     meta: dict[str, Any]
     registration: Registration | None = None
     lost: bool = False
+    persistent: bool = True
     changed: anyio.Event = field(default_factory=anyio.Event)
 
 
@@ -276,10 +277,13 @@ class Registry:
         capabilities: Iterable[str] = (),
         meta: Mapping[str, Any] | None = None,
         class_name: str = "",
+        persistent: bool = True,
     ) -> Registration:
         """Register a live agent under this process's session lease.
 
-        One transaction: create-if-absent of ``agents/live/{agent_id}``.
+        One transaction: create-if-absent of ``agents/live/{agent_id}``. A ``persistent``
+        registration comes back by itself after a lease loss; a non-persistent one (used by
+        the node runtime, which restarts its agents itself) is dropped with the lease.
 
         Raises:
             InvalidIdError: a bad agent id or capability name.
@@ -289,7 +293,7 @@ class Registry:
         """
         validate_id(agent_id, "agent id")
         caps = tuple(sorted({validate_id(c, "capability") for c in capabilities}))
-        owned = _Owned(caps, class_name, dict(meta or {}))
+        owned = _Owned(caps, class_name, dict(meta or {}), persistent=persistent)
         self._value(class_name, caps, owned.meta)  # fail on bad input before any I/O
         if agent_id in self._owned:
             reg = self._owned[agent_id].registration
@@ -303,6 +307,13 @@ class Registry:
         except BaseException:
             self._owned.pop(agent_id, None)
             raise
+        if not persistent:
+
+            def forget(_: Lease) -> None:
+                if self._owned.get(agent_id) is owned:
+                    del self._owned[agent_id]
+
+            lease.on_lost(forget)
         return owned.registration
 
     def _mine(self, agent_id: str) -> tuple[_Owned, Registration]:
@@ -361,4 +372,7 @@ class Registry:
         async with anyio.create_task_group() as tg:
             for agent_id, owned in list(self._owned.items()):
                 owned.registration = None
-                tg.start_soon(again, agent_id, owned)
+                if owned.persistent:
+                    tg.start_soon(again, agent_id, owned)
+                else:
+                    self._owned.pop(agent_id, None)

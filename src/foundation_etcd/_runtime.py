@@ -1,0 +1,324 @@
+"""The node runtime: hosts the agents assigned to this node, with their state.
+
+``cluster.serve()`` (or ``foundation-etcd node run --agents my.module``) watches
+``agents/assign/`` and hosts every agent assigned to this node whose class was registered in
+this process with ``@clustered`` (a class named by data in etcd is never imported: an
+unknown name is refused and reported on the assignment). For each agent it:
+
+1. claims the live key ``agents/live/{id}`` (create-if-absent under the session lease; its
+   create revision is the agent's **incarnation**), waiting while a previous incarnation's
+   key still exists;
+2. reads the last checkpoint ``agents/state/{id}`` and calls ``restore_state(state)``;
+3. instantiates the class with the spec's ``args``, calls ``on_start(ctx)`` and runs
+   ``run(ctx)`` if the class has one;
+4. restarts it locally after a failure, by its ``RestartPolicy``, with backoff;
+5. when the assignment moves away (drain, despawn), stops it gracefully: a final
+   checkpoint from ``get_state()``, then ``on_stop()``, then the live key is deleted.
+
+Guarantees:
+    * ``ctx.save_state(state)`` writes only while ``create_revision(live key) ==
+      incarnation``: an instance paused past its lease can never overwrite its successor's
+      state (:class:`IncarnationLostError`).
+    * Every hosted agent runs under the session lease's guard: when the lease is lost all
+      of them are cancelled, before etcd can expire the lease, and no final checkpoint is
+      written. They are hosted again under the new lease if still assigned here.
+    * State checkpoints are JSON of at most 1 MiB, checked before anything is sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from . import _codec
+from ._agent import AgentContext, RestartPolicy, agent_classes, call_hook, cluster_spec
+from ._background import background_tasks
+from ._errors import (
+    AgentExistsError,
+    AgentNotFoundError,
+    EtcdError,
+    IncarnationLostError,
+    LeaseLostError,
+)
+from ._kv import Compare, Op
+from ._ownership import _wait_deleted
+from ._scheduler import AgentSpec, _assign_value, decode_assignment
+from ._transport import Transport
+
+if TYPE_CHECKING:
+    from ._cluster import Cluster
+
+__all__ = ["AgentRunContext", "NodeRuntime"]
+
+log = logging.getLogger("foundation_etcd.runtime")
+
+MAX_STATE_BYTES = 1024 * 1024
+EventHook = Callable[..., None]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRunContext(AgentContext):
+    """What a hosted agent gets in ``on_start(ctx)`` and ``run(ctx)``.
+
+    Attributes:
+        restored: the state restored at start (``None`` for a fresh agent).
+    """
+
+    restored: Any = None
+    _live_key: bytes = b""
+    _state_key: bytes = b""
+
+    async def save_state(self, state: Any) -> int:
+        """Checkpoint ``state`` (JSON), only while this incarnation is the live one.
+
+        Returns:
+            The revision of the checkpoint.
+
+        Raises:
+            IncarnationLostError: this incarnation is no longer live; nothing written.
+            SerializationError, RequestTooLargeError: bad state (nothing written).
+        """
+        data = _codec.encode(
+            {"incarnation": self.incarnation, "state": state, "at": time.time()},
+            "agent state",
+            MAX_STATE_BYTES,
+        )
+        transport: Transport = self.cluster.transport
+        res = await transport.txn(
+            [Compare.create_revision(self._live_key) == self.incarnation],
+            [Op.put(self._state_key, data)],
+        )
+        if not res.succeeded:
+            raise IncarnationLostError(
+                self.agent_id,
+                key=self._live_key,
+                token=self.incarnation,
+                reason="a newer incarnation is live (or none): state write refused by etcd",
+            )
+        return res.revision
+
+
+@dataclass(slots=True)
+class _Hosted:
+    stop: anyio.Event = field(default_factory=anyio.Event)
+    incarnation: int = 0
+    status: str = "starting"
+
+
+class NodeRuntime:
+    """Hosts this node's assigned agents. Use ``cluster.serve()``."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        classes: Mapping[str, type] | None = None,
+        on_event: EventHook | None = None,
+    ) -> None:
+        self._c = cluster
+        self._classes = dict(agent_classes() if classes is None else classes)
+        self._on_event = on_event
+        self.hosted: dict[str, _Hosted] = {}
+        self.refused: dict[str, str] = {}
+
+    def _event(self, name: str, **fields: Any) -> None:
+        log.info("%s %s", name, fields)
+        if self._on_event is not None:
+            try:
+                self._on_event(name, **fields)
+            except Exception:
+                log.exception("runtime event hook failed")
+
+    async def run(self) -> None:
+        """Reconcile hosted agents with assignments, forever."""
+        sched = self._c.scheduler
+        spec_view, assign_view, _ = await sched.views()
+        changed = anyio.Event()
+
+        def wake(_: object) -> None:
+            nonlocal changed
+            changed.set()
+            changed = anyio.Event()
+
+        removers = [assign_view.on_change(wake), spec_view.on_change(wake)]
+        try:
+            async with anyio.create_task_group() as tg:
+                while True:
+                    waiting = changed
+                    self._reconcile(tg, spec_view, assign_view)
+                    await waiting.wait()
+        finally:
+            for remove in removers:
+                remove()
+
+    def _desired(self, spec_view: Any, assign_view: Any) -> dict[str, AgentSpec]:
+        ks = self._c.keyspace
+        out = {}
+        for kv in assign_view.items().values():
+            node, status, _ = decode_assignment(kv)
+            if node != self._c.node_id or status != "assigned":
+                continue
+            agent_id = kv.key[len(self._c.scheduler.assign_prefix) :].decode()
+            spec_kv = spec_view.get(ks.agent_spec(agent_id))
+            if spec_kv is not None:
+                out[agent_id] = AgentSpec.decode(agent_id, spec_kv.value)
+        return out
+
+    def _reconcile(self, tg: Any, spec_view: Any, assign_view: Any) -> None:
+        desired = self._desired(spec_view, assign_view)
+        for agent_id, hosted in list(self.hosted.items()):
+            if agent_id not in desired and not hosted.stop.is_set():
+                self._event("stopping", agent=agent_id, reason="assignment moved or removed")
+                hosted.stop.set()
+        for agent_id, spec in desired.items():
+            if agent_id not in self.hosted and agent_id not in self.refused:
+                hosted = self.hosted[agent_id] = _Hosted()
+                tg.start_soon(self._host, agent_id, spec, hosted)
+
+    async def _refuse(self, agent_id: str, reason: str) -> None:
+        self.refused[agent_id] = reason
+        self._event("refused", agent=agent_id, reason=reason)
+        key = self._c.keyspace.agent_assign(agent_id)
+        kv = await self._c.transport.get(key)
+        node, status, _ = decode_assignment(kv)
+        if kv is not None and node == self._c.node_id and status == "assigned":
+            await self._c.transport.txn(
+                [Compare.mod_revision(key) == kv.mod_revision],
+                [Op.put(key, _assign_value(node, "failed", reason))],
+            )
+
+    async def _host(self, agent_id: str, spec: AgentSpec, hosted: _Hosted) -> None:
+        try:
+            cls = self._classes.get(spec.class_name)
+            if cls is None:
+                await self._refuse(
+                    agent_id,
+                    f"class {spec.class_name!r} is not registered on node {self._c.node_id!r}",
+                )
+                return
+            cs = cluster_spec(cls)
+            policy = cs.restart if cs is not None else RestartPolicy()
+            failures: list[float] = []
+            delay = policy.backoff
+            while not hosted.stop.is_set():
+                lease = await self._c.session.wait_lease()
+                try:
+                    with lease.guard():
+                        await self._run_once(agent_id, spec, cls, hosted)
+                    if hosted.stop.is_set() or policy.mode != "always":
+                        return
+                except LeaseLostError:
+                    self._event("cancelled", agent=agent_id, reason="session lease lost")
+                    continue
+                except Exception as exc:
+                    now = time.monotonic()
+                    failures = [t for t in failures if now - t < policy.window] + [now]
+                    self._event("crashed", agent=agent_id, error=repr(exc))
+                    if policy.mode == "never" or len(failures) > policy.max_restarts:
+                        await self._refuse(agent_id, f"failed: {exc!r}")
+                        return
+                    with anyio.move_on_after(delay):
+                        await hosted.stop.wait()
+                    delay = min(delay * 2, 30.0)
+        finally:
+            if self.hosted.get(agent_id) is hosted:
+                del self.hosted[agent_id]
+
+    async def _claim(self, agent_id: str, spec: AgentSpec, hosted: _Hosted) -> int:
+        """Create the live key, waiting out a previous incarnation's key."""
+        caps = spec.requires
+        cls = self._classes[spec.class_name]
+        cs = cluster_spec(cls)
+        if cs is not None:
+            caps = caps | cs.capabilities
+        while True:
+            try:
+                reg = await self._c.registry.register(
+                    agent_id, capabilities=caps, class_name=spec.class_name, persistent=False
+                )
+                return reg.incarnation
+            except AgentExistsError as exc:
+                live = await self._c.transport.get(self._c.keyspace.agent_live(agent_id))
+                if live is None:
+                    continue
+                self._event("waiting", agent=agent_id, holder=exc.node_id)
+                await _wait_deleted(self._c.transport, live.key, live.mod_revision)
+
+    async def _run_once(self, agent_id: str, spec: AgentSpec, cls: type, hosted: _Hosted) -> None:
+        ks = self._c.keyspace
+        incarnation = await self._claim(agent_id, spec, hosted)
+        hosted.incarnation = incarnation
+        graceful = False
+        try:
+            kv = await self._c.transport.get(ks.agent_state(agent_id))
+            restored = _codec.decode(kv.value).get("state") if kv is not None else None
+            agent = cls(**spec.args)
+            if restored is not None:
+                await call_hook(agent, "restore_state", restored)
+            ctx = AgentRunContext(
+                agent_id,
+                self._c.node_id,
+                incarnation,
+                self._c,
+                restored,
+                ks.agent_live(agent_id),
+                ks.agent_state(agent_id),
+            )
+            await call_hook(agent, "on_start", ctx)
+            hosted.status = "running"
+            self._event(
+                "started", agent=agent_id, incarnation=incarnation, restored=restored is not None
+            )
+            crashed: list[Exception] = []
+            try:
+                async with background_tasks() as tg:
+                    wake = anyio.Event()
+                    run = getattr(agent, "run", None)
+                    if callable(run):
+
+                        async def main() -> None:
+                            try:
+                                await run(ctx)
+                            except Exception as exc:  # the agent's own failure
+                                crashed.append(exc)
+                                wake.set()
+
+                        tg.start_soon(main)
+
+                    async def stop_requested() -> None:
+                        await hosted.stop.wait()
+                        wake.set()
+
+                    tg.start_soon(stop_requested)
+                    await wake.wait()
+                    graceful = not crashed
+                if crashed:
+                    raise crashed[0]
+            finally:
+                with (
+                    anyio.CancelScope(shield=True),
+                    anyio.move_on_after(self._c.config.request_timeout),
+                ):
+                    if graceful and hasattr(agent, "get_state"):
+                        try:
+                            await ctx.save_state(await call_hook(agent, "get_state"))
+                            self._event(
+                                "checkpoint", agent=agent_id, incarnation=incarnation, final=True
+                            )
+                        except (EtcdError, IncarnationLostError) as exc:
+                            log.warning("final checkpoint of %s failed: %s", agent_id, exc)
+                    await call_hook(agent, "on_stop")
+        finally:
+            hosted.status = "stopped"
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(self._c.config.request_timeout),
+                contextlib.suppress(AgentNotFoundError, EtcdError),
+            ):
+                await self._c.registry.unregister(agent_id)
+            self._event("stopped", agent=agent_id, incarnation=incarnation, graceful=graceful)

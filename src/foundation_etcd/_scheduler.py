@@ -1,0 +1,518 @@
+"""Spawning, placement commits and failover: where each agent should run.
+
+Keys (no lease: they outlive every process)::
+
+    agents/spec/{id}            {"class", "args", "critical", "placement", "resources", "requires"}
+    agents/assign/{id}          {"node": id | null, "status": "assigned" | "failed", "reason"}
+    nodes-res/{node}/{id}       {"resources": {...}}: capacity the agent takes on its node
+
+Guarantees:
+    * **No over-commit.** A placement is one transaction that writes the assignment and the
+      node reservation together, comparing that the node is still announced and that no
+      reservation on it changed after the loads were read (a range compare on
+      ``nodes-res/{node}/``): concurrent spawners never exceed a node's capacity; a loser
+      re-reads and chooses again.
+    * **Spawn is create-only**: a second spawn of a live spec raises ``AgentExistsError``.
+    * **Failover by one elected scheduler**: when a node's key is gone (its lease expired or
+      was revoked), the leader of election ``scheduler`` reassigns that node's *critical*
+      agents in one transaction guarded by its fencing token, the dead node's key being
+      absent and the assignment unchanged; non-critical agents are marked ``failed``. A
+      stale scheduler can change nothing.
+    * Detection takes at least one TTL; reassignment follows within a watch round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from . import _codec
+from ._agent import cluster_spec
+from ._errors import (
+    AgentExistsError,
+    AgentNotFoundError,
+    EtcdError,
+    LeaseLostError,
+    NoNodeFitsError,
+    OwnershipLostError,
+)
+from ._keys import prefix_end, validate_id
+from ._kv import AnyOp, Compare, KeyValue, Op
+from ._ownership import Ownership
+from ._placement import (
+    STRATEGIES,
+    NodeLoad,
+    PlacementRequest,
+    PlacementStrategy,
+    place,
+    strategy_named,
+)
+from ._watch import WatchedView
+
+if TYPE_CHECKING:
+    from ._cluster import Cluster
+
+__all__ = ["AgentRef", "AgentSpec", "AgentStatus", "Scheduler"]
+
+log = logging.getLogger("foundation_etcd.scheduler")
+
+MAX_ARGS_BYTES = 256 * 1024
+_PLACE_ATTEMPTS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSpec:
+    """The desired agent, as stored in ``agents/spec/{id}``."""
+
+    agent_id: str
+    class_name: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+    critical: bool = False
+    placement: str = "least-loaded"
+    resources: Mapping[str, int] = field(default_factory=dict)
+    requires: frozenset[str] = frozenset()
+
+    def encode(self) -> bytes:
+        """The spec as stored."""
+        return _codec.encode(
+            {
+                "class": self.class_name,
+                "args": dict(self.args),
+                "critical": self.critical,
+                "placement": self.placement,
+                "resources": dict(self.resources),
+                "requires": sorted(self.requires),
+            },
+            "agent spec",
+            MAX_ARGS_BYTES + 4096,
+        )
+
+    @classmethod
+    def decode(cls, agent_id: str, data: bytes) -> AgentSpec:
+        """Parse a stored spec."""
+        d = _codec.decode(data)
+        return cls(
+            agent_id,
+            str(d["class"]),
+            dict(d.get("args") or {}),
+            bool(d.get("critical", False)),
+            str(d.get("placement", "least-loaded")),
+            {str(k): int(v) for k, v in (d.get("resources") or {}).items()},
+            frozenset(d.get("requires") or ()),
+        )
+
+    def request(self, exclude: frozenset[str] = frozenset()) -> PlacementRequest:
+        """What this agent needs from a node."""
+        return PlacementRequest(self.agent_id, self.resources, self.requires, exclude)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRef:
+    """A spawned agent: its id and the node it was placed on."""
+
+    agent_id: str
+    node_id: str
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatus:
+    """An agent's state: ``pending`` (placed, not running yet), ``running`` or ``failed``."""
+
+    agent_id: str
+    class_name: str
+    state: str
+    node_id: str | None
+    critical: bool
+    incarnation: int
+    reason: str = ""
+
+
+def _assign_value(node: str | None, status: str, reason: str = "") -> bytes:
+    return _codec.encode(
+        {"node": node, "status": status, "reason": reason, "at": time.time()}, "assignment", 4096
+    )
+
+
+def decode_assignment(kv: KeyValue | None) -> tuple[str | None, str, str]:
+    """``(node, status, reason)`` of an assignment key."""
+    if kv is None:
+        return None, "absent", ""
+    d = _codec.decode(kv.value)
+    return d.get("node"), str(d.get("status", "assigned")), str(d.get("reason", ""))
+
+
+class Scheduler:
+    """Spawning, placement and failover for one cluster. Use through :class:`Cluster`."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._c = cluster
+        self._ks = cluster.keyspace
+        self.spec_prefix = self._ks.key("agents", "spec", "")
+        self.assign_prefix = self._ks.key("agents", "assign", "")
+        self.res_prefix = self._ks.key("nodes-res", "")
+
+    # views ---------------------------------------------------------------------------------
+    async def views(self) -> tuple[WatchedView, WatchedView, WatchedView]:
+        """The spec, assignment and node-reservation views (opened once)."""
+        return (
+            await self._c.view(self.spec_prefix),
+            await self._c.view(self.assign_prefix),
+            await self._c.view(self.res_prefix),
+        )
+
+    def _res_prefix(self, node: str) -> bytes:
+        return self._ks.key("nodes-res", validate_id(node, "node id"), "")
+
+    def loads(self, res_view: WatchedView) -> list[NodeLoad]:
+        """Every live node with what is placed on it, from the views."""
+        used: dict[str, dict[str, int]] = {}
+        count: dict[str, int] = {}
+        for kv in res_view.items().values():
+            node = kv.key[len(self.res_prefix) :].decode().split("/", 1)[0]
+            count[node] = count.get(node, 0) + 1
+            amounts = _codec.decode(kv.value).get("resources", {})
+            bucket = used.setdefault(node, {})
+            for r, a in amounts.items():
+                bucket[r] = bucket.get(r, 0) + int(a)
+        return [
+            NodeLoad(
+                n.node_id,
+                n.capacity,
+                used.get(n.node_id, {}),
+                n.capabilities,
+                count.get(n.node_id, 0),
+            )
+            for n in self._c.nodes().values()
+        ]
+
+    # placement commit ----------------------------------------------------------------------
+    async def commit(
+        self,
+        spec: AgentSpec,
+        strategy: PlacementStrategy,
+        *,
+        compares: Sequence[Compare] = (),
+        ops: Sequence[AnyOp] = (),
+        exclude: frozenset[str] = frozenset(),
+        guard: Ownership | None = None,
+    ) -> tuple[str, int]:
+        """Choose a node and commit the assignment and the node reservation in one txn.
+
+        Args:
+            spec: the agent.
+            strategy: how to choose.
+            compares: extra conditions (e.g. the spec is absent, the assignment unchanged).
+            ops: extra writes in the same transaction.
+            exclude: nodes not to choose.
+            guard: a leadership whose fencing compare the transaction must also carry.
+
+        Returns:
+            The chosen node and the transaction's revision.
+
+        Raises:
+            NoNodeFitsError: no live node fits.
+            OwnershipLostError: ``guard`` is no longer current.
+            _ConditionFailed: one of ``compares`` does not hold.
+        """
+        _, _, res_view = await self.views()
+        for _attempt in range(_PLACE_ATTEMPTS):
+            seen = res_view.revision
+            node = place(spec.request(exclude), self.loads(res_view), strategy)
+            node_kv = self._c.node_kv(node)
+            if node_kv is None:  # gone between the two reads of the same view
+                continue
+            rp = self._res_prefix(node)
+            checks = [
+                Compare.mod_revision(node_kv.key) == node_kv.mod_revision,
+                Compare.mod_revision(rp, range_end=prefix_end(rp)) < seen + 1,
+            ]
+            writes: list[AnyOp] = [
+                Op.put(self._ks.agent_assign(spec.agent_id), _assign_value(node, "assigned")),
+                Op.put(
+                    rp + spec.agent_id.encode(),
+                    _codec.encode({"resources": dict(spec.resources)}, "reservation", 4096),
+                ),
+                *ops,
+            ]
+            all_compares = [*checks, *compares]
+            if guard is not None:
+                res = await guard.txn(all_compares, writes, [Op.get(k.key) for k in compares])
+            else:
+                res = await self._c.transport.txn(
+                    all_compares, writes, [Op.get(k.key) for k in compares]
+                )
+            if res.succeeded:
+                return node, res.revision
+            for c, read in zip(compares, res.responses, strict=True):
+                kv = read.kvs[0] if getattr(read, "kvs", None) else None  # type: ignore[union-attr]
+                if not _holds(c, kv):
+                    raise _ConditionFailed(c, kv)
+            # the node's load changed under us: catch up and choose again
+            await res_view.wait_for(res.revision)
+            await self._c.wait_for(res.revision)
+        raise NoNodeFitsError(spec.agent_id, {"*": "placement kept conflicting; try again"})
+
+    # spawn and despawn ---------------------------------------------------------------------
+    async def spawn(
+        self,
+        agent_class: type,
+        agent_id: str,
+        *,
+        args: Mapping[str, Any] | None = None,
+        critical: bool | None = None,
+        placement: str | PlacementStrategy | None = None,
+        resources: Mapping[str, int] | None = None,
+        requires: Sequence[str] = (),
+    ) -> AgentRef:
+        """Write the desired agent and place it, in one transaction.
+
+        Raises:
+            TypeError: the class is not ``@clustered``.
+            InvalidIdError, SerializationError, RequestTooLargeError, ValueError: bad input.
+            AgentExistsError: an agent of that id is already spawned.
+            NoNodeFitsError: no live node fits (nothing written).
+        """
+        cs = cluster_spec(agent_class)
+        if cs is None:
+            raise TypeError(f"{agent_class!r} is not decorated with @clustered")
+        validate_id(agent_id, "agent id")
+        res = dict(cs.resources if resources is None else resources)
+        for r, a in res.items():
+            validate_id(r, "resource")
+            if isinstance(a, bool) or not isinstance(a, int) or a < 0:
+                raise ValueError(f"resource {r!r} needs a non-negative int, not {a!r}")
+        chosen = placement if placement is not None else cs.placement
+        strategy = strategy_named(chosen)
+        spec = AgentSpec(
+            agent_id,
+            cs.name,
+            dict(args or {}),
+            cs.critical if critical is None else critical,
+            chosen if isinstance(chosen, str) else "custom",
+            res,
+            frozenset(validate_id(c, "capability") for c in requires),
+        )
+        value = spec.encode()
+        spec_key = self._ks.agent_spec(agent_id)
+        try:
+            node, rev = await self.commit(
+                spec,
+                strategy,
+                compares=[Compare.create_revision(spec_key) == 0],
+                ops=[Op.put(spec_key, value)],
+            )
+        except _ConditionFailed:
+            raise AgentExistsError(agent_id, node_id=None, lease_id=0) from None
+        return AgentRef(agent_id, node, rev)
+
+    async def despawn(self, agent_id: str) -> None:
+        """Remove an agent: its spec, assignment and node reservation (its node stops it).
+
+        Raises:
+            AgentNotFoundError: no such spawned agent.
+        """
+        spec_key = self._ks.agent_spec(agent_id)
+        assign = await self._c.transport.get(self._ks.agent_assign(agent_id))
+        node, _, _ = decode_assignment(assign)
+        ops: list[AnyOp] = [Op.delete(spec_key), Op.delete(self._ks.agent_assign(agent_id))]
+        if node:
+            ops.append(Op.delete(self._res_prefix(node) + agent_id.encode()))
+        res = await self._c.transport.txn([Compare.create_revision(spec_key) > 0], ops)
+        if not res.succeeded:
+            raise AgentNotFoundError(agent_id, f"agent {agent_id!r} is not spawned")
+
+    async def agents(self) -> list[AgentStatus]:
+        """Every spawned agent with its state and node, from the views."""
+        spec_view, assign_view, _ = await self.views()
+        rev = (await self._c.transport.status()).revision
+        await spec_view.wait_for(rev)
+        await assign_view.wait_for(rev)
+        await self._c.wait_for(rev)
+        out = []
+        for kv in spec_view.items().values():
+            agent_id = kv.key[len(self.spec_prefix) :].decode()
+            spec = AgentSpec.decode(agent_id, kv.value)
+            node, status, reason = decode_assignment(
+                assign_view.get(self._ks.agent_assign(agent_id))
+            )
+            live = self._c.registry.get(agent_id)
+            if status == "failed":
+                state = "failed"
+            elif live is not None and live.node_id == node:
+                state = "running"
+            else:
+                state = "pending"
+            out.append(
+                AgentStatus(
+                    agent_id,
+                    spec.class_name,
+                    state,
+                    node,
+                    spec.critical,
+                    live.incarnation if live and state == "running" else 0,
+                    reason,
+                )
+            )
+        return sorted(out, key=lambda s: s.agent_id)
+
+    # failover ------------------------------------------------------------------------------
+    async def run_failover(self) -> None:
+        """Campaign for ``scheduler``; as leader, move agents off dead nodes. Runs forever."""
+        spec_view, assign_view, _ = await self.views()
+        while True:
+            try:
+                async with self._c.election("scheduler").campaign(self._c.node_id) as lead:
+                    log.info(
+                        "node %s leads the scheduler (token %d)",
+                        self._c.node_id,
+                        lead.fencing_token,
+                    )
+                    await self._lead(lead, spec_view, assign_view)
+            except (OwnershipLostError, LeaseLostError) as exc:
+                log.info("scheduler leadership ended: %s", exc)
+            except EtcdError as exc:
+                log.warning("scheduler: %s; campaigning again", exc)
+                await anyio.sleep(0.5)
+
+    async def _lead(
+        self, lead: Ownership, spec_view: WatchedView, assign_view: WatchedView
+    ) -> None:
+        changed = anyio.Event()
+
+        def wake(_: object) -> None:
+            nonlocal changed
+            changed.set()
+            changed = anyio.Event()
+
+        node_view = await self._c.view(self._ks.nodes_prefix())
+        removers = [assign_view.on_change(wake), node_view.on_change(wake)]
+        try:
+            while True:
+                waiting = changed
+                await self._fail_over(lead, spec_view, assign_view)
+                await waiting.wait()
+        finally:
+            for remove in removers:
+                remove()
+
+    async def _fail_over(
+        self, lead: Ownership, spec_view: WatchedView, assign_view: WatchedView
+    ) -> None:
+        live = set(self._c.nodes())
+        for kv in list(assign_view.items().values()):
+            node, status, _ = decode_assignment(kv)
+            if status != "assigned" or node is None or node in live:
+                continue
+            agent_id = kv.key[len(self.assign_prefix) :].decode()
+            spec_kv = spec_view.get(self._ks.agent_spec(agent_id))
+            if spec_kv is None:
+                continue
+            spec = AgentSpec.decode(agent_id, spec_kv.value)
+            dead = [
+                Compare.create_revision(self._ks.node(node)) == 0,
+                Compare.mod_revision(kv.key) == kv.mod_revision,
+            ]
+            free_old = Op.delete(self._res_prefix(node) + agent_id.encode())
+            try:
+                if spec.critical:
+                    new, rev = await self.commit(
+                        spec,
+                        _failover_strategy(spec.placement),
+                        compares=dead,
+                        ops=[free_old],
+                        exclude=frozenset({node}),
+                        guard=lead,
+                    )
+                    log.info(
+                        "moved critical agent %s from dead node %s to %s (rev %d)",
+                        agent_id,
+                        node,
+                        new,
+                        rev,
+                    )
+                else:
+                    res = await lead.txn(
+                        dead,
+                        [
+                            Op.put(kv.key, _assign_value(None, "failed", f"node {node} died")),
+                            free_old,
+                        ],
+                    )
+                    if res.succeeded:
+                        log.info("agent %s failed with its node %s", agent_id, node)
+            except _ConditionFailed:
+                continue  # the node came back, or someone else moved it
+            except NoNodeFitsError as exc:
+                log.warning("cannot move %s: %s", agent_id, exc)
+
+    async def drain(self, node_id: str) -> list[tuple[str, str]]:
+        """Move every agent off ``node_id`` (it checkpoints and stops them as they go).
+
+        Returns:
+            ``(agent_id, new_node)`` for each agent moved.
+        """
+        spec_view, assign_view, _ = await self.views()
+        rev = (await self._c.transport.status()).revision
+        await assign_view.wait_for(rev)
+        await spec_view.wait_for(rev)
+        moved = []
+        for kv in list(assign_view.items().values()):
+            node, status, _ = decode_assignment(kv)
+            if node != node_id or status != "assigned":
+                continue
+            agent_id = kv.key[len(self.assign_prefix) :].decode()
+            spec_kv = spec_view.get(self._ks.agent_spec(agent_id))
+            if spec_kv is None:
+                continue
+            spec = AgentSpec.decode(agent_id, spec_kv.value)
+            try:
+                new, _ = await self.commit(
+                    spec,
+                    strategy_named("least-loaded"),
+                    compares=[Compare.mod_revision(kv.key) == kv.mod_revision],
+                    ops=[Op.delete(self._res_prefix(node_id) + agent_id.encode())],
+                    exclude=frozenset({node_id}),
+                )
+            except _ConditionFailed:
+                continue
+            moved.append((agent_id, new))
+        return moved
+
+
+def _failover_strategy(placement: str) -> PlacementStrategy:
+    """The spec's strategy, unless it cannot apply once its node died (pinned, custom)."""
+    if placement.startswith("pinned:") or placement not in STRATEGIES:
+        return strategy_named("least-loaded")
+    return strategy_named(placement)
+
+
+class _ConditionFailed(Exception):
+    """A caller's compare did not hold."""
+
+    def __init__(self, compare: Compare, kv: KeyValue | None) -> None:
+        super().__init__(f"condition on {compare.key!r} failed")
+        self.compare = compare
+        self.kv = kv
+
+
+def _holds(c: Compare, kv: KeyValue | None) -> bool:
+    """Evaluate a create/mod-revision compare against a key as read."""
+    actual = 0
+    if kv is not None:
+        actual = kv.create_revision if c.target == "create" else kv.mod_revision
+    if c.target not in ("create", "mod"):
+        return True
+    want = c.operand
+    assert isinstance(want, int)
+    return {
+        "==": actual == want,
+        "!=": actual != want,
+        "<": actual < want,
+        ">": actual > want,
+    }[c.op]
