@@ -140,3 +140,20 @@ async def test_subscribe_receives_batches(etcd_config: Config) -> None:
                 while len(got) < 3:
                     got.extend(await changes.receive())
         assert [c.kind for c in got] == [ChangeKind.ADDED, ChangeKind.UPDATED, ChangeKind.REMOVED]
+
+
+async def test_wait_for_outside_prefix_with_keys_is_prompt(etcd_config: Config) -> None:
+    """Progress verification must work on a non-empty prefix (etcd's count ignores filters)."""
+    prefix = etcd_config.keyspace.key("full/")
+    async with open_transport(etcd_config) as t:
+        for i in range(5):
+            await t.put(prefix + str(i).encode(), b"v")
+        async with open_view(t, prefix) as v:
+            for _ in range(5):
+                rev = (await t.put(etcd_config.keyspace.key("elsewhere"), b"1")).revision
+                t0 = anyio.current_time()
+                with anyio.fail_after(5):
+                    await v.wait_for(rev)
+                # well under the server's progress interval and our own pinger's
+                assert anyio.current_time() - t0 < 0.5
+            assert len(v) == 5

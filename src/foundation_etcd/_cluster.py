@@ -128,6 +128,7 @@ class Cluster:
         self._registry: Registry | None = None
         self._tg: TaskGroup | None = None
         self._views: dict[bytes, WatchedView] = {}
+        self._views_lock = anyio.Lock()
         self._quotas: Quotas | None = None
         self._scheduler: Scheduler | None = None
         self.runtime: NodeRuntime | None = None
@@ -136,9 +137,12 @@ class Cluster:
         """A watched view of ``prefix``, opened once and kept until the cluster closes."""
         view = self._views.get(prefix)
         if view is None:
-            assert self._tg is not None
-            view = await self._tg.start(self._run_view, prefix)
-            self._views[prefix] = view
+            async with self._views_lock:  # one view per prefix, however many ask at once
+                view = self._views.get(prefix)
+                if view is None:
+                    assert self._tg is not None
+                    view = await self._tg.start(self._run_view, prefix)
+                    self._views[prefix] = view
         return view
 
     async def _run_view(self, prefix: bytes, *, task_status: TaskStatus[WatchedView]) -> None:

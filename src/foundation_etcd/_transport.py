@@ -687,15 +687,18 @@ class Transport:
     async def count_prefix_changes(
         self, prefix: bytes, *, after: int, revision: int
     ) -> tuple[int, int]:
-        """Count, at ``revision``, the keys under ``prefix`` changed after ``after``, and all.
+        """At ``revision``: whether a key under ``prefix`` changed after ``after``, and how many.
 
-        One transaction of two count-only reads at one revision.
+        One transaction of two reads at one revision. The first returns 0 or 1: etcd
+        applies ``min_mod_revision`` to the keys it returns but not to ``count``, so it
+        is read as keys (at most one, keys only).
         """
         end = Op.get(prefix, prefix=True).range_end
         changed = _rpc.RangeRequest(
             key=prefix,
             range_end=end,
-            count_only=True,
+            keys_only=True,
+            limit=1,
             revision=revision,
             min_mod_revision=after + 1,
         )
@@ -704,7 +707,7 @@ class Transport:
             success=[_rpc.RequestOp(request_range=changed), _rpc.RequestOp(request_range=total)]
         )
         m = await self._unary(self._kv.Txn, req, "txn", write=False)
-        return int(m.responses[0].response_range.count), int(m.responses[1].response_range.count)
+        return len(m.responses[0].response_range.kvs), int(m.responses[1].response_range.count)
 
     async def put(
         self, key: Bytes, value: Bytes, *, lease: int = 0, prev_kv: bool = False

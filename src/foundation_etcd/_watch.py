@@ -50,6 +50,8 @@ __all__ = ["ChangeKind", "ViewChange", "WatchedView", "open_view"]
 
 log = logging.getLogger("foundation_etcd.watch")
 
+_RECHECK = 0.02  # seconds between verifications of progress while events are pending
+
 
 class ChangeKind(enum.Enum):
     """What happened to a key of a view."""
@@ -151,9 +153,13 @@ class WatchedView:
             if self._progress >= revision:
                 if await self._verify(self._progress):
                     continue
-                self._progress = 0  # events are pending: they will advance the view
-            else:
-                self._want_progress.set()
+                # events are pending (the watch is catching up): give them a moment to
+                # arrive, then ask again
+                self._progress = 0
+                with anyio.move_on_after(_RECHECK):
+                    await self._advanced.wait()
+                continue
+            self._want_progress.set()
             await self._advanced.wait()
 
     async def _verify(self, progress: int) -> bool:
