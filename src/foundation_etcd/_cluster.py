@@ -70,6 +70,7 @@ class NodeInfo:
         started_at: wall-clock time the process connected (seconds since the epoch).
         pid: the process id.
         hostname: the host name.
+        hosts_agents: whether placement may put agents on it (``connect(hosts_agents=)``).
         lease_id: the session lease the node key lives under.
         revision: the revision of the announcement.
     """
@@ -81,6 +82,7 @@ class NodeInfo:
     started_at: float
     pid: int
     hostname: str
+    hosts_agents: bool
     lease_id: int
     revision: int
 
@@ -211,6 +213,7 @@ class Cluster:
                 started_at=float(d.get("started_at", 0.0)),
                 pid=int(d.get("pid", 0)),
                 hostname=str(d.get("hostname", "")),
+                hosts_agents=bool(d.get("hosts", True)),
                 lease_id=kv.lease,
                 revision=kv.mod_revision,
             )
@@ -407,6 +410,7 @@ def _node_value(
     capacity: Mapping[str, int],
     capabilities: Iterable[str],
     address: str,
+    hosts_agents: bool,
 ) -> bytes:
     caps = sorted({validate_id(c, "capability") for c in capabilities})
     cap_map: dict[str, int] = {}
@@ -424,6 +428,7 @@ def _node_value(
             "started_at": time.time(),
             "pid": os.getpid(),
             "hostname": socket.gethostname(),
+            "hosts": hosts_agents,
         },
         "node info",
         MAX_NODE_INFO_BYTES,
@@ -438,6 +443,7 @@ async def connect(
     capacity: Mapping[str, int] | None = None,
     capabilities: Iterable[str] = (),
     address: str = "",
+    hosts_agents: bool = True,
 ) -> AsyncIterator[Cluster]:
     """Join the cluster: open a transport and a session, announce this node, load views.
 
@@ -447,6 +453,8 @@ async def connect(
         capacity: resources this node offers (``{"cpu": 8, "gpu": 1}``).
         capabilities: what this node can host.
         address: where this node can be reached, free-form.
+        hosts_agents: whether placement may assign agents to this node (``False`` for
+            tools and observers that never ``serve()``).
 
     Raises:
         EtcdUnavailableError: etcd cannot be reached.
@@ -455,7 +463,7 @@ async def connect(
     """
     config = config or Config.from_env()
     node_id = validate_id(node_id or f"{socket.gethostname()}-{os.getpid()}", "node id")
-    value = _node_value(node_id, capacity or {}, capabilities, address)
+    value = _node_value(node_id, capacity or {}, capabilities, address, hosts_agents)
     async with AsyncExitStack() as stack:
         transport = await stack.enter_async_context(open_transport(config))
         session = await stack.enter_async_context(open_session(transport, config))

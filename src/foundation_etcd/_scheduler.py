@@ -189,6 +189,7 @@ class Scheduler:
                 count.get(n.node_id, 0),
             )
             for n in self._c.nodes().values()
+            if n.hosts_agents
         ]
 
     # placement commit ----------------------------------------------------------------------

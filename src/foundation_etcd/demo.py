@@ -420,7 +420,7 @@ async def _conduct() -> int:
         cfg = Config(endpoints=(etcd.endpoint,), namespace=demo.namespace, ttl=TTL)
         try:
             async with (
-                connect(cfg, node_id="conductor") as cluster,
+                connect(cfg, node_id="conductor", hosts_agents=False) as cluster,
                 anyio.create_task_group() as tg,
             ):
                 await _act_membership(demo, tg)
