@@ -107,6 +107,7 @@ class _Owned:
     registration: Registration | None = None
     lost: bool = False
     persistent: bool = True
+    value: bytes = b""
     changed: anyio.Event = field(default_factory=anyio.Event)
 
 
@@ -238,22 +239,18 @@ class Registry:
         return {a: o.registration for a, o in self._owned.items() if o.registration is not None}
 
     def _value(self, class_name: str, capabilities: Iterable[str], meta: Any) -> bytes:
-        meta_bytes = _codec.encode(meta, "agent metadata", MAX_META_BYTES)
-        del meta_bytes  # checked on its own so the error names the metadata
+        """Encode a registration once; only the metadata can fail or be large."""
+        caps = sorted(capabilities)
+        overhead = 128 + len(self._node_id) + len(class_name) + sum(len(c) + 3 for c in caps)
         return _codec.encode(
-            {
-                "node": self._node_id,
-                "class": class_name,
-                "capabilities": sorted(capabilities),
-                "meta": meta,
-            },
-            "registration",
-            MAX_META_BYTES + 4096,
+            {"node": self._node_id, "class": class_name, "capabilities": caps, "meta": meta},
+            "agent metadata",
+            MAX_META_BYTES + overhead,
         )
 
     async def _create(self, agent_id: str, owned: _Owned, lease: Lease) -> Registration:
         key = self._ks.agent_live(agent_id)
-        value = self._value(owned.class_name, owned.capabilities, owned.meta)
+        value = owned.value or self._value(owned.class_name, owned.capabilities, owned.meta)
         lease.ensure_alive()
         res = await self._t.txn(
             [Compare.create_revision(key) == 0],
@@ -294,7 +291,7 @@ class Registry:
         validate_id(agent_id, "agent id")
         caps = tuple(sorted({validate_id(c, "capability") for c in capabilities}))
         owned = _Owned(caps, class_name, dict(meta or {}), persistent=persistent)
-        self._value(class_name, caps, owned.meta)  # fail on bad input before any I/O
+        owned.value = self._value(class_name, caps, owned.meta)  # bad input fails before I/O
         if agent_id in self._owned:
             reg = self._owned[agent_id].registration
             raise AgentExistsError(
@@ -353,6 +350,7 @@ class Registry:
         if not res.succeeded:
             raise AgentNotFoundError(agent_id, f"registration of {agent_id!r} is no longer live")
         owned.meta = dict(meta)
+        owned.value = value
         return reg
 
     async def _reregister_all(self, lease: Lease) -> None:

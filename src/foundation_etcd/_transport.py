@@ -204,16 +204,19 @@ def _compare_pb(c: Compare) -> Any:
 
 
 def _range_pb(op: RangeOp) -> Any:
-    req = _rpc.RangeRequest(
-        key=op.key,
-        limit=op.limit,
-        keys_only=op.keys_only,
-        count_only=op.count_only,
-        serializable=op.serializable,
-        revision=op.revision,
-    )
+    req = _rpc.RangeRequest(key=op.key)  # only non-default fields: each one costs
     if op.range_end is not None:
         req.range_end = op.range_end
+    if op.limit:
+        req.limit = op.limit
+    if op.keys_only:
+        req.keys_only = True
+    if op.count_only:
+        req.count_only = True
+    if op.serializable:
+        req.serializable = True
+    if op.revision:
+        req.revision = op.revision
     if op.sort_by_create:
         req.sort_target = _rpc.RangeRequest.CREATE
         req.sort_order = _rpc.RangeRequest.DESCEND if op.descending else _rpc.RangeRequest.ASCEND
@@ -223,13 +226,14 @@ def _range_pb(op: RangeOp) -> Any:
 
 
 def _put_pb(op: PutOp) -> Any:
-    return _rpc.PutRequest(
-        key=op.key,
-        value=op.value,
-        lease=op.lease,
-        prev_kv=op.prev_kv,
-        ignore_lease=op.ignore_lease,
-    )
+    req = _rpc.PutRequest(key=op.key, value=op.value)
+    if op.lease:
+        req.lease = op.lease
+    if op.prev_kv:
+        req.prev_kv = True
+    if op.ignore_lease:
+        req.ignore_lease = True
+    return req
 
 
 def _delete_pb(op: DeleteOp) -> Any:
@@ -657,7 +661,11 @@ class Transport:
     # key-value -----------------------------------------------------------------------------
     async def get(self, key: Bytes, *, serializable: bool = False) -> KeyValue | None:
         """Read one key; ``None`` when absent."""
-        return (await self.range(Op.get(key, serializable=serializable))).first
+        req = _rpc.RangeRequest(key=to_bytes(key))
+        if serializable:
+            req.serializable = True
+        m = await self._unary(self._kv.Range, req, "range", write=False)
+        return _kv(m.kvs[0]) if m.kvs else None
 
     async def range(self, op: RangeOp) -> RangeResult:
         """Run a read built with :meth:`Op.get`."""
