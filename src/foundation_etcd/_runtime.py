@@ -125,6 +125,7 @@ class NodeRuntime:
         self._on_event = on_event
         self.hosted: dict[str, _Hosted] = {}
         self.refused: dict[str, str] = {}
+        self._wake: Callable[[], None] = lambda: None
 
     def _event(self, name: str, **fields: Any) -> None:
         log.info("%s %s", name, fields)
@@ -145,6 +146,7 @@ class NodeRuntime:
             changed.set()
             changed = anyio.Event()
 
+        self._wake = lambda: wake(None)
         removers = [assign_view.on_change(wake), spec_view.on_change(wake)]
         try:
             async with anyio.create_task_group() as tg:
@@ -214,6 +216,8 @@ class NodeRuntime:
                         return
                 except LeaseLostError:
                     self._event("cancelled", agent=agent_id, reason="session lease lost")
+                    if not await self._still_mine(agent_id):
+                        return  # the scheduler moved it while this node was out
                     continue
                 except Exception as exc:
                     now = time.monotonic()
@@ -228,15 +232,27 @@ class NodeRuntime:
         finally:
             if self.hosted.get(agent_id) is hosted:
                 del self.hosted[agent_id]
+            self._wake()  # reassigned here while it was stopping: reconcile again
 
-    async def _claim(self, agent_id: str, spec: AgentSpec, hosted: _Hosted) -> int:
-        """Create the live key, waiting out a previous incarnation's key."""
+    async def _still_mine(self, agent_id: str) -> bool:
+        """Whether the agent is still assigned here (a linearizable read)."""
+        await self._c.session.wait_lease()
+        node, status, _ = decode_assignment(
+            await self._c.transport.get(self._c.keyspace.agent_assign(agent_id))
+        )
+        return node == self._c.node_id and status == "assigned"
+
+    async def _claim(self, agent_id: str, spec: AgentSpec, hosted: _Hosted) -> int | None:
+        """Create the live key, waiting out a previous incarnation's key.
+
+        Returns ``None`` when the agent was told to stop while waiting.
+        """
         caps = spec.requires
         cls = self._classes[spec.class_name]
         cs = cluster_spec(cls)
         if cs is not None:
             caps = caps | cs.capabilities
-        while True:
+        while not hosted.stop.is_set():
             try:
                 reg = await self._c.registry.register(
                     agent_id, capabilities=caps, class_name=spec.class_name, persistent=False
@@ -246,13 +262,34 @@ class NodeRuntime:
                 live = await self._c.transport.get(self._c.keyspace.agent_live(agent_id))
                 if live is None:
                     continue
+                if live.lease == self._c.session.lease.id:
+                    # left over by this process (its unregister failed): remove it
+                    await self._c.transport.txn(
+                        [Compare.create_revision(live.key) == live.create_revision],
+                        [Op.delete(live.key)],
+                    )
+                    continue
                 self._event("waiting", agent=agent_id, holder=exc.node_id)
-                await _wait_deleted(self._c.transport, live.key, live.mod_revision)
+                async with anyio.create_task_group() as tg:
+
+                    async def gone(key: bytes = live.key, after: int = live.mod_revision) -> None:
+                        await _wait_deleted(self._c.transport, key, after)
+                        tg.cancel_scope.cancel()
+
+                    async def stopped() -> None:
+                        await hosted.stop.wait()
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(gone)
+                    tg.start_soon(stopped)
+        return None
 
     async def _run_once(self, agent_id: str, spec: AgentSpec, cls: type, hosted: _Hosted) -> None:
         ks = self._c.keyspace
-        incarnation = await self._claim(agent_id, spec, hosted)
-        hosted.incarnation = incarnation
+        claimed = await self._claim(agent_id, spec, hosted)
+        if claimed is None:
+            return
+        incarnation = hosted.incarnation = claimed
         graceful = False
         try:
             kv = await self._c.transport.get(ks.agent_state(agent_id))
