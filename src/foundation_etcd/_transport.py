@@ -117,6 +117,8 @@ _NOT_SENT = (
     "no connection available",
     "there is no address available",
 )
+# etcd's authentication and authorization refusals (some come with INVALID_ARGUMENT).
+_AUTH_MESSAGES = ("user name is empty", "permission denied", "invalid auth token")
 # Versions with known data-safety bugs (data inconsistency after crash, fixed in 3.5.3+).
 _UNSAFE_VERSIONS = ("3.5.0", "3.5.1", "3.5.2")
 
@@ -148,8 +150,10 @@ def _translate(exc: grpc.aio.AioRpcError, operation: str, *, write: bool) -> Fou
         return CompactedError(text, details=details)
     if "requested lease not found" in low:
         return LeaseNotFoundError(0, details=details)
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or (
-        "auth" in low and "etcdserver" in low
+    if (
+        code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+        or ("auth" in low and "etcdserver" in low)
+        or any(m in low for m in _AUTH_MESSAGES)
     ):
         return AuthError(text, code=name, details=details)
     if "request is too large" in low or (
@@ -628,6 +632,15 @@ class Transport:
                 err = AuthError(f"authenticate: {exc.details()}", code=err.code)
             raise err from exc
         self._metadata = (("hasleader", "true"), ("token", str(resp.token)))
+
+    async def refresh_auth(self) -> None:
+        """Log in again (a no-op without a user): streams opened afterwards use the new token.
+
+        Raises:
+            AuthError: the credentials were refused.
+        """
+        if self.config.user is not None:
+            await self._authenticate()
 
     async def close(self) -> None:
         """Close the channel; open streams end."""

@@ -323,7 +323,10 @@ class WatchedView:
             if resp.compact_revision:
                 raise _Compacted()
             if resp.canceled:
-                raise EtcdError(f"watch cancelled by etcd: {resp.cancel_reason}")
+                reason = resp.cancel_reason or "no reason given"
+                if "permission denied" in reason or "auth" in reason:
+                    raise AuthError(f"watch cancelled by etcd: {reason}", details=reason)
+                raise EtcdError(f"watch cancelled by etcd: {reason}")
             if resp.created:
                 self._watch_id = resp.watch_id
                 self.connected = True
@@ -343,6 +346,7 @@ class WatchedView:
         await self._relist()
         task_status.started()
         delay = 0.05
+        auth_retried = False
         while True:
             try:
                 await self._stream_once(interval)
@@ -354,6 +358,15 @@ class WatchedView:
                 )
                 await self._relist_retrying()
             except AuthError as exc:
+                # a token etcd no longer knows (restart, expiry, another member) looks like
+                # a permission error: log in again once; a second refusal is a real one
+                if self.transport.config.user is not None and not auth_retried:
+                    auth_retried = True
+                    try:
+                        await self.transport.refresh_auth()
+                        continue
+                    except EtcdError:
+                        pass
                 log.error("watch on %r stopped: %s", self.prefix, exc)
                 self._error = exc
                 self._advance(self._known)

@@ -17,6 +17,7 @@ from ._launcher import (
     EtcdServer,
     EtcdServerFactory,
     EtcdStartError,
+    TlsFiles,
     find_etcd_binary,
     free_ports,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "FaultProxyFactory",
     "ProxyMode",
     "ProxyStatistics",
+    "TlsFiles",
     "find_etcd_binary",
     "free_ports",
     "wait_until",

@@ -15,6 +15,9 @@ Every process is bounded by the test run that started it:
 Readiness is never read from the log: ``wait_healthy`` polls the member's ``/health``
 endpoint until it answers ``{"health": "true"}``, within a deadline; a timeout or an early
 exit raises :class:`EtcdStartError` carrying the tail of the member's log.
+
+A member can serve its clients over TLS (:class:`TlsFiles`); peers always talk plain HTTP
+on loopback.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -39,6 +43,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
@@ -54,6 +59,7 @@ __all__ = [
     "EtcdServer",
     "EtcdServerFactory",
     "EtcdStartError",
+    "TlsFiles",
     "find_etcd_binary",
     "free_ports",
 ]
@@ -268,12 +274,17 @@ def _sweep_orphans(base_dir: str | os.PathLike[str] | None) -> None:
                 shutil.rmtree(entry, ignore_errors=True)
 
 
-def _request_json(url: str, body: bytes | None, timeout: float) -> dict[str, object] | None:
+def _request_json(
+    url: str,
+    body: bytes | None,
+    timeout: float,
+    opener: urllib.request.OpenerDirector = _OPENER,
+) -> dict[str, object] | None:
     """GET (or POST ``body``) and decode a JSON object; ``None`` when there is no answer."""
     request = urllib.request.Request(url, data=body, method="GET" if body is None else "POST")
     request.add_header("Content-Type", "application/json")
     try:
-        with _OPENER.open(request, timeout=max(timeout, 0.01)) as response:
+        with opener.open(request, timeout=max(timeout, 0.01)) as response:
             data = response.read()
     except urllib.error.HTTPError as exc:
         try:
@@ -291,6 +302,64 @@ def _request_json(url: str, body: bytes | None, timeout: float) -> dict[str, obj
 
 def _ms(seconds: float) -> str:
     return str(max(1, round(seconds * 1000)))
+
+
+# -- TLS --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """PEM files that put a member's client endpoint behind TLS.
+
+    The server certificate must be valid for ``127.0.0.1`` (an ``IP:127.0.0.1``
+    subjectAltName): the harness checks the member's health over https, verifying it.
+
+    Attributes:
+        ca: the CA that signed the server certificate and the accepted client certificates
+            (``--trusted-ca-file``).
+        cert: the server certificate (``--cert-file``).
+        key: its private key (``--key-file``).
+        client_cert_auth: require a client certificate signed by ``ca``
+            (``--client-cert-auth``).
+        client_cert: a client certificate the harness presents to ``/health``; required
+            with ``client_cert_auth``.
+        client_key: its private key.
+    """
+
+    ca: Path
+    cert: Path
+    key: Path
+    client_cert_auth: bool = False
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("ca", "cert", "key", "client_cert", "client_key"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together")
+        if self.client_cert_auth and self.client_cert is None:
+            raise ValueError("client_cert_auth needs a client_cert for the health checks")
+
+    def args(self) -> list[str]:
+        """The etcd command-line arguments for TLS on the client URLs."""
+        argv = [
+            *("--cert-file", str(self.cert)),
+            *("--key-file", str(self.key)),
+            *("--trusted-ca-file", str(self.ca)),
+        ]
+        if self.client_cert_auth:
+            argv.append("--client-cert-auth")
+        return argv
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context that trusts ``ca`` and presents the client certificate, if any."""
+        context = ssl.create_default_context(cafile=str(self.ca))
+        if self.client_cert is not None:
+            context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
 
 
 # -- one member -------------------------------------------------------------------------------
@@ -319,6 +388,8 @@ class EtcdServer:
             kernel's page cache); only a machine crash would.
         extra_args: further command-line arguments.
         base_dir: where to create the temporary directory; the system's by default.
+        tls: serve clients over TLS with these files (``https://`` client URLs, health
+            checks verified against the CA); plain ``http://`` by default.
     """
 
     def __init__(
@@ -336,6 +407,7 @@ class EtcdServer:
         unsafe_no_fsync: bool = True,
         extra_args: Sequence[str] = (),
         base_dir: str | os.PathLike[str] | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self._name = name or f"etcd-{secrets.token_hex(3)}"
         self._binary = binary or find_etcd_binary()
@@ -350,6 +422,13 @@ class EtcdServer:
         self._progress = watch_progress_notify_interval
         self._no_fsync = unsafe_no_fsync
         self._extra = tuple(extra_args)
+        self._tls = tls
+        self._opener = _OPENER
+        if tls is not None:
+            self._opener = urllib.request.build_opener(
+                urllib.request.ProxyHandler({}),
+                urllib.request.HTTPSHandler(context=tls.ssl_context()),
+            )
         _sweep_orphans(base_dir)
         prefix = f"{_DIR_PREFIX}{os.getpid()}-{self._name}-"
         self._dir = Path(tempfile.mkdtemp(prefix=prefix, dir=base_dir))
@@ -379,8 +458,14 @@ class EtcdServer:
 
     @property
     def client_url(self) -> str:
-        """The client URL, ``http://127.0.0.1:port``."""
-        return f"http://{self.endpoint}"
+        """The client URL, ``http://127.0.0.1:port`` (``https://`` with TLS)."""
+        scheme = "http" if self._tls is None else "https"
+        return f"{scheme}://{self.endpoint}"
+
+    @property
+    def tls(self) -> TlsFiles | None:
+        """The TLS files of the client endpoint, ``None`` without TLS."""
+        return self._tls
 
     @property
     def peer_url(self) -> str:
@@ -453,6 +538,8 @@ class EtcdServer:
             argv += ["--experimental-watch-progress-notify-interval", f"{_ms(self._progress)}ms"]
         if self._no_fsync:
             argv.append("--unsafe-no-fsync")
+        if self._tls is not None:
+            argv += self._tls.args()
         return argv + list(self._extra)
 
     def _spawn(self) -> None:
@@ -520,7 +607,7 @@ class EtcdServer:
 
     def is_healthy(self, timeout: float = 1.0) -> bool:
         """Ask ``/health`` once; whether it answered ``health: true`` within ``timeout``."""
-        answer = _request_json(f"{self.client_url}/health", None, timeout)
+        answer = _request_json(f"{self.client_url}/health", None, timeout, self._opener)
         return answer is not None and answer.get("health") in ("true", True)
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
@@ -820,7 +907,10 @@ class EtcdCluster:
             answers = list(
                 pool.map(
                     lambda i: _request_json(
-                        f"{self._members[i].client_url}/v3/maintenance/status", b"{}", timeout
+                        f"{self._members[i].client_url}/v3/maintenance/status",
+                        b"{}",
+                        timeout,
+                        self._members[i]._opener,
                     ),
                     asked,
                 )

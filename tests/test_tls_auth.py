@@ -1,0 +1,395 @@
+"""TLS (with client certificates) and etcd authentication against real etcd servers.
+
+Certificates are made for the test with the ``openssl`` command-line tool (the tests are
+skipped without it); users and roles are set up with ``etcdctl``, shipped next to etcd.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import pytest
+
+from foundation_etcd import (
+    AuthError,
+    Config,
+    EtcdUnavailableError,
+    Transport,
+    connect,
+    open_session,
+    open_transport,
+    open_view,
+)
+from foundation_etcd.testing import EtcdServer, find_etcd_binary
+from foundation_etcd.testing._launcher import TlsFiles
+from foundation_etcd.testing.plugin import unique_namespace
+
+pytestmark = pytest.mark.etcd
+
+CONNECT_TIMEOUT = 1.0
+TOKEN_TTL = 2  # seconds, etcd's --auth-token-ttl for simple tokens
+ROOT_PASSWORD = "root-secret"
+ALICE_PASSWORD = "alice-secret"
+
+
+# -- certificates -----------------------------------------------------------------------------
+
+_OPENSSL_CONFIG = """\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = unused
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth, clientAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+authorityKeyIdentifier = keyid
+[client]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = clientAuth
+authorityKeyIdentifier = keyid
+"""
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path  # a CA that signed nothing the server presents
+
+
+def _openssl(openssl: str, cwd: Path, *args: str) -> None:
+    done = subprocess.run(
+        [openssl, *args], cwd=cwd, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, f"openssl {' '.join(args)} failed:\n{done.stderr}"
+
+
+def _make_ca(openssl: str, d: Path, name: str) -> None:
+    _openssl(
+        openssl, d, "req", "-config", "openssl.cnf", "-x509", "-extensions", "ca",
+        "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}",
+    )  # fmt: skip
+
+
+def _make_leaf(openssl: str, d: Path, name: str, section: str) -> None:
+    _openssl(
+        openssl, d, "req", "-config", "openssl.cnf", "-new",
+        "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}",
+    )  # fmt: skip
+    _openssl(
+        openssl, d, "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-out", f"{name}.pem",
+        "-extfile", "openssl.cnf", "-extensions", section,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the `openssl` command-line tool is not installed: no test certificates")
+    d = tmp_path_factory.mktemp("pki")
+    (d / "openssl.cnf").write_text(_OPENSSL_CONFIG)
+    _make_ca(openssl, d, "ca")
+    _make_ca(openssl, d, "other-ca")
+    _make_leaf(openssl, d, "server", "server")
+    _make_leaf(openssl, d, "client", "client")
+    return Pki(
+        ca=d / "ca.pem",
+        server_cert=d / "server.pem",
+        server_key=d / "server.key",
+        client_cert=d / "client.pem",
+        client_key=d / "client.key",
+        other_ca=d / "other-ca.pem",
+    )
+
+
+@pytest.fixture(scope="module")
+def tls_server(pki: Pki) -> Iterator[EtcdServer]:
+    """One etcd that serves clients over TLS and requires a client certificate."""
+    tls = TlsFiles(
+        ca=pki.ca,
+        cert=pki.server_cert,
+        key=pki.server_key,
+        client_cert_auth=True,
+        client_cert=pki.client_cert,
+        client_key=pki.client_key,
+    )
+    server = EtcdServer("tls", tls=tls)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+def _tls_config(
+    server: EtcdServer, pki: Pki, request: pytest.FixtureRequest, **kw: object
+) -> Config:
+    base: dict[str, object] = {
+        "endpoints": (server.client_url,),
+        "namespace": unique_namespace(request.node.name),
+        "ca_cert": pki.ca,
+        "client_cert": pki.client_cert,
+        "client_key": pki.client_key,
+        "ttl": 3.0,
+        "connect_timeout": CONNECT_TIMEOUT,
+    }
+    base.update(kw)
+    return Config(**base)  # type: ignore[arg-type]
+
+
+# -- TLS --------------------------------------------------------------------------------------
+
+
+async def test_launcher_serves_https(tls_server: EtcdServer) -> None:
+    assert tls_server.client_url == f"https://{tls_server.endpoint}"
+    assert tls_server.is_healthy()
+
+
+async def test_mutual_tls_kv_session_and_view(
+    tls_server: EtcdServer, pki: Pki, request: pytest.FixtureRequest
+) -> None:
+    cfg = _tls_config(tls_server, pki, request)
+    assert cfg.tls and cfg.endpoints == (tls_server.endpoint,)
+    p = cfg.keyspace.prefix
+    async with open_transport(cfg) as t:
+        await t.put(p + b"k", b"v")
+        kv = await t.get(p + b"k")
+        assert kv is not None and kv.value == b"v"
+        async with open_session(t) as session, open_view(t, p + b"live/") as view:
+            lease = session.lease
+            assert (await t.lease_time_to_live(lease.id)).ttl > 0
+            put = await t.put(p + b"live/me", b"here", lease=lease.id)
+            with anyio.fail_after(5):
+                seen = await view.wait_for_key(p + b"live/me", put.revision)
+            assert seen is not None and seen.value == b"here" and seen.lease == lease.id
+
+
+async def test_server_name_override(
+    tls_server: EtcdServer, pki: Pki, request: pytest.FixtureRequest
+) -> None:
+    # the certificate names DNS:localhost as well as IP:127.0.0.1
+    async with open_transport(_tls_config(tls_server, pki, request, server_name="localhost")) as t:
+        assert (await t.status()).version
+    wrong = _tls_config(tls_server, pki, request, server_name="etcd.example.invalid")
+    with pytest.raises(EtcdUnavailableError):
+        async with open_transport(wrong):
+            raise AssertionError("connected although the certificate does not name the server")
+
+
+@pytest.mark.parametrize("case", ["no-client-cert", "wrong-ca", "plaintext"])
+async def test_refused_connections_fail_within_connect_timeout(
+    tls_server: EtcdServer, pki: Pki, request: pytest.FixtureRequest, case: str
+) -> None:
+    if case == "no-client-cert":
+        cfg = _tls_config(tls_server, pki, request, client_cert=None, client_key=None)
+    elif case == "wrong-ca":
+        cfg = _tls_config(tls_server, pki, request, ca_cert=pki.other_ca)
+    else:
+        cfg = _tls_config(
+            tls_server,
+            pki,
+            request,
+            endpoints=(tls_server.endpoint,),
+            ca_cert=None,
+            client_cert=None,
+            client_key=None,
+        )
+    started = time.monotonic()
+    with pytest.raises((EtcdUnavailableError, AuthError)) as info:
+        async with open_transport(cfg):
+            raise AssertionError(f"{case}: connected")
+    elapsed = time.monotonic() - started
+    assert elapsed < CONNECT_TIMEOUT + 2.0, f"{case}: failed only after {elapsed:.1f} s"
+    assert tls_server.endpoint in str(info.value) or isinstance(info.value, AuthError)
+
+
+# -- authentication ---------------------------------------------------------------------------
+
+
+def _etcdctl(server: EtcdServer, *args: str, user: str | None = None) -> str:
+    etcdctl = Path(find_etcd_binary()).with_name("etcdctl")
+    if not etcdctl.is_file():
+        pytest.skip(f"no etcdctl next to {find_etcd_binary()}")
+    argv = [str(etcdctl), f"--endpoints={server.client_url}", "--command-timeout=5s"]
+    if user is not None:
+        argv.append(f"--user={user}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL")}
+    done = subprocess.run(
+        [*argv, *args], capture_output=True, text=True, timeout=20, env=env, check=False
+    )
+    assert done.returncode == 0, f"etcdctl {' '.join(args)} failed:\n{done.stdout}{done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def auth_server() -> Iterator[EtcdServer]:
+    """An etcd with auth on: root, and alice confined to tenant ``tenant-a`` of ``ns-a``.
+
+    Simple tokens expire after ``TOKEN_TTL`` seconds unused.
+    """
+    server = EtcdServer("auth", extra_args=("--auth-token-ttl", str(TOKEN_TTL)))
+    try:
+        server.start()
+        _etcdctl(server, "user", "add", f"root:{ROOT_PASSWORD}")
+        _etcdctl(server, "user", "grant-role", "root", "root")
+        _etcdctl(server, "role", "add", "tenant-a")
+        _etcdctl(
+            server, "role", "grant-permission", "tenant-a", "--prefix=true",
+            "readwrite", "/ns-a/tenant-a/",
+        )  # fmt: skip
+        _etcdctl(
+            server, "role", "grant-permission", "tenant-a", "--prefix=true",
+            "read", "/ns-a/_system/limits/tenant-a/",
+        )  # fmt: skip
+        _etcdctl(server, "user", "add", f"alice:{ALICE_PASSWORD}")
+        _etcdctl(server, "user", "grant-role", "alice", "tenant-a")
+        _etcdctl(server, "auth", "enable")
+        yield server
+    finally:
+        server.close()
+
+
+def _auth_config(server: EtcdServer, user: str, password: str, **kw: object) -> Config:
+    base: dict[str, object] = {
+        "endpoints": (server.endpoint,),
+        "namespace": "ns-a",
+        "tenant": "tenant-a",
+        "user": user,
+        "password": password,
+        "ttl": 3.0,
+        "connect_timeout": CONNECT_TIMEOUT * 3,
+    }
+    base.update(kw)
+    return Config(**base)  # type: ignore[arg-type]
+
+
+def _token(t: Transport) -> str:
+    # white-box: the token the transport sends, to prove that it was replaced
+    return dict(t._metadata)["token"]
+
+
+async def test_tenant_works_in_its_prefix(auth_server: EtcdServer) -> None:
+    cfg = _auth_config(auth_server, "alice", ALICE_PASSWORD)
+    p = cfg.keyspace.prefix + b"t1/"
+    async with open_transport(cfg) as t:
+        await t.put(p + b"k", b"v")
+        kv = await t.get(p + b"k")
+        assert kv is not None and kv.value == b"v"
+        async with open_session(t) as session, open_view(t, p) as view:
+            put = await t.put(p + b"leased", b"x", lease=session.lease.id)
+            with anyio.fail_after(5):
+                seen = await view.wait_for_key(p + b"leased", put.revision)
+            assert seen is not None and seen.lease == session.lease.id
+        # the session revoked its lease (alice may: every key on it is hers)
+        assert await t.get(p + b"leased") is None
+
+
+async def test_tenant_is_confined_to_its_prefix(auth_server: EtcdServer) -> None:
+    cfg = _auth_config(auth_server, "alice", ALICE_PASSWORD)
+    outside = [b"/ns-a/tenant-b/x", b"/ns-a/x", cfg.keyspace.quota_limit("gpu"), b"/other"]
+    async with open_transport(cfg) as t:
+        for key in outside:
+            with pytest.raises(AuthError):
+                await t.put(key, b"intruder")
+        with pytest.raises(AuthError):
+            await t.get(b"/ns-a/tenant-b/x")
+        with pytest.raises(AuthError):
+            await t.get_prefix(b"/ns-a/")
+    root = _auth_config(auth_server, "root", ROOT_PASSWORD)
+    async with open_transport(root) as t:
+        for key in outside:
+            assert await t.get(key) is None
+
+
+@pytest.mark.parametrize(("user", "password"), [("alice", "wrong"), ("mallory", "x")])
+async def test_bad_credentials_refused_at_connect(
+    auth_server: EtcdServer, user: str, password: str
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(AuthError):
+        async with open_transport(_auth_config(auth_server, user, password)):
+            raise AssertionError("connected with bad credentials")
+    assert time.monotonic() - started < CONNECT_TIMEOUT * 3
+
+
+async def test_no_credentials_refused_when_auth_is_on(auth_server: EtcdServer) -> None:
+    cfg = Config(endpoints=(auth_server.endpoint,), namespace="ns-a", tenant="tenant-a")
+    async with open_transport(cfg) as t:  # Status needs no token
+        with pytest.raises(AuthError):
+            await t.get(cfg.keyspace.prefix + b"k")
+        with pytest.raises(AuthError):
+            await t.put(cfg.keyspace.prefix + b"k", b"v")
+
+
+async def test_expired_token_is_renewed(auth_server: EtcdServer) -> None:
+    cfg = _auth_config(auth_server, "alice", ALICE_PASSWORD)
+    p = cfg.keyspace.prefix + b"ttl/"
+    async with (
+        open_transport(cfg) as reader,
+        open_transport(cfg) as writer,
+        open_transport(cfg) as opener,
+    ):
+        await writer.put(p + b"k", b"1")
+        assert (await reader.get(p + b"k")) is not None
+        await opener.status()
+        old = {id(t): _token(t) for t in (reader, writer, opener)}
+        # unused for longer than the TTL (etcd checks expiry once a second)
+        await anyio.sleep(TOKEN_TTL + 1.5)
+        put = await writer.put(p + b"k", b"2")  # a write: rejected unapplied, then retried
+        kv = await reader.get(p + b"k")
+        assert kv is not None and kv.value == b"2" and kv.mod_revision == put.revision
+        async with open_session(opener) as session, open_view(opener, p) as view:
+            assert session.lease.id and view.get(p + b"k") is not None
+        for t in (reader, writer, opener):
+            assert _token(t) != old[id(t)], "the token was not renewed: did it expire?"
+
+
+async def test_limits_readable_but_not_settable_by_tenant(auth_server: EtcdServer) -> None:
+    root = _auth_config(auth_server, "root", ROOT_PASSWORD)
+    async with connect(root, node_id="admin", hosts_agents=False) as admin:
+        await admin.quotas.set_limit("gpu", 2)
+    cfg = _auth_config(auth_server, "alice", ALICE_PASSWORD)
+    async with connect(cfg, node_id="a") as c:
+        assert await c.quotas.get_limit("gpu") == 2
+        with pytest.raises(AuthError):
+            await c.quotas.set_limit("gpu", 100)
+        assert await c.quotas.get_limit("gpu") == 2
+        async with c.quotas.reserve({"gpu": 2}) as r:  # judged against the read-only limit
+            assert r.amounts == {"gpu": 2}
+            usage = await c.quotas.open_usage("gpu")
+            assert (usage.limit, usage.used) == (2, 2)
+
+
+async def test_view_resumes_after_restart_invalidates_the_token(auth_server: EtcdServer) -> None:
+    # runs last in this file: it restarts the module's server (simple tokens die with it)
+    cfg = _auth_config(auth_server, "alice", ALICE_PASSWORD)
+    p = cfg.keyspace.prefix + b"restart/"
+    async with open_transport(cfg) as t, open_view(t, p) as view:
+        await auth_server.arestart()
+        async with open_transport(cfg) as other:  # a fresh token
+            put = await other.put(p + b"k", b"after restart")
+        with anyio.fail_after(4):
+            kv = await view.wait_for_key(p + b"k", put.revision)
+        assert kv is not None and kv.value == b"after restart"
