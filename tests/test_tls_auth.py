@@ -27,8 +27,7 @@ from foundation_etcd import (
     open_transport,
     open_view,
 )
-from foundation_etcd.testing import EtcdServer, find_etcd_binary
-from foundation_etcd.testing._launcher import TlsFiles
+from foundation_etcd.testing import EtcdServer, TlsFiles, find_etcd_binary
 from foundation_etcd.testing.plugin import unique_namespace
 
 pytestmark = pytest.mark.etcd

@@ -8,10 +8,9 @@ once the package is installed. The classes here can also be used on their own::
         proxy.blackhole()
 """
 
+from ._cluster_launcher import EtcdCluster, EtcdClusterFactory
 from ._launcher import (
     BIN_ENV,
-    EtcdCluster,
-    EtcdClusterFactory,
     EtcdHarnessError,
     EtcdNotFoundError,
     EtcdServer,

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from ._launcher import EtcdCluster, EtcdClusterFactory, EtcdServer, EtcdServerFactory
+from ._cluster_launcher import EtcdCluster, EtcdClusterFactory
+from ._launcher import EtcdServer, EtcdServerFactory
 from ._proxy import FaultProxy, FaultProxyFactory
 
 if TYPE_CHECKING:
