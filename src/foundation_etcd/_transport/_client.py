@@ -1,0 +1,400 @@
+"""The transport client: one channel, unary requests, authentication, streams."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import warnings
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import grpc
+import grpc.aio
+from etcd3aio import _protobuf as pb
+
+from .._config import Config
+from .._errors import (
+    AmbiguousResultError,
+    AuthError,
+    EtcdServerError,
+    EtcdUnavailableError,
+    LeaseNotFoundError,
+)
+from .._kv import (
+    AnyOp,
+    Bytes,
+    Compare,
+    DeleteResult,
+    KeyValue,
+    Op,
+    PutResult,
+    RangeOp,
+    RangeResult,
+    TxnResult,
+    to_bytes,
+)
+from ._streams import KeepAliveStream, WatchStream
+from ._wire import (
+    _UNSAFE_VERSIONS,
+    MAX_REQUEST_BYTES,
+    LeaseGrant,
+    LeaseInfo,
+    Status,
+    UnsafeEtcdVersionWarning,
+    _cancelled,
+    _check_size,
+    _delete_pb,
+    _delete_result,
+    _kv,
+    _put_pb,
+    _put_result,
+    _range_pb,
+    _range_result,
+    _rpc,
+    _translate,
+    _txn_pb,
+    _txn_result,
+)
+
+# --------------------------------------------------------------------------------------------
+# the transport
+
+
+def _target(endpoints: Sequence[str]) -> tuple[str, str | None]:
+    """Return the gRPC target for ``endpoints`` and the host name to verify with TLS."""
+    addrs: list[str] = []
+    hostname: str | None = None
+    for endpoint in endpoints:
+        host, _, port = endpoint.rpartition(":")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            addrs.append(endpoint)
+        except ValueError:
+            hostname = hostname or host
+            infos = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)
+            addrs.extend(f"{info[4][0]}:{port}" for info in infos)
+    return "ipv4:" + ",".join(dict.fromkeys(addrs)), hostname
+
+
+class Transport:
+    """An open connection to an etcd cluster. Build one with :meth:`connect`.
+
+    All methods are coroutines and cancellation points. Keys and values are ``bytes``
+    (``str`` is accepted and encoded as UTF-8).
+    """
+
+    def __init__(self, config: Config, channel: grpc.aio.Channel) -> None:
+        self.config = config
+        self._channel = channel
+        self._kv = pb.KVStub(channel)
+        self._lease = pb.LeaseStub(channel)
+        self._watch = pb.WatchStub(channel)
+        self._maint = pb.MaintenanceStub(channel)
+        self._auth = pb.AuthStub(channel)
+        self._timeout = config.request_timeout
+        self._metadata: tuple[tuple[str, str], ...] = (("hasleader", "true"),)
+        self.server_version = ""
+
+    # lifecycle -----------------------------------------------------------------------------
+    @classmethod
+    async def connect(cls, config: Config) -> Transport:
+        """Open a channel to ``config.endpoints``, authenticate, and check the server.
+
+        Raises:
+            EtcdUnavailableError: no endpoint answered within ``config.connect_timeout``.
+            AuthError: the user or password was refused.
+        """
+        try:
+            target, hostname = _target(config.endpoints)
+        except OSError as exc:
+            raise EtcdUnavailableError(
+                f"cannot resolve endpoints {config.endpoints}: {exc}"
+            ) from exc
+        options: list[tuple[str, Any]] = [
+            ("grpc.lb_policy_name", "round_robin"),
+            ("grpc.keepalive_time_ms", int(config.grpc_keepalive_time * 1000)),
+            ("grpc.keepalive_timeout_ms", int(config.grpc_keepalive_timeout * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.max_receive_message_length", 2**31 - 1),
+            ("grpc.max_send_message_length", MAX_REQUEST_BYTES + 512 * 1024),
+        ]
+        if config.ca_cert is not None:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=config.ca_cert.read_bytes(),
+                private_key=config.client_key.read_bytes() if config.client_key else None,
+                certificate_chain=config.client_cert.read_bytes() if config.client_cert else None,
+            )
+            name = config.server_name or hostname
+            if name:
+                options.append(("grpc.ssl_target_name_override", name))
+            channel = grpc.aio.secure_channel(target, creds, options=options)
+        else:
+            channel = grpc.aio.insecure_channel(target, options=options)
+        self = cls(config, channel)
+        try:
+            await self._first_contact()
+        except BaseException:
+            await channel.close()
+            raise
+        return self
+
+    async def _first_contact(self) -> None:
+        deadline = self.config.connect_timeout
+        try:
+            resp = await self._maint.Status(
+                _rpc.StatusRequest(), timeout=deadline, wait_for_ready=True
+            )
+        except asyncio.CancelledError:
+            raise await _cancelled("connect") from None
+        except grpc.aio.AioRpcError as exc:
+            err = _translate(exc, "connect", write=False)
+            if isinstance(err, EtcdUnavailableError) or exc.code() in (
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            ):
+                raise EtcdUnavailableError(
+                    f"cannot reach etcd at {', '.join(self.config.endpoints)} within "
+                    f"{deadline:g} s ({exc.details()})",
+                    code=exc.code().name,
+                    details=exc.details() or "",
+                ) from exc
+            raise err from exc
+        self.server_version = str(resp.version)
+        if self.server_version in _UNSAFE_VERSIONS:
+            warnings.warn(
+                f"etcd {self.server_version} has known data-safety bugs (3.5.0-3.5.2 may lose "
+                "consistency after a crash); upgrade to 3.5.13 or newer",
+                UnsafeEtcdVersionWarning,
+                stacklevel=3,
+            )
+        if self.config.user is not None:
+            await self._authenticate()
+
+    async def _authenticate(self) -> None:
+        try:
+            resp = await self._auth.Authenticate(
+                _rpc.AuthenticateRequest(name=self.config.user, password=self.config.password),
+                timeout=self._timeout,
+            )
+        except asyncio.CancelledError:
+            raise await _cancelled("authenticate") from None
+        except grpc.aio.AioRpcError as exc:
+            err = _translate(exc, "authenticate", write=False)
+            if isinstance(err, EtcdServerError):
+                err = AuthError(f"authenticate: {exc.details()}", code=err.code)
+            raise err from exc
+        self._metadata = (("hasleader", "true"), ("token", str(resp.token)))
+
+    async def refresh_auth(self) -> None:
+        """Log in again (a no-op without a user): streams opened afterwards use the new token.
+
+        Raises:
+            AuthError: the credentials were refused.
+        """
+        if self.config.user is not None:
+            await self._authenticate()
+
+    async def close(self) -> None:
+        """Close the channel; open streams end."""
+        await self._channel.close()
+
+    async def _unary(self, method: Any, req: Any, operation: str, *, write: bool) -> Any:
+        try:
+            return await method(req, timeout=self._timeout, metadata=self._metadata)
+        except asyncio.CancelledError:
+            gone = await _cancelled(operation)
+            if write:
+                raise AmbiguousResultError(
+                    f"{operation}: call cancelled after sending", operation=operation
+                ) from None
+            raise gone from None
+        except grpc.aio.AioRpcError as exc:
+            err = _translate(exc, operation, write=write)
+            if (
+                isinstance(err, AuthError)
+                and self.config.user is not None
+                and "invalid auth token" in (exc.details() or "")
+            ):
+                # The token expired: etcd rejected the request before applying it.
+                await self._authenticate()
+                try:
+                    return await method(req, timeout=self._timeout, metadata=self._metadata)
+                except grpc.aio.AioRpcError as exc2:
+                    raise _translate(exc2, operation, write=write) from exc2
+            raise err from exc
+
+    # key-value -----------------------------------------------------------------------------
+    async def get(self, key: Bytes, *, serializable: bool = False) -> KeyValue | None:
+        """Read one key; ``None`` when absent."""
+        req = _rpc.RangeRequest(key=to_bytes(key))
+        if serializable:
+            req.serializable = True
+        m = await self._unary(self._kv.Range, req, "range", write=False)
+        return _kv(m.kvs[0]) if m.kvs else None
+
+    async def range(self, op: RangeOp) -> RangeResult:
+        """Run a read built with :meth:`Op.get`."""
+        m = await self._unary(self._kv.Range, _range_pb(op), "range", write=False)
+        return _range_result(m)
+
+    async def get_prefix(
+        self, prefix: Bytes, *, revision: int = 0, page: int = 1000
+    ) -> RangeResult:
+        """Read every key under ``prefix`` at one revision, in pages of ``page`` keys.
+
+        All pages are read at the revision of the first, so the result is one snapshot.
+        """
+        p = to_bytes(prefix)
+        first = await self.range(Op.get(p, prefix=True, limit=page, revision=revision))
+        kvs = list(first.kvs)
+        more = first.more
+        rev = first.revision if revision == 0 else revision
+        end = Op.get(p, prefix=True).range_end
+        while more and kvs:
+            nxt = kvs[-1].key + b"\0"
+            res = await self.range(Op.get(nxt, range_end=end, limit=page, revision=rev))
+            kvs.extend(res.kvs)
+            more = res.more
+        return RangeResult(kvs, first.revision, len(kvs), False)
+
+    async def count_prefix_changes(
+        self, prefix: bytes, *, after: int, revision: int
+    ) -> tuple[int, int]:
+        """At ``revision``: whether a key under ``prefix`` changed after ``after``, and how many.
+
+        One transaction of two reads at one revision. The first returns 0 or 1: etcd
+        applies ``min_mod_revision`` to the keys it returns but not to ``count``, so it
+        is read as keys (at most one, keys only).
+        """
+        end = Op.get(prefix, prefix=True).range_end
+        changed = _rpc.RangeRequest(
+            key=prefix,
+            range_end=end,
+            keys_only=True,
+            limit=1,
+            revision=revision,
+            min_mod_revision=after + 1,
+        )
+        total = _rpc.RangeRequest(key=prefix, range_end=end, count_only=True, revision=revision)
+        req = _rpc.TxnRequest(
+            success=[_rpc.RequestOp(request_range=changed), _rpc.RequestOp(request_range=total)]
+        )
+        m = await self._unary(self._kv.Txn, req, "txn", write=False)
+        return len(m.responses[0].response_range.kvs), int(m.responses[1].response_range.count)
+
+    async def put(
+        self, key: Bytes, value: Bytes, *, lease: int = 0, prev_kv: bool = False
+    ) -> PutResult:
+        """Write one key.
+
+        Raises:
+            RequestTooLargeError: before sending, when the request exceeds 1.5 MiB.
+            AmbiguousResultError: the outcome is unknown.
+        """
+        req = _put_pb(Op.put(key, value, lease=lease, prev_kv=prev_kv))
+        _check_size(req, "put")
+        return _put_result(await self._unary(self._kv.Put, req, "put", write=True))
+
+    async def delete(
+        self, key: Bytes, *, prefix: bool = False, prev_kv: bool = False
+    ) -> DeleteResult:
+        """Delete one key or every key under a prefix."""
+        req = _delete_pb(Op.delete(key, prefix=prefix, prev_kv=prev_kv))
+        return _delete_result(await self._unary(self._kv.DeleteRange, req, "delete", write=True))
+
+    async def txn(
+        self,
+        compare: Sequence[Compare],
+        success: Sequence[AnyOp] = (),
+        failure: Sequence[AnyOp] = (),
+    ) -> TxnResult:
+        """Run a transaction: if every compare holds, ``success``, else ``failure``.
+
+        Raises:
+            TooManyOperationsError: before sending, over 128 operations in a branch.
+            RequestTooLargeError: before sending, when the request exceeds 1.5 MiB.
+            AmbiguousResultError: a writing transaction's outcome is unknown.
+        """
+        req = _txn_pb(compare, success, failure)
+        _check_size(req, "txn")
+        write = any(not isinstance(o, RangeOp) for o in (*success, *failure))
+        return _txn_result(await self._unary(self._kv.Txn, req, "txn", write=write))
+
+    async def compact(self, revision: int, *, physical: bool = True) -> None:
+        """Compact the key-value history up to ``revision``."""
+        req = _rpc.CompactionRequest(revision=revision, physical=physical)
+        await self._unary(self._kv.Compact, req, "compact", write=True)
+
+    # leases --------------------------------------------------------------------------------
+    async def lease_grant(self, ttl: int) -> LeaseGrant:
+        """Grant a new lease of ``ttl`` seconds (etcd may grant more)."""
+        req = _rpc.LeaseGrantRequest(TTL=ttl)
+        m = await self._unary(self._lease.LeaseGrant, req, "lease grant", write=True)
+        if m.error:
+            raise EtcdServerError(f"lease grant: {m.error}")
+        return LeaseGrant(int(m.ID), int(m.TTL))
+
+    async def lease_revoke(self, lease_id: int) -> None:
+        """Revoke a lease, deleting its keys at one revision.
+
+        Raises:
+            LeaseNotFoundError: the lease is already gone.
+        """
+        req = _rpc.LeaseRevokeRequest(ID=lease_id)
+        try:
+            await self._unary(self._lease.LeaseRevoke, req, "lease revoke", write=True)
+        except LeaseNotFoundError as exc:
+            raise LeaseNotFoundError(lease_id, details=exc.details) from exc
+
+    async def lease_time_to_live(self, lease_id: int, *, keys: bool = False) -> LeaseInfo:
+        """Read a lease's remaining TTL (``-1`` when it does not exist)."""
+        req = _rpc.LeaseTimeToLiveRequest(ID=lease_id, keys=keys)
+        m = await self._unary(self._lease.LeaseTimeToLive, req, "lease ttl", write=False)
+        return LeaseInfo(int(m.ID), int(m.TTL), int(m.grantedTTL), list(m.keys))
+
+    async def lease_ids(self) -> list[int]:
+        """List every lease that exists."""
+        m = await self._unary(
+            self._lease.LeaseLeases, _rpc.LeaseLeasesRequest(), "lease list", write=False
+        )
+        return [int(x.ID) for x in m.leases]
+
+    def open_keepalive(self) -> KeepAliveStream:
+        """Open a lease keepalive stream."""
+        return KeepAliveStream(self._lease.LeaseKeepAlive(metadata=self._metadata))
+
+    # watch and maintenance -----------------------------------------------------------------
+    def open_watch(self) -> WatchStream:
+        """Open a watch stream (``hasleader``: etcd cancels it when it loses its leader)."""
+        return WatchStream(self._watch.Watch(metadata=self._metadata))
+
+    async def status(self) -> Status:
+        """Ask the member the channel is connected to for its status."""
+        m = await self._unary(self._maint.Status, _rpc.StatusRequest(), "status", write=False)
+        return Status(
+            str(m.version),
+            int(m.header.member_id),
+            int(m.leader),
+            int(m.raftTerm),
+            int(m.header.revision),
+            int(m.dbSize),
+            list(m.errors),
+        )
+
+
+@asynccontextmanager
+async def open_transport(config: Config) -> AsyncIterator[Transport]:
+    """Connect to etcd for the duration of the block (see :meth:`Transport.connect`)."""
+    transport = await Transport.connect(config)
+    try:
+        yield transport
+    finally:
+        with anyio.CancelScope(shield=True):
+            await transport.close()
