@@ -261,8 +261,17 @@ async def _wait_turn(
         await _wait_deleted(transport, pred.key, res.revision)
 
 
+_MONITOR_DELAY = 0.05  # seconds before an owner's key is watched (see _monitor)
+
+
 async def _monitor(transport: Transport, ownership: Ownership, from_revision: int) -> None:
-    """End the ownership when the own key is deleted or replaced."""
+    """End the ownership when the own key is deleted or replaced.
+
+    The watch opens after a short delay, from the revision the ownership began at: a
+    deletion in between is replayed from etcd's history, so nothing is missed, and a lock
+    held for less than the delay costs no watch stream at all.
+    """
+    await anyio.sleep(_MONITOR_DELAY)
     await _wait_deleted(transport, ownership.key, from_revision)
     kv = await transport.get(ownership.key)
     if kv is None or kv.create_revision != ownership.fencing_token:
@@ -339,9 +348,17 @@ async def owned(
                 ownership = kind(name, key, token, lease.id, transport, lease)
                 async with background_tasks() as tg:
                     tg.start_soon(_monitor, transport, ownership, token)
-                    with anyio.CancelScope() as scope:
-                        ownership._state.scope = scope
-                        yield ownership
+                    try:
+                        with anyio.CancelScope() as scope:
+                            ownership._state.scope = scope
+                            yield ownership
+                    finally:
+                        # resign first, while the monitor is torn down: the next owner
+                        # need not wait for this process's watch stream to close
+                        ownership._state.scope = None
+                        done = token
+                        token = 0
+                        await _resign(transport, key, done, timeout)
                     if scope.cancelled_caught and ownership.lost:
                         raise ownership._end(ownership._state.lost_reason)
         except LeaseLostError as exc:
@@ -349,11 +366,14 @@ async def owned(
                 raise ownership._end(f"session lease lost ({exc.reason})") from exc
             raise
         finally:
-            if token:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
-                    try:  # resign: only our own key, only if it is still ours
-                        await transport.txn(
-                            [Compare.create_revision(key) == token], [Op.delete(key)]
-                        )
-                    except EtcdError as exc:
-                        log.warning("could not delete %r (%s); it expires with its lease", key, exc)
+            if token:  # not owner yet (cancelled, failed, timed out while waiting)
+                await _resign(transport, key, token, timeout)
+
+
+async def _resign(transport: Transport, key: bytes, token: int, limit: float) -> None:
+    """Delete the own key if it is still this candidacy's; shielded and bounded."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(limit):
+        try:
+            await transport.txn([Compare.create_revision(key) == token], [Op.delete(key)])
+        except EtcdError as exc:
+            log.warning("could not delete %r (%s); it expires with its lease", key, exc)

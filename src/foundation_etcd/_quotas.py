@@ -168,6 +168,7 @@ class Quotas:
         self._qview: WatchedView | None = None
         self._lview: WatchedView | None = None
         self._changed = anyio.Event()
+        self._parsed: dict[bytes, tuple[int, int]] = {}  # limit key -> (mod revision, limit)
 
     # views ---------------------------------------------------------------------------------
     async def _views(self) -> tuple[WatchedView, WatchedView]:
@@ -242,7 +243,10 @@ class Quotas:
         kv = lview.get(key)
         if kv is None:
             return None, key, 0
-        return int(_codec.decode(kv.value)["limit"]), key, kv.mod_revision
+        cached = self._parsed.get(key)
+        if cached is None or cached[0] != kv.mod_revision:
+            cached = self._parsed[key] = (kv.mod_revision, int(_codec.decode(kv.value)["limit"]))
+        return cached[1], key, kv.mod_revision
 
     def usage(self, resource: str, *, node: str | None = None) -> QuotaUsage:
         """A pool's usage from this process's view (no I/O once the views are open)."""

@@ -52,7 +52,7 @@ from ._placement import (
     place,
     strategy_named,
 )
-from ._watch import WatchedView
+from ._watch import ChangeKind, ViewChange, WatchedView
 
 if TYPE_CHECKING:
     from ._cluster import Cluster
@@ -156,6 +156,8 @@ class Scheduler:
         self.spec_prefix = self._ks.key("agents", "spec", "")
         self.assign_prefix = self._ks.key("agents", "assign", "")
         self.res_prefix = self._ks.key("nodes-res", "")
+        self._res_index: dict[tuple[str, str], dict[str, int]] = {}
+        self._res_index_of: WatchedView | None = None
 
     # views ---------------------------------------------------------------------------------
     async def views(self) -> tuple[WatchedView, WatchedView, WatchedView]:
@@ -170,16 +172,24 @@ class Scheduler:
         return self._ks.key("nodes-res", validate_id(node, "node id"), "")
 
     def loads(self, res_view: WatchedView) -> list[NodeLoad]:
-        """Every live node with what is placed on it, from the views."""
+        """Every live node that hosts agents, with what is placed on it (no I/O).
+
+        Node reservations are indexed as the view changes, so a spawn costs no decoding
+        of every placed agent.
+        """
+        if self._res_index_of is not res_view:
+            self._res_index_of = res_view
+            self._res_index.clear()
+            for kv in res_view.items().values():
+                self._res_add(kv)
+            res_view.on_change(self._res_changed)
         used: dict[str, dict[str, int]] = {}
         count: dict[str, int] = {}
-        for kv in res_view.items().values():
-            node = kv.key[len(self.res_prefix) :].decode().split("/", 1)[0]
+        for (node, _agent), amounts in self._res_index.items():
             count[node] = count.get(node, 0) + 1
-            amounts = _codec.decode(kv.value).get("resources", {})
             bucket = used.setdefault(node, {})
             for r, a in amounts.items():
-                bucket[r] = bucket.get(r, 0) + int(a)
+                bucket[r] = bucket.get(r, 0) + a
         return [
             NodeLoad(
                 n.node_id,
@@ -191,6 +201,19 @@ class Scheduler:
             for n in self._c.nodes().values()
             if n.hosts_agents
         ]
+
+    def _res_add(self, kv: KeyValue) -> None:
+        node, _, agent = kv.key[len(self.res_prefix) :].decode().partition("/")
+        amounts = _codec.decode(kv.value).get("resources", {})
+        self._res_index[(node, agent)] = {str(r): int(a) for r, a in amounts.items()}
+
+    def _res_changed(self, changes: list[ViewChange]) -> None:
+        for c in changes:
+            if c.kind is ChangeKind.REMOVED:
+                node, _, agent = c.key[len(self.res_prefix) :].decode().partition("/")
+                self._res_index.pop((node, agent), None)
+            else:
+                self._res_add(c.kv)
 
     # placement commit ----------------------------------------------------------------------
     async def commit(
