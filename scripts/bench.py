@@ -4,7 +4,7 @@ Usage::
 
     .venv/bin/python scripts/bench.py                       # full run, report on stdout
     .venv/bin/python scripts/bench.py --write docs/benchmarks.md
-    .venv/bin/python scripts/bench.py --quick               # smoke run, < 20 s
+    .venv/bin/python scripts/bench.py --quick               # smoke run, < 30 s
     .venv/bin/python scripts/bench.py --only kv --only watch
     .venv/bin/python scripts/bench.py --endpoints 127.0.0.1:2379   # an existing etcd
 
@@ -17,6 +17,13 @@ in odd rounds, library first in even ones), so that machine noise falls on both 
 sample is one operation's wall time (``time.perf_counter``); the report gives p50, p90 and
 the ratio library p50 / raw p50.
 
+The coordination sections (election, quotas, runtime) compare whole protocols: the raw
+side is the same etcd requests sent by hand in the order a hand-rolled client would send
+them (or etcd's own v3lock/v3election services through the JSON gateway built into etcd, or
+a compare-and-swap counter for quotas). Failover runs kill a child process with SIGKILL: an
+inline ``sys.executable -c`` leader for elections, ``scripts/bench_node.py`` for the
+runtime.
+
 Adding a section: write ``async def section_x(bench: Bench) -> list[Row]`` and append a
 :class:`Section` to ``SECTIONS``. ``run_rounds`` does the interleaving.
 """
@@ -25,10 +32,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import gc
+import http.client
 import itertools
 import json
 import math
@@ -38,7 +48,9 @@ import secrets
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from importlib import metadata
@@ -54,9 +66,12 @@ import foundation_etcd
 from foundation_etcd import (
     Compare,
     Config,
+    Election,
+    Lock,
     Op,
     UnsafeEtcdVersionWarning,
     ViewChange,
+    clustered,
     connect,
     open_session,
     open_transport,
@@ -94,6 +109,11 @@ class Settings:
     register_ops: int  # sequential registrations per side per round
     session_window: float  # seconds of session keepalives sampled per round
     session_interval: float  # the session's keepalive interval during the sampling
+    coord_ops: int  # campaigns, lock and quota cycles per side per round
+    handover_ops: int  # election handovers per side per round
+    failover_reps: int  # SIGKILL failovers measured (election, then runtime)
+    quota_window: float  # seconds per side per round of the quota throughput runs
+    spawn_ops: int  # spawns per side per round
 
 
 FULL = Settings(
@@ -104,6 +124,11 @@ FULL = Settings(
     register_ops=100,
     session_window=0.8,
     session_interval=0.05,
+    coord_ops=60,
+    handover_ops=8,
+    failover_reps=3,
+    quota_window=1.5,
+    spawn_ops=3,
 )
 QUICK = Settings(
     rounds=4,
@@ -113,6 +138,11 @@ QUICK = Settings(
     register_ops=25,
     session_window=0.4,
     session_interval=0.05,
+    coord_ops=15,
+    handover_ops=3,
+    failover_reps=1,
+    quota_window=0.3,
+    spawn_ops=2,
 )
 
 
@@ -745,6 +775,1071 @@ async def section_tooz(bench: Bench) -> list[Row]:
     return [Figure("tooz group join", None, None, "", 0, note="installed; not measured yet")]
 
 
+# --------------------------------------------------------------------------------------------
+# coordination helpers: raw queue requests, child processes, etcd's HTTP gateway
+
+CAMPAIGN_GOAL = KV_GOAL  # one transaction to lead: as close to a raw Txn as any kv call
+HANDOVER_GOAL = 1.2  # resign -> next leader's body, against a hand-rolled handover
+QUOTA_RESERVE_GOAL = 1.3  # uncontended reserve enter / raw Txn
+QUOTA_THROUGHPUT_GOAL = 3.0  # library / CAS counter ops/s at the largest worker count
+QUOTA_LIMIT = 4
+QUOTA_WORKERS = (1, 4, 16)
+QUOTA_ROUNDS = 2  # alternating raw/library windows per worker count
+FAILOVER_TTL = 2  # seconds: the session TTL of the processes killed in failover runs
+FAILOVER_SLACK = 1.0  # goal: failover within TTL + this many seconds
+SETTLE = 0.03  # seconds left to a waiter to open its watch before the measured step
+CHILD_TIMEOUT = 30.0  # seconds to wait for a child process's next line
+NODE_SCRIPT = Path(__file__).resolve().with_name("bench_node.py")
+
+# The leader killed in the election failover run: campaigns, prints its key, waits forever.
+LEADER_SCRIPT = """
+import asyncio, json, sys, warnings
+from foundation_etcd import Config, Election, open_session, open_transport
+warnings.simplefilter("ignore")
+async def main(endpoint, namespace, name, ttl):
+    cfg = Config(endpoints=(endpoint,), namespace=namespace, ttl=float(ttl))
+    async with open_transport(cfg) as t, open_session(t, cfg) as session:
+        async with Election(session, name).campaign(b"child") as lead:
+            line = {"event": "leader", "key": lead.key.decode(), "ttl": session.lease.ttl}
+            print(json.dumps(line), flush=True)
+            await asyncio.Event().wait()
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+# python3-etcd3's Lock, measured in its own interpreter (it cannot share one with etcd3aio).
+ETCD3_LOCK_SCRIPT = """
+import json, sys, time
+import etcd3
+host, port, name, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+client = etcd3.client(host=host, port=port)
+lock = client.lock(name, ttl=60)
+samples = []
+for _ in range(n):
+    t0 = time.perf_counter()
+    lock.acquire()
+    lock.release()
+    samples.append(time.perf_counter() - t0)
+print(json.dumps(samples))
+"""
+
+
+def raw_compare(key: bytes, target: str, value: int, result: str = "EQUAL") -> Any:
+    """A raw compare on a create or mod revision."""
+    field = {"CREATE": "create_revision", "MOD": "mod_revision"}[target]
+    return rpc.Compare(
+        key=key,
+        target=getattr(rpc.Compare, target),
+        result=getattr(rpc.Compare, result),
+        **{field: value},
+    )
+
+
+def raw_queue_read(prefix: bytes, *, limit: int = 1, before: int = 0) -> Any:
+    """A raw read of a queue in create order: its head, or (``before``) a predecessor."""
+    req = rpc.RangeRequest(
+        key=prefix,
+        range_end=foundation_etcd.prefix_end(prefix),
+        limit=limit,
+        sort_target=rpc.RangeRequest.CREATE,
+        sort_order=rpc.RangeRequest.DESCEND if before else rpc.RangeRequest.ASCEND,
+    )
+    if before:
+        req.max_create_revision = before - 1
+    return req
+
+
+def raw_enqueue_txn(prefix: bytes, key: bytes, lease: int) -> Any:
+    """Create the own key if absent and read the queue's head (the library's first step)."""
+    head = rpc.RequestOp(request_range=raw_queue_read(prefix))
+    return rpc.TxnRequest(
+        compare=[raw_compare(key, "CREATE", 0)],
+        success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=b"", lease=lease)), head],
+        failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key)), head],
+    )
+
+
+def raw_turn_txn(prefix: bytes, key: bytes, token: int) -> Any:
+    """Read the own key and its predecessor in one transaction (a waiter's check)."""
+    return rpc.TxnRequest(
+        success=[
+            rpc.RequestOp(request_range=rpc.RangeRequest(key=key)),
+            rpc.RequestOp(request_range=raw_queue_read(prefix, before=token)),
+        ]
+    )
+
+
+async def wait_count(bench: Bench, prefix: bytes, n: int) -> None:
+    """Wait until at least ``n`` keys exist under ``prefix`` (raw reads, 2 ms apart)."""
+    deadline = time.perf_counter() + EVENT_TIMEOUT
+    end = foundation_etcd.prefix_end(prefix)
+    while True:
+        res = await bench.kv.Range(rpc.RangeRequest(key=prefix, range_end=end, count_only=True))
+        if res.count >= n:
+            return
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{n} keys under {prefix!r} not seen in {EVENT_TIMEOUT:g} s")
+        await asyncio.sleep(0.002)
+
+
+async def raw_wait_deleted(channel: grpc.aio.Channel, key: bytes, after: int, ready: Any) -> None:
+    """Watch ``key`` from ``after + 1`` on a fresh stream until it is deleted."""
+    call = pb.WatchStub(channel).Watch()
+    try:
+        create = rpc.WatchCreateRequest(key=key, start_revision=after + 1)
+        await call.write(rpc.WatchRequest(create_request=create))
+        created = await call.read()
+        assert created.created, created
+        if not ready.done():
+            ready.set_result(None)
+        while True:
+            resp = await call.read()
+            assert resp is not grpc.aio.EOF
+            if any(ev.type == pb.kv_pb2.Event.DELETE for ev in resp.events):
+                return
+    finally:
+        call.cancel()
+
+
+@contextlib.asynccontextmanager
+async def child_process(*argv: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A child process speaking JSON lines on stdout; SIGKILLed at the end if still alive."""
+    with tempfile.TemporaryFile() as err:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
+        )
+        proc.stderr_file = err  # type: ignore[attr-defined]
+        try:
+            yield proc
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+
+
+async def expect_line(proc: asyncio.subprocess.Process, event: str) -> dict[str, Any]:
+    """The child's next JSON line whose ``event`` is ``event`` (earlier lines are skipped)."""
+    assert proc.stdout is not None
+    while True:
+        line = await asyncio.wait_for(proc.stdout.readline(), CHILD_TIMEOUT)
+        if not line:
+            await proc.wait()
+            err = proc.stderr_file  # type: ignore[attr-defined]
+            err.seek(0)
+            tail = err.read().decode(errors="replace")[-3000:]
+            raise RuntimeError(f"child exited ({proc.returncode}) before {event!r}:\n{tail}")
+        with contextlib.suppress(ValueError):
+            msg = json.loads(line)
+            if isinstance(msg, dict) and msg.get("event") == event:
+                return msg
+
+
+class Gateway:
+    """etcd's JSON gateway (grpc-gateway on the client port), over one keep-alive connection."""
+
+    def __init__(self, endpoint: str) -> None:
+        host, _, port = endpoint.rpartition(":")
+        self._conn = http.client.HTTPConnection(host, int(port), timeout=EVENT_TIMEOUT)
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST a JSON body; the decoded answer."""
+        self._conn.request(
+            "POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"}
+        )
+        resp = self._conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"gateway {path}: HTTP {resp.status} {data[:300]!r}")
+        answer: dict[str, Any] = json.loads(data)
+        return answer
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+
+def kv_requests(endpoint: str) -> int | None:
+    """KV requests (Range, Put, DeleteRange, Txn) etcd has handled, from its /metrics."""
+    host, _, port = endpoint.rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=EVENT_TIMEOUT)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    except OSError:
+        return None
+    finally:
+        conn.close()
+    methods = tuple(f'method="{m}"' for m in ("Range", "Put", "DeleteRange", "Txn"))
+    total = 0
+    for line in text.splitlines():
+        if (
+            line.startswith("grpc_server_handled_total{")
+            and 'service="etcdserverpb.KV"' in line
+            and any(m in line for m in methods)
+        ):
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def b64(data: bytes) -> str:
+    """Bytes as the gateway wants them in JSON."""
+    return base64.b64encode(data).decode()
+
+
+def seconds_figure(measure: str, samples: list[float], goal: float, note: str) -> list[Row]:
+    """A failover time as two rows: seconds (median, max) and multiples of the TTL."""
+    med, worst = percentile(samples, 0.5), max(samples)
+    verdict = "met" if worst <= goal else "missed"
+    return [
+        Figure(
+            measure,
+            None,
+            med,
+            "s",
+            len(samples),
+            note=f"max {worst:.2f} s; goal TTL + {FAILOVER_SLACK:g} s = {goal:g} s: {verdict} "
+            f"(by the max); {note}",
+        ),
+        Figure(
+            f"{measure}, as a multiple of the TTL",
+            None,
+            med / FAILOVER_TTL,
+            "x TTL",
+            len(samples),
+            note=f"TTL {FAILOVER_TTL} s; max {worst / FAILOVER_TTL:.2f}x",
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# election and locks
+
+
+async def section_election(bench: Bench) -> list[Row]:
+    """Become leader, lock, handover, failover after SIGKILL, etcd's v3lock/v3election."""
+    s = bench.settings
+    cfg = bench.config("elect")
+    ks = cfg.keyspace
+    loop = asyncio.get_running_loop()
+    rows: list[Row] = []
+    channel_b = grpc.aio.insecure_channel(bench.endpoint)
+    gateway = Gateway(bench.endpoint)
+    try:
+        async with (
+            open_transport(cfg) as ta,
+            open_session(ta, cfg) as session_a,
+            open_transport(cfg) as tb,
+            open_session(tb, cfg) as session_b,
+            raw_lease(bench) as lease_a,
+            raw_lease(bench) as lease_b,
+        ):
+            kv_a, kv_b = bench.kv, pb.KVStub(channel_b)
+
+            # (a) become leader, (b) lock, (e) the same through etcd's own services
+            raw_prefix = ks.election_prefix("raw-uncontended")
+            raw_key = raw_prefix + f"{lease_a:x}".encode()
+            raw_lock_prefix = ks.lock_prefix("raw-uncontended")
+            raw_lock_key = raw_lock_prefix + f"{lease_a:x}".encode()
+
+            async def raw_campaign() -> float:
+                t0 = time.perf_counter()
+                res = await kv_a.Txn(raw_enqueue_txn(raw_prefix, raw_key, lease_a))
+                elapsed = time.perf_counter() - t0
+                assert res.succeeded
+                await kv_a.DeleteRange(rpc.DeleteRangeRequest(key=raw_key))
+                return elapsed
+
+            async def lib_campaign() -> float:
+                t0 = time.perf_counter()
+                async with Election(session_a, "uncontended").campaign():
+                    elapsed = time.perf_counter() - t0
+                return elapsed
+
+            txn_prefix = ks.election_prefix("transport-only")
+            txn_key = txn_prefix + f"{session_a.lease.id:x}".encode()
+
+            async def transport_campaign_txn() -> float:
+                head = Op.get(txn_prefix, prefix=True, limit=1, sort_by_create=True)
+                t0 = time.perf_counter()
+                res = await ta.txn(
+                    [Compare.create_revision(txn_key) == 0],
+                    [Op.put(txn_key, b"", lease=session_a.lease.id), head],
+                    [Op.get(txn_key), head],
+                )
+                elapsed = time.perf_counter() - t0
+                assert res.succeeded
+                await ta.delete(txn_key)
+                return elapsed
+
+            async def raw_lock() -> None:
+                res = await kv_a.Txn(raw_enqueue_txn(raw_lock_prefix, raw_lock_key, lease_a))
+                assert res.succeeded
+                await kv_a.DeleteRange(rpc.DeleteRangeRequest(key=raw_lock_key))
+
+            async def lib_lock() -> None:
+                async with Lock(session_a, "uncontended").acquire():
+                    pass
+
+            gw_lease = gateway.post("/v3/lease/grant", {"TTL": 60})["ID"]
+            gw_lock_name = b64(ks.lock_prefix("gateway")[:-1])
+            gw_election_name = b64(ks.election_prefix("gateway")[:-1])
+
+            async def gw_lock() -> float:
+                t0 = time.perf_counter()
+                key = gateway.post("/v3/lock/lock", {"name": gw_lock_name, "lease": gw_lease})
+                gateway.post("/v3/lock/unlock", {"key": key["key"]})
+                return time.perf_counter() - t0
+
+            async def gw_campaign() -> float:
+                t0 = time.perf_counter()
+                leader = gateway.post(
+                    "/v3/election/campaign",
+                    {"name": gw_election_name, "lease": gw_lease, "value": ""},
+                )["leader"]
+                elapsed = time.perf_counter() - t0
+                gateway.post("/v3/election/resign", {"leader": leader})
+                return elapsed
+
+            campaign = "become leader, uncontended: campaign() enter"
+            campaign_txn = "campaign's Txn alone, through Transport.txn"
+            lock = "lock acquire + release, uncontended"
+            v3lock = "lock acquire + release: etcd v3lock (HTTP gateway) / library Lock"
+            v3election = "become leader: etcd v3election Campaign (HTTP gateway) / library"
+            bench.progress("campaign, lock, etcd's v3lock and v3election")
+            results = await run_rounds(
+                bench,
+                [
+                    Case(campaign, raw_campaign, lib_campaign, ops=s.coord_ops),
+                    Case(campaign_txn, raw_campaign, transport_campaign_txn, ops=s.coord_ops),
+                    Case(lock, clocked(raw_lock), clocked(lib_lock), ops=s.coord_ops),
+                    Case(v3lock, gw_lock, clocked(lib_lock), ops=s.coord_ops),
+                    Case(v3election, gw_campaign, lib_campaign, ops=s.coord_ops),
+                ],
+            )
+            notes = {
+                campaign: "raw: the same Txn (create own key if absent + read the queue head)",
+                campaign_txn: "the election's share = campaign row minus this one",
+                lock: "raw: the same Txn, then DeleteRange; library: one Txn each way",
+                v3lock: "raw side: etcd's Lock service via JSON/HTTP keep-alive to the "
+                "gateway built into etcd (one request each way, one lease for all)",
+                v3election: "raw side: etcd's Campaign via the gateway; resign untimed",
+            }
+            for label, (raw, lib) in results.items():
+                goal = CAMPAIGN_GOAL if label == campaign else None
+                rows.append(Latency(label, raw, lib, goal=goal, note=notes[label]))
+            with contextlib.suppress(RuntimeError):
+                gateway.post("/v3/lease/revoke", {"ID": gw_lease})
+
+            # (c) handover on resign
+            h_raw = ks.election_prefix("raw-handover")
+            key_a, key_b = (h_raw + f"{x:x}".encode() for x in (lease_a, lease_b))
+            h_lib = ks.election_prefix("handover")
+
+            async def raw_handover() -> float:
+                res = await kv_a.Txn(raw_enqueue_txn(h_raw, key_a, lease_a))
+                assert res.succeeded
+                watching, started = loop.create_future(), loop.create_future()
+
+                async def candidate_b() -> None:
+                    res = await kv_b.Txn(raw_enqueue_txn(h_raw, key_b, lease_b))
+                    token = res.header.revision
+                    while True:
+                        check = await kv_b.Txn(raw_turn_txn(h_raw, key_b, token))
+                        own = check.responses[0].response_range.kvs
+                        assert own and own[0].create_revision == token
+                        pred = check.responses[1].response_range.kvs
+                        if not pred:
+                            break
+                        await raw_wait_deleted(
+                            channel_b, pred[0].key, check.header.revision, watching
+                        )
+                    started.set_result(time.perf_counter())
+                    await kv_b.DeleteRange(rpc.DeleteRangeRequest(key=key_b))
+
+                task = asyncio.create_task(candidate_b())
+                await asyncio.wait_for(watching, EVENT_TIMEOUT)
+                await asyncio.sleep(SETTLE)
+                t0 = time.perf_counter()
+                await kv_a.DeleteRange(rpc.DeleteRangeRequest(key=key_a))
+                t1 = await asyncio.wait_for(started, EVENT_TIMEOUT)
+                await task
+                return t1 - t0
+
+            async def lib_handover() -> float:
+                started = loop.create_future()
+
+                async def candidate_b() -> None:
+                    async with Election(session_b, "handover").campaign():
+                        started.set_result(time.perf_counter())
+
+                async with Election(session_a, "handover").campaign():
+                    task = asyncio.create_task(candidate_b())
+                    await wait_count(bench, h_lib, 2)
+                    await asyncio.sleep(SETTLE)
+                    t0 = time.perf_counter()
+                t1 = await asyncio.wait_for(started, EVENT_TIMEOUT)
+                await task
+                return t1 - t0
+
+            bench.progress("handover on resign")
+            handover = "handover: leader A leaves -> waiting candidate B's body starts"
+            results = await run_rounds(
+                bench, [Case(handover, raw_handover, lib_handover, ops=s.handover_ops)]
+            )
+            raw, lib = results[handover]
+            note = (
+                "raw: B (own lease) created its key, watches A's key; A sends DeleteRange; "
+                "B gets the event and checks with one Txn. Library: A's resign Txn, "
+                "B's watch event and check Txn; A and B on separate channels and sessions"
+            )
+            rows.append(Latency(handover, raw, lib, goal=HANDOVER_GOAL, note=note))
+
+        # (d) failover after SIGKILL of the leader
+        rows += await election_failover(bench)
+        # (f) python3-etcd3, in its own interpreter
+        rows.append(await python_etcd3_lock(bench))
+    finally:
+        gateway.close()
+        await channel_b.close()
+        await bench.delete_prefix(f"/{cfg.namespace}/".encode())
+    return rows
+
+
+async def election_failover(bench: Bench) -> list[Row]:
+    """SIGKILL a leader in a child process; time until a waiting candidate here leads."""
+    total: list[float] = []
+    expired: list[float] = []
+    granted: set[int] = set()
+    loop = asyncio.get_running_loop()
+    for rep in range(bench.settings.failover_reps):
+        cfg = bench.config(f"elect-fo{rep}", ttl=float(FAILOVER_TTL))
+        prefix = cfg.keyspace.election_prefix("failover")
+        bench.progress(f"election failover {rep + 1}/{bench.settings.failover_reps}")
+        try:
+            async with child_process(
+                sys.executable,
+                "-c",
+                LEADER_SCRIPT,
+                bench.endpoint,
+                cfg.namespace,
+                "failover",
+                str(FAILOVER_TTL),
+            ) as proc:
+                leader = await expect_line(proc, "leader")
+                leader_key = leader["key"].encode()
+                granted.add(int(leader["ttl"]))
+                async with (
+                    open_transport(cfg) as t,
+                    open_session(t, cfg) as session,
+                    RawWatcher(bench, prefix) as watcher,
+                ):
+                    started = loop.create_future()
+
+                    async def candidate(session: Any = session, started: Any = started) -> None:
+                        async with Election(session, "failover").campaign():
+                            started.set_result(time.perf_counter())
+
+                    task = asyncio.create_task(candidate())
+                    await wait_count(bench, prefix, 2)
+                    await asyncio.sleep(SETTLE)
+                    deleted = watcher.waiting[leader_key] = loop.create_future()
+                    t0 = time.perf_counter()
+                    proc.kill()
+                    t1 = await asyncio.wait_for(started, CHILD_TIMEOUT)
+                    t_del = await asyncio.wait_for(deleted, EVENT_TIMEOUT)
+                    await task
+            total.append(t1 - t0)
+            expired.append(t_del - t0)
+        finally:
+            await bench.delete_prefix(f"/{cfg.namespace}/".encode())
+    gap = 1000 * (percentile(total, 0.5) - percentile(expired, 0.5))
+    note = (
+        f"etcd deleted the dead leader's key after {percentile(expired, 0.5):.2f} s (median; "
+        f"lease expiry), the candidate led {gap:.1f} ms later; TTL granted to the killed "
+        f"leader: {', '.join(f'{t} s' for t in sorted(granted))}"
+    )
+    return seconds_figure(
+        f"election failover: SIGKILL of the leader -> candidate's body (ttl {FAILOVER_TTL} s)",
+        total,
+        FAILOVER_TTL + FAILOVER_SLACK,
+        note,
+    )
+
+
+async def python_etcd3_lock(bench: Bench) -> Row:
+    """python3-etcd3's Lock acquire + release, if ``import etcd3`` works in its own interpreter."""
+    label = "python3-etcd3 Lock acquire + release (separate interpreter)"
+    probe = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import etcd3",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    if await probe.wait() != 0:
+        return Figure(label, None, None, "", 0, note="not installed (`import etcd3` fails)")
+    host, _, port = bench.endpoint.rpartition(":")
+    name = f"bench-{bench.run_id}-etcd3"
+    n = bench.settings.coord_ops * bench.settings.rounds
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        ETCD3_LOCK_SCRIPT,
+        host,
+        port,
+        name,
+        str(n),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        tail = err.decode(errors="replace").strip().splitlines()[-1:]
+        return Figure(label, None, None, "", 0, note=f"failed: {' '.join(tail)}")
+    samples = json.loads(out)
+    return Figure(label, percentile(samples, 0.5) * 1000, None, "ms", len(samples), note="p50")
+
+
+# --------------------------------------------------------------------------------------------
+# quotas
+
+
+class CasCounter:
+    """One compare-and-swap client of a shared counter: its own channel and watch stream.
+
+    ``add(+1)`` waits (on its watch) while the counter is at ``limit``; every transaction
+    compares the mod revision it read and, on failure, reads the counter back in the same
+    round trip (the failure branch) and tries again.
+    """
+
+    def __init__(self, endpoint: str, key: bytes, limit: int | None) -> None:
+        self._endpoint, self._key, self._limit = endpoint, key, limit
+        self.txns = self.retries = self.waits = 0
+        self._latest: Any = None
+        self._changed = asyncio.Event()
+
+    async def __aenter__(self) -> CasCounter:
+        self._channel = grpc.aio.insecure_channel(self._endpoint)
+        self._kv = pb.KVStub(self._channel)
+        self._call = pb.WatchStub(self._channel).Watch()
+        await self._call.write(
+            rpc.WatchRequest(create_request=rpc.WatchCreateRequest(key=self._key))
+        )
+        assert (await self._call.read()).created
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._call.cancel()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._channel.close()
+
+    async def _read(self) -> None:
+        while True:
+            resp = await self._call.read()
+            if resp is grpc.aio.EOF:
+                return
+            for ev in resp.events:
+                if self._latest is None or ev.kv.mod_revision > self._latest.mod_revision:
+                    self._latest = ev.kv
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    async def _newer_than(self, mod: int) -> Any:
+        while self._latest is None or self._latest.mod_revision <= mod:
+            await self._changed.wait()
+        return self._latest
+
+    async def add(self, delta: int) -> None:
+        """Add ``delta`` to the counter (compare-and-swap, retried until it succeeds)."""
+        cur = (await self._kv.Range(rpc.RangeRequest(key=self._key))).kvs[0]
+        while True:
+            count = int(cur.value)
+            if delta > 0 and self._limit is not None and count + delta > self._limit:
+                self.waits += 1
+                cur = await self._newer_than(cur.mod_revision)
+                continue
+            self.txns += 1
+            res = await self._kv.Txn(
+                rpc.TxnRequest(
+                    compare=[raw_compare(self._key, "MOD", cur.mod_revision)],
+                    success=[
+                        rpc.RequestOp(
+                            request_put=rpc.PutRequest(
+                                key=self._key, value=str(count + delta).encode()
+                            )
+                        )
+                    ],
+                    failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=self._key))],
+                )
+            )
+            if res.succeeded:
+                return
+            self.retries += 1
+            cur = res.responses[0].response_range.kvs[0]
+
+    async def cycle(self) -> None:
+        """Take one unit and give it back."""
+        await self.add(1)
+        await self.add(-1)
+
+
+async def for_a_while(
+    cycle: Callable[[Any], Awaitable[None]], clients: list[Any], window: float
+) -> int:
+    """Run ``cycle(client)`` in a loop per client for ``window`` seconds; cycles completed."""
+    end = time.perf_counter() + window
+    done = 0
+
+    async def worker(client: Any) -> None:
+        nonlocal done
+        while time.perf_counter() < end:
+            await cycle(client)
+            if time.perf_counter() <= end:
+                done += 1
+
+    await asyncio.gather(*(worker(c) for c in clients))
+    return done
+
+
+async def contend(bench: Bench, cfg: Config, counter: bytes, n: int, *, connections: int) -> Figure:
+    """``n`` workers doing reserve + release against ``n`` doing CAS +1/-1, alternating.
+
+    The workers share ``connections`` library clusters (each its own ``connect``) and as
+    many CAS clients (each its own channel and watch).
+    """
+    s = bench.settings
+    await bench.kv.Put(rpc.PutRequest(key=counter, value=b"0"))
+    async with contextlib.AsyncExitStack() as stack:
+        bench.progress(f"{n} contending workers on {connections} connection(s): connecting")
+        clusters = [
+            await stack.enter_async_context(
+                connect(cfg, node_id=f"bench-q{n}-{connections}-{i}", hosts_agents=False)
+            )
+            for i in range(connections)
+        ]
+        for c in clusters:
+            await c.quotas.open_usage("slots")
+        cas = [
+            await stack.enter_async_context(CasCounter(bench.endpoint, counter, QUOTA_LIMIT))
+            for _ in range(connections)
+        ]
+
+        async def lib_cycle(c: Any) -> None:
+            async with c.quotas.reserve({"slots": 1}):
+                pass
+
+        workers = {
+            "raw": [cas[i % connections] for i in range(n)],
+            "lib": [clusters[i % connections] for i in range(n)],
+        }
+        cycles = {"raw": CasCounter.cycle, "lib": lib_cycle}
+        done = {"raw": 0, "lib": 0}
+        cpu = {"raw": 0.0, "lib": 0.0}
+        requests = {"raw": 0, "lib": 0}
+        for r in range(QUOTA_ROUNDS):
+            for side in ["raw", "lib"] if r % 2 == 0 else ["lib", "raw"]:
+                bench.progress(f"{n} workers, round {r + 1}/{QUOTA_ROUNDS}: {side}")
+                gc.collect()
+                c0, k0 = time.process_time(), kv_requests(bench.endpoint)
+                done[side] += await for_a_while(cycles[side], workers[side], s.quota_window)
+                cpu[side] += time.process_time() - c0
+                k1 = kv_requests(bench.endpoint)
+                if k0 is not None and k1 is not None:
+                    requests[side] += k1 - k0
+    wall = QUOTA_ROUNDS * s.quota_window
+    txns = sum(c.txns for c in cas)
+    retried = sum(c.retries for c in cas) / max(1, txns)
+    waits = sum(c.waits for c in cas)
+    per_op = {k: requests[k] / max(1, done[k]) for k in done}
+    note = (
+        f"CAS: {retried:.0%} of {txns:,} txns retried, {waits:,} waits for room; "
+        f"etcd KV requests per op: CAS {per_op['raw']:.1f}, library {per_op['lib']:.1f}; "
+        f"this process's CPU: CAS {cpu['raw'] / wall:.0%}, library {cpu['lib'] / wall:.0%}; "
+        f"{wall:g} s per side"
+    )
+    if n == QUOTA_WORKERS[-1] and connections == n:
+        ratio = done["lib"] / max(1, done["raw"])
+        verdict = "met" if ratio >= QUOTA_THROUGHPUT_GOAL else "missed"
+        note += f"; goal >= {QUOTA_THROUGHPUT_GOAL:g}x the CAS counter: {verdict}"
+    how = "each its own connection" if connections == n else "sharing one connection per side"
+    return Figure(
+        f"reserve + release, {n} worker{'s' * (n > 1)} ({how}), limit {QUOTA_LIMIT}; "
+        "raw: CAS counter",
+        done["raw"] / wall,
+        done["lib"] / wall,
+        "ops/s",
+        QUOTA_ROUNDS,
+        note=note,
+    )
+
+
+async def section_quotas(bench: Bench) -> list[Row]:
+    """Uncontended reserve against its raw Txn; contended throughput against a CAS counter."""
+    s = bench.settings
+    cfg = bench.config("quota")
+    raw_ns = bench.namespace("quota-raw")
+    raw_base = f"/{raw_ns}/".encode()
+    rows: list[Row] = []
+    try:
+        async with (
+            connect(cfg, node_id="bench-quota", hosts_agents=False) as cluster,
+            raw_lease(bench) as raw_id,
+        ):
+            quotas = cluster.quotas
+            await quotas.set_limit("solo", 1_000_000)
+            await quotas.set_limit("slots", QUOTA_LIMIT)
+            await quotas.open_usage("solo")
+            kv = bench.kv
+            raw_limit = raw_base + b"_system/limits/default/solo"
+            raw_queue = raw_base + b"default/quotas/solo/queue/"
+            put = await kv.Put(rpc.PutRequest(key=raw_limit, value=b'{"limit":1000000}'))
+            raw_limit_mod = put.header.revision
+
+            async def raw_reserve() -> float:
+                t0 = time.perf_counter()
+                key = raw_queue + uuid.uuid4().hex.encode()
+                value = json.dumps(
+                    {"amounts": {"solo": 1}, "holder": "bench-quota"},
+                    separators=(",", ":"),
+                    sort_keys=True,
+                ).encode()
+                res = await kv.Txn(
+                    rpc.TxnRequest(
+                        compare=[raw_compare(raw_limit, "MOD", raw_limit_mod)],
+                        success=[
+                            rpc.RequestOp(
+                                request_put=rpc.PutRequest(key=key, value=value, lease=raw_id)
+                            ),
+                            rpc.RequestOp(request_range=raw_queue_read(raw_queue, limit=64)),
+                        ],
+                    )
+                )
+                elapsed = time.perf_counter() - t0
+                assert res.succeeded
+                await kv.Txn(  # release, untimed, as the library does it
+                    rpc.TxnRequest(
+                        compare=[raw_compare(key, "CREATE", res.header.revision)],
+                        success=[
+                            rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
+                        ],
+                    )
+                )
+                return elapsed
+
+            async def lib_reserve() -> float:
+                t0 = time.perf_counter()
+                async with quotas.reserve({"solo": 1}):
+                    elapsed = time.perf_counter() - t0
+                return elapsed
+
+            bench.progress("uncontended reserve")
+            label = "reserve, uncontended: reserve() enter"
+            results = await run_rounds(
+                bench, [Case(label, raw_reserve, lib_reserve, ops=s.coord_ops)]
+            )
+            raw, lib = results[label]
+            note = "raw: the same Txn (limit mod compare, put under lease, read 64 queue keys)"
+            rows.append(Latency(label, raw, lib, goal=QUOTA_RESERVE_GOAL, note=note))
+
+        # throughput under contention: library workers against CAS counter workers
+        counter = raw_base + b"counter"
+        for n in QUOTA_WORKERS:
+            rows.append(await contend(bench, cfg, counter, n, connections=n))
+        # the same workers on one connection each side: the library's views see each change
+        # once instead of once per worker (what the per-connection rows pay in CPU here)
+        n = QUOTA_WORKERS[-1]
+        rows.append(await contend(bench, cfg, counter, n, connections=1))
+
+        # the counter alone, without the limit check, as DESIGN.md quotes it
+        n = QUOTA_WORKERS[-1]
+        await bench.kv.Put(rpc.PutRequest(key=counter, value=b"0"))
+        async with contextlib.AsyncExitStack() as stack:
+            free = [
+                await stack.enter_async_context(CasCounter(bench.endpoint, counter, None))
+                for _ in range(n)
+            ]
+            bench.progress(f"{n} CAS workers without a limit")
+            wall = QUOTA_ROUNDS * s.quota_window
+            done_free = await for_a_while(CasCounter.cycle, free, wall)
+            txns = sum(c.txns for c in free)
+            retried = sum(c.retries for c in free) / max(1, txns)
+            rows.append(
+                Figure(
+                    f"CAS counter +1/-1 with no limit check, {n} workers (context)",
+                    done_free / wall,
+                    None,
+                    "ops/s",
+                    1,
+                    note=f"{retried:.0%} of {txns:,} txns retried",
+                )
+            )
+    finally:
+        await bench.delete_prefix(f"/{cfg.namespace}/".encode())
+        await bench.delete_prefix(raw_base)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# runtime: spawn and failover
+
+
+@clustered("bench-echo")
+class BenchEcho:
+    """An agent that does nothing: spawn-to-running measures the cluster's part alone."""
+
+
+@clustered("bench-critical", critical=True)
+class BenchCritical:
+    """The survivor's side of ``scripts/bench_node.py``'s critical agent (same name)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def restore_state(self, state: dict[str, int]) -> None:
+        """Take the checkpoint the dead node wrote."""
+        self.value = int(state["value"])
+
+    def get_state(self) -> dict[str, int]:
+        """The state to checkpoint."""
+        return {"value": self.value}
+
+
+class EventWaiter:
+    """An ``on_event`` hook: futures resolved with (time, fields) when a runtime event comes."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[tuple[str, str], asyncio.Future[tuple[float, dict[str, Any]]]] = {}
+
+    def expect(self, name: str, agent: str) -> asyncio.Future[tuple[float, dict[str, Any]]]:
+        """A future for the next event ``name`` about ``agent``."""
+        fut = self.waiting[(name, agent)] = asyncio.get_running_loop().create_future()
+        return fut
+
+    def __call__(self, name: str, **fields: Any) -> None:
+        fut = self.waiting.pop((name, str(fields.get("agent"))), None)
+        if fut is not None and not fut.done():
+            fut.set_result((time.perf_counter(), fields))
+
+
+async def section_runtime(bench: Bench) -> list[Row]:
+    """Spawn to running against the same etcd calls by hand; failover of a critical agent."""
+    s = bench.settings
+    cfg = bench.config("rt")
+    raw_ks = foundation_etcd.Keyspace(bench.namespace("rt-raw"))
+    kv = bench.kv
+    loop = asyncio.get_running_loop()
+    events = EventWaiter()
+    ids = (f"echo-{i:04}" for i in itertools.count())
+    raw_ids = (f"echo-{i:04}" for i in itertools.count())
+    lib_calls: list[float] = []
+    raw_calls: list[float] = []
+    rows: list[Row] = []
+    try:
+        async with (
+            connect(cfg, node_id="bench-host", capacity={"cpu": 1000}) as cluster,
+            raw_lease(bench) as raw_id,
+            RawWatcher(bench, raw_ks.key("agents", "assign", "")) as raw_watch,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(
+                functools.partial(cluster.serve, {"bench-echo": BenchEcho}, on_event=events)
+            )
+            _, _, res_view = await cluster.scheduler.views()
+            node_key = raw_ks.node("bench-host")
+            put = await kv.Put(rpc.PutRequest(key=node_key, value=b"{}", lease=raw_id))
+            node_mod = put.header.revision
+            last_rev = node_mod
+
+            async def raw_spawn() -> float:
+                nonlocal last_rev
+                agent_id = next(raw_ids)
+                spec, assign = raw_ks.agent_spec(agent_id), raw_ks.agent_assign(agent_id)
+                res_prefix = raw_ks.key("nodes-res", "bench-host", "")
+                res_key = res_prefix + agent_id.encode()
+                live, state = raw_ks.agent_live(agent_id), raw_ks.agent_state(agent_id)
+                seen = raw_watch.waiting[assign] = loop.create_future()
+                t0 = time.perf_counter()
+                body = {"class": "bench-echo", "args": {}, "critical": False}
+                res = await kv.Txn(
+                    rpc.TxnRequest(
+                        compare=[
+                            raw_compare(node_key, "MOD", node_mod),
+                            rpc.Compare(
+                                key=res_prefix,
+                                range_end=foundation_etcd.prefix_end(res_prefix),
+                                target=rpc.Compare.MOD,
+                                result=rpc.Compare.LESS,
+                                mod_revision=last_rev + 1,
+                            ),
+                            raw_compare(spec, "CREATE", 0),
+                        ],
+                        success=[
+                            rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=v))
+                            for k, v in (
+                                (assign, b'{"node":"bench-host","status":"assigned"}'),
+                                (res_key, b'{"resources":{}}'),
+                                (spec, json.dumps(body).encode()),
+                            )
+                        ],
+                        failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=spec))],
+                    )
+                )
+                raw_calls.append(time.perf_counter() - t0)
+                assert res.succeeded
+                await asyncio.wait_for(seen, EVENT_TIMEOUT)  # the node sees its assignment
+                claim = await kv.Txn(raw_create_txn(live, b'{"node":"bench-host"}', raw_id))
+                assert claim.succeeded
+                await kv.Range(rpc.RangeRequest(key=state))  # the checkpoint to restore
+                elapsed = time.perf_counter() - t0
+                gone = await kv.Txn(
+                    rpc.TxnRequest(
+                        success=[
+                            rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k))
+                            for k in (spec, assign, res_key, live)
+                        ]
+                    )
+                )
+                last_rev = gone.header.revision
+                return elapsed
+
+            async def lib_spawn() -> float:
+                agent_id = next(ids)
+                started = events.expect("started", agent_id)
+                stopped = events.expect("stopped", agent_id)
+                t0 = time.perf_counter()
+                await cluster.spawn(BenchEcho, agent_id)
+                lib_calls.append(time.perf_counter() - t0)
+                t1, _ = await asyncio.wait_for(started, EVENT_TIMEOUT)
+                await cluster.despawn(agent_id)  # untimed: leave the node empty again
+                await asyncio.wait_for(stopped, EVENT_TIMEOUT)
+                await res_view.wait_for((await cluster.transport.status()).revision)
+                return t1 - t0
+
+            bench.progress("spawn -> started")
+            label = "spawn -> hosting runtime reports the agent started"
+            results = await run_rounds(bench, [Case(label, raw_spawn, lib_spawn, ops=s.spawn_ops)])
+            tg.cancel_scope.cancel()
+        raw, lib = results[label]
+        warm = min(s.warmup, s.spawn_ops)
+        rows.append(
+            Latency(
+                label,
+                raw,
+                lib,
+                note="raw: the placement Txn (spec, assignment, node reservation), the node's "
+                "watch event, its claim Txn and its state read, by hand; one process spawns "
+                "and hosts",
+            )
+        )
+        rows.append(
+            Latency(
+                "spawn() call alone, same spawns",
+                raw_calls[warm:],
+                lib_calls[warm:],
+                note="raw: the placement Txn",
+            )
+        )
+    finally:
+        await bench.delete_prefix(f"/{cfg.namespace}/".encode())
+        await bench.delete_prefix(raw_ks.prefix)
+    rows += await runtime_failover(bench)
+    return rows
+
+
+async def runtime_failover(bench: Bench) -> list[Row]:
+    """SIGKILL a node hosting a critical agent; time until the survivor runs it restored."""
+    total: list[float] = []
+    expired: list[float] = []
+    granted: set[int] = set()
+    leaders: list[str] = []
+    reps = bench.settings.failover_reps
+    for rep in range(reps):
+        cfg = bench.config(f"rt-fo{rep}", ttl=float(FAILOVER_TTL))
+        ks = cfg.keyspace
+        events = EventWaiter()
+        # odd repetitions start the doomed node first, so that it leads the scheduler
+        doomed_leads = rep % 2 == 1
+        bench.progress(f"runtime failover {rep + 1}/{reps}")
+        argv = (sys.executable, str(NODE_SCRIPT), bench.endpoint, cfg.namespace, "bench-doomed")
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                proc = None
+                if doomed_leads:
+                    proc = await stack.enter_async_context(child_process(*argv, str(FAILOVER_TTL)))
+                    granted.add(int((await expect_line(proc, "ready"))["ttl"]))
+                cluster = await stack.enter_async_context(
+                    connect(cfg, node_id="bench-survivor", capacity={"cpu": 8})
+                )
+                tg = await stack.enter_async_context(anyio.create_task_group())
+                tg.start_soon(
+                    functools.partial(
+                        cluster.serve, {"bench-critical": BenchCritical}, on_event=events
+                    )
+                )
+                try:
+                    if proc is None:
+                        await wait_leader(cluster, "bench-survivor")
+                        proc = await stack.enter_async_context(
+                            child_process(*argv, str(FAILOVER_TTL))
+                        )
+                        granted.add(int((await expect_line(proc, "ready"))["ttl"]))
+                    else:
+                        await wait_leader(cluster, "bench-doomed")
+                    leader = await cluster.election("scheduler").leader()
+                    leaders.append(leader.value.decode() if leader else "?")
+                    deadline = time.perf_counter() + EVENT_TIMEOUT
+                    while cluster.node("bench-doomed") is None:
+                        assert time.perf_counter() < deadline, "doomed node not seen"
+                        await asyncio.sleep(0.005)
+                    await cluster.spawn(BenchCritical, "critical", placement="pinned:bench-doomed")
+                    await expect_line(proc, "saved")
+                    async with RawWatcher(bench, ks.nodes_prefix()) as watcher:
+                        deleted = watcher.waiting[ks.node("bench-doomed")] = (
+                            asyncio.get_running_loop().create_future()
+                        )
+                        started = events.expect("started", "critical")
+                        t0 = time.perf_counter()
+                        proc.kill()
+                        t1, fields = await asyncio.wait_for(started, CHILD_TIMEOUT)
+                        t_del = await asyncio.wait_for(deleted, EVENT_TIMEOUT)
+                    assert fields.get("restored"), fields
+                    total.append(t1 - t0)
+                    expired.append(t_del - t0)
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            await bench.delete_prefix(f"/{cfg.namespace}/".encode())
+    gap = 1000 * (percentile(total, 0.5) - percentile(expired, 0.5))
+    note = (
+        f"etcd deleted the dead node's key after {percentile(expired, 0.5):.2f} s (median), "
+        f"the survivor ran the agent {gap:.0f} ms later; scheduler led by: "
+        f"{', '.join(leaders)}; TTL granted to the killed node: "
+        f"{', '.join(f'{t} s' for t in sorted(granted))}"
+    )
+    return seconds_figure(
+        f"runtime failover: SIGKILL of the hosting node -> agent started restored "
+        f"(ttl {FAILOVER_TTL} s)",
+        total,
+        FAILOVER_TTL + FAILOVER_SLACK,
+        note,
+    )
+
+
+async def wait_leader(cluster: Any, node_id: str) -> None:
+    """Wait until ``node_id`` leads the cluster's failover scheduler."""
+    election = cluster.election("scheduler")
+    deadline = time.perf_counter() + EVENT_TIMEOUT
+    while True:
+        leader = await election.leader()
+        if leader is not None and leader.value == node_id.encode():
+            return
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{node_id} does not lead the scheduler")
+        await asyncio.sleep(0.01)
+
+
 @dataclasses.dataclass(frozen=True)
 class Section:
     """One section of the report."""
@@ -760,6 +1855,9 @@ SECTIONS = [
     Section("watch", "Put to watch event", section_watch),
     Section("registry", "Registry (issue 3)", section_registry),
     Section("tooz", "tooz group join", section_tooz),
+    Section("election", "Election and locks", section_election),
+    Section("quotas", "Quotas", section_quotas),
+    Section("runtime", "Runtime: spawn and failover", section_runtime),
 ]
 
 
@@ -945,7 +2043,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, start etcd unless given one, run, print and optionally write."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", type=Path, metavar="FILE", help="write the report to FILE")
-    parser.add_argument("--quick", action="store_true", help="a short smoke run (< 20 s)")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (< 30 s)")
     parser.add_argument(
         "--endpoints",
         metavar="HOST:PORT",
