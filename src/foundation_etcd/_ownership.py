@@ -180,7 +180,8 @@ class Ownership:
             raise self._end("fencing token is no longer current (refused by etcd)")
         inner = res.responses[0]
         assert isinstance(inner, TxnResult)
-        return inner
+        # etcd leaves a nested transaction's header empty: report the outer revision
+        return TxnResult(inner.succeeded, res.revision, inner.responses)
 
     async def put(self, key: bytes | str, value: bytes | str, *, lease: int = 0) -> int:
         """Write a key only while this ownership is current; return the revision."""
@@ -272,12 +273,18 @@ async def _monitor(transport: Transport, ownership: Ownership, from_revision: in
     held for less than the delay costs no watch stream at all.
     """
     await anyio.sleep(_MONITOR_DELAY)
-    await _wait_deleted(transport, ownership.key, from_revision)
-    kv = await transport.get(ownership.key)
-    if kv is None or kv.create_revision != ownership.fencing_token:
-        ownership._end("own key deleted")
-    else:  # the watch could not tell (compaction); keep watching from here
-        await _monitor(transport, ownership, kv.mod_revision)
+    while True:
+        await _wait_deleted(transport, ownership.key, from_revision)
+        try:
+            kv = await transport.get(ownership.key)
+        except EtcdError as exc:  # cannot tell now: the fenced writes still protect
+            log.info("cannot re-read %r (%s); watching again", ownership.key, exc)
+            await anyio.sleep(0.2)
+            continue
+        if kv is None or kv.create_revision != ownership.fencing_token:
+            ownership._end("own key deleted")
+            return
+        from_revision = kv.mod_revision  # the watch could not tell (compaction)
 
 
 async def _take_if_free(

@@ -257,10 +257,13 @@ class Session:
         while True:
             sent = anyio.current_time()
             try:
-                grant = await self.transport.lease_grant(math.ceil(self.config.ttl))
+                # one attempt may hang on a member whose raft leader just died: bound it
+                # well under connect_timeout so that the next attempt can succeed
+                with anyio.fail_after(self._attempt_limit()):
+                    grant = await self.transport.lease_grant(math.ceil(self.config.ttl))
             except AuthError:
                 raise
-            except EtcdError as exc:
+            except (EtcdError, TimeoutError) as exc:
                 log.info("lease grant failed (%s); retrying in %.1fs", exc, delay)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, self.config.safe_keepalive_interval)
@@ -273,7 +276,7 @@ class Session:
         delay = 0.1
         while True:
             try:
-                with anyio.fail_after(self.config.request_timeout):
+                with anyio.fail_after(self._attempt_limit()):
                     await self.transport.lease_revoke(lease.id)
                 return
             except LeaseNotFoundError:
@@ -285,9 +288,16 @@ class Session:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, self.config.safe_keepalive_interval)
 
+    def _attempt_limit(self) -> float:
+        """How long one grant or revoke attempt may take before it is tried again."""
+        return max(0.5, min(self.config.request_timeout, self.config.safe_keepalive_interval))
+
     async def _keepalive(self, lease: Lease) -> None:
         interval = self.config.safe_keepalive_interval
         step_down = self.config.safe_step_down
+        # a keepalive unanswered for this long is retried on a new stream (possibly to
+        # another member): at least two retries fit between the last answer and the deadline
+        attempt = min(interval, step_down / 3)
         stream: KeepAliveStream | None = None
         try:
             while not lease.lost:
@@ -295,7 +305,7 @@ class Session:
                     stream = self.transport.open_keepalive()
                 sent = anyio.current_time()
                 try:
-                    with anyio.fail_after(interval):
+                    with anyio.fail_after(attempt):
                         ttl = await stream.keepalive(lease.id)
                 except (EtcdError, TimeoutError) as exc:
                     self._ka_failures += 1

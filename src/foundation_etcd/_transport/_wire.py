@@ -229,31 +229,38 @@ def _op_pb(op: AnyOp) -> Any:
     raise TypeError(f"not a transaction operation: {op!r}")
 
 
-def _range_result(m: Any) -> RangeResult:
-    return RangeResult([_kv(k) for k in m.kvs], m.header.revision, m.count, m.more)
+def _range_result(m: Any, rev: int = 0) -> RangeResult:
+    return RangeResult([_kv(k) for k in m.kvs], m.header.revision or rev, m.count, m.more)
 
 
-def _put_result(m: Any) -> PutResult:
-    return PutResult(m.header.revision, _kv(m.prev_kv) if m.HasField("prev_kv") else None)
+def _put_result(m: Any, rev: int = 0) -> PutResult:
+    prev = _kv(m.prev_kv) if m.HasField("prev_kv") else None
+    return PutResult(m.header.revision or rev, prev)
 
 
-def _delete_result(m: Any) -> DeleteResult:
-    return DeleteResult(m.header.revision, m.deleted, [_kv(k) for k in m.prev_kvs])
+def _delete_result(m: Any, rev: int = 0) -> DeleteResult:
+    return DeleteResult(m.header.revision or rev, m.deleted, [_kv(k) for k in m.prev_kvs])
 
 
-def _txn_result(m: Any) -> TxnResult:
+def _txn_result(m: Any, rev: int = 0) -> TxnResult:
+    """Convert a transaction's answer.
+
+    etcd fills the header of the outermost answer only: operations inside a transaction
+    (nested transactions included) are given the outer revision, at which they all ran.
+    """
+    rev = m.header.revision or rev
     out: list[RangeResult | PutResult | DeleteResult | TxnResult] = []
     for r in m.responses:
         kind = r.WhichOneof("response")
         if kind == "response_range":
-            out.append(_range_result(r.response_range))
+            out.append(_range_result(r.response_range, rev))
         elif kind == "response_put":
-            out.append(_put_result(r.response_put))
+            out.append(_put_result(r.response_put, rev))
         elif kind == "response_delete_range":
-            out.append(_delete_result(r.response_delete_range))
+            out.append(_delete_result(r.response_delete_range, rev))
         else:
-            out.append(_txn_result(r.response_txn))
-    return TxnResult(m.succeeded, m.header.revision, out)
+            out.append(_txn_result(r.response_txn, rev))
+    return TxnResult(m.succeeded, rev, out)
 
 
 def _check_size(req: Any, operation: str) -> None:

@@ -281,6 +281,9 @@ class FaultProxy:
         try:
             loop.run_until_complete(self._main(ready))
             loop.run_until_complete(loop.shutdown_asyncgens())
+            # aborted transports close their sockets in a later loop callback: run the
+            # loop a little longer so that none is left for the garbage collector
+            loop.run_until_complete(asyncio.sleep(0.05))
         except Exception as exc:
             if not ready.done():
                 ready.set_exception(exc)
