@@ -148,6 +148,9 @@ async def test_registrations_come_back_after_lease_loss(etcd_config: Config) -> 
                 if info and node and info.lease_id != first.id and node.lease_id != first.id:
                     break
                 await anyio.sleep(0.02)
+            # the owner learns its new incarnation from the transaction's answer, which
+            # may come after the observer's watch event
+            await wait_until(lambda: "phoenix" in c.registry.owned())
         assert info.incarnation > reg.incarnation
         assert c.registry.owned()["phoenix"].incarnation == info.incarnation
 
