@@ -124,12 +124,17 @@ async def test_leases(t: Transport, p: bytes) -> None:
         ka.close()
 
 
-async def test_compacted_revision(t: Transport, p: bytes) -> None:
-    r1 = await t.put(p + b"c", b"1")
-    r2 = await t.put(p + b"c", b"2")
-    await t.compact(r2.revision)
-    with pytest.raises(CompactedError):
-        await t.range(Op.get(p + b"c", revision=r1.revision))
+async def test_compacted_revision(etcd_factory, etcd_namespace: str) -> None:
+    # compaction is global: a private server, so other tests keep their history
+    server = etcd_factory()
+    cfg = Config(endpoints=(server.endpoint,), namespace=etcd_namespace)
+    p = cfg.keyspace.prefix
+    async with open_transport(cfg) as t:
+        r1 = await t.put(p + b"c", b"1")
+        r2 = await t.put(p + b"c", b"2")
+        await t.compact(r2.revision)
+        with pytest.raises(CompactedError):
+            await t.range(Op.get(p + b"c", revision=r1.revision))
 
 
 async def test_blackholed_write_is_ambiguous_read_is_unavailable(

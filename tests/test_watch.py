@@ -106,9 +106,12 @@ async def test_view_across_etcd_restart(etcd_factory, etcd_namespace: str) -> No
 
 
 async def test_view_across_compaction(
-    etcd_config: Config, etcd_endpoints: list[str], fault_proxy_factory
+    etcd_factory, etcd_namespace: str, fault_proxy_factory
 ) -> None:
-    proxy = fault_proxy_factory(etcd_endpoints[0])
+    # compaction is global: a private server, so other tests keep their history
+    server = etcd_factory()
+    etcd_config = Config(endpoints=(server.endpoint,), namespace=etcd_namespace)
+    proxy = fault_proxy_factory(server.endpoint)
     cut_cfg = etcd_config.with_options(endpoints=(proxy.endpoint,))
     prefix = etcd_config.keyspace.key("c/")
     async with open_transport(etcd_config) as t, open_transport(cut_cfg) as tv:

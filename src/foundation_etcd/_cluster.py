@@ -49,7 +49,7 @@ from ._runtime import NodeRuntime
 from ._scheduler import AgentRef, AgentStatus, Scheduler
 from ._session import Lease, Session, open_session
 from ._transport import Transport, open_transport
-from ._watch import ChangeKind, WatchedView, open_view
+from ._watch import ChangeKind, ViewChange, WatchedView, open_view
 
 __all__ = ["Cluster", "HostedAgent", "NodeChange", "NodeInfo", "connect"]
 
@@ -252,23 +252,13 @@ class Cluster:
     async def watch_nodes(self) -> AsyncIterator[MemoryObjectReceiveStream[list[NodeChange]]]:
         """Receive each batch of node changes after this call, in order."""
         assert self._node_view is not None
-        async with self._node_view.subscribe() as raw:
-            send, receive = anyio.create_memory_object_stream[list[NodeChange]](1)
 
-            async def pump() -> None:
-                async with send:
-                    async for batch in raw:
-                        out = []
-                        for c in batch:
-                            info = self._parse_node(c.kv)
-                            if info is not None:
-                                out.append(NodeChange(c.kind, info))
-                        if out:
-                            await send.send(out)
+        def convert(c: ViewChange) -> NodeChange | None:
+            info = self._parse_node(c.kv)
+            return None if info is None else NodeChange(c.kind, info)
 
-            async with background_tasks() as tg, receive:
-                tg.start_soon(pump)
-                yield receive
+        async with self._node_view.subscribe_converted(convert) as changes:
+            yield changes
 
     # agents: spawn, place, serve -------------------------------------------------------------
     @property

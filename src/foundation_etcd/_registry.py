@@ -31,7 +31,6 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from . import _codec
-from ._background import background_tasks
 from ._errors import AgentExistsError, AgentNotFoundError
 from ._keys import Keyspace, validate_id
 from ._kv import Compare, KeyValue, Op
@@ -215,23 +214,13 @@ class Registry:
     @asynccontextmanager
     async def watch(self) -> AsyncIterator[MemoryObjectReceiveStream[list[AgentChange]]]:
         """Receive each batch of registry changes after this call, in order."""
-        async with self._view.subscribe() as raw:
-            send, receive = anyio.create_memory_object_stream[list[AgentChange]](1)
 
-            async def pump() -> None:
-                async with send:
-                    async for batch in raw:
-                        out = []
-                        for c in batch:
-                            info = self._parse(c.kv)
-                            if info is not None:
-                                out.append(AgentChange(c.kind, info))
-                        if out:
-                            await send.send(out)
+        def convert(c: ViewChange) -> AgentChange | None:
+            info = self._parse(c.kv)
+            return None if info is None else AgentChange(c.kind, info)
 
-            async with background_tasks() as tg, receive:
-                tg.start_soon(pump)
-                yield receive
+        async with self._view.subscribe_converted(convert) as changes:
+            yield changes
 
     # writing -------------------------------------------------------------------------------
     def owned(self) -> dict[str, Registration]:

@@ -35,6 +35,7 @@ import math
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
@@ -79,6 +80,7 @@ class ViewChange:
 
 
 ChangeCallback = Callable[[list[ViewChange]], None]
+T = TypeVar("T")
 
 
 class _Compacted(Exception):
@@ -213,6 +215,28 @@ class WatchedView:
         finally:
             self._subscribers.discard(send)
             send.close()
+
+    @asynccontextmanager
+    async def subscribe_converted(
+        self, convert: Callable[[ViewChange], T | None]
+    ) -> AsyncIterator[MemoryObjectReceiveStream[list[T]]]:
+        """Like :meth:`subscribe`, each change passed through ``convert`` (``None`` drops it).
+
+        Batches left empty by ``convert`` are not delivered.
+        """
+        async with self.subscribe() as raw:
+            send, receive = anyio.create_memory_object_stream[list[T]](1)
+
+            async def pump() -> None:
+                async with send:
+                    async for batch in raw:
+                        out = [x for x in map(convert, batch) if x is not None]
+                        if out:
+                            await send.send(out)
+
+            async with background_tasks() as tg, receive:
+                tg.start_soon(pump)
+                yield receive
 
     # applying ------------------------------------------------------------------------------
     def _advance(self, known: int) -> None:
