@@ -339,7 +339,11 @@ async def owned(
     local = local_lock(session, prefix)
     if nowait and local.locked():
         raise LockBusyError(name, holder_key=None, holder_token=0)
-    async with local:
+    try:  # uncontended: no extra trip through the event loop
+        local.acquire_nowait()
+    except anyio.WouldBlock:
+        await local.acquire()
+    try:
         lease = await session.wait_lease()
         key = prefix + f"{lease.id:x}".encode()
         token = 0
@@ -375,6 +379,8 @@ async def owned(
         finally:
             if token:  # not owner yet (cancelled, failed, timed out while waiting)
                 await _resign(transport, key, token, timeout)
+    finally:
+        local.release()
 
 
 async def _resign(transport: Transport, key: bytes, token: int, limit: float) -> None:
