@@ -36,7 +36,6 @@ from typing import ClassVar, TypeVar
 
 import anyio
 
-from ._background import background_tasks
 from ._errors import (
     EtcdError,
     LeaseLostError,
@@ -265,26 +264,29 @@ async def _wait_turn(
 _MONITOR_DELAY = 0.05  # seconds before an owner's key is watched (see _monitor)
 
 
-async def _monitor(transport: Transport, ownership: Ownership, from_revision: int) -> None:
-    """End the ownership when the own key is deleted or replaced.
+async def _monitor(
+    transport: Transport, ownership: Ownership, from_revision: int, scope: anyio.CancelScope
+) -> None:
+    """End the ownership when the own key is deleted or replaced; runs until ``scope`` ends.
 
     The watch opens after a short delay, from the revision the ownership began at: a
     deletion in between is replayed from etcd's history, so nothing is missed, and a lock
     held for less than the delay costs no watch stream at all.
     """
-    await anyio.sleep(_MONITOR_DELAY)
-    while True:
-        await _wait_deleted(transport, ownership.key, from_revision)
-        try:
-            kv = await transport.get(ownership.key)
-        except EtcdError as exc:  # cannot tell now: the fenced writes still protect
-            log.info("cannot re-read %r (%s); watching again", ownership.key, exc)
-            await anyio.sleep(0.2)
-            continue
-        if kv is None or kv.create_revision != ownership.fencing_token:
-            ownership._end("own key deleted")
-            return
-        from_revision = kv.mod_revision  # the watch could not tell (compaction)
+    with scope:
+        await anyio.sleep(_MONITOR_DELAY)
+        while True:
+            await _wait_deleted(transport, ownership.key, from_revision)
+            try:
+                kv = await transport.get(ownership.key)
+            except EtcdError as exc:  # cannot tell now: the fenced writes still protect
+                log.info("cannot re-read %r (%s); watching again", ownership.key, exc)
+                await anyio.sleep(0.2)
+                continue
+            if kv is None or kv.create_revision != ownership.fencing_token:
+                ownership._end("own key deleted")
+                return
+            from_revision = kv.mod_revision  # the watch could not tell (compaction)
 
 
 async def _take_if_free(
@@ -348,8 +350,9 @@ async def owned(
         key = prefix + f"{lease.id:x}".encode()
         token = 0
         ownership: OwnerT | None = None
+        body = anyio.CancelScope()  # cancelled on lease loss (guard) or ownership end
         try:
-            with lease.guard():
+            with lease.guard(body):
                 if nowait:
                     token = await _take_if_free(transport, name, prefix, key, value, lease)
                 else:
@@ -357,21 +360,19 @@ async def owned(
                     if first is None or first.key != key:
                         await _wait_turn(transport, prefix, key, token, lease)
                 ownership = kind(name, key, token, lease.id, transport, lease)
-                async with background_tasks() as tg:
-                    tg.start_soon(_monitor, transport, ownership, token)
-                    try:
-                        with anyio.CancelScope() as scope:
-                            ownership._state.scope = scope
-                            yield ownership
-                    finally:
-                        # resign first, while the monitor is torn down: the next owner
-                        # need not wait for this process's watch stream to close
-                        ownership._state.scope = None
-                        done = token
-                        token = 0
-                        await _resign(transport, key, done, timeout)
-                    if scope.cancelled_caught and ownership.lost:
-                        raise ownership._end(ownership._state.lost_reason)
+                ownership._state.scope = body
+                monitor = anyio.CancelScope()
+                session.start_background(_monitor, transport, ownership, token, monitor)
+                try:
+                    yield ownership
+                finally:
+                    # resign at once; the monitor ends in the session's task group
+                    ownership._state.scope = None
+                    monitor.cancel()
+                    done, token = token, 0
+                    await _resign(transport, key, done, timeout)
+            if body.cancelled_caught and ownership is not None and ownership.lost:
+                raise ownership._end(ownership._state.lost_reason)
         except LeaseLostError as exc:
             if ownership is not None:
                 raise ownership._end(f"session lease lost ({exc.reason})") from exc
@@ -385,7 +386,7 @@ async def owned(
 
 async def _resign(transport: Transport, key: bytes, token: int, limit: float) -> None:
     """Delete the own key if it is still this candidacy's; shielded and bounded."""
-    with anyio.CancelScope(shield=True), anyio.move_on_after(limit):
+    with anyio.move_on_after(limit, shield=True):
         try:
             await transport.txn([Compare.create_revision(key) == token], [Op.delete(key)])
         except EtcdError as exc:

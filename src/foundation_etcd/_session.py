@@ -33,6 +33,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -107,15 +108,20 @@ class Lease:
         return self.lost_reason
 
     @contextmanager
-    def guard(self) -> Iterator[Lease]:
+    def guard(self, scope: anyio.CancelScope | None = None) -> Iterator[Lease]:
         """Run the body only while the lease is alive; cancel it when the lease is lost.
+
+        Args:
+            scope: the cancel scope to use (so that the caller can cancel the body for
+                its own reasons too); a new one by default.
 
         Raises:
             LeaseLostError: on entry when already lost, or on exit when the body was
                 cancelled because the lease was lost.
         """
         self.ensure_alive()
-        with anyio.CancelScope() as scope:
+        scope = scope or anyio.CancelScope()
+        with scope:
             self._scopes.add(scope)
             try:
                 yield self
@@ -231,6 +237,21 @@ class Session:
                 self._renew_hooks.remove(hook)
 
         return remove
+
+    def start_background(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the session's task group (ended when the session closes).
+
+        For the library's own helper tasks, which must not raise: an exception is logged.
+        """
+        assert self._tg is not None, "the session is not open"
+
+        async def run() -> None:
+            try:
+                await fn(*args)
+            except Exception:
+                log.exception("background task %r failed", fn)
+
+        self._tg.start_soon(run)
 
     def statistics(self) -> SessionStatistics:
         """Counters for health and metrics."""
