@@ -1,3 +1,4 @@
+import gc
 import json
 import os
 import subprocess
@@ -62,3 +63,10 @@ def spawn_worker() -> Iterator:
     yield spawn
     for w in workers:
         w.stop()
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    """Collect garbage after every test, so that a leaked socket is blamed on its test."""
+    yield
+    gc.collect()
