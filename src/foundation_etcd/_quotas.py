@@ -169,6 +169,7 @@ class Quotas:
         self._lview: WatchedView | None = None
         self._changed = anyio.Event()
         self._parsed: dict[bytes, tuple[int, int]] = {}  # limit key -> (mod revision, limit)
+        self._waiters: dict[int, tuple[list[tuple[str, int, int, bytes, int]], anyio.Event]] = {}
 
     # views ---------------------------------------------------------------------------------
     async def _views(self) -> tuple[WatchedView, WatchedView]:
@@ -187,6 +188,9 @@ class Quotas:
     def _wake(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
+        for token, (pools, admitted) in list(self._waiters.items()):
+            if self._admitted_in_view(pools, token):
+                admitted.set()
 
     def _pool_of(self, key: bytes) -> str | None:
         rest = key[len(self._queues_prefix) :].decode()
@@ -394,7 +398,7 @@ class Quotas:
                 if admitted is not True:
                     if nowait and isinstance(admitted, QuotaExceededError):
                         raise admitted
-                    await qview.wait_for(token)
+                    await qview.wait_for_key(keys[0], token)  # own write: an event comes
                     if nowait:
                         if not self._admitted_in_view(pools, token):
                             raise self._exceeded(pools, token)
@@ -472,7 +476,6 @@ class Quotas:
     ) -> None:
         assert self._lview is not None
         while True:
-            changed = self._changed
             if self._admitted_in_view(pools, token):
                 # the view of queues and of limits come from two streams: confirm that the
                 # limits judged against are still current (one compare round trip)
@@ -484,4 +487,11 @@ class Quotas:
                     return
                 await self._lview.wait_for(ok.revision)
                 continue
-            await changed.wait()
+            # sleep until a change admits this reservation: the views' callbacks judge
+            # every waiter (cheap arithmetic) and wake only those now admitted
+            admitted = anyio.Event()
+            self._waiters[token] = (pools, admitted)
+            try:
+                await admitted.wait()
+            finally:
+                self._waiters.pop(token, None)

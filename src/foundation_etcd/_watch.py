@@ -183,6 +183,10 @@ class WatchedView:
     async def wait_for_key(self, key: bytes, mod_revision: int) -> KeyValue | None:
         """Wait until the view has applied ``key`` at ``mod_revision`` or later.
 
+        ``key`` must be under the view's prefix and have been written at ``mod_revision``:
+        that change arrives as an event, so no progress request is needed (cheaper than
+        :meth:`wait_for`, and exact on every etcd version).
+
         Returns the key (``None`` if it was deleted since).
         """
         while True:
@@ -192,7 +196,6 @@ class WatchedView:
                 self._applied >= mod_revision
             ):
                 return kv
-            self._want_progress.set()
             await self._advanced.wait()
 
     def on_change(self, callback: ChangeCallback) -> Callable[[], None]:
