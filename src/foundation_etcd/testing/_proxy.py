@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import gc
 import socket
 import struct
 import threading
@@ -289,6 +290,7 @@ class FaultProxy:
                 ready.set_exception(exc)
         finally:
             loop.close()
+            _close_orphaned_sockets(loop)
 
     async def _main(self, ready: Future[tuple[str, int]]) -> None:
         self._stopping = asyncio.Event()
@@ -437,3 +439,19 @@ class FaultProxyFactory(Protocol):
     def __call__(self, target: str) -> FaultProxy:
         """Start a proxy to ``target`` (``host:port``), closed when the test ends."""
         ...
+
+
+def _close_orphaned_sockets(loop: asyncio.AbstractEventLoop) -> None:
+    """Close the sockets of transports of ``loop`` that nothing closed before it stopped.
+
+    A connection accepted in the last moments of a shutdown can have its transport made
+    while its handler task never runs; without this its socket would be closed (with a
+    ResourceWarning) by the garbage collector, in whatever test is running by then.
+    """
+    for obj in gc.get_objects():
+        if isinstance(obj, asyncio.Transport) and getattr(obj, "_loop", None) is loop:
+            sock = getattr(obj, "_sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+                obj._sock = None  # type: ignore[attr-defined]
