@@ -104,7 +104,6 @@ class _Owned:
     class_name: str
     meta: dict[str, Any]
     registration: Registration | None = None
-    lost: bool = False
     persistent: bool = True
     value: bytes = b""
     changed: anyio.Event = field(default_factory=anyio.Event)
@@ -352,7 +351,6 @@ class Registry:
                 except AgentExistsError as exc:
                     log.error("cannot register %r again after lease loss: %s", agent_id, exc)
                     owned.registration = None
-                    owned.lost = True
                     self._owned.pop(agent_id, None)
                     self.conflicts.append(exc)
 

@@ -42,7 +42,7 @@ from ._errors import (
     OwnershipLostError,
 )
 from ._keys import prefix_end, validate_id
-from ._kv import AnyOp, Compare, KeyValue, Op
+from ._kv import AnyOp, Compare, KeyValue, Op, RangeResult
 from ._ownership import Ownership
 from ._placement import (
     STRATEGIES,
@@ -274,7 +274,7 @@ class Scheduler:
             if res.succeeded:
                 return node, res.revision
             for c, read in zip(compares, res.responses, strict=True):
-                kv = read.kvs[0] if getattr(read, "kvs", None) else None  # type: ignore[union-attr]
+                kv = read.kvs[0] if isinstance(read, RangeResult) and read.kvs else None
                 if not _holds(c, kv):
                     raise _ConditionFailed(c, kv)
             # the node's load changed under us: catch up and choose again
