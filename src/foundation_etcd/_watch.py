@@ -32,6 +32,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -103,7 +104,7 @@ class WatchedView:
         self._known = 0  # highest revision known to be reflected (events, verified progress)
         self._progress = 0  # highest revision reported by an unverified progress answer
         self._watch_id = -2
-        self._advanced = anyio.Event()
+        self._advanced: anyio.Event | None = None  # made when someone waits
         self._want_progress = anyio.Event()
         self._callbacks: list[ChangeCallback] = []
         self._subscribers: set[MemoryObjectSendStream[list[ViewChange]]] = set()
@@ -159,10 +160,10 @@ class WatchedView:
                 # arrive, then ask again
                 self._progress = 0
                 with anyio.move_on_after(_RECHECK):
-                    await self._advanced.wait()
+                    await self._next_advance().wait()
                 continue
             self._want_progress.set()
-            await self._advanced.wait()
+            await self._next_advance().wait()
 
     async def _verify(self, progress: int) -> bool:
         """Whether the items as applied also equal the prefix at ``progress``.
@@ -196,7 +197,7 @@ class WatchedView:
                 self._applied >= mod_revision
             ):
                 return kv
-            await self._advanced.wait()
+            await self._next_advance().wait()
 
     def on_change(self, callback: ChangeCallback) -> Callable[[], None]:
         """Call ``callback(changes)`` synchronously for each applied batch, in order.
@@ -245,8 +246,15 @@ class WatchedView:
     def _advance(self, known: int) -> None:
         if known > self._known:
             self._known = known
-        self._advanced.set()
-        self._advanced = anyio.Event()
+        if self._advanced is not None:
+            self._advanced.set()
+            self._advanced = None
+
+    def _next_advance(self) -> anyio.Event:
+        """An event set at the next advance (created only when somebody waits)."""
+        if self._advanced is None:
+            self._advanced = anyio.Event()
+        return self._advanced
 
     def _emit(self, changes: list[ViewChange]) -> None:
         if not changes:
@@ -264,22 +272,27 @@ class WatchedView:
 
     def _apply_events(self, events: list[WatchEvent]) -> None:
         changes: list[ViewChange] = []
+        items = self._items
+        applied = last = self._applied
         for ev in events:
-            if ev.revision <= self._applied:
+            rev = ev.revision
+            if rev <= applied:
                 continue  # already reflected (resume overlap or duplicate)
-            key = ev.kv.key
+            if rev > last:
+                last = rev
+            kv = ev.kv
+            key = kv.key
             if ev.type is EventType.PUT:
-                kind = ChangeKind.UPDATED if key in self._items else ChangeKind.ADDED
-                self._items[key] = ev.kv
-                changes.append(ViewChange(kind, key, ev.kv, ev.revision))
+                kind = ChangeKind.UPDATED if key in items else ChangeKind.ADDED
+                items[key] = kv
+                changes.append(ViewChange(kind, key, kv, rev))
             else:
-                old = self._items.pop(key, None)
+                old = items.pop(key, None)
                 if old is not None:
-                    changes.append(ViewChange(ChangeKind.REMOVED, key, old, ev.revision))
-        last = max((ev.revision for ev in events), default=0)
-        self._applied = max(self._applied, last)
+                    changes.append(ViewChange(ChangeKind.REMOVED, key, old, rev))
+        self._applied = last
         self._emit(changes)
-        self._advance(self._applied)
+        self._advance(last)
 
     async def _relist(self) -> None:
         result = await self.transport.get_prefix(self.prefix)
@@ -309,7 +322,7 @@ class WatchedView:
         while True:
             with anyio.move_on_after(interval / 2):
                 await self._want_progress.wait()
-            now = anyio.current_time()
+            now = time.monotonic()  # the clock of asyncio's loop, without anyio's lookup
             if now - last[0] > 2 * interval and now - asked_at > interval:
                 log.info("watch on %r silent for %.1fs; restarting", self.prefix, now - last[0])
                 stream.close()
@@ -326,7 +339,7 @@ class WatchedView:
 
     async def _stream_once(self, interval: float) -> None:
         stream = self.transport.open_watch()
-        last = [anyio.current_time()]
+        last = [time.monotonic()]
         error: Exception | None = None
         try:
             await stream.create(self.prefix, self._end, self._applied + 1, progress_notify=True)
@@ -346,7 +359,7 @@ class WatchedView:
     async def _read_loop(self, stream: WatchStream, last: list[float]) -> None:
         while True:
             resp: WatchResponse = await stream.read()
-            last[0] = anyio.current_time()
+            last[0] = time.monotonic()
             if resp.compact_revision:
                 raise _Compacted()
             if resp.canceled:
