@@ -189,7 +189,11 @@ async def pump(slot: Slot, board: Board) -> None:
 
 @dataclass
 class Res:
-    """One reservation as the history shows it."""
+    """One reservation as the history shows it.
+
+    ``rid`` is ``{name}@{token}``: the library reuses a lease's key names once released,
+    so the name alone does not identify a reservation.
+    """
 
     rid: str
     holder: str
@@ -198,6 +202,7 @@ class Res:
     lease: int
     created_seen: float
     deleted_rev: int | None = None
+    name: str = ""
     deleted_seen: float | None = None
     first_admitted: int | None = None
 
@@ -222,7 +227,7 @@ def check_history(
     limits_expected: dict[str, int],
 ) -> Outcome:
     out = Outcome()
-    queue_prefix = ks.key("quotas", "")
+    queue_prefix = ks.quotas_prefix() + b"queue/"
     limit_keys = {ks.quota_limit(r): r for r in limits_expected}
     killed = {s.node: s.killed_at for s in slots if s.killed_at is not None}
 
@@ -231,10 +236,11 @@ def check_history(
     for s in slots:
         for ev in s.of("admitted"):
             learned = max(ev["token"], ev["view_rev"])
-            reports.append((learned, ev["rid"], s.node, ev))
+            reports.append((learned, f"{ev['rid']}@{ev['token']}", s.node, ev))
     reports.sort(key=lambda r: r[0])
 
     alive: dict[tuple[str, str], tuple[int, int]] = {}  # (pool, rid) -> (create rev, amount)
+    named: dict[tuple[str, str], str] = {}  # (pool, key name) -> rid of its live key
     limits: dict[str, int] = {}
     held: set[str] = set()
     admitted: set[str] = set()
@@ -292,12 +298,13 @@ def check_history(
                 key_deleted[e.key] = (rev, e.seen_at)
             if not e.key.startswith(queue_prefix):
                 continue
-            pool, sep, rid = e.key[len(queue_prefix) :].decode().partition("/queue/")
+            pool, sep, name = e.key[len(queue_prefix) :].decode().partition("/")
             if not sep:
                 continue
             touched = True
             if e.kind is EventType.PUT:
                 value = json.loads(e.value)
+                rid = f"{name}@{e.create_revision}"
                 res = out.reservations.get(rid)
                 if res is None:
                     res = Res(
@@ -307,12 +314,19 @@ def check_history(
                         e.create_revision,
                         e.lease,
                         e.seen_at,
+                        name=name,
                     )
                     out.reservations[rid] = res
                 if (pool, rid) in alive or e.create_revision != res.token:
                     out.fail(rev, f"{rid}: key {pool} rewritten or created at another revision")
                 alive[(pool, rid)] = (e.create_revision, res.amounts.get(pool, 0))
+                named[(pool, name)] = rid
             else:
+                gone = named.pop((pool, name), None)
+                if gone is None:
+                    out.fail(rev, f"{pool}/{name} deleted but never seen created")
+                    continue
+                rid = gone
                 alive.pop((pool, rid), None)
                 res = out.reservations[rid]
                 if res.deleted_rev is None:
@@ -421,7 +435,7 @@ def check_history(
 
 
 def _keys(ks: Keyspace, res: Res) -> list[bytes]:
-    return [ks.key("quotas", pool, "queue", res.rid) for pool in res.amounts]
+    return [ks.quota_queue_prefix(pool) + res.name.encode() for pool in res.amounts]
 
 
 def excerpt(events: list[Seen], revision: int, ks: Keyspace, t0: float, around: int = 6) -> str:
@@ -577,6 +591,6 @@ def _holder(ks: Keyspace, key: bytes, value: bytes) -> str | None:
     """The node a live key belongs to: a node key's id or a reservation's holder."""
     if key.startswith(ks.nodes_prefix()):
         return key[len(ks.nodes_prefix()) :].decode()
-    if key.startswith(ks.key("quotas", "")):
+    if key.startswith(ks.quotas_prefix() + b"queue/"):
         return str(json.loads(value).get("holder"))
     return None

@@ -260,7 +260,11 @@ def auth_server() -> Iterator[EtcdServer]:
         )  # fmt: skip
         _etcdctl(
             server, "role", "grant-permission", "tenant-a", "--prefix=true",
-            "read", "/ns-a/_system/limits/tenant-a/",
+            "read", "/ns-a/_system/quotas/tenant-a/",
+        )  # fmt: skip
+        _etcdctl(
+            server, "role", "grant-permission", "tenant-a", "--prefix=true",
+            "readwrite", "/ns-a/_system/quotas/tenant-a/queue/",
         )  # fmt: skip
         _etcdctl(server, "user", "add", f"alice:{ALICE_PASSWORD}")
         _etcdctl(server, "user", "grant-role", "alice", "tenant-a")
@@ -307,7 +311,13 @@ async def test_tenant_works_in_its_prefix(auth_server: EtcdServer) -> None:
 
 async def test_tenant_is_confined_to_its_prefix(auth_server: EtcdServer) -> None:
     cfg = _auth_config(auth_server, "alice", ALICE_PASSWORD)
-    outside = [b"/ns-a/tenant-b/x", b"/ns-a/x", cfg.keyspace.quota_limit("gpu"), b"/other"]
+    outside = [
+        b"/ns-a/tenant-b/x",
+        b"/ns-a/x",
+        cfg.keyspace.quota_limit("gpu"),
+        b"/ns-a/_system/quotas/tenant-b/queue/gpu/x",
+        b"/other",
+    ]
     async with open_transport(cfg) as t:
         for key in outside:
             with pytest.raises(AuthError):

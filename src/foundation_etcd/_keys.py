@@ -1,9 +1,10 @@
 """Key layout and id validation.
 
 Every key the library writes is built here, under ``/{namespace}/{tenant}/`` so that one etcd
-role per tenant can confine the tenant to its prefix. Settings a tenant must not change (its
-quota limits) live under ``/{namespace}/_system/``: ``_`` is not allowed in ids, so no tenant
-can be named ``_system``.
+role per tenant can confine the tenant to its prefix, except the tenant's quotas: limits and
+reservation queues share ``/{namespace}/_system/quotas/{tenant}/``, of which the tenant's role
+may read everything but write only ``queue/``. ``_`` is not allowed in ids, so no tenant can
+be named ``_system``.
 
 Ids (node, agent, tenant, namespace, election, lock, resource names) are 1-128 characters of
 ``[A-Za-z0-9._:-]``; anything else raises :class:`InvalidIdError` before etcd is asked.
@@ -151,15 +152,23 @@ class Keyspace:
         return self.key("locks", validate_id(name, "lock name"), "")
 
     # quotas --------------------------------------------------------------------------------
-    def quota_queue_prefix(self, resource: str) -> bytes:
-        """Prefix of the reservation queue of one resource."""
-        return self.key("quotas", validate_id(resource, "resource"), "queue", "")
+    def quotas_prefix(self) -> bytes:
+        """Prefix of the tenant's quota limits and queues: ``/{ns}/_system/quotas/{tenant}/``.
+
+        Limits and queues share one prefix so that one watch sees both in revision order
+        (a waiter's admission is then exact in the view, without a confirming round trip);
+        it lies outside the tenant prefix so that a tenant's role can read it all and write
+        only ``queue/``.
+        """
+        return self.system_prefix + f"quotas/{self.tenant}/".encode()
+
+    def quota_queue_prefix(self, pool: str) -> bytes:
+        """Prefix of the reservation queue of one pool (a resource, or ``@node@resource``)."""
+        return self.quotas_prefix() + f"queue/{pool}/".encode()
 
     def quota_limit(self, resource: str) -> bytes:
-        """The tenant's limit for one resource, outside the tenant prefix."""
-        return self.system_prefix + (
-            f"limits/{self.tenant}/{validate_id(resource, 'resource')}".encode()
-        )
+        """The tenant's limit for one resource (readable, not writable, by the tenant)."""
+        return self.quotas_prefix() + f"limits/{validate_id(resource, 'resource')}".encode()
 
     def node_reservation(self, node_id: str, agent_id: str) -> bytes:
         """Node capacity taken by a placed agent (no lease)."""

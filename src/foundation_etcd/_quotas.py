@@ -1,24 +1,33 @@
 """Quota accounting: reservations queued in etcd, admitted by a rule that never goes back.
 
 Each *pool* (a tenant resource such as ``gpu``, or one node's capacity of a resource) has a
-queue ``quotas/{pool}/queue/{reservation_id}`` of keys under their holders' session leases,
-ordered by create revision. A reservation is **admitted** in a pool when the amounts of the
-queue up to and including it fit the pool's limit; a reservation of several pools is admitted
-when it is admitted in each. Appending keys never changes the sums of the keys before them,
-and deleting keys only lowers them, so once admitted a reservation stays admitted.
+queue ``/{ns}/_system/quotas/{tenant}/queue/{pool}/{reservation_id}`` of keys under their
+holders' session leases, ordered by create revision. A reservation is **admitted** in a pool
+when the amounts of the queue up to and including it fit the pool's limit; a reservation of
+several pools is admitted when it is admitted in each. Appending keys never changes the sums
+of the keys before them, and deleting keys only lowers them, so once admitted a reservation
+stays admitted.
 
 ``reserve`` is **one transaction**: it creates the reservation's keys (one per pool), checks
 that the limits it judged against are unchanged (mod revisions), and reads the first
-``QUEUE_READ`` keys of each queue at that revision. When its own keys are among them the
-decision is exact at once: no retry under contention, no second round trip. Longer queues
-fall back to the process's watched view of the queues (kept incrementally, so the cost per
-reservation stays bounded by ``QUEUE_READ`` keys on the wire and by the queue position in
-memory). A waiting reservation wakes on changes of that view (a release ahead of it, a
-raised limit), never by polling, and confirms its admission with one compare of the limits'
-mod revisions.
+``min(QUEUE_READ, limit)`` keys of each queue at that revision (amounts are at least 1, so a
+key behind the first ``limit`` keys cannot be admitted). The decision is exact at once: no
+retry under contention, no second round trip. A reservation that must wait, or whose queue
+was longer than what was read, waits on the process's watched view (kept incrementally, so
+the cost per reservation stays bounded by ``QUEUE_READ`` keys on the wire and by the queue
+position in memory).
+
+A tenant's limits (``.../limits/{resource}``) and queues share one prefix, so one watch sees
+both in revision order: the view is a real state of etcd after each batch of events, and a
+waiter found admitted there *is* admitted at that revision, with no confirming round trip.
+Waiters wake on changes of that view (a release ahead of them, a raised limit), never by
+polling; each change computes every touched pool's admitted frontier once and wakes exactly
+the waiters behind it. A node pool's limit (its announced capacity) comes from the node view,
+a different stream, so a node-pool waiter confirms it with one compare of the node key.
 
 Guarantees:
-    * At any revision, the admitted reservations of a pool sum to at most its limit.
+    * At any revision, a reservation newly admitted at that revision fits the pool's limit
+      at that revision together with everything queued before it.
     * A crashed holder's reservations vanish with its lease; the next in line is admitted.
     * FIFO per pool: a reservation is admitted only after every earlier one in that pool
       fits (no starvation of large requests by small ones).
@@ -33,9 +42,8 @@ from __future__ import annotations
 
 import bisect
 import logging
-import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -46,7 +54,7 @@ from . import _codec
 from ._background import background_tasks
 from ._errors import EtcdError, InvalidReservationError, QuotaExceededError
 from ._keys import validate_id
-from ._kv import Compare, KeyValue, Op
+from ._kv import Compare, KeyValue, Op, RangeResult
 from ._watch import ChangeKind, ViewChange, WatchedView
 
 if TYPE_CHECKING:
@@ -57,6 +65,7 @@ __all__ = ["QuotaUsage", "Quotas", "Reservation"]
 log = logging.getLogger("foundation_etcd.quotas")
 
 QUEUE_READ = 64  # queue keys read with each reservation; longer queues use the view
+_CACHE_SIZE = 1024  # parsed reservation values and encoded ones kept per process
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +73,11 @@ class Reservation:
     """An admitted reservation.
 
     Attributes:
-        reservation_id: its id.
+        reservation_id: its id, ``{lease_hex}-{n}`` (reused by this process once released).
         amounts: pool name to amount (node pools are named ``@{node_id}@{resource}``).
         keys: its queue keys, one per pool.
-        token: the create revision of its keys (its place in every queue).
+        token: the create revision of its keys (its place in every queue, and its
+            identity: unique, where the id is not).
         lease_id: the lease the keys live under.
     """
 
@@ -136,6 +146,17 @@ class _Queue:
             return None
         return sum(self.amounts[:i])
 
+    def frontier(self, limit: int) -> int:
+        """Create revision of the last admitted key (0: none), for ``limit``."""
+        total = 0
+        last = 0
+        for rev, amount in zip(self.revs, self.amounts, strict=True):
+            total += amount
+            if total > limit:
+                break
+            last = rev
+        return last
+
     def usage(self, limit: int | None) -> tuple[int, int]:
         used = 0
         for a in self.amounts:
@@ -145,15 +166,26 @@ class _Queue:
         return used, sum(self.amounts) - used
 
 
+@dataclass(slots=True)
+class _Pool:
+    """One pool of a reservation, with the limit it was judged against.
+
+    ``node`` is set for node pools, whose limit comes from the node view (another stream).
+    """
+
+    name: str
+    amount: int
+    limit: int
+    limit_key: bytes
+    limit_mod: int
+    node: str | None
+
+
+_EMPTY = _Queue()
+
+
 def _pool_name(resource: str, node: str | None) -> str:
     return resource if node is None else f"@{node}@{resource}"
-
-
-def _amount(kv: KeyValue, pool: str) -> int:
-    try:
-        return int(_codec.decode(kv.value)["amounts"][pool])
-    except (ValueError, KeyError, TypeError):
-        return 0
 
 
 class Quotas:
@@ -162,55 +194,103 @@ class Quotas:
     def __init__(self, cluster: Cluster) -> None:
         self._c = cluster
         self._ks = cluster.keyspace
-        self._queues_prefix = self._ks.key("quotas", "")
-        self._limits_prefix = self._ks.quota_limit("x")[:-1]
+        self._prefix = self._ks.quotas_prefix()
+        self._queue_prefix = self._prefix + b"queue/"
+        self._limits_prefix = self._prefix + b"limits/"
+        self._view: WatchedView | None = None
+        self._opening = anyio.Lock()
         self._queues: dict[str, _Queue] = {}
-        self._qview: WatchedView | None = None
-        self._lview: WatchedView | None = None
-        self._changed = anyio.Event()
-        self._parsed: dict[bytes, tuple[int, int]] = {}  # limit key -> (mod revision, limit)
-        self._waiters: dict[int, tuple[list[tuple[str, int, int, bytes, int]], anyio.Event]] = {}
+        self._limits: dict[str, tuple[int, int | None]] = {}  # resource -> (mod, limit)
+        self._limit_keys: dict[str, bytes] = {}
+        self._parsed: dict[bytes, Mapping[str, int]] = {}  # value -> amounts
+        self._encoded: dict[tuple[tuple[str, int], ...], bytes] = {}  # amounts -> value
+        self._changed: anyio.Event | None = None  # made when a usage watcher waits
+        self._waiters: dict[int, tuple[list[_Pool], anyio.Event]] = {}
+        self._names: list[tuple[int, int]] = []  # released reservation ids: (lease, n)
+        self._slots = 0
 
-    # views ---------------------------------------------------------------------------------
-    async def _views(self) -> tuple[WatchedView, WatchedView]:
-        if self._qview is None or self._lview is None:
-            lview = await self._c.view(self._limits_prefix)
-            qview = await self._c.view(self._queues_prefix)
-            if self._qview is None:
-                for kv in qview.items().values():
-                    self._index(ChangeKind.ADDED, kv)
-                qview.on_change(self._on_queue_change)
-                lview.on_change(lambda _: self._wake())
-                self._qview, self._lview = qview, lview
-        assert self._qview is not None and self._lview is not None
-        return self._qview, self._lview
+    # the view ------------------------------------------------------------------------------
+    async def _open(self) -> WatchedView:
+        async with self._opening:
+            if self._view is None:
+                view = await self._c.view(self._prefix)
+                now = view.items().values()
+                self._on_change([ViewChange(ChangeKind.ADDED, kv.key, kv, 0) for kv in now])
+                view.on_change(self._on_change)
+                if self._c._node_view is not None:  # node capacity: limits of node pools
+                    self._c._node_view.on_change(lambda _: self._wake())
+                self._view = view
+        return self._view
+
+    def _on_change(self, changes: list[ViewChange]) -> None:
+        qp, lp = self._queue_prefix, self._limits_prefix
+        for c in changes:
+            key = c.kv.key
+            if key.startswith(qp):
+                pool, sep, _ = key[len(qp) :].partition(b"/")
+                if not sep:
+                    continue
+                name = pool.decode()
+                q = self._queues.get(name)
+                if q is None:
+                    q = self._queues[name] = _Queue()
+                if c.kind is ChangeKind.REMOVED:
+                    q.remove(c.kv.create_revision, key)
+                else:
+                    q.add(c.kv.create_revision, key, self._amounts(c.kv.value).get(name, 0))
+            elif key.startswith(lp):
+                resource = key[len(lp) :].decode()
+                if c.kind is ChangeKind.REMOVED:
+                    self._limits.pop(resource, None)
+                else:
+                    self._limits[resource] = (c.kv.mod_revision, self._parse_limit(c.kv))
+        self._wake()
+
+    @staticmethod
+    def _parse_limit(kv: KeyValue) -> int | None:
+        try:
+            limit = _codec.decode(kv.value)["limit"]
+        except (ValueError, KeyError, TypeError):
+            limit = None
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            log.warning("ignoring malformed quota limit at %r", kv.key)
+            return None
+        return limit
+
+    def _amounts(self, value: bytes) -> Mapping[str, int]:
+        """The amounts of a reservation value (parsed once per distinct value)."""
+        amounts = self._parsed.get(value)
+        if amounts is None:
+            try:
+                raw = _codec.decode(value)["amounts"]
+                amounts = {str(k): int(v) for k, v in raw.items()}
+            except (ValueError, KeyError, TypeError, AttributeError):
+                log.warning("ignoring malformed reservation value %r", value[:80])
+                amounts = {}
+            if len(self._parsed) >= _CACHE_SIZE:
+                self._parsed.clear()
+            self._parsed[value] = amounts
+        return amounts
 
     def _wake(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
-        for token, (pools, admitted) in list(self._waiters.items()):
-            if self._admitted_in_view(pools, token):
-                admitted.set()
-
-    def _pool_of(self, key: bytes) -> str | None:
-        rest = key[len(self._queues_prefix) :].decode()
-        pool, sep, _ = rest.partition("/queue/")
-        return pool if sep else None
-
-    def _index(self, kind: ChangeKind, kv: KeyValue) -> None:
-        pool = self._pool_of(kv.key)
-        if pool is None:
+        """Wake the waiters that the view now admits (each pool's frontier computed once)."""
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+        if not self._waiters:
             return
-        q = self._queues.setdefault(pool, _Queue())
-        if kind is ChangeKind.REMOVED:
-            q.remove(kv.create_revision, kv.key)
-        else:
-            q.add(kv.create_revision, kv.key, _amount(kv, pool))
-
-    def _on_queue_change(self, changes: list[ViewChange]) -> None:
-        for c in changes:
-            self._index(c.kind, c.kv)
-        self._wake()
+        frontiers: dict[str, int] = {}
+        for token, (pools, admitted) in list(self._waiters.items()):
+            for p in pools:
+                f = frontiers.get(p.name)
+                if f is None:
+                    limit = self._current_limit(p.name, p.node)[0]
+                    q = self._queues.get(p.name, _EMPTY)
+                    f = frontiers[p.name] = -1 if limit is None else q.frontier(limit)
+                if token > f:
+                    break
+            else:
+                admitted.set()
 
     # limits --------------------------------------------------------------------------------
     async def set_limit(self, resource: str, limit: int) -> None:
@@ -231,45 +311,47 @@ class Quotas:
     async def get_limit(self, resource: str) -> int | None:
         """The tenant's limit of ``resource`` (a linearizable read), or ``None``."""
         kv = await self._c.transport.get(self._ks.quota_limit(resource))
-        return None if kv is None else int(_codec.decode(kv.value)["limit"])
+        return None if kv is None else self._parse_limit(kv)
 
-    def _limit(self, pool: str, lview: WatchedView) -> tuple[int | None, bytes, int]:
-        """The pool's limit, the key it comes from, and that key's mod revision (cached)."""
-        if pool.startswith("@"):
-            _, node, resource = pool.split("@")
-            node_key = self._ks.node(node)
-            info = self._c.node(node)
-            kv = self._c._node_view.get(node_key) if self._c._node_view else None
-            if info is None or kv is None:
-                return None, node_key, 0
-            return info.capacity.get(resource), node_key, kv.mod_revision
-        key = self._ks.quota_limit(pool)
-        kv = lview.get(key)
-        if kv is None:
-            return None, key, 0
-        cached = self._parsed.get(key)
-        if cached is None or cached[0] != kv.mod_revision:
-            cached = self._parsed[key] = (kv.mod_revision, int(_codec.decode(kv.value)["limit"]))
-        return cached[1], key, kv.mod_revision
+    def _limit_key(self, resource: str) -> bytes:
+        key = self._limit_keys.get(resource)
+        if key is None:
+            key = self._limit_keys[resource] = self._ks.quota_limit(resource)
+        return key
+
+    def _current_limit(self, pool: str, node: str | None) -> tuple[int | None, bytes, int]:
+        """A pool's limit now, the key it comes from, and that key's mod revision."""
+        if node is not None:
+            resource = pool.rpartition("@")[2]
+            kv = self._c.node_kv(node) if self._c._node_view is not None else None
+            info = None if kv is None else self._c.node(node)
+            if kv is None or info is None:
+                return None, self._ks.node(node), 0
+            return info.capacity.get(resource), kv.key, kv.mod_revision
+        mod, limit = self._limits.get(pool, (0, None))
+        return limit, self._limit_key(pool), mod
 
     def usage(self, resource: str, *, node: str | None = None) -> QuotaUsage:
-        """A pool's usage from this process's view (no I/O once the views are open)."""
+        """A pool's usage from this process's view (no I/O once the view is open)."""
+        if node is not None:
+            validate_id(node, "node id")
         pool = _pool_name(validate_id(resource, "resource"), node)
-        q = self._queues.get(pool, _Queue())
+        q = self._queues.get(pool, _EMPTY)
         limit = None
         rev = 0
-        if self._lview is not None and self._qview is not None:
-            limit = self._limit(pool, self._lview)[0]
-            rev = self._qview.revision
+        if self._view is not None:
+            limit = self._current_limit(pool, node)[0]
+            rev = self._view.revision
         used, queued = q.usage(limit)
         return QuotaUsage(pool, limit, used, queued, len(q.amounts), rev)
 
     async def open_usage(self, resource: str, *, node: str | None = None) -> QuotaUsage:
-        """Open the views if needed, catch up with etcd, and return a pool's usage."""
-        qview, lview = await self._views()
+        """Open the view if needed, catch up with etcd, and return a pool's usage."""
+        view = await self._open()
         rev = (await self._c.transport.status()).revision
-        await qview.wait_for(rev)
-        await lview.wait_for(rev)
+        await view.wait_for(rev)
+        if node is not None:
+            await self._c.wait_for(rev)
         return self.usage(resource, node=node)
 
     @asynccontextmanager
@@ -277,13 +359,15 @@ class Quotas:
         self, resource: str, *, node: str | None = None
     ) -> AsyncIterator[MemoryObjectReceiveStream[QuotaUsage]]:
         """Receive a pool's usage now and after every change."""
-        await self._views()
+        await self._open()
         send, receive = anyio.create_memory_object_stream[QuotaUsage](16)
 
         async def pump() -> None:
             last = None
             async with send:
                 while True:
+                    if self._changed is None:
+                        self._changed = anyio.Event()
                     changed = self._changed
                     now = self.usage(resource, node=node)
                     key = (now.limit, now.used, now.queued, now.reservations)
@@ -298,10 +382,17 @@ class Quotas:
 
     # reserving -----------------------------------------------------------------------------
     def _check(
-        self, amounts: Mapping[str, int], node: str | None, lview: WatchedView
-    ) -> list[tuple[str, int, int, bytes, int]]:
+        self, amounts: Mapping[str, int], node: str | None, *, final: bool = True
+    ) -> list[_Pool] | None:
+        """Validate a request and pair it with the limits it is judged against.
+
+        With ``final=False``, returns ``None`` instead of raising when a limit is missing or
+        too low for an amount: the view may not have seen a limit written just now.
+        """
         if not isinstance(amounts, Mapping) or not amounts:
             raise InvalidReservationError("a reservation needs at least one resource")
+        if node is not None:
+            validate_id(node, "node id")
         pools = []
         for resource, amount in amounts.items():
             validate_id(resource, "resource")
@@ -310,22 +401,68 @@ class Quotas:
                     f"amount of {resource!r} must be a positive integer, not {amount!r}"
                 )
             pool = _pool_name(resource, node)
-            limit, key, mod = self._limit(pool, lview)
-            if limit is None:
-                where = f"node {node!r}" if node else f"tenant {self._ks.tenant!r}"
-                raise InvalidReservationError(f"{where} has no limit for resource {resource!r}")
-            if amount > limit:
+            limit, key, mod = self._current_limit(pool, node)
+            if limit is None or amount > limit:
+                if not final:
+                    return None
+                if limit is None:
+                    where = f"node {node!r}" if node else f"tenant {self._ks.tenant!r}"
+                    raise InvalidReservationError(f"{where} has no limit for resource {resource!r}")
                 raise InvalidReservationError(
                     f"{amount} {resource} can never be admitted: the limit is {limit}"
                 )
-            pools.append((pool, amount, limit, key, mod))
+            pools.append(_Pool(pool, amount, limit, key, mod, node))
         return pools
 
-    @asynccontextmanager
-    async def reserve(
+    async def _checked(
+        self, amounts: Mapping[str, int], node: str | None, view: WatchedView
+    ) -> list[_Pool]:
+        """``_check``, after catching up with etcd when the view lacks a fitting limit."""
+        pools = self._check(amounts, node, final=False)
+        if pools is None:
+            rev = (await self._c.transport.txn([], [])).revision  # a linearizable revision
+            await view.wait_for(rev)
+            if node is not None:
+                await self._c.wait_for(rev)
+            pools = self._check(amounts, node)
+        assert pools is not None
+        return pools
+
+    def _take_name(self, lease_id: int) -> tuple[str, int]:
+        """A reservation id: ``{lease:x}-{n}``, reusing the names of released reservations.
+
+        Fresh names would leave etcd a deleted key per reservation in its index until the
+        next compaction, and every queue read scans them: reads slow down with churn. The
+        ids of one process's lease are reused once their keys are known to be deleted, so
+        a queue's index holds at most the peak number of concurrent reservations per lease.
+        """
+        while self._names:
+            owner, slot = self._names.pop()
+            if owner == lease_id:
+                return f"{lease_id:x}-{slot}", slot
+        self._names.clear()
+        self._slots += 1
+        return f"{lease_id:x}-{self._slots}", self._slots
+
+    def _value(self, pools: list[_Pool]) -> bytes:
+        """The reservation's value (cached: the same amounts give the same bytes)."""
+        shape = tuple((p.name, p.amount) for p in pools)
+        value = self._encoded.get(shape)
+        if value is None:
+            value = _codec.encode(
+                {"amounts": dict(shape), "holder": self._c.node_id}, "reservation", 64 * 1024
+            )
+            if len(self._encoded) >= _CACHE_SIZE:
+                self._encoded.clear()
+            self._encoded[shape] = value
+        return value
+
+    def reserve(
         self, amounts: Mapping[str, int], *, node: str | None = None
-    ) -> AsyncIterator[Reservation]:
+    ) -> AbstractAsyncContextManager[Reservation]:
         """Wait until ``amounts`` are admitted; hold them for the block; release on exit.
+
+        Use as ``async with quotas.reserve({"gpu": 1}) as reservation: ...``.
 
         Args:
             amounts: resource name to positive integer amount.
@@ -336,159 +473,160 @@ class Quotas:
                 the limit (nothing written).
             LeaseLostError: the session lease was lost (the reservation went with it).
         """
-        async with self._reserve(amounts, node, nowait=False) as r:
-            yield r
+        return self._reserve(amounts, node, nowait=False)
 
-    @asynccontextmanager
-    async def reserve_nowait(
+    def reserve_nowait(
         self, amounts: Mapping[str, int], *, node: str | None = None
-    ) -> AsyncIterator[Reservation]:
+    ) -> AbstractAsyncContextManager[Reservation]:
         """Like :meth:`reserve`, but raise instead of waiting.
 
         Raises:
             QuotaExceededError: not admissible now (the queued keys were withdrawn).
         """
-        async with self._reserve(amounts, node, nowait=True) as r:
-            yield r
+        return self._reserve(amounts, node, nowait=True)
 
     @asynccontextmanager
     async def _reserve(
         self, amounts: Mapping[str, int], node: str | None, *, nowait: bool
     ) -> AsyncIterator[Reservation]:
-        qview, lview = await self._views()
-        session = self._c.session
+        view = self._view or await self._open()
         transport = self._c.transport
-        pools = self._check(amounts, node, lview)
-        lease = await session.wait_lease()
-        rid = uuid.uuid4().hex
-        value = _codec.encode(
-            {"amounts": {p: a for p, a, *_ in pools}, "holder": self._c.node_id},
-            "reservation",
-            64 * 1024,
-        )
-        keys = tuple(self._ks.key("quotas", p, "queue", rid) for p, *_ in pools)
+        pools = self._check(amounts, node, final=False) or await self._checked(amounts, node, view)
+        lease = await self._c.session.wait_lease()
+        rid, slot = self._take_name(lease.id)
+        value = self._value(pools)
+        qp = self._queue_prefix
+        keys = tuple(b"%s%s/%s" % (qp, p.name.encode(), rid.encode()) for p in pools)
         token = 0
+        attempted = False
         try:
             with lease.guard():
                 for _attempt in range(10):
+                    attempted = True
                     res = await transport.txn(
-                        [Compare.mod_revision(key) == mod for _, _, _, key, mod in pools],
+                        [Compare.mod_revision(p.limit_key) == p.limit_mod for p in pools],
                         [Op.put(k, value, lease=lease.id) for k in keys]
                         + [
                             Op.get(
-                                self._ks.key("quotas", p, "queue", ""),
+                                b"%s%s/" % (qp, p.name.encode()),
                                 prefix=True,
-                                limit=QUEUE_READ,
+                                limit=min(QUEUE_READ, p.limit),
                                 sort_by_create=True,
                             )
-                            for p, *_ in pools
+                            for p in pools
                         ],
                     )
                     if res.succeeded:
                         token = res.revision
                         break
                     # a limit changed since the view saw it: catch up and judge again
-                    await self._c.wait_for(res.revision)
-                    await lview.wait_for(res.revision)
-                    pools = self._check(amounts, node, lview)
+                    await view.wait_for(res.revision)
+                    if node is not None:
+                        await self._c.wait_for(res.revision)
+                    pools = await self._checked(amounts, node, view)
                 else:
                     raise EtcdError("limits kept changing; reservation not attempted")
                 admitted = self._admitted_from_reads(res.responses[len(keys) :], pools, keys)
-                reservation = Reservation(rid, {p: a for p, a, *_ in pools}, keys, token, lease.id)
+                reservation = Reservation(
+                    rid, {p.name: p.amount for p in pools}, keys, token, lease.id
+                )
                 if admitted is not True:
                     if nowait and isinstance(admitted, QuotaExceededError):
                         raise admitted
-                    await qview.wait_for_key(keys[0], token)  # own write: an event comes
-                    if nowait:
-                        if not self._admitted_in_view(pools, token):
-                            raise self._exceeded(pools, token)
-                    else:
-                        await self._wait_admitted(pools, token)
+                    if nowait:  # judge once the view has the own write (an event comes)
+                        await view.wait_for_key(keys[0], token)
+                    await self._wait_admitted(pools, token, nowait=nowait)
                 yield reservation
         finally:
-            if token:
+            released = False
+            if attempted:
                 with (
                     anyio.CancelScope(shield=True),
                     anyio.move_on_after(self._c.config.request_timeout),
                 ):
                     try:
-                        await transport.txn(
-                            [Compare.create_revision(k) == token for k in keys],
-                            [Op.delete(k) for k in keys],
-                        )
+                        # without an answer the put may have been applied all the same
+                        guard = [Compare.create_revision(k) == token for k in keys if token]
+                        await transport.txn(guard, [Op.delete(k) for k in keys])
+                        released = True
                     except EtcdError as exc:
                         log.warning(
                             "release of %s failed (%s); it expires with its lease", rid, exc
                         )
+            if (released and token) or not attempted:
+                self._names.append((lease.id, slot))  # its keys are gone: the name is free
 
-    def _exceeded(
-        self, pools: list[tuple[str, int, int, bytes, int]], token: int
-    ) -> QuotaExceededError:
+    def _exceeded(self, pools: list[_Pool], token: int) -> QuotaExceededError:
         """The error for the first pool where the reservation (queued at ``token``) has no room."""
-        for pool, amount, limit, _, _ in pools:
-            through = self._queues.get(pool, _Queue()).sum_through(token) or amount
+        for p in pools:
+            limit = self._current_limit(p.name, p.node)[0]
+            limit = p.limit if limit is None else limit
+            through = self._queues.get(p.name, _EMPTY).sum_through(token) or p.amount
             if through > limit:
                 return QuotaExceededError(
-                    pool, requested=amount, used=through - amount, limit=limit
+                    p.name, requested=p.amount, used=through - p.amount, limit=limit
                 )
-        pool, amount, limit, _, _ = pools[0]
-        return QuotaExceededError(pool, requested=amount, used=limit, limit=limit)
+        p = pools[0]
+        return QuotaExceededError(p.name, requested=p.amount, used=p.limit, limit=p.limit)
 
-    @staticmethod
     def _admitted_from_reads(
-        reads: Sequence[object],
-        pools: list[tuple[str, int, int, bytes, int]],
-        keys: tuple[bytes, ...],
+        self, reads: Sequence[object], pools: list[_Pool], keys: tuple[bytes, ...]
     ) -> bool | QuotaExceededError | None:
         """Decide from the transaction's own reads (exact at its revision).
+
+        Each read holds the first ``min(QUEUE_READ, limit)`` keys of a queue: amounts are
+        at least 1, so a key behind the first ``limit`` cannot be admitted.
 
         Returns ``True`` when admitted, the error to raise when not admitted now, and
         ``None`` when a queue was longer than what the transaction read.
         """
         refused: QuotaExceededError | None = None
-        for read, (pool, amount, limit, _, _), key in zip(reads, pools, keys, strict=True):
+        for read, p, key in zip(reads, pools, keys, strict=True):
+            assert isinstance(read, RangeResult)
             total = 0
+            used = 0
             seen = False
-            for kv in getattr(read, "kvs", []):
-                total += _amount(kv, pool)
+            for kv in read.kvs:
+                total += self._amounts(kv.value).get(p.name, 0)
                 if kv.key == key:
                     seen = True
                     break
-            if not seen:
+                if total <= p.limit:
+                    used = total
+            if not seen and p.limit > QUEUE_READ:
                 return None
-            if total > limit and refused is None:
-                refused = QuotaExceededError(
-                    pool, requested=amount, used=total - amount, limit=limit
-                )
+            if (not seen or total > p.limit) and refused is None:
+                refused = QuotaExceededError(p.name, requested=p.amount, used=used, limit=p.limit)
         return True if refused is None else refused
 
-    def _admitted_in_view(self, pools: list[tuple[str, int, int, bytes, int]], token: int) -> bool:
-        assert self._lview is not None
-        for pool, _, _, _, _ in pools:
-            limit = self._limit(pool, self._lview)[0]
-            through = self._queues.get(pool, _Queue()).sum_through(token)
+    def _admitted_now(self, pools: list[_Pool], token: int) -> bool:
+        for p in pools:
+            limit = self._current_limit(p.name, p.node)[0]
+            through = self._queues.get(p.name, _EMPTY).sum_through(token)
             if limit is None or through is None or through > limit:
                 return False
         return True
 
-    async def _wait_admitted(
-        self, pools: list[tuple[str, int, int, bytes, int]], token: int
-    ) -> None:
-        assert self._lview is not None
+    async def _wait_admitted(self, pools: list[_Pool], token: int, *, nowait: bool) -> None:
+        node_pools = [p for p in pools if p.node is not None]
         while True:
-            if self._admitted_in_view(pools, token):
-                # the view of queues and of limits come from two streams: confirm that the
-                # limits judged against are still current (one compare round trip)
-                checks = [self._limit(p, self._lview) for p, *_ in pools]
+            if self._admitted_now(pools, token):
+                if not node_pools:
+                    return  # limits and queues come from one stream: exact as seen
+                # a node's capacity comes from the node view, another stream: confirm that
+                # the capacity judged against is still current (one compare)
+                checks = [self._current_limit(p.name, p.node) for p in node_pools]
                 ok = await self._c.transport.txn(
                     [Compare.mod_revision(key) == mod for _, key, mod in checks], []
                 )
                 if ok.succeeded:
                     return
-                await self._lview.wait_for(ok.revision)
+                await self._c.wait_for(ok.revision)
                 continue
-            # sleep until a change admits this reservation: the views' callbacks judge
-            # every waiter (cheap arithmetic) and wake only those now admitted
+            if nowait:
+                raise self._exceeded(pools, token)
+            # sleep until a change admits this reservation: each view change computes the
+            # touched pools' frontiers once and wakes only the waiters now admitted
             admitted = anyio.Event()
             self._waiters[token] = (pools, admitted)
             try:

@@ -38,8 +38,9 @@ def test_key_layout() -> None:
     assert ks.agent_live("a") == b"/ns/t1/agents/live/a"
     assert ks.agent_spec("a") == b"/ns/t1/agents/spec/a"
     assert ks.election_prefix("e") == b"/ns/t1/elections/e/"
-    assert ks.quota_queue_prefix("gpu") == b"/ns/t1/quotas/gpu/queue/"
-    assert ks.quota_limit("gpu") == b"/ns/_system/limits/t1/gpu"
+    assert ks.quotas_prefix() == b"/ns/_system/quotas/t1/"
+    assert ks.quota_queue_prefix("gpu") == b"/ns/_system/quotas/t1/queue/gpu/"
+    assert ks.quota_limit("gpu") == b"/ns/_system/quotas/t1/limits/gpu"
     assert not ks.quota_limit("gpu").startswith(ks.prefix)
     assert ks.relative(ks.node("n1")) == "nodes/n1"
     with pytest.raises(ValueError, match="outside"):
