@@ -3,6 +3,7 @@ import pytest
 
 from foundation_etcd import (
     AmbiguousResultError,
+    AuthError,
     Config,
     InvalidReservationError,
     LeaseLostError,
@@ -225,3 +226,25 @@ async def test_node_pool_waiter_admitted_on_release(etcd_config: Config) -> None
                     assert order == []
                     order.append("holder-out")
         assert order == ["holder-out", "waiter-in"]
+
+
+async def test_waiter_sees_the_view_stop(etcd_config: Config) -> None:
+    async with connect(etcd_config, node_id="n") as c:
+        q = c.quotas
+        await q.set_limit("w", 1)
+        async with q.reserve({"w": 1}):
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+
+                    async def waiter() -> None:
+                        with pytest.raises(AuthError, match="injected"):
+                            async with q.reserve({"w": 1}):
+                                raise AssertionError("admitted over the limit")
+
+                    tg.start_soon(waiter)
+                    await wait_until(lambda: bool(q._waiters))
+                    # white-box: what the view's watch does when etcd refuses it for good
+                    view = q._view
+                    assert view is not None
+                    view._error = AuthError("permission denied (injected)")
+                    view._stopped()

@@ -160,3 +160,14 @@ async def test_wait_for_outside_prefix_with_keys_is_prompt(etcd_config: Config) 
                 # well under the server's progress interval and our own pinger's
                 assert anyio.current_time() - t0 < 0.5
             assert len(v) == 5
+
+
+async def test_on_stop_runs_once_when_the_view_closes(etcd_config: Config) -> None:
+    stops: list[str] = []
+    async with open_transport(etcd_config) as t:
+        async with open_view(t, etcd_config.keyspace.prefix + b"stop/") as view:
+            view.on_stop(lambda: stops.append("stopped"))
+            assert stops == []
+        assert stops == ["stopped"]
+        with pytest.raises(anyio.ClosedResourceError):
+            await view.wait_for_key(etcd_config.keyspace.prefix + b"stop/k", 1)

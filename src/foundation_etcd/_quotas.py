@@ -217,6 +217,7 @@ class Quotas:
                 now = view.items().values()
                 self._on_change([ViewChange(ChangeKind.ADDED, kv.key, kv, 0) for kv in now])
                 view.on_change(self._on_change)
+                view.on_stop(self._wake_all)
                 if self._c._node_view is not None:  # node capacity: limits of node pools
                     self._c._node_view.on_change(lambda _: self._wake())
                 self._view = view
@@ -291,6 +292,11 @@ class Quotas:
                     break
             else:
                 admitted.set()
+
+    def _wake_all(self) -> None:
+        """Wake every waiter (the view stopped: they see its error when they look)."""
+        for _, admitted in self._waiters.values():
+            admitted.set()
 
     # limits --------------------------------------------------------------------------------
     async def set_limit(self, resource: str, limit: int) -> None:
@@ -609,7 +615,9 @@ class Quotas:
 
     async def _wait_admitted(self, pools: list[_Pool], token: int, *, nowait: bool) -> None:
         node_pools = [p for p in pools if p.node is not None]
+        assert self._view is not None
         while True:
+            self._view._check()  # a view stopped by an error (permissions) raises it here
             if self._admitted_now(pools, token):
                 if not node_pools:
                     return  # limits and queues come from one stream: exact as seen

@@ -110,6 +110,7 @@ class WatchedView:
         self._subscribers: set[MemoryObjectSendStream[list[ViewChange]]] = set()
         self._error: FoundationEtcdError | None = None
         self._closed = False
+        self._stop_hooks: list[Callable[[], None]] = []
         self.connected = False
         self.relists = 0
         self.restarts = 0
@@ -207,6 +208,21 @@ class WatchedView:
         """
         self._callbacks.append(callback)
         return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once when the view stops: closed, or stopped by an error.
+
+        Code that sleeps until a change can use it to wake up and see the error.
+        """
+        self._stop_hooks.append(callback)
+
+    def _stopped(self) -> None:
+        hooks, self._stop_hooks = self._stop_hooks, []
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("view stop callback failed")
 
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[MemoryObjectReceiveStream[list[ViewChange]]]:
@@ -410,6 +426,7 @@ class WatchedView:
                 log.error("watch on %r stopped: %s", self.prefix, exc)
                 self._error = exc
                 self._advance(self._known)
+                self._stopped()
                 return
             except EtcdError as exc:
                 self.restarts += 1
@@ -453,6 +470,7 @@ async def open_view(transport: Transport, prefix: bytes) -> AsyncIterator[Watche
         finally:
             view._closed = True
             view._advance(view._known)
+            view._stopped()
             for send in list(view._subscribers):
                 send.close()
             tg.cancel_scope.cancel()
