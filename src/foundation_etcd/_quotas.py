@@ -225,8 +225,11 @@ class Quotas:
 
     def _on_change(self, changes: list[ViewChange]) -> None:
         qp, lp = self._queue_prefix, self._limits_prefix
+        waiters = self._waiters
+        admits = False  # whether a change can admit a waiter (appends behind them cannot)
         for c in changes:
-            key = c.kv.key
+            kv = c.kv
+            key = kv.key
             if key.startswith(qp):
                 pool, sep, _ = key[len(qp) :].partition(b"/")
                 if not sep:
@@ -236,16 +239,25 @@ class Quotas:
                 if q is None:
                     q = self._queues[name] = _Queue()
                 if c.kind is ChangeKind.REMOVED:
-                    q.remove(c.kv.create_revision, key)
+                    q.remove(kv.create_revision, key)
+                    admits = True
                 else:
-                    q.add(c.kv.create_revision, key, self._amounts(c.kv.value).get(name, 0))
+                    q.add(kv.create_revision, key, self._amounts(kv.value).get(name, 0))
+                    # an append behind every waiter cannot admit one; a waiter's own key
+                    # or a rewritten amount can
+                    admits = admits or c.kind is ChangeKind.UPDATED or kv.create_revision in waiters
             elif key.startswith(lp):
                 resource = key[len(lp) :].decode()
                 if c.kind is ChangeKind.REMOVED:
                     self._limits.pop(resource, None)
                 else:
-                    self._limits[resource] = (c.kv.mod_revision, self._parse_limit(c.kv))
-        self._wake()
+                    self._limits[resource] = (kv.mod_revision, self._parse_limit(kv))
+                admits = True
+        if admits:
+            self._wake()
+        elif self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     @staticmethod
     def _parse_limit(kv: KeyValue) -> int | None:
@@ -546,10 +558,8 @@ class Quotas:
         finally:
             released = False
             if attempted:
-                with (
-                    anyio.CancelScope(shield=True),
-                    anyio.move_on_after(self._c.config.request_timeout),
-                ):
+                deadline = anyio.current_time() + self._c.config.request_timeout
+                with anyio.CancelScope(shield=True, deadline=deadline):  # one scope: cheaper
                     try:
                         # without an answer the put may have been applied all the same
                         guard = [Compare.create_revision(k) == token for k in keys if token]
