@@ -202,6 +202,8 @@ class Quotas:
         self._queues: dict[str, _Queue] = {}
         self._limits: dict[str, tuple[int, int | None]] = {}  # resource -> (mod, limit)
         self._limit_keys: dict[str, bytes] = {}
+        # node key -> (mod revision, capacity): a node pool parses an announcement once
+        self._capacities: dict[bytes, tuple[int, Mapping[str, int] | None]] = {}
         self._parsed: dict[bytes, Mapping[str, int]] = {}  # value -> amounts
         self._encoded: dict[tuple[tuple[str, int], ...], bytes] = {}  # amounts -> value
         self._changed: anyio.Event | None = None  # made when a usage watcher waits
@@ -255,7 +257,12 @@ class Quotas:
                 admits = True
         if admits:
             self._wake()
-        elif self._changed is not None:
+        else:
+            self._notify_usage()
+
+    def _notify_usage(self) -> None:
+        """Wake the ``watch_usage`` pumps (the event exists only while one waits)."""
+        if self._changed is not None:
             self._changed.set()
             self._changed = None
 
@@ -287,9 +294,7 @@ class Quotas:
 
     def _wake(self) -> None:
         """Wake the waiters that the view now admits (each pool's frontier computed once)."""
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
+        self._notify_usage()
         if not self._waiters:
             return
         frontiers: dict[str, int] = {}
@@ -342,10 +347,17 @@ class Quotas:
         if node is not None:
             resource = pool.rpartition("@")[2]
             kv = self._c.node_kv(node) if self._c._node_view is not None else None
-            info = None if kv is None else self._c.node(node)
-            if kv is None or info is None:
+            if kv is None:
                 return None, self._ks.node(node), 0
-            return info.capacity.get(resource), kv.key, kv.mod_revision
+            cached = self._capacities.get(kv.key)
+            if cached is None or cached[0] != kv.mod_revision:  # parsed once per announcement
+                info = self._c._parse_node(kv)
+                cached = (kv.mod_revision, None if info is None else info.capacity)
+                self._capacities[kv.key] = cached
+            capacity = cached[1]
+            if capacity is None:
+                return None, kv.key, 0
+            return capacity.get(resource), kv.key, kv.mod_revision
         mod, limit = self._limits.get(pool, (0, None))
         return limit, self._limit_key(pool), mod
 
@@ -432,17 +444,15 @@ class Quotas:
             pools.append(_Pool(pool, amount, limit, key, mod, node))
         return pools
 
-    async def _checked(
+    async def _check_caught_up(
         self, amounts: Mapping[str, int], node: str | None, view: WatchedView
     ) -> list[_Pool]:
-        """``_check``, after catching up with etcd when the view lacks a fitting limit."""
-        pools = self._check(amounts, node, final=False)
-        if pools is None:
-            rev = (await self._c.transport.txn([], [])).revision  # a linearizable revision
-            await view.wait_for(rev)
-            if node is not None:
-                await self._c.wait_for(rev)
-            pools = self._check(amounts, node)
+        """Catch up with etcd, then ``_check`` for good (the view lacked a fitting limit)."""
+        rev = (await self._c.transport.txn([], [])).revision  # a linearizable revision
+        await view.wait_for(rev)
+        if node is not None:
+            await self._c.wait_for(rev)
+        pools = self._check(amounts, node)
         assert pools is not None
         return pools
 
@@ -458,7 +468,6 @@ class Quotas:
             owner, slot = self._names.pop()
             if owner == lease_id:
                 return f"{lease_id:x}-{slot}", slot
-        self._names.clear()
         self._slots += 1
         return f"{lease_id:x}-{self._slots}", self._slots
 
@@ -509,7 +518,9 @@ class Quotas:
     ) -> AsyncIterator[Reservation]:
         view = self._view or await self._open()
         transport = self._c.transport
-        pools = self._check(amounts, node, final=False) or await self._checked(amounts, node, view)
+        pools = self._check(amounts, node, final=False) or await self._check_caught_up(
+            amounts, node, view
+        )
         lease = await self._c.session.wait_lease()
         rid, slot = self._take_name(lease.id)
         value = self._value(pools)
@@ -541,7 +552,9 @@ class Quotas:
                     await view.wait_for(res.revision)
                     if node is not None:
                         await self._c.wait_for(res.revision)
-                    pools = await self._checked(amounts, node, view)
+                    pools = self._check(amounts, node, final=False) or await self._check_caught_up(
+                        amounts, node, view
+                    )
                 else:
                     raise EtcdError("limits kept changing; reservation not attempted")
                 admitted = self._admitted_from_reads(res.responses[len(keys) :], pools, keys)
