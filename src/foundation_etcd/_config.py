@@ -8,9 +8,11 @@ name of the setting, not as a timeout later:
 * TLS files exist and are readable PEM; a client certificate comes with its key;
 * a user comes with a password;
 * session timings satisfy ``ttl > step_down + keepalive_interval`` and
-  ``step_down > 1.2 * keepalive_interval`` (DESIGN.md, Session): the first leaves at least
-  one keepalive round between the last acknowledgement and the local deadline, the second
-  lets a keepalive be retried once before the process steps down.
+  ``step_down > 1.2 * keepalive_interval``. ``ttl - step_down - keepalive_interval`` is the
+  *retry budget*: how long a keepalive may go unanswered (while it is hedged to other
+  members) before the safe deadline. The defaults (``keepalive_interval = ttl / 6``,
+  ``step_down = ttl / 3``) give ``ttl / 2``: 2.5 s at ``ttl = 5``, more than a raft leader
+  change takes with etcd's default timings (up to 2 x its 1 s election timeout).
 """
 
 from __future__ import annotations
@@ -89,9 +91,9 @@ class Config:
         user: etcd user for authentication (needs ``password``).
         password: the user's password.
         ttl: lease time-to-live asked of etcd, seconds.
-        keepalive_interval: seconds between keepalives; default ``ttl / 3``.
+        keepalive_interval: seconds between keepalives; default ``ttl / 6``.
         step_down: seconds before etcd could expire the lease at which the process stops
-            acting for it; default ``ttl / 2``.
+            acting for it; default ``ttl / 3``.
         request_timeout: deadline of one unary request, seconds.
         connect_timeout: how long ``connect`` waits for a first answer, seconds.
         grpc_keepalive_time: seconds between HTTP/2 pings on an idle connection, so that a
@@ -146,9 +148,9 @@ class Config:
         ttl = _positive("ttl", self.ttl)
         if ttl < _MIN_TTL:
             raise ConfigurationError("ttl", f"must be at least {_MIN_TTL} s (etcd's minimum)")
-        interval = ttl / 3 if self.keepalive_interval is None else self.keepalive_interval
+        interval = ttl / 6 if self.keepalive_interval is None else self.keepalive_interval
         interval = _positive("keepalive_interval", interval)
-        step_down = ttl / 2 if self.step_down is None else self.step_down
+        step_down = ttl / 3 if self.step_down is None else self.step_down
         step_down = _positive("step_down", step_down)
         object.__setattr__(self, "ttl", ttl)
         object.__setattr__(self, "keepalive_interval", interval)
@@ -190,6 +192,17 @@ class Config:
         return self.keepalive_interval
 
     @property
+    def retry_budget(self) -> float:
+        """Seconds a keepalive may stay unanswered before the safe deadline.
+
+        ``ttl - step_down - keepalive_interval``: after a keepalive answered at ``s``, the
+        next is sent at ``s + keepalive_interval`` and the lease is given up at
+        ``s + ttl - step_down``. A session rides out an etcd fault (a member or raft leader
+        that hangs, a leader change) that lasts less than this.
+        """
+        return self.ttl - self.safe_step_down - self.safe_keepalive_interval
+
+    @property
     def safe_step_down(self) -> float:
         """``step_down`` as a float (always set after construction)."""
         assert self.step_down is not None
@@ -198,12 +211,12 @@ class Config:
     def with_options(self, **changes: Any) -> Config:
         """Return a copy with some settings changed, validated again.
 
-        A timing left at its default (``ttl / 3``, ``ttl / 2``) follows a changed ``ttl``.
+        A timing left at its default (``ttl / 6``, ``ttl / 3``) follows a changed ``ttl``.
         """
         if "ttl" in changes:
-            if "keepalive_interval" not in changes and self.keepalive_interval == self.ttl / 3:
+            if "keepalive_interval" not in changes and self.keepalive_interval == self.ttl / 6:
                 changes["keepalive_interval"] = None
-            if "step_down" not in changes and self.step_down == self.ttl / 2:
+            if "step_down" not in changes and self.step_down == self.ttl / 3:
                 changes["step_down"] = None
         return replace(self, **changes)
 

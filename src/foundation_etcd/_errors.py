@@ -16,6 +16,8 @@ gRPC errors are translated into this tree in the transport module and nowhere el
     │   ├── LeaseNotFoundError               the lease does not exist (expired or revoked)
     │   ├── AuthError                        authentication failed or permission denied
     │   └── EtcdServerError                  any other error etcd reported
+    │       ├── NoSpaceError                 etcd's space alarm is on: writes refused
+    │       └── TooManyRequestsError         etcd is overloaded and shed the request
     ├── SessionError
     │   ├── SessionClosedError               the session was closed by its owner
     │   └── LeaseLostError                   the lease could no longer be proven alive
@@ -31,7 +33,8 @@ gRPC errors are translated into this tree in the transport module and nowhere el
     ├── SerializationError (TypeError)       a payload that cannot be encoded as JSON
     ├── AgentExistsError                     an agent id is already registered and live
     ├── AgentNotFoundError (KeyError)        no such agent, or not registered by this process
-    └── NodeExistsError                      a node id is already announced by a live process
+    ├── NodeExistsError                      a node id is already announced by a live process
+    └── NodeNotFoundError (KeyError)         no node with this id is announced
 
 Each class says when it is raised and carries the context needed to act on it.
 """
@@ -59,7 +62,9 @@ __all__ = [
     "LockLostError",
     "NoLeaderError",
     "NoNodeFitsError",
+    "NoSpaceError",
     "NodeExistsError",
+    "NodeNotFoundError",
     "OwnershipLostError",
     "QuotaError",
     "QuotaExceededError",
@@ -68,6 +73,7 @@ __all__ = [
     "SessionClosedError",
     "SessionError",
     "TooManyOperationsError",
+    "TooManyRequestsError",
 ]
 
 
@@ -113,8 +119,11 @@ class RequestTooLargeError(FoundationEtcdError, ValueError):
         limit: the limit in bytes.
     """
 
-    def __init__(self, size: int, limit: int, what: str = "request") -> None:
-        super().__init__(f"{what} of {size} bytes exceeds etcd's limit of {limit} bytes")
+    def __init__(self, size: int, limit: int, what: str = "request", *, reason: str = "") -> None:
+        if reason:  # refused by etcd itself (its --max-request-bytes is below ours)
+            super().__init__(f"{what} refused by etcd: {reason}")
+        else:
+            super().__init__(f"{what} of {size} bytes exceeds etcd's limit of {limit} bytes")
         self.size = size
         self.limit = limit
 
@@ -208,7 +217,28 @@ class AuthError(EtcdError):
 
 
 class EtcdServerError(EtcdError):
-    """etcd reported an error that has no more specific class here."""
+    """etcd reported an error that has no more specific class here.
+
+    etcd answered, so retrying the same request will not help until the cause is fixed;
+    the message carries etcd's reason.
+    """
+
+
+class NoSpaceError(EtcdServerError):
+    """etcd's space alarm is raised (``mvcc: database space exceeded``): writes are refused.
+
+    The backend reached ``--quota-backend-bytes``. Reads, deletes and lease keepalives still
+    work, so open sessions keep their leases; new leases and every put are refused until an
+    operator compacts, defragments and disarms the alarm (see docs/operations.md).
+    """
+
+
+class TooManyRequestsError(EtcdServerError):
+    """etcd shed the request because it is overloaded (``too many requests``).
+
+    The request was not applied: etcd refuses it before proposing it when its applied
+    index lags too far behind the committed one. Back off before sending more.
+    """
 
 
 class SessionError(FoundationEtcdError):
@@ -280,6 +310,21 @@ class NodeExistsError(FoundationEtcdError):
         super().__init__(f"node {node_id!r} is already announced (lease {lease_id:x})")
         self.node_id = node_id
         self.lease_id = lease_id
+
+
+class NodeNotFoundError(FoundationEtcdError, KeyError):
+    """No node with this id is announced.
+
+    Attributes:
+        node_id: the id asked for.
+    """
+
+    def __init__(self, node_id: str, message: str = "") -> None:
+        super().__init__(message or f"node {node_id!r} is not announced")
+        self.node_id = node_id
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class SerializationError(FoundationEtcdError, TypeError):

@@ -9,14 +9,26 @@ Guarantees:
       to live until at least ``send_time + t`` by etcd's clock rate; the session treats it as
       alive only until ``send_time + t - step_down``. At that local deadline, whether or not
       etcd can be reached, the lease is declared *lost* and every guarded scope is cancelled,
-      ``step_down`` seconds before etcd could expire it. A keepalive answered with TTL <= 0
-      means lost at once.
+      ``step_down`` seconds before etcd could expire it (while the client's clock runs at
+      least ``(ttl - step_down) / ttl`` as fast as etcd's: see docs/concepts/session.md).
+    * **Hedged renewal.** A keepalive unanswered for :meth:`Session.hedge_delay` is joined
+      by another on a fresh stream to the next endpoint (a channel pinned to it), round the
+      endpoints, until one answers or the deadline passes: a member that hangs (paused, or
+      forwarding to a raft leader that hangs) costs an attempt, not the lease. The time
+      available is ``Config.retry_budget`` (``ttl / 2`` with the default timings).
+    * **Confirmed expiry.** A keepalive answered with TTL <= 0 ends the lease only when a
+      second member (with one endpoint, a second stream) says so too: a member that has
+      just resumed may not know leases granted while it was frozen.
     * **Never revived.** A lost lease is never kept alive again: the session revokes it
       (best effort, so its keys vanish now rather than at expiry), grants a new lease, and
       calls the ``on_renewed`` hooks so that owners register their keys again.
     * **Timings** are checked by :class:`Config`: ``ttl > step_down + keepalive_interval``
-      and ``step_down > 1.2 * keepalive_interval``. A keepalive not answered within
-      ``keepalive_interval`` is retried on a new stream.
+      and ``step_down > 1.2 * keepalive_interval``.
+    * **Refusals are named.** Opening a session raises etcd's refusal of the first lease at
+      once (:class:`NoSpaceError` for the space alarm, :class:`AuthError`, ...); only
+      unavailability is retried, until ``connect_timeout``, and the timeout names the last
+      error. A replacement lease after a loss is retried with backoff whatever the error
+      (logged at ERROR when etcd refused), so the session heals once the cause is fixed.
     * **Close** revokes the lease, shielded from cancellation and bounded by
       ``request_timeout``; guarded scopes are cancelled first.
 
@@ -30,19 +42,23 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from ._background import background_tasks
 from ._config import Config
 from ._errors import (
+    AmbiguousResultError,
     AuthError,
     EtcdError,
+    EtcdServerError,
     EtcdUnavailableError,
     LeaseLostError,
     LeaseNotFoundError,
@@ -181,6 +197,9 @@ class Session:
         self._losses = 0
         self._rtt = math.nan
         self._tg: TaskGroup | None = None
+        self._member = random.randrange(max(1, transport.member_count))
+        self._idle: tuple[int, KeepAliveStream] | None = None
+        self._last_grant_error: BaseException | None = None
 
     # public --------------------------------------------------------------------------------
     @property
@@ -272,8 +291,16 @@ class Session:
         self._changed.set()
         self._changed = anyio.Event()
 
-    async def _grant(self, generation: int) -> Lease:
-        """Grant a new lease, retrying while etcd is unreachable (an orphan expires alone)."""
+    async def _grant(self, generation: int, *, first: bool = False) -> Lease:
+        """Grant a new lease, retrying while etcd is unreachable (an orphan expires alone).
+
+        Args:
+            generation: the new lease's generation.
+            first: the session's first lease: an error that etcd answered with (space
+                alarm, permission denied, overload) is raised at once, since waiting cannot
+                fix it. For a replacement lease it is logged and retried with backoff, so
+                that the session recovers by itself once an operator has fixed the cause.
+        """
         delay = 0.1
         while True:
             sent = anyio.current_time()
@@ -282,15 +309,19 @@ class Session:
                 # well under connect_timeout so that the next attempt can succeed
                 with anyio.fail_after(self._attempt_limit()):
                     grant = await self.transport.lease_grant(math.ceil(self.config.ttl))
-            except AuthError:
-                raise
-            except (EtcdError, TimeoutError) as exc:
+            except (EtcdUnavailableError, AmbiguousResultError, TimeoutError) as exc:
+                self._last_grant_error = exc
                 log.info("lease grant failed (%s); retrying in %.1fs", exc, delay)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, self.config.safe_keepalive_interval)
-                continue
-            deadline = sent + grant.ttl - self.config.safe_step_down
-            return Lease(grant.id, grant.ttl, generation, deadline)
+            except EtcdError as exc:
+                if first:
+                    raise
+                self._last_grant_error = exc
+                log.error("lease grant refused by etcd (%s); retrying in %.1fs", exc, delay)
+            else:
+                deadline = sent + grant.ttl - self.config.safe_step_down
+                return Lease(grant.id, grant.ttl, generation, deadline)
+            await anyio.sleep(delay * (0.5 + random.random()))  # jitter: no herds on restart
+            delay = min(delay * 2, self.config.safe_keepalive_interval)
 
     async def _retire(self, lease: Lease) -> None:
         """Revoke a lost lease so its keys go now; retried until etcd answers."""
@@ -302,53 +333,143 @@ class Session:
                 return
             except LeaseNotFoundError:
                 return
-            except AuthError as exc:
+            except (AuthError, EtcdServerError) as exc:
                 log.error("cannot revoke lost lease %x: %s", lease.id, exc)
                 return
             except (EtcdError, TimeoutError):
-                await anyio.sleep(delay)
+                await anyio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, self.config.safe_keepalive_interval)
 
     def _attempt_limit(self) -> float:
         """How long one grant or revoke attempt may take before it is tried again."""
         return max(0.5, min(self.config.request_timeout, self.config.safe_keepalive_interval))
 
+    def hedge_delay(self) -> float:
+        """Seconds a keepalive may go unanswered before another is sent to another member.
+
+        At most a sixth of the retry budget (``ttl - step_down - keepalive_interval``), so
+        that at least six attempts, spread over the endpoints, fit between a hung keepalive
+        and the safe deadline; at least 0.25 s (or four round trips) so that a slow but
+        healthy etcd is not flooded.
+        """
+        cfg = self.config
+        budget = cfg.retry_budget
+        rtt = self._rtt if math.isfinite(self._rtt) else 0.0
+        return max(0.02, min(budget / 6, max(0.25, 4 * rtt)))
+
     async def _keepalive(self, lease: Lease) -> None:
+        """Renew ``lease`` every ``keepalive_interval`` until it is lost."""
         interval = self.config.safe_keepalive_interval
-        step_down = self.config.safe_step_down
-        # a keepalive unanswered for this long is retried on a new stream (possibly to
-        # another member): at least two retries fit between the last answer and the deadline
-        attempt = min(interval, step_down / 3)
-        stream: KeepAliveStream | None = None
         try:
             while not lease.lost:
-                if stream is None:
-                    stream = self.transport.open_keepalive()
-                sent = anyio.current_time()
-                try:
-                    with anyio.fail_after(attempt):
-                        ttl = await stream.keepalive(lease.id)
-                except (EtcdError, TimeoutError) as exc:
-                    self._ka_failures += 1
-                    log.info("keepalive of lease %x failed: %r", lease.id, exc)
-                    stream.close()
-                    stream = None
-                    await anyio.sleep(min(0.2, interval / 4))
-                    continue
-                now = anyio.current_time()
-                if ttl <= 0:
-                    lease._fire("etcd reports the lease expired")
-                    return
-                self._keepalives += 1
-                self._rtt = now - sent
-                lease.deadline = max(lease.deadline, sent + ttl - step_down)
-                if now >= lease.deadline:
-                    lease._fire("keepalive answered after the safe deadline")
-                    return
-                await anyio.sleep_until(sent + interval)
+                started = anyio.current_time()
+                await self._renew_once(lease)
+                await anyio.sleep_until(started + interval)
         finally:
-            if stream is not None:
-                stream.close()
+            if self._idle is not None:
+                self._idle[1].close()
+                self._idle = None
+
+    def _open_stream(self, member: int) -> KeepAliveStream:
+        if self.transport.member_count > 1:
+            return self.transport.open_keepalive(member)
+        return self.transport.open_keepalive()
+
+    async def _renew_once(self, lease: Lease) -> None:
+        """One keepalive round: return once etcd has renewed ``lease`` or it is lost.
+
+        The first keepalive goes on the open stream of the member that answered last. One
+        that stays unanswered for :meth:`hedge_delay` (a member may hang: frozen, or
+        forwarding to a frozen raft leader) is not abandoned, but joined by another on a
+        fresh stream to the next endpoint, and so on round the endpoints; the first answer
+        wins. A TTL <= 0 answer (the lease is gone) is believed only when a second member
+        (or, with one endpoint, a second stream) says so too: a member that has just
+        resumed may not know leases granted while it was frozen. The watchdog still fires
+        *lost* at the safe deadline if no answer comes.
+        """
+        members = self.transport.member_count
+        step_down = self.config.safe_step_down
+        wake = anyio.Event()
+        done = anyio.Event()
+        gone: set[int] = set()  # members (or attempts, with one endpoint) that said "gone"
+        pending: list[anyio.CancelScope] = []
+        limit = min(12, 3 * members)
+
+        async def attempt(member: int, stream: KeepAliveStream, tag: int) -> None:
+            scope = anyio.CancelScope()
+            pending.append(scope)
+            kept = False
+            try:
+                with scope:
+                    sent = anyio.current_time()
+                    try:
+                        ttl = await stream.keepalive(lease.id)
+                    except EtcdError as exc:
+                        self._ka_failures += 1
+                        log.info(
+                            "keepalive of lease %x via member %d failed: %r", lease.id, member, exc
+                        )
+                        return
+                    if lease.lost or done.is_set():
+                        return
+                    now = anyio.current_time()
+                    if ttl > 0:
+                        self._keepalives += 1
+                        self._rtt = now - sent
+                        lease.deadline = max(lease.deadline, sent + ttl - step_down)
+                        if now >= lease.deadline:
+                            lease._fire("keepalive answered after the safe deadline")
+                        else:
+                            self._member = member
+                            self._idle = (member, stream)
+                            kept = True
+                        done.set()
+                        return
+                    gone.add(member if members > 1 else tag)
+                    if len(gone) >= 2:
+                        lease._fire("etcd reports the lease expired (confirmed by two members)")
+                        done.set()
+                    else:
+                        log.info(
+                            "member %d says lease %x is gone; asking another", member, lease.id
+                        )
+            finally:
+                if scope in pending:
+                    pending.remove(scope)
+                if not kept:
+                    stream.close()
+                if not scope.cancel_called:  # one we gave up on starts no new attempt
+                    wake.set()
+
+        idle, self._idle = self._idle, None
+        member = self._member
+        async with anyio.create_task_group() as tg:
+            stream = idle[1] if idle is not None else self._open_stream(member)
+            tag = 0
+            tg.start_soon(attempt, member, stream, tag)
+            last_start = anyio.current_time()
+            while not done.is_set() and not lease.lost:
+                hedge = self.hedge_delay()
+                with anyio.move_on_after(hedge):
+                    await wake.wait()
+                if done.is_set() or lease.lost:
+                    break
+                wake = anyio.Event()
+                # an attempt that failed at once (connection refused) is retried at once,
+                # but never more often than this: no busy loop while etcd is down
+                await anyio.sleep_until(last_start + min(0.1, hedge / 2))
+                if done.is_set() or lease.lost:
+                    break
+                last_start = anyio.current_time()
+                member = (member + 1) % members
+                if members > 1 and member in gone and len(gone) < members:
+                    member = (member + 1) % members
+                while len(pending) >= limit:
+                    pending.pop(0).cancel()  # the oldest: most likely stuck for good
+                tag += 1
+                tg.start_soon(attempt, member, self._open_stream(member), tag)
+                await anyio.lowlevel.checkpoint()  # let it register before the next hedge
+            tg.cancel_scope.cancel()
 
     @staticmethod
     async def _watchdog(lease: Lease) -> None:
@@ -418,13 +539,16 @@ async def open_session(
         The open session, holding a live lease.
     """
     session = Session(transport, config or transport.config)
+    transport.prepare_members()
     try:
         with anyio.fail_after(session.config.connect_timeout):
-            first = await session._grant(1)
+            first = await session._grant(1, first=True)
     except TimeoutError:
+        last = session._last_grant_error
+        why = f": {last}" if last is not None else ""
         raise EtcdUnavailableError(
-            f"no lease granted within {session.config.connect_timeout:g} s"
-        ) from None
+            f"no lease granted within {session.config.connect_timeout:g} s{why}"
+        ) from last
     session._set_lease(first)
     async with background_tasks() as tg:
         session._tg = tg

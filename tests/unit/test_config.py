@@ -10,10 +10,13 @@ PEM = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 def test_defaults_satisfy_timing_invariants() -> None:
     c = Config()
     assert c.endpoints == ("127.0.0.1:2379",)
-    assert c.keepalive_interval == pytest.approx(10 / 3)
-    assert c.step_down == 5.0
+    assert c.keepalive_interval == pytest.approx(10 / 6)
+    assert c.step_down == pytest.approx(10 / 3)
     assert c.ttl > c.safe_step_down + c.safe_keepalive_interval
     assert c.safe_step_down > 1.2 * c.safe_keepalive_interval
+    # the retry budget outlasts a raft leader change with etcd's default timings (<= 2 s)
+    assert c.retry_budget == pytest.approx(5.0)
+    assert Config(ttl=5).retry_budget == pytest.approx(2.5)
 
 
 @pytest.mark.parametrize(
@@ -110,6 +113,6 @@ def test_with_options_revalidates() -> None:
 
 def test_with_options_default_timings_follow_ttl() -> None:
     c = Config(ttl=3).with_options(ttl=2)
-    assert (c.keepalive_interval, c.step_down) == (pytest.approx(2 / 3), 1.0)
+    assert (c.keepalive_interval, c.step_down) == (pytest.approx(2 / 6), pytest.approx(2 / 3))
     pinned = Config(ttl=10, keepalive_interval=2, step_down=4).with_options(ttl=20)
     assert (pinned.keepalive_interval, pinned.step_down) == (2, 4)

@@ -6,7 +6,7 @@ import asyncio
 import ipaddress
 import socket
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -64,19 +64,25 @@ from ._wire import (
 # the transport
 
 
+def _addresses(endpoint: str) -> tuple[list[str], str | None]:
+    """Resolve one endpoint to ``ip:port`` addresses; also return its host name, if any."""
+    host, _, port = endpoint.rpartition(":")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return [endpoint], None
+    except ValueError:
+        infos = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)
+        return [f"{info[4][0]}:{port}" for info in infos], host
+
+
 def _target(endpoints: Sequence[str]) -> tuple[str, str | None]:
     """Return the gRPC target for ``endpoints`` and the host name to verify with TLS."""
     addrs: list[str] = []
     hostname: str | None = None
     for endpoint in endpoints:
-        host, _, port = endpoint.rpartition(":")
-        try:
-            ipaddress.ip_address(host.strip("[]"))
-            addrs.append(endpoint)
-        except ValueError:
-            hostname = hostname or host
-            infos = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)
-            addrs.extend(f"{info[4][0]}:{port}" for info in infos)
+        resolved, host = _addresses(endpoint)
+        hostname = hostname or host
+        addrs.extend(resolved)
     return "ipv4:" + ",".join(dict.fromkeys(addrs)), hostname
 
 
@@ -87,7 +93,12 @@ class Transport:
     (``str`` is accepted and encoded as UTF-8).
     """
 
-    def __init__(self, config: Config, channel: grpc.aio.Channel) -> None:
+    def __init__(
+        self,
+        config: Config,
+        channel: grpc.aio.Channel,
+        member_factory: Callable[[int], grpc.aio.Channel] | None = None,
+    ) -> None:
         self.config = config
         self._channel = channel
         self._kv = pb.KVStub(channel)
@@ -97,6 +108,9 @@ class Transport:
         self._auth = pb.AuthStub(channel)
         self._timeout = config.request_timeout
         self._metadata: tuple[tuple[str, str], ...] = (("hasleader", "true"),)
+        self._member_factory = member_factory
+        self._members: dict[int, Any] = {}  # endpoint index -> LeaseStub on its own channel
+        self._member_channels: list[grpc.aio.Channel] = []
         self.server_version = ""
 
     # lifecycle -----------------------------------------------------------------------------
@@ -121,11 +135,14 @@ class Transport:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
+            # gRPC takes this as the shortest connection attempt too: a member that has just
+            # resumed, or a TLS handshake on a busy machine, may need more than 100 ms
+            ("grpc.min_reconnect_backoff_ms", 1000),
             ("grpc.max_reconnect_backoff_ms", 1000),
             ("grpc.max_receive_message_length", 2**31 - 1),
             ("grpc.max_send_message_length", MAX_REQUEST_BYTES + 512 * 1024),
         ]
+        creds: grpc.ChannelCredentials | None = None
         if config.ca_cert is not None:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=config.ca_cert.read_bytes(),
@@ -135,10 +152,30 @@ class Transport:
             name = config.server_name or hostname
             if name:
                 options.append(("grpc.ssl_target_name_override", name))
-            channel = grpc.aio.secure_channel(target, creds, options=options)
-        else:
-            channel = grpc.aio.insecure_channel(target, options=options)
-        self = cls(config, channel)
+
+        def make_channel(target: str, opts: list[tuple[str, Any]]) -> grpc.aio.Channel:
+            if creds is not None:
+                return grpc.aio.secure_channel(target, creds, options=opts)
+            return grpc.aio.insecure_channel(target, options=opts)
+
+        def member_channel(index: int) -> grpc.aio.Channel:
+            # one endpoint only: the session sends a retried keepalive to a member of its
+            # choice, so that a member that hangs cannot take every retry
+            addrs, host = _addresses(config.endpoints[index])
+            opts = [
+                o
+                for o in options
+                if o[0] not in ("grpc.ssl_target_name_override", "grpc.max_reconnect_backoff_ms")
+            ]
+            # back within half a second of the member answering again
+            opts.append(("grpc.max_reconnect_backoff_ms", 500))
+            name = config.server_name or host or hostname
+            if creds is not None and name:
+                opts.append(("grpc.ssl_target_name_override", name))
+            return make_channel("ipv4:" + ",".join(dict.fromkeys(addrs)), opts)
+
+        channel = make_channel(target, options)
+        self = cls(config, channel, member_channel)
         try:
             await self._first_contact()
         except BaseException:
@@ -202,7 +239,9 @@ class Transport:
             await self._authenticate()
 
     async def close(self) -> None:
-        """Close the channel; open streams end."""
+        """Close the channels; open streams end."""
+        for ch in self._member_channels:
+            await ch.close()
         await self._channel.close()
 
     async def _unary(self, method: Any, req: Any, operation: str, *, write: bool) -> Any:
@@ -238,6 +277,16 @@ class Transport:
             req.serializable = True
         m = await self._unary(self._kv.Range, req, "range", write=False)
         return _kv(m.kvs[0]) if m.kvs else None
+
+    async def revision(self) -> int:
+        """The store's current revision, read linearizably (one range, counting one key).
+
+        A read, not an empty transaction: etcd refuses every transaction, even one that
+        writes nothing, while its space alarm is on.
+        """
+        req = _rpc.RangeRequest(key=b"\0", count_only=True)
+        m = await self._unary(self._kv.Range, req, "range", write=False)
+        return int(m.header.revision)
 
     async def range(self, op: RangeOp) -> RangeResult:
         """Run a read built with :meth:`Op.get`."""
@@ -366,9 +415,47 @@ class Transport:
         )
         return [int(x.ID) for x in m.leases]
 
-    def open_keepalive(self) -> KeepAliveStream:
-        """Open a lease keepalive stream."""
-        return KeepAliveStream(self._lease.LeaseKeepAlive(metadata=self._metadata))
+    def prepare_members(self) -> None:
+        """Open the per-endpoint channels now, so that a retried keepalive finds them ready.
+
+        A no-op with one endpoint (keepalives then use the shared channel).
+        """
+        if self._member_factory is None or len(self.config.endpoints) < 2:
+            return
+        for index in range(len(self.config.endpoints)):
+            self._member_stub(index)
+
+    def _member_stub(self, index: int) -> Any:
+        stub = self._members.get(index)
+        if stub is None:
+            assert self._member_factory is not None
+            try:
+                channel = self._member_factory(index)
+            except OSError:  # its name no longer resolves: the shared channel will do
+                return self._lease
+            channel.get_state(try_to_connect=True)
+            self._member_channels.append(channel)
+            stub = self._members[index] = pb.LeaseStub(channel)
+        return stub
+
+    @property
+    def member_count(self) -> int:
+        """How many endpoints streams can be pinned to (see :meth:`open_keepalive`)."""
+        return len(self.config.endpoints)
+
+    def open_keepalive(self, member: int | None = None) -> KeepAliveStream:
+        """Open a lease keepalive stream.
+
+        Args:
+            member: the index of the endpoint (in ``config.endpoints``) to open it on, over a
+                channel of that endpoint alone; by default the shared, balanced channel.
+        """
+        if member is None or self._member_factory is None:
+            return KeepAliveStream(self._lease.LeaseKeepAlive(metadata=self._metadata))
+        stub = self._member_stub(member % len(self.config.endpoints))
+        # wait_for_ready: while the member's channel reconnects, the keepalive waits for it
+        # (the session meanwhile asks other members) instead of failing at once
+        return KeepAliveStream(stub.LeaseKeepAlive(metadata=self._metadata, wait_for_ready=True))
 
     # watch and maintenance -----------------------------------------------------------------
     def open_watch(self) -> WatchStream:

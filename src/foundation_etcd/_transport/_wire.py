@@ -22,8 +22,10 @@ from .._errors import (
     FoundationEtcdError,
     LeaseNotFoundError,
     NoLeaderError,
+    NoSpaceError,
     RequestTooLargeError,
     TooManyOperationsError,
+    TooManyRequestsError,
 )
 from .._kv import (
     AnyOp,
@@ -119,11 +121,18 @@ def _translate(exc: grpc.aio.AioRpcError, operation: str, *, write: bool) -> Fou
         code == grpc.StatusCode.RESOURCE_EXHAUSTED
         and ("message larger than max" in low or "received message larger" in low)
     ):
-        return RequestTooLargeError(0, MAX_REQUEST_BYTES, f"{operation} request")
+        return RequestTooLargeError(0, MAX_REQUEST_BYTES, f"{operation} request", reason=details)
     if "too many operations in txn" in low:
         return TooManyOperationsError(-1, MAX_TXN_OPS)
+    if "database space exceeded" in low:
+        return NoSpaceError(
+            f"{operation}: {details} (etcd's space alarm is on: compact, defragment, "
+            "then disarm the alarm)",
+            code=name,
+            details=details,
+        )
     if "too many requests" in low:
-        return EtcdUnavailableError(text, code=name, details=details)
+        return TooManyRequestsError(text, code=name, details=details)
     transient = code in (
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
