@@ -696,7 +696,7 @@ async def test_concurrent_spawners_respect_capacity_and_capabilities(
                 with pytest.raises(NoNodeFitsError) as full:
                     await obs.spawn(ItWorker, "one-more")
                 with pytest.raises(NoNodeFitsError) as tpu:
-                    await obs.spawn(ItWorker, "tpu-job", requires=["tpu"], resources={"cpu": 0})
+                    await obs.spawn(ItWorker, "tpu-job", requires=["tpu"], resources={})
                 with pytest.raises(NoNodeFitsError) as pinned:
                     await obs.spawn(ItWorker, "pinned-job", placement="pinned:big")
                 for a in ("one-more", "tpu-job", "pinned-job"):
@@ -891,6 +891,7 @@ async def test_resumed_node_leaves_moved_agents_alone_and_hosts_them_when_assign
                     )
                     drain = time.time()
                     assert sorted(await obs.drain("b")) == [(a, "a") for a in mine]
+                    await obs.uncordon("b")  # drain cordons: b must take the next failover
                     with anyio.move_on_after(TTL + 3):
                         await wait_until(lambda: all_on("a"), poll=0.05)
                     after = await statuses(obs)

@@ -7,7 +7,9 @@ from foundation_etcd import (
     Config,
     InvalidReservationError,
     LeaseLostError,
+    Op,
     QuotaExceededError,
+    clustered,
     connect,
 )
 from foundation_etcd.testing import wait_until
@@ -248,3 +250,155 @@ async def test_waiter_sees_the_view_stop(etcd_config: Config) -> None:
                     assert view is not None
                     view._error = AuthError("permission denied (injected)")
                     view._stopped()
+
+
+# -- crafted queue entries ---------------------------------------------------------------------
+
+CRAFTED = {
+    "negative": b'{"amounts": {"cpu": -100}}',
+    "zero": b'{"amounts": {"cpu": 0}}',
+    "float": b'{"amounts": {"cpu": 0.5}}',
+    "bool": b'{"amounts": {"cpu": true}}',
+    "string": b'{"amounts": {"cpu": "1"}}',
+    "huge": b'{"amounts": {"cpu": 100000000000000000000}}',
+    "garbage": b"\xff not json",
+    "no-amounts": b'{"holder": "x"}',
+    "other-pool": b'{"amounts": {"mem": 1}}',
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CRAFTED))
+async def test_crafted_entry_blocks_and_never_admits_more(etcd_config: Config, kind: str) -> None:
+    async with connect(etcd_config, node_id="n") as c:
+        q = c.quotas
+        await q.set_limit("cpu", 2)
+        evil = c.keyspace.quota_queue_prefix("cpu") + b"evil"
+        await c.transport.put(evil, CRAFTED[kind])  # no lease: stays until deleted
+        u = await q.open_usage("cpu")
+        assert (u.used, u.queued, u.reservations, u.malformed) == (2, 0, 1, 1)
+        # the transaction's own read sees it ahead: refused at once, not admitted
+        with pytest.raises(QuotaExceededError) as info:
+            async with q.reserve_nowait({"cpu": 1}):
+                raise AssertionError(f"admitted behind a {kind} entry")
+        assert (info.value.used, info.value.limit) == (2, 2)
+
+        held = peak = admitted = 0
+        four_in = anyio.Event()
+
+        async def user() -> None:
+            nonlocal held, peak, admitted
+            async with q.reserve({"cpu": 2}):
+                held += 2
+                peak = max(peak, held)
+                admitted += 1
+                if admitted == 4:
+                    four_in.set()
+                await anyio.sleep(0.02)
+                held -= 2
+
+        with anyio.fail_after(15):
+            async with anyio.create_task_group() as tg:
+                for _ in range(4):
+                    tg.start_soon(user)
+                await wait_until(lambda: len(q._waiters) == 4)  # all queued behind it
+                assert admitted == 0
+                await c.transport.delete(evil)  # the crafted entry goes: FIFO resumes
+                await four_in.wait()
+        assert (admitted, peak) == (4, 2)
+
+
+async def test_crafted_entry_behind_a_holder_only_blocks_what_follows(etcd_config: Config) -> None:
+    async with connect(etcd_config, node_id="n") as c:
+        q = c.quotas
+        await q.set_limit("cpu", 4)
+        qp = c.keyspace.quotas_prefix() + b"queue/"
+        async with q.reserve({"cpu": 1}) as mine:
+            # one transaction: a crafted entry, keys in queues no pool has (not UTF-8, a bad
+            # pool name, no pool segment), and a nested key that the cpu range does hold
+            await c.transport.txn(
+                [],
+                [
+                    Op.put(qp + b"cpu/evil", CRAFTED["negative"]),
+                    Op.put(qp + b"\xff\xfe/x", b'{"amounts": {"cpu": -9}}'),
+                    Op.put(qp + b"bad pool/x", b'{"amounts": {"cpu": -9}}'),
+                    Op.put(qp + b"cpu", b'{"amounts": {"cpu": -9}}'),
+                    Op.put(qp + b"cpu/a/b", b'{"amounts": {"cpu": 1}}'),
+                ],
+            )
+            u = await q.open_usage("cpu")
+            # held 1, then the crafted entry (shown as the whole limit), then the nested 1
+            assert (u.used, u.queued, u.reservations, u.malformed) == (1, 5, 3, 1)
+            with pytest.raises(QuotaExceededError):
+                async with q.reserve_nowait({"cpu": 1}):
+                    raise AssertionError("admitted behind a crafted entry")
+            # rewriting a held reservation's key (to a smaller amount) frees nothing either
+            await c.transport.put(mine.keys[0], b'{"amounts": {"cpu": 1}, "holder": "n"}')
+            u = await q.open_usage("cpu")
+            assert u.malformed == 2 and u.used == 4
+        await c.transport.delete(qp + b"cpu/evil")
+        await c.transport.delete(qp + b"cpu/a/b")
+        async with q.reserve_nowait({"cpu": 4}):  # the whole limit is free again
+            pass
+        assert (await q.open_usage("cpu")).malformed == 0
+
+
+async def test_malformed_limits_and_capacities_admit_nothing(etcd_config: Config) -> None:
+    async with connect(etcd_config, node_id="box", capacity={"cpu": 2}) as c:
+        q = c.quotas
+        for bad in (b'{"limit": -1}', b'{"limit": 2.5}', b'{"limit": true}', b"nope"):
+            await c.transport.put(c.keyspace.quota_limit("cpu"), bad)
+            with pytest.raises(InvalidReservationError, match="no limit"):
+                async with q.reserve({"cpu": 1}):
+                    raise AssertionError("admitted without a valid limit")
+        # a node announcement is the tenant's own key: a forged capacity is no capacity
+        forged = b'{"node_id": "box", "capacity": {"cpu": 1e400}}'
+        await c.transport.put(c.keyspace.node("box"), forged, lease=c.session.lease.id)
+        await q.open_usage("cpu", node="box")
+        with pytest.raises(InvalidReservationError, match="no limit"):
+            async with q.reserve({"cpu": 1}, node="box"):
+                raise AssertionError("admitted against a forged capacity")
+
+
+# -- one amount rule: spawn, @clustered, capacity and reserve agree -----------------------------
+
+
+@clustered("amount-rule-test")
+class _Plain:
+    pass
+
+
+async def test_spawn_refuses_what_clustered_refuses_before_writing(etcd_config: Config) -> None:
+    async with connect(etcd_config, node_id="n", capacity={"cpu": 4}) as c:
+        rev = (await c.transport.txn([], [])).revision
+        for bad in (0, -1, 1.5, True, "1", 2**60):
+            with pytest.raises(ValueError, match="'cpu'"):
+                clustered(resources={"cpu": bad})  # type: ignore[dict-item]
+            with pytest.raises(ValueError, match="'cpu'"):
+                await c.spawn(_Plain, "a1", resources={"cpu": bad})  # type: ignore[dict-item]
+            with pytest.raises(InvalidReservationError, match="'cpu'"):
+                async with c.quotas.reserve({"cpu": bad}):  # type: ignore[dict-item]
+                    raise AssertionError("body ran")
+        with pytest.raises(ValueError, match="capacity of 'cpu'"):
+            async with connect(etcd_config, node_id="m", capacity={"cpu": -1}):
+                raise AssertionError("connected with a negative capacity")
+        assert (await c.transport.txn([], [])).revision == rev  # nothing written
+        await c.spawn(_Plain, "a1", resources={"cpu": 1})  # a valid one is written
+        assert (await c.transport.txn([], [])).revision > rev
+
+
+async def test_a_squatted_reservation_name_is_left_alone(etcd_config: Config) -> None:
+    async with connect(etcd_config, node_id="n") as c:
+        q = c.quotas
+        await q.set_limit("cpu", 4)
+        async with q.reserve({"cpu": 1}) as first:
+            pass
+        # another writer takes the name this process would reuse next
+        squat = first.keys[0]
+        await c.transport.put(squat, b'{"amounts": {"cpu": 1}, "holder": "squatter"}')
+        with anyio.fail_after(10):
+            async with q.reserve({"cpu": 3}) as r:  # 1 (the squatter's) + 3 fit the limit
+                assert r.reservation_id != first.reservation_id
+                assert (await q.open_usage("cpu")).used == 4
+        kv = await c.transport.get(squat)  # never overwritten, never deleted
+        assert kv is not None and kv.version == 1 and b"squatter" in kv.value
+        assert (await q.open_usage("cpu")).reservations == 1

@@ -37,10 +37,14 @@ async def test_one_member_saying_gone_does_not_end_the_lease(
     servers = [etcd_factory(), etcd_factory()]
     cfg = Config(endpoints=tuple(s.endpoint for s in servers), namespace=etcd_namespace, ttl=2)
     assert cfg.retry_budget == pytest.approx(1.0)
-    caplog.set_level(logging.INFO, "foundation_etcd.session")
+    caplog.set_level(logging.DEBUG, "foundation_etcd.session")
     async with open_transport(cfg) as t, open_session(t) as s:
         lease = s.lease
         knower = servers[await knower_of(lease.id, servers, etcd_namespace)]
+        # steady state first: a few renewals, so the session's stream is on the knower
+        with anyio.fail_after(5):
+            await wait_until(lambda: s.statistics().keepalives >= 3)
+        caplog.clear()
         for _ in range(5):
             knower.pause()  # its keepalive hangs; the session asks the other server
             try:

@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,15 +19,19 @@ import pytest
 
 from foundation_etcd import (
     AuthError,
+    Cluster,
     Config,
     EtcdUnavailableError,
+    InvalidIdError,
+    Keyspace,
+    QuotaExceededError,
     Transport,
     connect,
     open_session,
     open_transport,
     open_view,
 )
-from foundation_etcd.testing import EtcdServer, TlsFiles, find_etcd_binary
+from foundation_etcd.testing import EtcdServer, TlsFiles, find_etcd_binary, wait_until
 from foundation_etcd.testing.plugin import unique_namespace
 
 pytestmark = pytest.mark.etcd
@@ -389,6 +393,115 @@ async def test_limits_readable_but_not_settable_by_tenant(auth_server: EtcdServe
             assert r.amounts == {"gpu": 2}
             usage = await c.quotas.open_usage("gpu")
             assert (usage.limit, usage.used) == (2, 2)
+
+
+def test_reserved_tenant_is_refused_at_construction(auth_server: EtcdServer) -> None:
+    # a tenant named _system would own /ns-a/_system/, where every tenant's limits live:
+    # a role granted on "its" prefix would let it raise every limit
+    for reserved in ("_system", "_sys", "_"):
+        with pytest.raises(InvalidIdError, match="reserved for the library"):
+            _auth_config(auth_server, "alice", ALICE_PASSWORD, tenant=reserved)
+        with pytest.raises(InvalidIdError, match="reserved for the library"):
+            _auth_config(auth_server, "alice", ALICE_PASSWORD, namespace=reserved)
+        with pytest.raises(InvalidIdError):
+            Keyspace("ns-a", reserved)
+    cfg = _auth_config(auth_server, "alice", ALICE_PASSWORD)
+    assert not cfg.keyspace.prefix.startswith(cfg.keyspace.system_prefix)
+
+
+CRAFTED = {
+    "negative": b'{"amounts": {"cpu": -100}}',
+    "zero": b'{"amounts": {"cpu": 0}}',
+    "garbage": b"\x00\xff{{ not json",
+    "huge": b'{"amounts": {"cpu": 1' + b"0" * 30 + b"}}",
+    "float": b'{"amounts": {"cpu": 0.001}}',
+    "other-pool": b'{"amounts": {"gpu": 1}}',
+}
+
+
+async def test_tenant_cannot_escape_its_limit_with_crafted_entries(
+    auth_server: EtcdServer,
+) -> None:
+    root = _auth_config(auth_server, "root", ROOT_PASSWORD)
+    async with connect(root, node_id="admin-crafted", hosts_agents=False) as admin:
+        await admin.quotas.set_limit("cpu", 2)
+    cfg = _auth_config(auth_server, "alice", ALICE_PASSWORD)
+    qp = cfg.keyspace.quota_queue_prefix("cpu")
+    held = peak = 0
+    admitted: list[tuple[int, anyio.Event]] = []
+    changed = anyio.Event()
+
+    async def user(c: Cluster, amount: int) -> None:
+        nonlocal held, peak, changed
+        async with c.quotas.reserve({"cpu": amount}):
+            held += amount
+            peak = max(peak, held)
+            release = anyio.Event()
+            admitted.append((amount, release))
+            changed.set()
+            changed = anyio.Event()
+            await release.wait()
+            held -= amount
+
+    async def until(predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            await changed.wait()
+
+    async with (
+        connect(cfg, node_id="victim-1") as c1,
+        connect(cfg, node_id="victim-2") as c2,
+        open_transport(cfg) as evil,  # the same tenant's user, no library in between
+    ):
+        q = c1.quotas
+        await q.open_usage("cpu")
+        with anyio.fail_after(20):
+            # the tenant's role may write its own queue (that is how it reserves): use it
+            for kind, value in CRAFTED.items():
+                await evil.put(qp + f"evil-{kind}".encode(), value)
+            u = await q.open_usage("cpu")
+            assert (u.used, u.malformed) == (2, len(CRAFTED))
+            with pytest.raises(QuotaExceededError):
+                async with c2.quotas.reserve_nowait({"cpu": 1}):
+                    raise AssertionError("admitted behind crafted entries")
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(user, c1, 2)
+                await wait_until(lambda: len(q._waiters) == 1)
+                tg.start_soon(user, c2, 1)
+                tg.start_soon(user, c2, 1)
+                await wait_until(lambda: len(c2.quotas._waiters) == 2)
+                # each crafted entry blocks the queue on its own: deleting all but the last
+                # admits nobody
+                for kind in list(CRAFTED)[:-1]:
+                    await evil.delete(qp + f"evil-{kind}".encode())
+                    assert (await q.open_usage("cpu")).malformed >= 1
+                    assert (await c2.quotas.open_usage("cpu")).used == 2
+                    assert admitted == []
+                await evil.delete(qp + f"evil-{list(CRAFTED)[-1]}".encode())
+                await until(lambda: len(admitted) == 1)  # the first in line, 2 of 2
+                assert admitted[0][0] == 2
+
+                # rewrite the holder's key to a smaller, well-formed amount: a rewritten key
+                # is not what reserve writes, so it frees nothing for the two waiting for 1
+                first = min((await evil.get_prefix(qp)).kvs, key=lambda kv: kv.create_revision)
+                await evil.put(first.key, b'{"amounts": {"cpu": 1}, "holder": "victim-1"}')
+                u = await c2.quotas.open_usage("cpu")
+                assert u.malformed == 1 and len(admitted) == 1
+                # a crafted entry appended behind everyone blocks nobody ahead of it
+                await evil.put(qp + b"evil-late", CRAFTED["negative"])
+                admitted[0][1].set()  # the holder releases: the two 1s are admitted together
+                await until(lambda: len(admitted) == 3)
+                assert held == 2
+                for _, release in admitted[1:]:
+                    release.set()
+            # everyone released: the late crafted entry alone blocks the whole limit
+            with pytest.raises(QuotaExceededError):
+                async with c1.quotas.reserve_nowait({"cpu": 1}):
+                    raise AssertionError("admitted behind the late crafted entry")
+            await evil.delete(qp + b"evil-late")
+            async with c1.quotas.reserve_nowait({"cpu": 2}):  # the whole limit is free again
+                pass
+    assert peak == 2
 
 
 async def test_view_resumes_after_restart_invalidates_the_token(auth_server: EtcdServer) -> None:

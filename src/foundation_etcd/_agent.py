@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from ._amounts import check_amounts
 from ._keys import validate_id
 
 __all__ = [
@@ -140,11 +141,7 @@ def clustered(
     if name is not None:
         validate_id(name, "agent class name")
     caps = frozenset(validate_id(c, "capability") for c in capabilities)
-    res = dict(resources or {})
-    for resource, amount in res.items():
-        validate_id(resource, "resource")
-        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-            raise ValueError(f"resource {resource!r} needs a positive integer, not {amount!r}")
+    res = check_amounts(resources, "resource amount")
 
     def decorate(cls: T) -> T:
         if not inspect.isclass(cls):

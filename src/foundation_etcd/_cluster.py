@@ -35,6 +35,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from . import _codec
 from ._agent import AgentContext, call_hook, cluster_spec
+from ._amounts import check_amounts, stored_capacity
 from ._background import background_tasks
 from ._config import Config
 from ._election import Election
@@ -207,7 +208,13 @@ class Cluster:
             d = _codec.decode(kv.value)
             return NodeInfo(
                 node_id=str(d["node_id"]),
-                capacity={str(k): int(v) for k, v in d.get("capacity", {}).items()},
+                # a capacity the library would not write (negative, fractional, huge)
+                # is no capacity: placement never counts on it
+                capacity={
+                    str(k): c
+                    for k, v in d.get("capacity", {}).items()
+                    if (c := stored_capacity(v)) is not None
+                },
                 capabilities=frozenset(d.get("capabilities", ())),
                 address=str(d.get("address", "")),
                 started_at=float(d.get("started_at", 0.0)),
@@ -217,7 +224,7 @@ class Cluster:
                 lease_id=kv.lease,
                 revision=kv.mod_revision,
             )
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
             log.warning("ignoring malformed node announcement at %r", kv.key)
             return None
 
@@ -308,8 +315,51 @@ class Cluster:
         return await self.scheduler.agents()
 
     async def drain(self, node_id: str) -> list[tuple[str, str]]:
-        """Move every agent off ``node_id``; returns ``(agent_id, new_node)`` pairs."""
+        """Cordon ``node_id``, then move every agent off it.
+
+        Each agent stops there with a final checkpoint and restarts elsewhere from it. The
+        node stays cordoned afterwards: :meth:`uncordon` lets placement use it again.
+
+        Returns:
+            ``(agent_id, new_node)`` for each agent moved.
+
+        Raises:
+            InvalidIdError: ``node_id`` is not a valid node id (nothing sent).
+            NodeNotFoundError: no such node (not announced, not cordoned, no agent on it).
+            NoNodeFitsError: no other node can take one of its agents (the node stays
+                cordoned; the agents before that one were moved).
+        """
         return await self.scheduler.drain(node_id)
+
+    async def cordon(self, node_id: str) -> bool:
+        """Place no new agent on ``node_id`` (its agents keep running), until uncordoned.
+
+        Persisted in etcd: every scheduler of every process obeys it, across restarts.
+
+        Returns:
+            Whether it was cordoned now (``False``: it already was).
+
+        Raises:
+            InvalidIdError: ``node_id`` is not a valid node id (nothing sent).
+            NodeNotFoundError: no such node (not announced, not cordoned, no agent on it).
+        """
+        return await self.scheduler.cordon(node_id)
+
+    async def uncordon(self, node_id: str) -> bool:
+        """Let placement choose ``node_id`` again.
+
+        Returns:
+            Whether a cordon was removed (``False``: the node was not cordoned).
+
+        Raises:
+            InvalidIdError: ``node_id`` is not a valid node id (nothing sent).
+            NodeNotFoundError: no such node (not announced, not cordoned, no agent on it).
+        """
+        return await self.scheduler.uncordon(node_id)
+
+    async def cordoned(self) -> frozenset[str]:
+        """The ids of the cordoned nodes, as etcd has them now."""
+        return await self.scheduler.cordoned()
 
     async def serve(
         self,
@@ -366,9 +416,7 @@ class Cluster:
         spec = cluster_spec(agent)
         class_name = spec.name if spec else type(agent).__qualname__
         caps = (
-            tuple(capabilities)
-            if capabilities is not None
-            else tuple(spec.capabilities if spec else ())
+            capabilities if capabilities is not None else tuple(spec.capabilities if spec else ())
         )
         if agent_id is None:
             agent_id = f"{class_name}-{uuid.uuid4().hex[:12]}"
@@ -403,12 +451,7 @@ def _node_value(
     hosts_agents: bool,
 ) -> bytes:
     caps = sorted({validate_id(c, "capability") for c in capabilities})
-    cap_map: dict[str, int] = {}
-    for resource, amount in capacity.items():
-        validate_id(resource, "resource")
-        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
-            raise ValueError(f"capacity {resource!r} must be a non-negative int, not {amount!r}")
-        cap_map[resource] = amount
+    cap_map = check_amounts(capacity, "capacity", minimum=0)
     return _codec.encode(
         {
             "node_id": node_id,

@@ -3,11 +3,24 @@
 Every key the library writes is built here, under ``/{namespace}/{tenant}/`` so that one etcd
 role per tenant can confine the tenant to its prefix, except the tenant's quotas: limits and
 reservation queues share ``/{namespace}/_system/quotas/{tenant}/``, of which the tenant's role
-may read everything but write only ``queue/``. ``_`` is not allowed in ids, so no tenant can
-be named ``_system``.
+may read everything but write only ``queue/``.
 
-Ids (node, agent, tenant, namespace, election, lock, resource names) are 1-128 characters of
-``[A-Za-z0-9._:-]``; anything else raises :class:`InvalidIdError` before etcd is asked.
+Ids (node, agent, tenant, namespace, election, lock, resource names, ...) are 1-128
+characters of ``[A-Za-z0-9._:-]``, not ``.`` or ``..``, and **never start with ``_``**: a
+leading ``_`` is reserved for the library's own key segments (``_system``). Anything else
+raises :class:`InvalidIdError` before etcd is asked.
+
+Guarantees:
+    * No tenant or namespace can be named ``_system`` (or anything starting with ``_``), so
+      a tenant's prefix ``/{namespace}/{tenant}/`` is never the system prefix
+      ``/{namespace}/_system/`` nor inside it.
+    * Ids hold no ``/``, and every prefix used for a role or a range ends with ``/``: the
+      keys of tenant ``a`` are never under a prefix of tenant ``ab`` (or of namespace
+      ``ab``), and ``(namespace, tenant)`` is the only pair whose prefixes reach its keys.
+    * A pool is a resource id or ``@{node}@{resource}`` (:func:`pool_name`); ``@`` is
+      outside the id alphabet, so a tenant resource never names a node pool, and two
+      (node, resource) pairs never name one pool. Node pools live under the tenant's own
+      quota prefix: no tenant can name another tenant's pool.
 """
 
 from __future__ import annotations
@@ -17,9 +30,11 @@ from dataclasses import dataclass
 
 from ._errors import InvalidIdError
 
-__all__ = ["Keyspace", "prefix_end", "validate_id"]
+__all__ = ["RESERVED_PREFIX", "Keyspace", "pool_name", "prefix_end", "split_pool", "validate_id"]
 
 MAX_ID_LENGTH = 128
+RESERVED_PREFIX = "_"  # ids never start with it: the library's own segments (``_system``) do
+SYSTEM_SEGMENT = "_system"
 _ID_RE = re.compile(r"[A-Za-z0-9._:-]+")
 
 
@@ -35,7 +50,8 @@ def validate_id(value: object, kind: str = "id") -> str:
 
     Raises:
         InvalidIdError: when ``value`` is not a string of 1-128 characters of
-            ``[A-Za-z0-9._:-]``, or is ``.`` or ``..``.
+            ``[A-Za-z0-9._:-]``, is ``.`` or ``..``, or starts with ``_`` (reserved for the
+            library: a tenant named ``_system`` would own the system prefix).
     """
     if not isinstance(value, str):
         raise InvalidIdError(kind, value, f"must be a str, not {type(value).__name__}")
@@ -51,7 +67,50 @@ def validate_id(value: object, kind: str = "id") -> str:
         raise InvalidIdError(kind, value, f"contains {what}; allowed are A-Z a-z 0-9 . _ : -")
     if value in (".", ".."):
         raise InvalidIdError(kind, value, "'.' and '..' are reserved")
+    if value.startswith(RESERVED_PREFIX):
+        raise InvalidIdError(
+            kind, value, f"a leading {RESERVED_PREFIX!r} is reserved for the library's own keys"
+        )
     return value
+
+
+def pool_name(resource: str, node: str | None = None) -> str:
+    """The quota pool of ``resource``: the tenant's (``resource``) or a node's.
+
+    Args:
+        resource: the resource (an id).
+        node: the node whose announced capacity the pool is, or ``None`` for the tenant's
+            limit.
+
+    Returns:
+        ``resource``, or ``@{node}@{resource}`` for a node pool.
+
+    Raises:
+        InvalidIdError: ``resource`` or ``node`` is not an id.
+    """
+    validate_id(resource, "resource")
+    if node is None:
+        return resource
+    return f"@{validate_id(node, 'node id')}@{resource}"
+
+
+def split_pool(name: object) -> tuple[str, str | None] | None:
+    """Parse a pool name into ``(resource, node)``; ``None`` when no pool has that name.
+
+    The inverse of :func:`pool_name`: ``"gpu"`` gives ``("gpu", None)`` and ``"@n1@gpu"``
+    gives ``("gpu", "n1")``. Never raises (names read back from etcd are parsed with it).
+    """
+    if not isinstance(name, str):
+        return None
+    try:
+        if not name.startswith("@"):
+            return validate_id(name, "resource"), None
+        node, sep, resource = name[1:].partition("@")
+        if not sep:
+            return None
+        return validate_id(resource, "resource"), validate_id(node, "node id")
+    except InvalidIdError:
+        return None
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -95,8 +154,11 @@ class Keyspace:
 
     @property
     def system_prefix(self) -> bytes:
-        """The prefix of settings the tenant may read but not change."""
-        return f"/{self.namespace}/_system/".encode()
+        """The prefix of settings the tenant may read but not change: ``/{namespace}/_system/``.
+
+        No tenant prefix is inside it or contains it: tenants cannot start with ``_``.
+        """
+        return f"/{self.namespace}/{SYSTEM_SEGMENT}/".encode()
 
     def key(self, *parts: str) -> bytes:
         """Join ``parts`` under the tenant prefix (parts are not validated here)."""
@@ -163,7 +225,13 @@ class Keyspace:
         return self.system_prefix + f"quotas/{self.tenant}/".encode()
 
     def quota_queue_prefix(self, pool: str) -> bytes:
-        """Prefix of the reservation queue of one pool (a resource, or ``@node@resource``)."""
+        """Prefix of the reservation queue of one pool (a resource, or ``@node@resource``).
+
+        Raises:
+            InvalidIdError: ``pool`` is not a pool name (see :func:`pool_name`).
+        """
+        if split_pool(pool) is None:
+            raise InvalidIdError("pool", pool, "not a resource id nor @{node}@{resource}")
         return self.quotas_prefix() + f"queue/{pool}/".encode()
 
     def quota_limit(self, resource: str) -> bytes:

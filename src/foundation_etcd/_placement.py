@@ -1,10 +1,11 @@
 """Placement: which live node should host an agent. Pure functions, no I/O.
 
 A :class:`PlacementStrategy` receives the request and every live node's load and returns a
-node id. Every built-in strategy first keeps the nodes that *fit*: they have every required
-capability and enough free capacity of every requested resource (a resource a node does not
-announce counts as zero). The commit of a choice is the caller's single etcd transaction,
-which re-checks that nothing was placed on that node since the loads were read.
+node id. Every built-in strategy first keeps the nodes that *fit*: they are not cordoned, they
+have every required capability and enough free capacity of every requested resource (a
+resource a node does not announce counts as zero). The commit of a choice is the caller's
+single etcd transaction, which re-checks that nothing was placed on that node since the
+loads were read and that it is still not cordoned.
 
 Built-in strategies (by name, for ``@clustered(placement=...)`` and ``spawn(placement=...)``):
 
@@ -43,6 +44,7 @@ class NodeLoad:
         used: resource to amount taken by agents placed on it.
         capabilities: what the node can host.
         agents: how many agents are placed on it.
+        cordoned: whether the node takes no new placements (``Cluster.cordon``).
     """
 
     node_id: str
@@ -50,6 +52,7 @@ class NodeLoad:
     used: Mapping[str, int] = field(default_factory=dict)
     capabilities: frozenset[str] = frozenset()
     agents: int = 0
+    cordoned: bool = False
 
     def free(self, resource: str) -> int:
         """Capacity of ``resource`` not taken yet."""
@@ -89,6 +92,8 @@ def fit_reason(request: PlacementRequest, node: NodeLoad) -> str | None:
     """Why ``node`` cannot host ``request`` (``None`` when it fits)."""
     if node.node_id in request.exclude:
         return "excluded"
+    if node.cordoned:
+        return "cordoned"
     missing = sorted(request.requires - node.capabilities)
     if missing:
         return f"lacks capabilities {', '.join(missing)}"

@@ -34,6 +34,22 @@ Guarantees:
     * Lowering a limit admits nothing new until usage is under it; holders keep theirs.
     * Bad input (zero, negative or non-integer amounts, unknown resources, amounts above
       the limit, which could never be admitted) raises at once and writes nothing.
+    * **Crafted queue entries never admit more.** A tenant's role may write its ``queue/``,
+      so entries the library did not write can appear there. An entry counts at its amount
+      only if it is exactly what ``reserve`` writes: a JSON object whose ``amounts`` maps
+      valid pool names to valid amounts (``_amounts``: ``int``, 1 to ``MAX_AMOUNT``),
+      naming the pool of its key, never rewritten (version 1: the transport never retries
+      a write, so ``reserve`` puts each key once). Any other entry (negative, zero,
+      fractional, boolean, string or oversized amounts, unparsable or oversized values, no
+      ``amounts``, amounts for other pools only, a rewritten key) counts as
+      :data:`~foundation_etcd._amounts.BLOCKING`, more than any limit: it is never
+      admitted, and nothing queued behind it in that pool is admitted until it is deleted.
+      Both judges, the reserving transaction's read and the view, apply this one rule, and
+      each entry still counts at least 1, so a key behind the first ``limit`` keys is still
+      never admitted. Keys in a queue no pool has (a bad pool name) are ignored by both.
+      Limits and node capacities read back follow the same rule: an invalid one is no limit
+      (nothing admitted). ``reserve`` creates its keys create-only: a key of its name that
+      another writer put first is left alone and the reservation takes a fresh name.
     * The body of ``reserve`` runs under the session lease: when the lease is lost the
       reservation is gone, so the body is cancelled (``LeaseLostError``).
 """
@@ -45,15 +61,25 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from . import _codec
+from ._amounts import (
+    BLOCKING,
+    check_amounts,
+    check_limit,
+    stored_capacity,
+    stored_limit,
+    stored_reservation,
+)
 from ._background import background_tasks
 from ._errors import EtcdError, InvalidReservationError, QuotaExceededError
-from ._keys import validate_id
+from ._keys import pool_name, split_pool, validate_id
 from ._kv import Compare, KeyValue, Op, RangeResult
 from ._watch import ChangeKind, ViewChange, WatchedView
 
@@ -66,6 +92,8 @@ log = logging.getLogger("foundation_etcd.quotas")
 
 QUEUE_READ = 64  # queue keys read with each reservation; longer queues use the view
 _CACHE_SIZE = 1024  # parsed reservation values and encoded ones kept per process
+MAX_RESERVATION_BYTES = 64 * 1024  # the largest value ``reserve`` writes
+_CACHED_BYTES = 1024  # values parsed once per distinct value up to this size
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +132,9 @@ class QuotaUsage:
         queued: amounts waiting behind it.
         reservations: number of keys in the queue.
         revision: the view's revision.
+        malformed: entries the library did not write (see the module's guarantees); each
+            blocks the queue behind it and is counted in ``used``/``queued`` as the whole
+            limit.
     """
 
     pool: str
@@ -112,32 +143,52 @@ class QuotaUsage:
     queued: int
     reservations: int
     revision: int
+    malformed: int = 0
 
 
 @dataclass(slots=True)
 class _Queue:
-    """One pool's queue in create order: parallel lists, appended at the end."""
+    """One pool's queue in create order: parallel lists, and each key's create revision.
+
+    Amounts are those of :func:`_entry_amount`: a malformed entry is ``BLOCKING``.
+    """
 
     revs: list[int] = field(default_factory=list)
     keys: list[bytes] = field(default_factory=list)
     amounts: list[int] = field(default_factory=list)
+    where: dict[bytes, int] = field(default_factory=dict)  # key -> its create revision
 
-    def add(self, rev: int, key: bytes, amount: int) -> None:
-        i = bisect.bisect_left(self.revs, rev)
-        if i < len(self.revs) and self.revs[i] == rev and self.keys[i] == key:
-            self.amounts[i] = amount
-            return
-        self.revs.insert(i, rev)
-        self.keys.insert(i, key)
-        self.amounts.insert(i, amount)
-
-    def remove(self, rev: int, key: bytes) -> None:
+    def _index(self, rev: int, key: bytes) -> int | None:
         i = bisect.bisect_left(self.revs, rev)
         while i < len(self.revs) and self.revs[i] == rev:
             if self.keys[i] == key:
-                del self.revs[i], self.keys[i], self.amounts[i]
-                return
+                return i
             i += 1
+        return None
+
+    def add(self, rev: int, key: bytes, amount: int) -> None:
+        """Record ``key`` created at ``rev``; a rewrite updates it, a re-creation moves it."""
+        old = self.where.get(key)
+        if old == rev:
+            i = self._index(rev, key)
+            if i is not None:
+                self.amounts[i] = amount
+                return
+        elif old is not None:  # deleted and created again, seen as one change (a relist)
+            self.remove(key)
+        i = bisect.bisect_right(self.revs, rev)
+        self.revs.insert(i, rev)
+        self.keys.insert(i, key)
+        self.amounts.insert(i, amount)
+        self.where[key] = rev
+
+    def remove(self, key: bytes) -> None:
+        rev = self.where.pop(key, None)
+        if rev is None:
+            return
+        i = self._index(rev, key)
+        if i is not None:
+            del self.revs[i], self.keys[i], self.amounts[i]
 
     def sum_through(self, rev: int) -> int | None:
         """Sum of amounts up to and including ``rev``; ``None`` if ``rev`` is not queued."""
@@ -147,7 +198,10 @@ class _Queue:
         return sum(self.amounts[:i])
 
     def frontier(self, limit: int) -> int:
-        """Create revision of the last admitted key (0: none), for ``limit``."""
+        """Create revision of the last admitted key (0: none), for ``limit``.
+
+        A ``BLOCKING`` entry exceeds every limit: the frontier stops before it.
+        """
         total = 0
         last = 0
         for rev, amount in zip(self.revs, self.amounts, strict=True):
@@ -157,13 +211,20 @@ class _Queue:
             last = rev
         return last
 
-    def usage(self, limit: int | None) -> tuple[int, int]:
-        used = 0
+    def usage(self, limit: int | None) -> tuple[int, int, int]:
+        """``(used, queued, malformed)``: a malformed entry shown as the whole limit."""
+        used = queued = malformed = 0
+        admitting = True
         for a in self.amounts:
-            if limit is not None and used + a > limit:
-                break
-            used += a
-        return used, sum(self.amounts) - used
+            if a == BLOCKING:
+                malformed += 1
+                a = limit or 0
+            if admitting and (limit is None or used + a <= limit):
+                used += a
+            else:
+                admitting = False
+                queued += a
+        return used, queued, malformed
 
 
 @dataclass(slots=True)
@@ -184,8 +245,101 @@ class _Pool:
 _EMPTY = _Queue()
 
 
-def _pool_name(resource: str, node: str | None) -> str:
-    return resource if node is None else f"@{node}@{resource}"
+def _decode(value: bytes) -> object:
+    """Decoded JSON, or ``None`` when ``value`` is not JSON (never raises)."""
+    try:
+        return _codec.decode(value)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
+def _cached_reservation(value: bytes) -> Mapping[str, int] | None:
+    amounts = stored_reservation(_decode(value))
+    return None if amounts is None else MappingProxyType(amounts)
+
+
+def _reservation_amounts(value: bytes) -> Mapping[str, int] | None:
+    """The amounts of a queue entry's value, ``None`` when ``reserve`` never writes it."""
+    if len(value) > MAX_RESERVATION_BYTES:
+        return None
+    if len(value) <= _CACHED_BYTES:  # the common values, parsed once
+        return _cached_reservation(value)
+    return stored_reservation(_decode(value))
+
+
+def _entry_amount(kv: KeyValue, pool: str) -> int:
+    """What a queue entry of ``pool`` counts: its amount, or ``BLOCKING`` when malformed.
+
+    ``reserve`` puts each key once (version 1) with a value naming the key's pool; any
+    other entry is someone else's doing and must not make room.
+    """
+    if kv.version != 1:
+        return BLOCKING
+    amounts = _reservation_amounts(kv.value)
+    if amounts is None:
+        return BLOCKING
+    return amounts.get(pool, BLOCKING)
+
+
+def _queue_pool(key: bytes, start: int) -> str | None:
+    """The pool of a queue key (``key[start:]`` is ``{pool}/...``); ``None``: no pool's."""
+    segment, sep, _ = key[start:].partition(b"/")
+    if not sep:
+        return None
+    try:
+        name = segment.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return name if split_pool(name) is not None else None
+
+
+def _node_capacity(value: bytes) -> Mapping[str, int] | None:
+    """A node announcement's valid capacities (an invalid one is left out: no limit)."""
+    info = _decode(value)
+    if not isinstance(info, dict):
+        return None
+    raw = info.get("capacity", {})
+    if not isinstance(raw, dict):
+        return None
+    out: dict[str, int] = {}
+    for resource, amount in raw.items():
+        capacity = stored_capacity(amount)
+        if capacity is not None and isinstance(resource, str):
+            out[resource] = capacity
+    return out
+
+
+def judge_read(
+    kvs: Sequence[KeyValue], pool: str, key: bytes, limit: int
+) -> tuple[bool | None, int]:
+    """Judge the reservation at ``key`` from the first keys of its queue, in create order.
+
+    ``kvs`` is what the reserving transaction read: the first ``min(QUEUE_READ, limit)``
+    keys of the queue of ``pool`` at its revision, ``key`` (just written) among them unless
+    the queue was longer. Every entry counts at least 1 (``_entry_amount``), so when
+    ``key`` is not among the first ``limit`` keys it cannot fit.
+
+    Returns:
+        ``(admitted, used)``: ``admitted`` is ``True`` or ``False``, or ``None`` when the
+        read was too short to say (``limit > QUEUE_READ`` and ``key`` not read); ``used``
+        is the admitted use ahead of ``key`` (a malformed entry shown as the whole limit).
+    """
+    total = used = 0
+    admitting = True
+    for kv in kvs:
+        amount = _entry_amount(kv, pool)
+        if kv.key == key:
+            return total + amount <= limit, used
+        total += amount
+        shown = limit if amount == BLOCKING else amount
+        if admitting and used + shown <= limit:
+            used += shown
+        else:
+            admitting = False
+    if len(kvs) < min(QUEUE_READ, limit) or limit > QUEUE_READ:
+        return None, used  # the queue went on beyond the read (or the read was short)
+    return False, used
 
 
 class Quotas:
@@ -204,7 +358,6 @@ class Quotas:
         self._limit_keys: dict[str, bytes] = {}
         # node key -> (mod revision, capacity): a node pool parses an announcement once
         self._capacities: dict[bytes, tuple[int, Mapping[str, int] | None]] = {}
-        self._parsed: dict[bytes, Mapping[str, int]] = {}  # value -> amounts
         self._encoded: dict[tuple[tuple[str, int], ...], bytes] = {}  # amounts -> value
         self._changed: anyio.Event | None = None  # made when a usage watcher waits
         self._waiters: dict[int, tuple[list[_Pool], anyio.Event]] = {}
@@ -229,27 +382,30 @@ class Quotas:
         qp, lp = self._queue_prefix, self._limits_prefix
         waiters = self._waiters
         admits = False  # whether a change can admit a waiter (appends behind them cannot)
+        # nothing here may raise: a change skipped would be an entry missing from a queue
         for c in changes:
             kv = c.kv
             key = kv.key
             if key.startswith(qp):
-                pool, sep, _ = key[len(qp) :].partition(b"/")
-                if not sep:
-                    continue
-                name = pool.decode()
+                name = _queue_pool(key, len(qp))
+                if name is None:
+                    continue  # in no pool's queue: no reservation is judged against it
                 q = self._queues.get(name)
-                if q is None:
-                    q = self._queues[name] = _Queue()
                 if c.kind is ChangeKind.REMOVED:
-                    q.remove(kv.create_revision, key)
+                    if q is not None:
+                        q.remove(key)
+                        if not q.revs:
+                            del self._queues[name]
                     admits = True
                 else:
-                    q.add(kv.create_revision, key, self._amounts(kv.value).get(name, 0))
+                    if q is None:
+                        q = self._queues[name] = _Queue()
+                    q.add(kv.create_revision, key, _entry_amount(kv, name))
                     # an append behind every waiter cannot admit one; a waiter's own key
                     # or a rewritten amount can
                     admits = admits or c.kind is ChangeKind.UPDATED or kv.create_revision in waiters
             elif key.startswith(lp):
-                resource = key[len(lp) :].decode()
+                resource = key[len(lp) :].decode("utf-8", "replace")
                 if c.kind is ChangeKind.REMOVED:
                     self._limits.pop(resource, None)
                 else:
@@ -268,29 +424,11 @@ class Quotas:
 
     @staticmethod
     def _parse_limit(kv: KeyValue) -> int | None:
-        try:
-            limit = _codec.decode(kv.value)["limit"]
-        except (ValueError, KeyError, TypeError):
-            limit = None
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        """A stored limit; ``None`` (no limit: nothing admitted) when malformed."""
+        limit = stored_limit(_decode(kv.value))
+        if limit is None:
             log.warning("ignoring malformed quota limit at %r", kv.key)
-            return None
         return limit
-
-    def _amounts(self, value: bytes) -> Mapping[str, int]:
-        """The amounts of a reservation value (parsed once per distinct value)."""
-        amounts = self._parsed.get(value)
-        if amounts is None:
-            try:
-                raw = _codec.decode(value)["amounts"]
-                amounts = {str(k): int(v) for k, v in raw.items()}
-            except (ValueError, KeyError, TypeError, AttributeError):
-                log.warning("ignoring malformed reservation value %r", value[:80])
-                amounts = {}
-            if len(self._parsed) >= _CACHE_SIZE:
-                self._parsed.clear()
-            self._parsed[value] = amounts
-        return amounts
 
     def _wake(self) -> None:
         """Wake the waiters that the view now admits (each pool's frontier computed once)."""
@@ -325,8 +463,7 @@ class Quotas:
             InvalidReservationError: a negative or non-integer limit.
         """
         validate_id(resource, "resource")
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise InvalidReservationError(f"limit of {resource!r} must be an int >= 0: {limit!r}")
+        check_limit(limit, f"limit of {resource!r}", InvalidReservationError)
         await self._c.transport.put(
             self._ks.quota_limit(resource), _codec.encode({"limit": limit}, "limit", 1024)
         )
@@ -351,8 +488,7 @@ class Quotas:
                 return None, self._ks.node(node), 0
             cached = self._capacities.get(kv.key)
             if cached is None or cached[0] != kv.mod_revision:  # parsed once per announcement
-                info = self._c._parse_node(kv)
-                cached = (kv.mod_revision, None if info is None else info.capacity)
+                cached = (kv.mod_revision, _node_capacity(kv.value))
                 self._capacities[kv.key] = cached
             capacity = cached[1]
             if capacity is None:
@@ -363,17 +499,15 @@ class Quotas:
 
     def usage(self, resource: str, *, node: str | None = None) -> QuotaUsage:
         """A pool's usage from this process's view (no I/O once the view is open)."""
-        if node is not None:
-            validate_id(node, "node id")
-        pool = _pool_name(validate_id(resource, "resource"), node)
+        pool = pool_name(resource, node)
         q = self._queues.get(pool, _EMPTY)
         limit = None
         rev = 0
         if self._view is not None:
             limit = self._current_limit(pool, node)[0]
             rev = self._view.revision
-        used, queued = q.usage(limit)
-        return QuotaUsage(pool, limit, used, queued, len(q.amounts), rev)
+        used, queued, malformed = q.usage(limit)
+        return QuotaUsage(pool, limit, used, queued, len(q.amounts), rev, malformed)
 
     async def open_usage(self, resource: str, *, node: str | None = None) -> QuotaUsage:
         """Open the view if needed, catch up with etcd, and return a pool's usage."""
@@ -400,7 +534,7 @@ class Quotas:
                         self._changed = anyio.Event()
                     changed = self._changed
                     now = self.usage(resource, node=node)
-                    key = (now.limit, now.used, now.queued, now.reservations)
+                    key = (now.limit, now.used, now.queued, now.reservations, now.malformed)
                     if key != last:
                         last = key
                         await send.send(now)
@@ -419,18 +553,12 @@ class Quotas:
         With ``final=False``, returns ``None`` instead of raising when a limit is missing or
         too low for an amount: the view may not have seen a limit written just now.
         """
-        if not isinstance(amounts, Mapping) or not amounts:
-            raise InvalidReservationError("a reservation needs at least one resource")
+        checked = check_amounts(amounts, "amount", InvalidReservationError, allow_empty=False)
         if node is not None:
             validate_id(node, "node id")
         pools = []
-        for resource, amount in amounts.items():
-            validate_id(resource, "resource")
-            if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-                raise InvalidReservationError(
-                    f"amount of {resource!r} must be a positive integer, not {amount!r}"
-                )
-            pool = _pool_name(resource, node)
+        for resource, amount in checked.items():
+            pool = pool_name(resource, node)
             limit, key, mod = self._current_limit(pool, node)
             if limit is None or amount > limit:
                 if not final:
@@ -448,7 +576,7 @@ class Quotas:
         self, amounts: Mapping[str, int], node: str | None, view: WatchedView
     ) -> list[_Pool]:
         """Catch up with etcd, then ``_check`` for good (the view lacked a fitting limit)."""
-        rev = (await self._c.transport.txn([], [])).revision  # a linearizable revision
+        rev = await self._c.transport.revision()  # linearizable (a read: no txn)
         await view.wait_for(rev)
         if node is not None:
             await self._c.wait_for(rev)
@@ -456,15 +584,17 @@ class Quotas:
         assert pools is not None
         return pools
 
-    def _take_name(self, lease_id: int) -> tuple[str, int]:
+    def _take_name(self, lease_id: int, *, fresh: bool = False) -> tuple[str, int]:
         """A reservation id: ``{lease:x}-{n}``, reusing the names of released reservations.
 
         Fresh names would leave etcd a deleted key per reservation in its index until the
         next compaction, and every queue read scans them: reads slow down with churn. The
         ids of one process's lease are reused once their keys are known to be deleted, so
         a queue's index holds at most the peak number of concurrent reservations per lease.
+        With ``fresh``, a name never used by this process (the last one was taken by
+        another writer).
         """
-        while self._names:
+        while self._names and not fresh:
             owner, slot = self._names.pop()
             if owner == lease_id:
                 return f"{lease_id:x}-{slot}", slot
@@ -477,7 +607,9 @@ class Quotas:
         value = self._encoded.get(shape)
         if value is None:
             value = _codec.encode(
-                {"amounts": dict(shape), "holder": self._c.node_id}, "reservation", 64 * 1024
+                {"amounts": dict(shape), "holder": self._c.node_id},
+                "reservation",
+                MAX_RESERVATION_BYTES,
             )
             if len(self._encoded) >= _CACHE_SIZE:
                 self._encoded.clear()
@@ -533,7 +665,10 @@ class Quotas:
                 for _attempt in range(10):
                     attempted = True
                     res = await transport.txn(
-                        [Compare.mod_revision(p.limit_key) == p.limit_mod for p in pools],
+                        [Compare.mod_revision(p.limit_key) == p.limit_mod for p in pools]
+                        # create-only: a key is never overwritten, so every key reserve
+                        # writes has version 1 (``_entry_amount`` relies on it)
+                        + [Compare.create_revision(k) == 0 for k in keys],
                         [Op.put(k, value, lease=lease.id) for k in keys]
                         + [
                             Op.get(
@@ -544,10 +679,19 @@ class Quotas:
                             )
                             for p in pools
                         ],
+                        [Op.get(k) for k in keys],
                     )
                     if res.succeeded:
                         token = res.revision
                         break
+                    if any(isinstance(r, RangeResult) and r.kvs for r in res.responses):
+                        # another writer took the name (this process's keys are deleted
+                        # before it reuses a name): leave that key alone, drop the name
+                        rid, slot = self._take_name(lease.id, fresh=True)
+                        keys = tuple(
+                            b"%s%s/%s" % (qp, p.name.encode(), rid.encode()) for p in pools
+                        )
+                        continue
                     # a limit changed since the view saw it: catch up and judge again
                     await view.wait_for(res.revision)
                     if node is not None:
@@ -556,7 +700,7 @@ class Quotas:
                         amounts, node, view
                     )
                 else:
-                    raise EtcdError("limits kept changing; reservation not attempted")
+                    raise EtcdError("limits or names kept changing; reservation not attempted")
                 admitted = self._admitted_from_reads(res.responses[len(keys) :], pools, keys)
                 reservation = Reservation(
                     rid, {p.name: p.amount for p in pools}, keys, token, lease.id
@@ -591,20 +735,16 @@ class Quotas:
             limit = self._current_limit(p.name, p.node)[0]
             limit = p.limit if limit is None else limit
             through = self._queues.get(p.name, _EMPTY).sum_through(token) or p.amount
-            if through > limit:
-                return QuotaExceededError(
-                    p.name, requested=p.amount, used=through - p.amount, limit=limit
-                )
+            if through > limit:  # a malformed entry ahead shows as the whole limit used
+                used = min(through - p.amount, limit)
+                return QuotaExceededError(p.name, requested=p.amount, used=used, limit=limit)
         p = pools[0]
         return QuotaExceededError(p.name, requested=p.amount, used=p.limit, limit=p.limit)
 
     def _admitted_from_reads(
         self, reads: Sequence[object], pools: list[_Pool], keys: tuple[bytes, ...]
     ) -> bool | QuotaExceededError | None:
-        """Decide from the transaction's own reads (exact at its revision).
-
-        Each read holds the first ``min(QUEUE_READ, limit)`` keys of a queue: amounts are
-        at least 1, so a key behind the first ``limit`` cannot be admitted.
+        """Decide from the transaction's own reads (exact at its revision, see ``judge_read``).
 
         Returns ``True`` when admitted, the error to raise when not admitted now, and
         ``None`` when a queue was longer than what the transaction read.
@@ -612,19 +752,10 @@ class Quotas:
         refused: QuotaExceededError | None = None
         for read, p, key in zip(reads, pools, keys, strict=True):
             assert isinstance(read, RangeResult)
-            total = 0
-            used = 0
-            seen = False
-            for kv in read.kvs:
-                total += self._amounts(kv.value).get(p.name, 0)
-                if kv.key == key:
-                    seen = True
-                    break
-                if total <= p.limit:
-                    used = total
-            if not seen and p.limit > QUEUE_READ:
+            admitted, used = judge_read(read.kvs, p.name, key, p.limit)
+            if admitted is None:
                 return None
-            if (not seen or total > p.limit) and refused is None:
+            if not admitted and refused is None:
                 refused = QuotaExceededError(p.name, requested=p.amount, used=used, limit=p.limit)
         return True if refused is None else refused
 

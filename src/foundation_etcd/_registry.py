@@ -31,7 +31,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from . import _codec
-from ._errors import AgentExistsError, AgentNotFoundError
+from ._errors import AgentExistsError, AgentNotFoundError, InvalidIdError, SerializationError
 from ._keys import Keyspace, validate_id
 from ._kv import Compare, KeyValue, Op
 from ._session import Lease, Session
@@ -44,6 +44,44 @@ log = logging.getLogger("foundation_etcd.registry")
 
 MAX_META_BYTES = 64 * 1024
 _REREGISTER_CONCURRENCY = 64
+
+
+def _check_meta(meta: object) -> dict[str, Any]:
+    """The metadata as a new ``dict``: a mapping with ``str`` keys (a JSON object), or ``None``.
+
+    Raises:
+        SerializationError: anything else, naming the ``meta`` argument.
+    """
+    if meta is None:
+        return {}
+    if not isinstance(meta, Mapping):
+        raise SerializationError(
+            "meta", f"must be a mapping with str keys (a JSON object), not {type(meta).__name__}"
+        )
+    for key in meta:
+        if not isinstance(key, str):
+            raise SerializationError("meta", f"keys must be str, not {key!r}")
+    return dict(meta)
+
+
+def _check_capabilities(capabilities: object) -> tuple[str, ...]:
+    """The capability names, sorted and distinct.
+
+    Raises:
+        InvalidIdError: not an iterable of names (one ``str`` is refused, not split into
+            characters), or a name that is not an id.
+    """
+    if isinstance(capabilities, str | bytes):
+        raise InvalidIdError(
+            "capabilities", capabilities, "must be an iterable of capability names, not one str"
+        )
+    try:
+        items = list(capabilities)  # type: ignore[call-overload]
+    except TypeError:
+        raise InvalidIdError(
+            "capabilities", capabilities, "must be an iterable of capability names"
+        ) from None
+    return tuple(sorted({validate_id(c, "capability") for c in items}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,15 +308,21 @@ class Registry:
         registration comes back by itself after a lease loss; a non-persistent one (used by
         the node runtime, which restarts its agents itself) is dropped with the lease.
 
+        Every argument is checked before anything is sent; the error names it.
+
         Raises:
-            InvalidIdError: a bad agent id or capability name.
-            SerializationError: metadata that is not JSON.
+            InvalidIdError: a bad agent id, capability name, or ``capabilities`` that is
+                not an iterable of names.
+            SerializationError: ``meta`` that is not a mapping with str keys, or not JSON.
             RequestTooLargeError: metadata over 64 KiB.
+            TypeError: ``class_name`` is not a str.
             AgentExistsError: the id is live already (the holder is named).
         """
         validate_id(agent_id, "agent id")
-        caps = tuple(sorted({validate_id(c, "capability") for c in capabilities}))
-        owned = _Owned(caps, class_name, dict(meta or {}), persistent=persistent)
+        caps = _check_capabilities(capabilities)
+        if not isinstance(class_name, str):
+            raise TypeError(f"class_name must be a str, not {type(class_name).__name__}")
+        owned = _Owned(caps, class_name, _check_meta(meta), persistent=bool(persistent))
         owned.value = self._value(class_name, caps, owned.meta)  # bad input fails before I/O
         if agent_id in self._owned:
             reg = self._owned[agent_id].registration
@@ -314,8 +358,10 @@ class Registry:
         a lost lease).
 
         Raises:
+            InvalidIdError: ``agent_id`` is not a valid agent id.
             AgentNotFoundError: this process holds no registration of ``agent_id``.
         """
+        validate_id(agent_id, "agent id")
         owned = self._owned.pop(agent_id, None)
         if owned is None:
             raise AgentNotFoundError(agent_id, f"agent {agent_id!r} is not registered here")
@@ -329,15 +375,18 @@ class Registry:
         """Replace the metadata of a registration this process holds.
 
         Raises:
+            InvalidIdError: ``agent_id`` is not a valid agent id.
             AgentNotFoundError: not held here, or the registration is no longer live.
             SerializationError, RequestTooLargeError: bad metadata (nothing written).
         """
+        validate_id(agent_id, "agent id")
+        new_meta = _check_meta(meta)
         owned, reg = self._mine(agent_id)
-        value = self._value(owned.class_name, owned.capabilities, dict(meta))
+        value = self._value(owned.class_name, owned.capabilities, new_meta)
         res = await self._t.txn([reg.guard], [Op.put(reg.key, value, lease=reg.lease_id)])
         if not res.succeeded:
             raise AgentNotFoundError(agent_id, f"registration of {agent_id!r} is no longer live")
-        owned.meta = dict(meta)
+        owned.meta = new_meta
         owned.value = value
         return reg
 

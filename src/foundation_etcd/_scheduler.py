@@ -5,6 +5,7 @@ Keys (no lease: they outlive every process)::
     agents/spec/{id}            {"class", "args", "critical", "placement", "resources", "requires"}
     agents/assign/{id}          {"node": id | null, "status": "assigned" | "failed", "reason"}
     nodes-res/{node}/{id}       {"resources": {...}}: capacity the agent takes on its node
+    nodes-cordon/{node}         {"by", "at"}: the node takes no new placements
 
 Guarantees:
     * **No over-commit.** A placement is one transaction that writes the assignment and the
@@ -13,6 +14,11 @@ Guarantees:
       ``nodes-res/{node}/``): concurrent spawners never exceed a node's capacity; a loser
       re-reads and chooses again.
     * **Spawn is create-only**: a second spawn of a live spec raises ``AgentExistsError``.
+    * **A cordoned node gets no new agent.** Every placement transaction also compares that
+      the chosen node's cordon key is absent, so once :meth:`Scheduler.cordon` has returned,
+      no scheduler in any process can place an agent there, whatever its views had seen;
+      the agents already there keep running. :meth:`Scheduler.drain` cordons first, then
+      moves the agents, so nothing lands on the node while it is being drained.
     * **Failover by one elected scheduler**: when a node's key is gone (its lease expired or
       was revoked), the leader of election ``scheduler`` reassigns that node's *critical*
       agents in one transaction guarded by its fencing token, the dead node's key being
@@ -33,11 +39,13 @@ import anyio
 
 from . import _codec
 from ._agent import cluster_spec
+from ._amounts import check_amounts
 from ._errors import (
     AgentExistsError,
     AgentNotFoundError,
     EtcdError,
     LeaseLostError,
+    NodeNotFoundError,
     NoNodeFitsError,
     OwnershipLostError,
 )
@@ -156,6 +164,8 @@ class Scheduler:
         self.spec_prefix = self._ks.key("agents", "spec", "")
         self.assign_prefix = self._ks.key("agents", "assign", "")
         self.res_prefix = self._ks.key("nodes-res", "")
+        self.cordon_prefix = self._ks.key("nodes-cordon", "")
+        self._cordons: WatchedView | None = None
         self._res_index: dict[tuple[str, str], dict[str, int]] = {}
         self._res_index_of: WatchedView | None = None
 
@@ -168,15 +178,37 @@ class Scheduler:
             await self._c.view(self.res_prefix),
         )
 
+    async def cordon_view(self) -> WatchedView:
+        """The view of cordoned nodes (opened once)."""
+        if self._cordons is None:
+            self._cordons = await self._c.view(self.cordon_prefix)
+        return self._cordons
+
+    def cordon_key(self, node_id: str) -> bytes:
+        """The key that marks ``node_id`` cordoned (no lease: it outlives every process)."""
+        return self.cordon_prefix + validate_id(node_id, "node id").encode()
+
+    def _cordoned_in(self, view: WatchedView) -> frozenset[str]:
+        n = len(self.cordon_prefix)
+        return frozenset(key[n:].decode() for key in view.items())
+
     def _res_prefix(self, node: str) -> bytes:
         return self._ks.key("nodes-res", validate_id(node, "node id"), "")
 
-    def loads(self, res_view: WatchedView) -> list[NodeLoad]:
+    def loads(
+        self, res_view: WatchedView, cordoned: frozenset[str] | None = None
+    ) -> list[NodeLoad]:
         """Every live node that hosts agents, with what is placed on it (no I/O).
 
         Node reservations are indexed as the view changes, so a spawn costs no decoding
         of every placed agent.
+
+        Args:
+            res_view: the node-reservation view.
+            cordoned: the cordoned nodes; by default those of the cordon view, once open.
         """
+        if cordoned is None:
+            cordoned = frozenset() if self._cordons is None else self._cordoned_in(self._cordons)
         if self._res_index_of is not res_view:
             self._res_index_of = res_view
             self._res_index.clear()
@@ -197,6 +229,7 @@ class Scheduler:
                 used.get(n.node_id, {}),
                 n.capabilities,
                 count.get(n.node_id, 0),
+                n.node_id in cordoned,
             )
             for n in self._c.nodes().values()
             if n.hosts_agents
@@ -240,14 +273,18 @@ class Scheduler:
             The chosen node and the transaction's revision.
 
         Raises:
-            NoNodeFitsError: no live node fits.
+            NoNodeFitsError: no live node fits (a cordoned node never does).
             OwnershipLostError: ``guard`` is no longer current.
             _ConditionFailed: one of ``compares`` does not hold.
         """
         _, _, res_view = await self.views()
+        cordon_view = await self.cordon_view()
         for _attempt in range(_PLACE_ATTEMPTS):
             seen = res_view.revision
-            node = place(spec.request(exclude), self.loads(res_view), strategy)
+            cordoned = self._cordoned_in(cordon_view)
+            node = place(spec.request(exclude), self.loads(res_view, cordoned), strategy)
+            if node in cordoned:  # a custom strategy that ignored the loads' ``cordoned``
+                raise NoNodeFitsError(spec.agent_id, {node: "cordoned"})
             node_kv = self._c.node_kv(node)
             if node_kv is None:  # gone between the two reads of the same view
                 continue
@@ -255,6 +292,8 @@ class Scheduler:
             checks = [
                 Compare.mod_revision(node_kv.key) == node_kv.mod_revision,
                 Compare.mod_revision(rp, range_end=prefix_end(rp)) < seen + 1,
+                # cordoned after our views were read: fail, catch up, choose again
+                Compare.create_revision(self.cordon_key(node)) == 0,
             ]
             writes: list[AnyOp] = [
                 Op.put(self._ks.agent_assign(spec.agent_id), _assign_value(node, "assigned")),
@@ -277,8 +316,9 @@ class Scheduler:
                 kv = read.kvs[0] if isinstance(read, RangeResult) and read.kvs else None
                 if not _holds(c, kv):
                     raise _ConditionFailed(c, kv)
-            # the node's load changed under us: catch up and choose again
+            # the node's load changed under us, or it was cordoned: catch up, choose again
             await res_view.wait_for(res.revision)
+            await cordon_view.wait_for(res.revision)
             await self._c.wait_for(res.revision)
         raise NoNodeFitsError(spec.agent_id, {"*": "placement kept conflicting; try again"})
 
@@ -306,11 +346,7 @@ class Scheduler:
         if cs is None:
             raise TypeError(f"{agent_class!r} is not decorated with @clustered")
         validate_id(agent_id, "agent id")
-        res = dict(cs.resources if resources is None else resources)
-        for r, a in res.items():
-            validate_id(r, "resource")
-            if isinstance(a, bool) or not isinstance(a, int) or a < 0:
-                raise ValueError(f"resource {r!r} needs a non-negative int, not {a!r}")
+        res = check_amounts(cs.resources if resources is None else resources, "resource amount")
         chosen = placement if placement is not None else cs.placement
         strategy = strategy_named(chosen)
         spec = AgentSpec(
@@ -415,7 +451,12 @@ class Scheduler:
             changed = anyio.Event()
 
         node_view = await self._c.view(self._ks.nodes_prefix())
-        removers = [assign_view.on_change(wake), node_view.on_change(wake)]
+        cordon_view = await self.cordon_view()  # an uncordon may let a stuck agent move
+        removers = [
+            assign_view.on_change(wake),
+            node_view.on_change(wake),
+            cordon_view.on_change(wake),
+        ]
         try:
             while True:
                 waiting = changed
@@ -475,14 +516,101 @@ class Scheduler:
             except NoNodeFitsError as exc:
                 log.warning("cannot move %s: %s", agent_id, exc)
 
+    # cordon and drain ----------------------------------------------------------------------
+    async def _node_state(self, node_id: str) -> tuple[bool, int]:
+        """Whether ``node_id`` is cordoned, and the revision read at.
+
+        Raises:
+            NodeNotFoundError: the node is neither announced, nor cordoned, nor named by
+                any assignment.
+        """
+        res = await self._c.transport.txn(
+            [], [Op.get(self._ks.node(node_id)), Op.get(self.cordon_key(node_id))]
+        )
+        live = res.range(0).first is not None
+        cordoned = res.range(1).first is not None
+        if not (live or cordoned):
+            _, assign_view, _ = await self.views()
+            await assign_view.wait_for(res.revision)
+            if not any(decode_assignment(kv)[0] == node_id for kv in assign_view.items().values()):
+                raise NodeNotFoundError(
+                    node_id,
+                    f"node {node_id!r} is unknown: not announced, not cordoned, "
+                    "and no agent is assigned to it",
+                )
+        return cordoned, res.revision
+
+    async def _cordon(self, node_id: str) -> tuple[bool, int]:
+        await self._node_state(node_id)
+        key = self.cordon_key(node_id)
+        value = _codec.encode({"by": self._c.node_id, "at": time.time()}, "cordon", 1024)
+        res = await self._c.transport.txn([Compare.create_revision(key) == 0], [Op.put(key, value)])
+        if res.succeeded:
+            log.info("node %s cordoned (rev %d)", node_id, res.revision)
+        return res.succeeded, res.revision
+
+    async def cordon(self, node_id: str) -> bool:
+        """Mark ``node_id`` so that no new agent is placed on it; its agents keep running.
+
+        The mark is a key in etcd without a lease: every scheduler of every process obeys
+        it, across restarts, until :meth:`uncordon`. Every placement transaction compares
+        that it is absent, so no placement can commit onto the node after this returns.
+
+        Returns:
+            Whether the node was cordoned now (``False``: it was already).
+
+        Raises:
+            InvalidIdError: ``node_id`` is not a valid node id (nothing sent).
+            NodeNotFoundError: no such node (not announced, not cordoned, no agent on it).
+        """
+        validate_id(node_id, "node id")
+        return (await self._cordon(node_id))[0]
+
+    async def uncordon(self, node_id: str) -> bool:
+        """Let placement choose ``node_id`` again.
+
+        Returns:
+            Whether a cordon was removed (``False``: the node was not cordoned).
+
+        Raises:
+            InvalidIdError: ``node_id`` is not a valid node id (nothing sent).
+            NodeNotFoundError: no such node (not announced, not cordoned, no agent on it).
+        """
+        validate_id(node_id, "node id")
+        cordoned, _ = await self._node_state(node_id)
+        if not cordoned:
+            return False
+        res = await self._c.transport.delete(self.cordon_key(node_id))
+        if res.deleted:
+            log.info("node %s uncordoned (rev %d)", node_id, res.revision)
+        return res.deleted > 0
+
+    async def cordoned(self) -> frozenset[str]:
+        """The cordoned nodes, as etcd has them now."""
+        view = await self.cordon_view()
+        await view.wait_for((await self._c.transport.status()).revision)
+        return self._cordoned_in(view)
+
     async def drain(self, node_id: str) -> list[tuple[str, str]]:
-        """Move every agent off ``node_id`` (it checkpoints and stops them as they go).
+        """Cordon ``node_id``, then move every agent off it (it checkpoints and stops them).
+
+        The node stays cordoned afterwards (:meth:`uncordon` lets placement use it again),
+        also when moving an agent fails: nothing new is placed on it meanwhile.
 
         Returns:
             ``(agent_id, new_node)`` for each agent moved.
+
+        Raises:
+            InvalidIdError: ``node_id`` is not a valid node id (nothing sent).
+            NodeNotFoundError: no such node (not announced, not cordoned, no agent on it).
+            NoNodeFitsError: no other node can take one of its agents (those before it
+                were moved; the node stays cordoned).
         """
+        validate_id(node_id, "node id")
         spec_view, assign_view, _ = await self.views()
-        rev = (await self._c.transport.status()).revision
+        _, rev = await self._cordon(node_id)
+        # every placement that committed onto the node did so before the cordon: the views
+        # at its revision show them all, and none can follow
         await assign_view.wait_for(rev)
         await spec_view.wait_for(rev)
         moved = []

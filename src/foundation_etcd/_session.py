@@ -311,7 +311,8 @@ class Session:
                     grant = await self.transport.lease_grant(math.ceil(self.config.ttl))
             except (EtcdUnavailableError, AmbiguousResultError, TimeoutError) as exc:
                 self._last_grant_error = exc
-                log.info("lease grant failed (%s); retrying in %.1fs", exc, delay)
+                why = exc if str(exc) else f"no answer within {self._attempt_limit():g} s"
+                log.info("lease grant failed (%s); retrying in %.1fs", why, delay)
             except EtcdError as exc:
                 if first:
                     raise
@@ -402,6 +403,9 @@ class Session:
             try:
                 with scope:
                     sent = anyio.current_time()
+                    log.debug(
+                        "keepalive of lease %x via member %d (attempt %d)", lease.id, member, tag
+                    )
                     try:
                         ttl = await stream.keepalive(lease.id)
                     except EtcdError as exc:

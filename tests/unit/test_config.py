@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from foundation_etcd import Config, ConfigurationError
+from foundation_etcd import Config, ConfigurationError, InvalidIdError
 
 PEM = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
@@ -116,3 +116,19 @@ def test_with_options_default_timings_follow_ttl() -> None:
     assert (c.keepalive_interval, c.step_down) == (pytest.approx(2 / 6), pytest.approx(2 / 3))
     pinned = Config(ttl=10, keepalive_interval=2, step_down=4).with_options(ttl=20)
     assert (pinned.keepalive_interval, pinned.step_down) == (2, 4)
+
+
+@pytest.mark.parametrize("reserved", ["_system", "_", "_other"])
+def test_reserved_tenant_and_namespace_are_refused(reserved: str) -> None:
+    # a tenant called _system would have /{ns}/_system/ (limits and queues) as its prefix
+    with pytest.raises(InvalidIdError, match=r"tenant .*reserved for the library"):
+        Config(tenant=reserved)
+    with pytest.raises(InvalidIdError, match=r"namespace .*reserved for the library"):
+        Config(namespace=reserved)
+    with pytest.raises(InvalidIdError, match="tenant"):
+        Config.from_env({"FOUNDATION_ETCD_TENANT": reserved})
+    with pytest.raises(InvalidIdError, match="tenant"):
+        Config().with_options(tenant=reserved)
+    ok = Config(namespace="ns_1", tenant="tenant_a")  # '_' inside an id is fine
+    assert ok.keyspace.prefix == b"/ns_1/tenant_a/"
+    assert not ok.keyspace.prefix.startswith(ok.keyspace.system_prefix)
