@@ -22,6 +22,7 @@ test: $(VENV)/.installed lint typecheck
 lint: $(VENV)/.installed
 	$(PY) -m ruff check src tests integration scripts examples
 	$(PY) -m ruff format --check src
+	$(VENV)/bin/lint-imports
 
 typecheck: $(VENV)/.installed
 	$(PY) -m mypy

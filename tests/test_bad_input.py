@@ -25,8 +25,8 @@ from foundation_etcd import (
     clustered,
     connect,
 )
-from foundation_etcd._placement import fit_reason
-from foundation_etcd._scheduler import decode_assignment
+from foundation_etcd._agents.scheduler import decode_assignment
+from foundation_etcd._core.placement import fit_reason
 
 pytestmark = pytest.mark.etcd
 

@@ -4,7 +4,7 @@ The package root only re-exports; the implementation lives in private modules, o
 each. See ``docs/`` for the concepts and their guarantees.
 """
 
-from ._agent import (
+from ._agents.agent import (
     AgentContext,
     AgentHooks,
     ClusterSpec,
@@ -13,10 +13,18 @@ from ._agent import (
     cluster_spec,
     clustered,
 )
-from ._cluster import Cluster, HostedAgent, NodeChange, NodeInfo, connect
-from ._config import Config
-from ._election import Election, Leadership
-from ._errors import (
+from ._agents.cluster import Cluster, HostedAgent, NodeChange, NodeInfo, connect
+from ._agents.registry import AgentChange, AgentInfo, Registration, Registry
+from ._agents.runtime import AgentRunContext, NodeRuntime
+from ._agents.scheduler import AgentRef, AgentSpec, AgentStatus, Scheduler
+from ._coord.election import Election, Leadership
+from ._coord.lock import Lock, LockHandle
+from ._coord.ownership import OwnerInfo, Ownership
+from ._coord.quotas import Quotas, QuotaUsage, Reservation
+from ._coord.session import Lease, Session, SessionStatistics, open_session
+from ._coord.watch import ChangeKind, ViewChange, WatchedView, open_view
+from ._core.config import Config
+from ._core.errors import (
     AgentExistsError,
     AgentNotFoundError,
     AmbiguousResultError,
@@ -50,8 +58,8 @@ from ._errors import (
     TooManyOperationsError,
     TooManyRequestsError,
 )
-from ._keys import Keyspace, prefix_end, validate_id
-from ._kv import (
+from ._core.keys import Keyspace, prefix_end, validate_id
+from ._core.kv import (
     Compare,
     DeleteResult,
     EventType,
@@ -62,14 +70,7 @@ from ._kv import (
     TxnResult,
     WatchEvent,
 )
-from ._lock import Lock, LockHandle
-from ._ownership import OwnerInfo, Ownership
-from ._placement import NodeLoad, PlacementRequest, PlacementStrategy
-from ._quotas import Quotas, QuotaUsage, Reservation
-from ._registry import AgentChange, AgentInfo, Registration, Registry
-from ._runtime import AgentRunContext, NodeRuntime
-from ._scheduler import AgentRef, AgentSpec, AgentStatus, Scheduler
-from ._session import Lease, Session, SessionStatistics, open_session
+from ._core.placement import NodeLoad, PlacementRequest, PlacementStrategy
 from ._transport import (
     MAX_REQUEST_BYTES,
     MAX_TXN_OPS,
@@ -80,7 +81,6 @@ from ._transport import (
     UnsafeEtcdVersionWarning,
     open_transport,
 )
-from ._watch import ChangeKind, ViewChange, WatchedView, open_view
 
 __version__ = "0.1.0"
 

@@ -53,7 +53,7 @@ from . import (
     connect,
     validate_id,
 )
-from ._amounts import MAX_AMOUNT, check_capacity, check_limit
+from ._core.amounts import MAX_AMOUNT, check_capacity, check_limit
 
 __all__ = ["main"]
 

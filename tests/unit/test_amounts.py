@@ -5,7 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from foundation_etcd import InvalidIdError, InvalidReservationError, clustered
-from foundation_etcd._amounts import (
+from foundation_etcd._agents.cluster import _node_value
+from foundation_etcd._core.amounts import (
     BLOCKING,
     MAX_AMOUNT,
     check_amount,
@@ -17,7 +18,6 @@ from foundation_etcd._amounts import (
     stored_limit,
     stored_reservation,
 )
-from foundation_etcd._cluster import _node_value
 
 NOT_INTEGERS = [1.0, 2.5, float("nan"), float("inf"), "2", b"2", None, [1], {"n": 1}, True, False]
 

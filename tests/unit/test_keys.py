@@ -3,7 +3,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from foundation_etcd import InvalidIdError, Keyspace, prefix_end, validate_id
-from foundation_etcd._keys import pool_name, split_pool
+from foundation_etcd._core.keys import pool_name, split_pool
 
 
 @pytest.mark.parametrize("good", ["a", "agent-1", "x.y:z_w", "A" * 128])

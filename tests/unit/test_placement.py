@@ -3,7 +3,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from foundation_etcd import NoNodeFitsError
-from foundation_etcd._placement import (
+from foundation_etcd._core.placement import (
     NodeLoad,
     PlacementRequest,
     fit_reason,

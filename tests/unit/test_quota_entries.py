@@ -13,8 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from foundation_etcd import KeyValue
-from foundation_etcd._amounts import BLOCKING, MAX_AMOUNT
-from foundation_etcd._quotas import (
+from foundation_etcd._coord.quotas import (
     MAX_RESERVATION_BYTES,
     QUEUE_READ,
     _entry_amount,
@@ -22,6 +21,7 @@ from foundation_etcd._quotas import (
     _queue_pool,
     judge_read,
 )
+from foundation_etcd._core.amounts import BLOCKING, MAX_AMOUNT
 
 POOL = "cpu"
 PREFIX = b"/ns/_system/quotas/t/queue/cpu/"

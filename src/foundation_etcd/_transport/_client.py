@@ -16,15 +16,15 @@ import grpc
 import grpc.aio
 from etcd3aio import _protobuf as pb
 
-from .._config import Config
-from .._errors import (
+from .._core.config import Config
+from .._core.errors import (
     AmbiguousResultError,
     AuthError,
     EtcdServerError,
     EtcdUnavailableError,
     LeaseNotFoundError,
 )
-from .._kv import (
+from .._core.kv import (
     AnyOp,
     Bytes,
     Compare,

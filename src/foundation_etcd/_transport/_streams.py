@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from .._errors import (
+from .._core.errors import (
     EtcdUnavailableError,
 )
 from ._wire import (

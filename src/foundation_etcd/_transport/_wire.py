@@ -13,7 +13,7 @@ import grpc
 import grpc.aio
 from etcd3aio import _protobuf as pb
 
-from .._errors import (
+from .._core.errors import (
     AmbiguousResultError,
     AuthError,
     CompactedError,
@@ -27,7 +27,7 @@ from .._errors import (
     TooManyOperationsError,
     TooManyRequestsError,
 )
-from .._kv import (
+from .._core.kv import (
     AnyOp,
     Compare,
     DeleteOp,

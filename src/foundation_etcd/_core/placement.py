@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from ._errors import NoNodeFitsError
+from .errors import NoNodeFitsError
 
 __all__ = [
     "STRATEGIES",

@@ -30,13 +30,13 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from . import _codec
-from ._errors import AgentExistsError, AgentNotFoundError, InvalidIdError, SerializationError
-from ._keys import Keyspace, validate_id
-from ._kv import Compare, KeyValue, Op
-from ._session import Lease, Session
-from ._transport import Transport
-from ._watch import ChangeKind, ViewChange, WatchedView
+from .._coord.session import Lease, Session
+from .._coord.watch import ChangeKind, ViewChange, WatchedView
+from .._core import codec as _codec
+from .._core.errors import AgentExistsError, AgentNotFoundError, InvalidIdError, SerializationError
+from .._core.keys import Keyspace, validate_id
+from .._core.kv import Compare, KeyValue, Op
+from .._transport import Transport
 
 __all__ = ["AgentChange", "AgentInfo", "Registration", "Registry"]
 

@@ -33,24 +33,24 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from . import _codec
-from ._agent import AgentContext, call_hook, cluster_spec
-from ._amounts import check_amounts, stored_capacity
-from ._background import background_tasks
-from ._config import Config
-from ._election import Election
-from ._errors import AgentNotFoundError, EtcdError, NodeExistsError
-from ._keys import validate_id
-from ._kv import Compare, KeyValue, Op
-from ._lock import Lock
-from ._placement import PlacementStrategy
-from ._quotas import Quotas
-from ._registry import Registration, Registry
-from ._runtime import NodeRuntime
-from ._scheduler import AgentRef, AgentStatus, Scheduler
-from ._session import Lease, Session, open_session
-from ._transport import Transport, open_transport
-from ._watch import ChangeKind, ViewChange, WatchedView, open_view
+from .._coord.election import Election
+from .._coord.lock import Lock
+from .._coord.quotas import Quotas
+from .._coord.session import Lease, Session, open_session
+from .._coord.watch import ChangeKind, ViewChange, WatchedView, open_view
+from .._core import codec as _codec
+from .._core.amounts import check_amounts, stored_capacity
+from .._core.background import background_tasks
+from .._core.config import Config
+from .._core.errors import AgentNotFoundError, EtcdError, NodeExistsError
+from .._core.keys import validate_id
+from .._core.kv import Compare, KeyValue, Op
+from .._core.placement import PlacementStrategy
+from .._transport import Transport, open_transport
+from .agent import AgentContext, call_hook, cluster_spec
+from .registry import Registration, Registry
+from .runtime import NodeRuntime
+from .scheduler import AgentRef, AgentStatus, Scheduler
 
 __all__ = ["Cluster", "HostedAgent", "NodeChange", "NodeInfo", "connect"]
 
@@ -157,7 +157,13 @@ class Cluster:
     def quotas(self) -> Quotas:
         """Quota accounting for this tenant (and this cluster's nodes' capacity)."""
         if self._quotas is None:
-            self._quotas = Quotas(self)
+            self._quotas = Quotas(
+                self.session,
+                self.keyspace,
+                holder=self.node_id,
+                views=self.view,
+                node_view=self._node_view,
+            )
         return self._quotas
 
     # node announcement ---------------------------------------------------------------------

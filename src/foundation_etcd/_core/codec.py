@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ._errors import RequestTooLargeError, SerializationError
+from .errors import RequestTooLargeError, SerializationError
 
 __all__ = ["decode", "encode"]
 

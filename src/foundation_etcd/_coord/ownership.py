@@ -36,15 +36,15 @@ from typing import ClassVar, TypeVar
 
 import anyio
 
-from ._errors import (
+from .._core.errors import (
     EtcdError,
     LeaseLostError,
     LockBusyError,
     OwnershipLostError,
 )
-from ._kv import AnyOp, Compare, EventType, KeyValue, Op, TxnResult
-from ._session import Lease, Session
-from ._transport import Transport
+from .._core.kv import AnyOp, Compare, EventType, KeyValue, Op, TxnResult
+from .._transport import Transport
+from .session import Lease, Session
 
 __all__ = ["OwnerInfo", "Ownership", "local_lock", "owned"]
 

@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from . import _codec
-from ._agent import cluster_spec
-from ._amounts import check_amounts
-from ._errors import (
+from .._coord.ownership import Ownership
+from .._coord.watch import ChangeKind, ViewChange, WatchedView
+from .._core import codec as _codec
+from .._core.amounts import check_amounts
+from .._core.errors import (
     AgentExistsError,
     AgentNotFoundError,
     EtcdError,
@@ -49,10 +50,9 @@ from ._errors import (
     NoNodeFitsError,
     OwnershipLostError,
 )
-from ._keys import prefix_end, validate_id
-from ._kv import AnyOp, Compare, KeyValue, Op, RangeResult
-from ._ownership import Ownership
-from ._placement import (
+from .._core.keys import prefix_end, validate_id
+from .._core.kv import AnyOp, Compare, KeyValue, Op, RangeResult
+from .._core.placement import (
     STRATEGIES,
     NodeLoad,
     PlacementRequest,
@@ -60,10 +60,10 @@ from ._placement import (
     place,
     strategy_named,
 )
-from ._watch import ChangeKind, ViewChange, WatchedView
+from .agent import cluster_spec
 
 if TYPE_CHECKING:
-    from ._cluster import Cluster
+    from .cluster import Cluster
 
 __all__ = ["AgentRef", "AgentSpec", "AgentStatus", "Scheduler"]
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ._errors import InvalidIdError
+from .errors import InvalidIdError
 
 __all__ = ["RESERVED_PREFIX", "Keyspace", "pool_name", "prefix_end", "split_pool", "validate_id"]
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ._keys import prefix_end
+from .keys import prefix_end
 
 __all__ = [
     "Compare",

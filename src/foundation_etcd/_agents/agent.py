@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from ._amounts import check_amounts
-from ._keys import validate_id
+from .._core.amounts import check_amounts
+from .._core.keys import validate_id
 
 __all__ = [
     "AgentContext",

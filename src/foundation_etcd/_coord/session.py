@@ -52,9 +52,9 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from ._background import background_tasks
-from ._config import Config
-from ._errors import (
+from .._core.background import background_tasks
+from .._core.config import Config
+from .._core.errors import (
     AmbiguousResultError,
     AuthError,
     EtcdError,
@@ -64,7 +64,7 @@ from ._errors import (
     LeaseNotFoundError,
     SessionClosedError,
 )
-from ._transport import KeepAliveStream, Transport
+from .._transport import KeepAliveStream, Transport
 
 __all__ = ["Lease", "Session", "SessionStatistics", "open_session"]
 

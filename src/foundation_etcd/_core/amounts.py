@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Final, TypeGuard
 
-from ._keys import split_pool, validate_id
+from .keys import split_pool, validate_id
 
 __all__ = [
     "BLOCKING",

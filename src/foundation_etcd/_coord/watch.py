@@ -42,11 +42,11 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._background import background_tasks
-from ._errors import AuthError, EtcdError, FoundationEtcdError
-from ._keys import prefix_end
-from ._kv import EventType, KeyValue, WatchEvent
-from ._transport import Transport, WatchResponse, WatchStream
+from .._core.background import background_tasks
+from .._core.errors import AuthError, EtcdError, FoundationEtcdError
+from .._core.keys import prefix_end
+from .._core.kv import EventType, KeyValue, WatchEvent
+from .._transport import Transport, WatchResponse, WatchStream
 
 __all__ = ["ChangeKind", "ViewChange", "WatchedView", "open_view"]
 

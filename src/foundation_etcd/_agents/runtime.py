@@ -36,23 +36,23 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from . import _codec
-from ._agent import AgentContext, RestartPolicy, agent_classes, call_hook, cluster_spec
-from ._background import background_tasks
-from ._errors import (
+from .._coord.ownership import _wait_deleted
+from .._core import codec as _codec
+from .._core.background import background_tasks
+from .._core.errors import (
     AgentExistsError,
     AgentNotFoundError,
     EtcdError,
     IncarnationLostError,
     LeaseLostError,
 )
-from ._kv import Compare, Op
-from ._ownership import _wait_deleted
-from ._scheduler import AgentSpec, _assign_value, decode_assignment
-from ._transport import Transport
+from .._core.kv import Compare, Op
+from .._transport import Transport
+from .agent import AgentContext, RestartPolicy, agent_classes, call_hook, cluster_spec
+from .scheduler import AgentSpec, _assign_value, decode_assignment
 
 if TYPE_CHECKING:
-    from ._cluster import Cluster
+    from .cluster import Cluster
 
 __all__ = ["AgentRunContext", "NodeRuntime"]
 

@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -68,8 +68,8 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from . import _codec
-from ._amounts import (
+from .._core import codec as _codec
+from .._core.amounts import (
     BLOCKING,
     check_amounts,
     check_limit,
@@ -77,14 +77,15 @@ from ._amounts import (
     stored_limit,
     stored_reservation,
 )
-from ._background import background_tasks
-from ._errors import EtcdError, InvalidReservationError, QuotaExceededError
-from ._keys import pool_name, split_pool, validate_id
-from ._kv import Compare, KeyValue, Op, RangeResult
-from ._watch import ChangeKind, ViewChange, WatchedView
+from .._core.background import background_tasks
+from .._core.errors import EtcdError, InvalidReservationError, QuotaExceededError
+from .._core.keys import pool_name, split_pool, validate_id
+from .._core.kv import Compare, KeyValue, Op, RangeResult
+from .watch import ChangeKind, ViewChange, WatchedView
 
 if TYPE_CHECKING:
-    from ._cluster import Cluster
+    from .._core.keys import Keyspace
+    from .session import Session
 
 __all__ = ["QuotaUsage", "Quotas", "Reservation"]
 
@@ -345,9 +346,30 @@ def judge_read(
 class Quotas:
     """Quota limits and reservations of one tenant. Obtain it as ``cluster.quotas``."""
 
-    def __init__(self, cluster: Cluster) -> None:
-        self._c = cluster
-        self._ks = cluster.keyspace
+    def __init__(
+        self,
+        session: Session,
+        keyspace: Keyspace,
+        *,
+        holder: str,
+        views: Callable[[bytes], Awaitable[WatchedView]],
+        node_view: WatchedView | None = None,
+    ) -> None:
+        """Quotas of ``keyspace``'s tenant, reserved under ``session``'s lease.
+
+        Args:
+            session: the session whose lease holds the reservations.
+            keyspace: the tenant's key layout.
+            holder: who reserves (the node id), written into each reservation.
+            views: opens (or shares) the watched view of a prefix.
+            node_view: the view of node announcements, for node capacity pools.
+        """
+        self._session = session
+        self._transport = session.transport
+        self._holder = holder
+        self._views_of = views
+        self._node_view = node_view
+        self._ks = keyspace
         self._prefix = self._ks.quotas_prefix()
         self._queue_prefix = self._prefix + b"queue/"
         self._limits_prefix = self._prefix + b"limits/"
@@ -364,17 +386,22 @@ class Quotas:
         self._names: list[tuple[int, int]] = []  # released reservation ids: (lease, n)
         self._slots = 0
 
+    async def _wait_nodes(self, revision: int) -> None:
+        """Wait until the node view (node capacity pools) reflects ``revision``."""
+        if self._node_view is not None:
+            await self._node_view.wait_for(revision)
+
     # the view ------------------------------------------------------------------------------
     async def _open(self) -> WatchedView:
         async with self._opening:
             if self._view is None:
-                view = await self._c.view(self._prefix)
+                view = await self._views_of(self._prefix)
                 now = view.items().values()
                 self._on_change([ViewChange(ChangeKind.ADDED, kv.key, kv, 0) for kv in now])
                 view.on_change(self._on_change)
                 view.on_stop(self._wake_all)
-                if self._c._node_view is not None:  # node capacity: limits of node pools
-                    self._c._node_view.on_change(lambda _: self._wake())
+                if self._node_view is not None:  # node capacity: limits of node pools
+                    self._node_view.on_change(lambda _: self._wake())
                 self._view = view
         return self._view
 
@@ -464,13 +491,13 @@ class Quotas:
         """
         validate_id(resource, "resource")
         check_limit(limit, f"limit of {resource!r}", InvalidReservationError)
-        await self._c.transport.put(
+        await self._transport.put(
             self._ks.quota_limit(resource), _codec.encode({"limit": limit}, "limit", 1024)
         )
 
     async def get_limit(self, resource: str) -> int | None:
         """The tenant's limit of ``resource`` (a linearizable read), or ``None``."""
-        kv = await self._c.transport.get(self._ks.quota_limit(resource))
+        kv = await self._transport.get(self._ks.quota_limit(resource))
         return None if kv is None else self._parse_limit(kv)
 
     def _limit_key(self, resource: str) -> bytes:
@@ -483,7 +510,7 @@ class Quotas:
         """A pool's limit now, the key it comes from, and that key's mod revision."""
         if node is not None:
             resource = pool.rpartition("@")[2]
-            kv = self._c.node_kv(node) if self._c._node_view is not None else None
+            kv = None if self._node_view is None else self._node_view.get(self._ks.node(node))
             if kv is None:
                 return None, self._ks.node(node), 0
             cached = self._capacities.get(kv.key)
@@ -512,10 +539,10 @@ class Quotas:
     async def open_usage(self, resource: str, *, node: str | None = None) -> QuotaUsage:
         """Open the view if needed, catch up with etcd, and return a pool's usage."""
         view = await self._open()
-        rev = (await self._c.transport.status()).revision
+        rev = (await self._transport.status()).revision
         await view.wait_for(rev)
         if node is not None:
-            await self._c.wait_for(rev)
+            await self._wait_nodes(rev)
         return self.usage(resource, node=node)
 
     @asynccontextmanager
@@ -576,10 +603,10 @@ class Quotas:
         self, amounts: Mapping[str, int], node: str | None, view: WatchedView
     ) -> list[_Pool]:
         """Catch up with etcd, then ``_check`` for good (the view lacked a fitting limit)."""
-        rev = await self._c.transport.revision()  # linearizable (a read: no txn)
+        rev = await self._transport.revision()  # linearizable (a read: no txn)
         await view.wait_for(rev)
         if node is not None:
-            await self._c.wait_for(rev)
+            await self._wait_nodes(rev)
         pools = self._check(amounts, node)
         assert pools is not None
         return pools
@@ -607,7 +634,7 @@ class Quotas:
         value = self._encoded.get(shape)
         if value is None:
             value = _codec.encode(
-                {"amounts": dict(shape), "holder": self._c.node_id},
+                {"amounts": dict(shape), "holder": self._holder},
                 "reservation",
                 MAX_RESERVATION_BYTES,
             )
@@ -649,11 +676,11 @@ class Quotas:
         self, amounts: Mapping[str, int], node: str | None, *, nowait: bool
     ) -> AsyncIterator[Reservation]:
         view = self._view or await self._open()
-        transport = self._c.transport
+        transport = self._transport
         pools = self._check(amounts, node, final=False) or await self._check_caught_up(
             amounts, node, view
         )
-        lease = await self._c.session.wait_lease()
+        lease = await self._session.wait_lease()
         rid, slot = self._take_name(lease.id)
         value = self._value(pools)
         qp = self._queue_prefix
@@ -695,7 +722,7 @@ class Quotas:
                     # a limit changed since the view saw it: catch up and judge again
                     await view.wait_for(res.revision)
                     if node is not None:
-                        await self._c.wait_for(res.revision)
+                        await self._wait_nodes(res.revision)
                     pools = self._check(amounts, node, final=False) or await self._check_caught_up(
                         amounts, node, view
                     )
@@ -715,7 +742,7 @@ class Quotas:
         finally:
             released = False
             if attempted:
-                deadline = anyio.current_time() + self._c.config.request_timeout
+                deadline = anyio.current_time() + self._session.config.request_timeout
                 with anyio.CancelScope(shield=True, deadline=deadline):  # one scope: cheaper
                     try:
                         # without an answer the put may have been applied all the same
@@ -778,12 +805,12 @@ class Quotas:
                 # a node's capacity comes from the node view, another stream: confirm that
                 # the capacity judged against is still current (one compare)
                 checks = [self._current_limit(p.name, p.node) for p in node_pools]
-                ok = await self._c.transport.txn(
+                ok = await self._transport.txn(
                     [Compare.mod_revision(key) == mod for _, key, mod in checks], []
                 )
                 if ok.succeeded:
                     return
-                await self._c.wait_for(ok.revision)
+                await self._wait_nodes(ok.revision)
                 continue
             if nowait:
                 raise self._exceeded(pools, token)

@@ -30,11 +30,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ._errors import LockLostError, OwnershipLostError
-from ._keys import validate_id
-from ._kv import Op, to_bytes
-from ._ownership import OwnerInfo, Ownership, owned
-from ._session import Session
+from .._core.errors import LockLostError, OwnershipLostError
+from .._core.keys import validate_id
+from .._core.kv import Op, to_bytes
+from .ownership import OwnerInfo, Ownership, owned
+from .session import Session
 
 __all__ = ["Lock", "LockHandle"]
 

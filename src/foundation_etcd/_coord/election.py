@@ -37,13 +37,13 @@ from typing import ClassVar
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ._background import background_tasks
-from ._errors import LeadershipLostError, OwnershipLostError
-from ._keys import validate_id
-from ._kv import Op, to_bytes
-from ._ownership import OwnerInfo, Ownership, owned
-from ._session import Session
-from ._watch import open_view
+from .._core.background import background_tasks
+from .._core.errors import LeadershipLostError, OwnershipLostError
+from .._core.keys import validate_id
+from .._core.kv import Op, to_bytes
+from .ownership import OwnerInfo, Ownership, owned
+from .session import Session
+from .watch import open_view
 
 __all__ = ["Election", "Leadership"]
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ._errors import ConfigurationError
-from ._keys import Keyspace, validate_id
+from .errors import ConfigurationError
+from .keys import Keyspace, validate_id
 
 __all__ = ["Config"]
 

@@ -1,0 +1,1 @@
+"""Cluster features: agents, registry, membership, scheduler, node runtime, the cluster."""

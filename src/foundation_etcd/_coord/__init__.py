@@ -1,0 +1,1 @@
+"""Session-scoped coordination: session, watched views, ownership, election, locks, quotas."""

@@ -1,0 +1,1 @@
+"""Pure code, no I/O: errors, configuration, keys, values, codec, amounts, placement."""
