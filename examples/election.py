@@ -6,6 +6,7 @@ Run against any etcd: FOUNDATION_ETCD_ENDPOINTS=127.0.0.1:2379 python examples/e
 import anyio
 
 import foundation_etcd as fe
+from foundation_etcd.lowlevel import Op
 
 
 async def main() -> None:
@@ -19,7 +20,7 @@ async def main() -> None:
             print("current leader:", await election.leader())
             stale_guard = lead.guard
         # after resigning, a write guarded by the old token is refused by etcd itself
-        res = await cluster.transport.txn([stale_guard], [fe.Op.put(target, b"stale")])
+        res = await cluster.transport.txn([stale_guard], [Op.put(target, b"stale")])
         print("stale write accepted?", res.succeeded)
         async with cluster.lock("example-lock").acquire() as held:
             print("holding the lock with token", held.fencing_token)

@@ -13,7 +13,8 @@ import sys
 
 import anyio
 
-from foundation_etcd import Config, Election, open_session, open_transport
+from foundation_etcd import Config, Election, open_session
+from foundation_etcd.lowlevel import open_transport
 
 
 class StaleTokenError(Exception):

@@ -37,16 +37,13 @@ import anyio
 import pytest
 from anyio.abc import TaskGroup
 
-from foundation_etcd import (
-    Config,
-    Election,
-    EtcdError,
+from foundation_etcd import Config, Election, EtcdError, open_session
+from foundation_etcd.lowlevel import (
     EventType,
     KeyValue,
     Op,
     Transport,
     WatchEvent,
-    open_session,
     open_transport,
     prefix_end,
 )

@@ -40,15 +40,11 @@ from foundation_etcd import (
     Cluster,
     Config,
     EtcdError,
-    EventType,
-    Keyspace,
     NoNodeFitsError,
-    Transport,
-    WatchEvent,
     clustered,
     connect,
-    prefix_end,
 )
+from foundation_etcd.lowlevel import EventType, Keyspace, Transport, WatchEvent, prefix_end
 from foundation_etcd.testing import wait_until
 from workers.agent_node import ItCounter, ItWorker  # integration/ is on sys.path (conftest dir)
 

@@ -8,14 +8,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from foundation_etcd import (
-    Config,
-    Election,
-    LeadershipLostError,
-    Session,
-    open_session,
-    open_transport,
-)
+from foundation_etcd import Config, Election, LeadershipLostError, Session, open_session
+from foundation_etcd.lowlevel import open_transport
 
 pytestmark = pytest.mark.etcd
 

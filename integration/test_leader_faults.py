@@ -24,7 +24,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from foundation_etcd import Config, open_transport
+from foundation_etcd import Config
+from foundation_etcd.lowlevel import open_transport
 from foundation_etcd.testing import EtcdCluster, FaultProxy
 from test_election_nemesis import (
     MARKS,

@@ -52,7 +52,8 @@ from dataclasses import dataclass, field
 import anyio
 import pytest
 
-from foundation_etcd import Compare, Config, EventType, Keyspace, Op, Transport, open_transport
+from foundation_etcd import Config
+from foundation_etcd.lowlevel import Compare, EventType, Keyspace, Op, Transport, open_transport
 from test_quota_stress import Board, Observer, Seen, Slot, pump  # integration/ is on sys.path
 
 pytestmark = [pytest.mark.integration]

@@ -39,15 +39,8 @@ import pytest
 from anyio.abc import TaskStatus
 
 import foundation_etcd
-from foundation_etcd import (
-    Config,
-    EtcdUnavailableError,
-    EventType,
-    Keyspace,
-    Transport,
-    open_transport,
-    prefix_end,
-)
+from foundation_etcd import Config, EtcdUnavailableError
+from foundation_etcd.lowlevel import EventType, Keyspace, Transport, open_transport, prefix_end
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 

@@ -3,7 +3,8 @@ import signal
 import anyio
 import pytest
 
-from foundation_etcd import ChangeKind, Config, open_session, open_transport, open_view
+from foundation_etcd import ChangeKind, Config, open_session
+from foundation_etcd.lowlevel import open_transport, open_view
 from foundation_etcd.testing import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]

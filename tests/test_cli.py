@@ -9,7 +9,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from foundation_etcd import Config, NoNodeFitsError, connect, open_transport
+from foundation_etcd import Config, NoNodeFitsError, connect
+from foundation_etcd.lowlevel import open_transport
 from foundation_etcd.testing import wait_until
 
 pytestmark = pytest.mark.etcd

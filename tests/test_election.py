@@ -8,12 +8,11 @@ from foundation_etcd import (
     Election,
     LeadershipLostError,
     LeaseLostError,
-    Op,
     OwnerInfo,
     Session,
     open_session,
-    open_transport,
 )
+from foundation_etcd.lowlevel import Op, open_transport
 from foundation_etcd.testing import wait_until
 
 pytestmark = pytest.mark.etcd
@@ -103,7 +102,7 @@ async def test_guarded_txn_keeps_callers_compares(etcd_config: Config) -> None:
         a, _, _ = sessions
         k = etcd_config.keyspace.key("cas")
         async with Election(a, "e4").campaign() as lead:
-            from foundation_etcd import Compare
+            from foundation_etcd.lowlevel import Compare
 
             r1 = await lead.txn([Compare.version(k) == 0], [Op.put(k, b"1")], [Op.get(k)])
             r2 = await lead.txn([Compare.version(k) == 0], [Op.put(k, b"2")], [Op.get(k)])

@@ -13,14 +13,15 @@ import anyio
 import pytest
 
 import foundation_etcd as fe
-from foundation_etcd import Config, NoSpaceError, open_session, open_transport
+from foundation_etcd import Config, NoSpaceError, open_session
+from foundation_etcd.lowlevel import Transport, open_transport
 
 pytestmark = [pytest.mark.etcd]
 
 QUOTA = 2 * 1024 * 1024
 
 
-async def fill(t: fe.Transport, prefix: bytes) -> None:
+async def fill(t: Transport, prefix: bytes) -> None:
     """Write 256 KiB values until etcd refuses with its space alarm."""
     blob = b"x" * (256 * 1024)
     with anyio.fail_after(60):

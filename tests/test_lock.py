@@ -3,16 +3,8 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 
-from foundation_etcd import (
-    Config,
-    Lock,
-    LockBusyError,
-    LockLostError,
-    Op,
-    Session,
-    open_session,
-    open_transport,
-)
+from foundation_etcd import Config, Lock, LockBusyError, LockLostError, Session, open_session
+from foundation_etcd.lowlevel import Op, open_transport
 
 pytestmark = pytest.mark.etcd
 

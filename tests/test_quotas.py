@@ -7,11 +7,11 @@ from foundation_etcd import (
     Config,
     InvalidReservationError,
     LeaseLostError,
-    Op,
     QuotaExceededError,
     clustered,
     connect,
 )
+from foundation_etcd.lowlevel import Op
 from foundation_etcd.testing import wait_until
 
 pytestmark = pytest.mark.etcd

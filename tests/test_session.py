@@ -9,9 +9,8 @@ from foundation_etcd import (
     LeaseLostError,
     SessionClosedError,
     open_session,
-    open_transport,
-    open_view,
 )
+from foundation_etcd.lowlevel import open_transport, open_view
 from foundation_etcd.testing import wait_until
 
 pytestmark = pytest.mark.etcd

@@ -14,7 +14,8 @@ import logging
 import anyio
 import pytest
 
-from foundation_etcd import Config, LeaseNotFoundError, open_session, open_transport
+from foundation_etcd import Config, LeaseNotFoundError, open_session
+from foundation_etcd.lowlevel import open_transport
 from foundation_etcd.testing import EtcdServer, wait_until
 
 pytestmark = [pytest.mark.etcd, pytest.mark.fault]

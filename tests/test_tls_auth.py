@@ -23,14 +23,11 @@ from foundation_etcd import (
     Config,
     EtcdUnavailableError,
     InvalidIdError,
-    Keyspace,
     QuotaExceededError,
-    Transport,
     connect,
     open_session,
-    open_transport,
-    open_view,
 )
+from foundation_etcd.lowlevel import Keyspace, Transport, open_transport, open_view
 from foundation_etcd.testing import EtcdServer, TlsFiles, find_etcd_binary, wait_until
 from foundation_etcd.testing.plugin import unique_namespace
 

@@ -2,20 +2,16 @@ import anyio
 import pytest
 
 from foundation_etcd import (
-    MAX_REQUEST_BYTES,
     AmbiguousResultError,
     CompactedError,
-    Compare,
     Config,
     EtcdUnavailableError,
     LeaseNotFoundError,
-    Op,
     RequestTooLargeError,
     TooManyOperationsError,
-    Transport,
     UnsafeEtcdVersionWarning,
-    open_transport,
 )
+from foundation_etcd.lowlevel import MAX_REQUEST_BYTES, Compare, Op, Transport, open_transport
 
 pytestmark = pytest.mark.etcd
 

@@ -3,9 +3,8 @@ import random
 import anyio
 import pytest
 
-from foundation_etcd import (
-    ChangeKind,
-    Config,
+from foundation_etcd import ChangeKind, Config
+from foundation_etcd.lowlevel import (
     KeyValue,
     Transport,
     ViewChange,

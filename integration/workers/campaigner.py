@@ -32,8 +32,8 @@ from foundation_etcd import (
     LeaseLostError,
     Session,
     open_session,
-    open_transport,
 )
+from foundation_etcd.lowlevel import open_transport
 
 WRITE_INTERVAL = 0.05
 

@@ -10,7 +10,8 @@ import warnings
 
 import anyio
 
-from foundation_etcd import Config, Lease, open_session, open_transport
+from foundation_etcd import Config, Lease, open_session
+from foundation_etcd.lowlevel import open_transport
 
 
 def say(event: str, **fields: object) -> None:

@@ -34,8 +34,8 @@ from foundation_etcd import (
     LockLostError,
     Session,
     open_session,
-    open_transport,
 )
+from foundation_etcd.lowlevel import open_transport
 
 
 def say(event: str, **fields: object) -> None:

@@ -20,7 +20,8 @@ from contextlib import AsyncExitStack
 
 import anyio
 
-from foundation_etcd import Config, Lease, Session, open_session, open_transport
+from foundation_etcd import Config, Lease, Session, open_session
+from foundation_etcd.lowlevel import open_transport
 
 
 def say(event: str, **fields: object) -> None:

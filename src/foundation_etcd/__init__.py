@@ -1,9 +1,21 @@
 """foundation_etcd: embedded, async-first clustering for Python agents on etcd.
 
-The package root only re-exports; the implementation lives in private modules, one concept
-each. See ``docs/`` for the concepts and their guarantees.
+The root holds what an application calls: ``connect`` and ``Config``, the ``Cluster`` and
+the values it returns, sessions and the primitives that take one (election, lock, quotas),
+the ``@clustered`` decorator and its hooks, placement strategies, and the error tree. The
+raw layer (transport, transactions, results, watched views, key layout) is
+:mod:`foundation_etcd.lowlevel`; the pytest plugin is :mod:`foundation_etcd.testing`. The
+implementation lives in private subpackages (``_core``, ``_transport``, ``_coord``,
+``_agents``), one concept a module.
+
+Names that moved to :mod:`foundation_etcd.lowlevel` in 0.2 still resolve here, with a
+``DeprecationWarning``, until 0.3.
 """
 
+import warnings as _warnings
+from typing import Any as _Any
+
+from . import lowlevel as _lowlevel
 from ._agents.agent import (
     AgentContext,
     AgentHooks,
@@ -15,14 +27,14 @@ from ._agents.agent import (
 )
 from ._agents.cluster import Cluster, HostedAgent, NodeChange, NodeInfo, connect
 from ._agents.registry import AgentChange, AgentInfo, Registration, Registry
-from ._agents.runtime import AgentRunContext, NodeRuntime
-from ._agents.scheduler import AgentRef, AgentSpec, AgentStatus, Scheduler
+from ._agents.runtime import AgentRunContext
+from ._agents.scheduler import AgentRef, AgentStatus
 from ._coord.election import Election, Leadership
 from ._coord.lock import Lock, LockHandle
-from ._coord.ownership import OwnerInfo, Ownership
+from ._coord.ownership import OwnerInfo
 from ._coord.quotas import Quotas, QuotaUsage, Reservation
 from ._coord.session import Lease, Session, SessionStatistics, open_session
-from ._coord.watch import ChangeKind, ViewChange, WatchedView, open_view
+from ._coord.watch import ChangeKind
 from ._core.config import Config
 from ._core.errors import (
     AgentExistsError,
@@ -58,35 +70,13 @@ from ._core.errors import (
     TooManyOperationsError,
     TooManyRequestsError,
 )
-from ._core.keys import Keyspace, prefix_end, validate_id
-from ._core.kv import (
-    Compare,
-    DeleteResult,
-    EventType,
-    KeyValue,
-    Op,
-    PutResult,
-    RangeResult,
-    TxnResult,
-    WatchEvent,
-)
+from ._core.keys import validate_id
 from ._core.placement import NodeLoad, PlacementRequest, PlacementStrategy
-from ._transport import (
-    MAX_REQUEST_BYTES,
-    MAX_TXN_OPS,
-    LeaseGrant,
-    LeaseInfo,
-    Status,
-    Transport,
-    UnsafeEtcdVersionWarning,
-    open_transport,
-)
+from ._transport import UnsafeEtcdVersionWarning
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
-    "MAX_REQUEST_BYTES",
-    "MAX_TXN_OPS",
     "AgentChange",
     "AgentContext",
     "AgentExistsError",
@@ -95,7 +85,6 @@ __all__ = [
     "AgentNotFoundError",
     "AgentRef",
     "AgentRunContext",
-    "AgentSpec",
     "AgentStatus",
     "AmbiguousResultError",
     "AuthError",
@@ -103,27 +92,20 @@ __all__ = [
     "Cluster",
     "ClusterSpec",
     "CompactedError",
-    "Compare",
     "Config",
     "ConfigurationError",
-    "DeleteResult",
     "Election",
     "EtcdError",
     "EtcdServerError",
     "EtcdUnavailableError",
-    "EventType",
     "FoundationEtcdError",
     "HostedAgent",
     "IncarnationLostError",
     "InvalidIdError",
     "InvalidReservationError",
-    "KeyValue",
-    "Keyspace",
     "Leadership",
     "LeadershipLostError",
     "Lease",
-    "LeaseGrant",
-    "LeaseInfo",
     "LeaseLostError",
     "LeaseNotFoundError",
     "Lock",
@@ -138,46 +120,85 @@ __all__ = [
     "NodeInfo",
     "NodeLoad",
     "NodeNotFoundError",
-    "NodeRuntime",
-    "Op",
     "OwnerInfo",
-    "Ownership",
     "OwnershipLostError",
     "PlacementRequest",
     "PlacementStrategy",
-    "PutResult",
     "QuotaError",
     "QuotaExceededError",
     "QuotaUsage",
     "Quotas",
-    "RangeResult",
     "Registration",
     "Registry",
     "RequestTooLargeError",
     "Reservation",
     "RestartPolicy",
-    "Scheduler",
     "SerializationError",
     "Session",
     "SessionClosedError",
     "SessionError",
     "SessionStatistics",
-    "Status",
     "TooManyOperationsError",
     "TooManyRequestsError",
-    "Transport",
-    "TxnResult",
     "UnsafeEtcdVersionWarning",
-    "ViewChange",
-    "WatchEvent",
-    "WatchedView",
     "agent_classes",
     "cluster_spec",
     "clustered",
     "connect",
     "open_session",
-    "open_transport",
-    "open_view",
-    "prefix_end",
     "validate_id",
 ]
+
+# Moved to foundation_etcd.lowlevel in 0.2 (deprecated here, removed in 0.3).
+_MOVED = frozenset(
+    {
+        "MAX_REQUEST_BYTES",
+        "MAX_TXN_OPS",
+        "AgentSpec",
+        "Compare",
+        "DeleteResult",
+        "EventType",
+        "KeyValue",
+        "Keyspace",
+        "LeaseGrant",
+        "LeaseInfo",
+        "NodeRuntime",
+        "Op",
+        "Ownership",
+        "PutResult",
+        "RangeResult",
+        "Scheduler",
+        "Status",
+        "Transport",
+        "TxnResult",
+        "ViewChange",
+        "WatchEvent",
+        "WatchedView",
+        "open_transport",
+        "open_view",
+        "prefix_end",
+    }
+)
+
+
+def __getattr__(name: str) -> _Any:
+    if name in _MOVED:
+        _warnings.warn(
+            f"foundation_etcd.{name} moved to foundation_etcd.lowlevel.{name}; "
+            "the old name will be removed in 0.3",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(_lowlevel, name)
+    raise AttributeError(f"module 'foundation_etcd' has no attribute {name!r}")
+
+
+def _publish() -> None:
+    """Show public paths (``foundation_etcd.X``) in reprs, docs and tracebacks."""
+    for name in __all__:
+        obj = globals()[name]
+        if getattr(obj, "__module__", "").startswith("foundation_etcd."):
+            obj.__module__ = __name__
+
+
+_publish()

@@ -76,9 +76,57 @@ def test_bad_arguments() -> None:
         clustered("counter-test")(type("Other", (), {}))
 
 
-def test_package_root_only_reexports() -> None:
+PUBLIC = {
+    # the entry point and its configuration
+    "connect", "Config", "Cluster", "HostedAgent", "NodeInfo", "NodeChange", "ChangeKind",
+    # agents: the decorator, hooks, contexts, registry and scheduler values
+    "clustered", "ClusterSpec", "RestartPolicy", "AgentHooks", "AgentContext",
+    "AgentRunContext", "agent_classes", "cluster_spec", "Registry", "Registration",
+    "AgentInfo", "AgentChange", "AgentRef", "AgentStatus",
+    # placement strategies (user-written ones take these)
+    "PlacementStrategy", "PlacementRequest", "NodeLoad",
+    # sessions and the primitives that take one
+    "Session", "Lease", "SessionStatistics", "open_session", "Election", "Leadership",
+    "Lock", "LockHandle", "OwnerInfo", "Quotas", "QuotaUsage", "Reservation",
+    "validate_id", "UnsafeEtcdVersionWarning",
+    # the error tree
+    "FoundationEtcdError", "ConfigurationError", "InvalidIdError", "RequestTooLargeError",
+    "TooManyOperationsError", "EtcdError", "EtcdUnavailableError", "NoLeaderError",
+    "AmbiguousResultError", "CompactedError", "LeaseNotFoundError", "AuthError",
+    "EtcdServerError", "NoSpaceError", "TooManyRequestsError", "SessionError",
+    "SessionClosedError", "LeaseLostError", "OwnershipLostError", "LeadershipLostError",
+    "LockLostError", "IncarnationLostError", "LockBusyError", "NoNodeFitsError", "QuotaError",
+    "QuotaExceededError", "InvalidReservationError", "SerializationError", "AgentExistsError",
+    "AgentNotFoundError", "NodeExistsError", "NodeNotFoundError",
+}  # fmt: skip
+
+
+def test_package_root_exports_exactly_the_user_api_under_public_names() -> None:
+    assert set(foundation_etcd.__all__) == PUBLIC
+    assert len(foundation_etcd.__all__) == len(PUBLIC)
     for name in foundation_etcd.__all__:
         obj = getattr(foundation_etcd, name)
-        module = getattr(obj, "__module__", "foundation_etcd._")
-        assert module.startswith("foundation_etcd._"), (name, module)
-    assert sorted(set(foundation_etcd.__all__)) == sorted(foundation_etcd.__all__)
+        module = getattr(obj, "__module__", "foundation_etcd")
+        assert module == "foundation_etcd", (name, module)  # reprs show the public path
+    assert repr(foundation_etcd.Lock).startswith("<class 'foundation_etcd.Lock'")
+
+
+def test_lowlevel_names_and_deprecated_root_aliases() -> None:
+    import warnings
+
+    import foundation_etcd.lowlevel as lowlevel
+
+    for name in lowlevel.__all__:
+        obj = getattr(lowlevel, name)
+        module = getattr(obj, "__module__", "foundation_etcd.lowlevel")
+        assert module in ("foundation_etcd.lowlevel", "foundation_etcd"), (name, module)
+    moved = foundation_etcd._MOVED
+    assert moved <= set(lowlevel.__all__) and not moved & PUBLIC
+    for name in moved:
+        # moved in 0.2: still reachable from the root for one release, with a warning
+        with pytest.warns(DeprecationWarning, match=f"foundation_etcd.lowlevel.{name}"):
+            assert getattr(foundation_etcd, name) is getattr(lowlevel, name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(AttributeError):
+            _ = foundation_etcd.NoSuchName  # type: ignore[attr-defined]

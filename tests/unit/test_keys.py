@@ -2,8 +2,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from foundation_etcd import InvalidIdError, Keyspace, prefix_end, validate_id
+from foundation_etcd import InvalidIdError, validate_id
 from foundation_etcd._core.keys import pool_name, split_pool
+from foundation_etcd.lowlevel import Keyspace, prefix_end
 
 
 @pytest.mark.parametrize("good", ["a", "agent-1", "x.y:z_w", "A" * 128])

@@ -1,6 +1,6 @@
 import pytest
 
-from foundation_etcd import Compare, Op, prefix_end
+from foundation_etcd.lowlevel import Compare, Op, prefix_end
 
 
 def test_compare_builders() -> None:

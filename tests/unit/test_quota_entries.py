@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from foundation_etcd import KeyValue
 from foundation_etcd._coord.quotas import (
     MAX_RESERVATION_BYTES,
     QUEUE_READ,
@@ -22,6 +21,7 @@ from foundation_etcd._coord.quotas import (
     judge_read,
 )
 from foundation_etcd._core.amounts import BLOCKING, MAX_AMOUNT
+from foundation_etcd.lowlevel import KeyValue
 
 POOL = "cpu"
 PREFIX = b"/ns/_system/quotas/t/queue/cpu/"
