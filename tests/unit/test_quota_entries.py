@@ -1,7 +1,7 @@
 """Queue entries the library did not write: they may block, they never admit more.
 
 White-box: the two judges of ``_quotas`` (the reserving transaction's read, ``judge_read``,
-and the view's per-pool ``_Queue``) fed with queues of genuine and crafted entries, checked
+and the view's per-pool ``Queue``) fed with queues of genuine and crafted entries, checked
 against a reference model of the rule and against the safety property itself.
 """
 
@@ -12,13 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from foundation_etcd._coord.quotas import (
+from foundation_etcd._core.admission import (
     MAX_RESERVATION_BYTES,
     QUEUE_READ,
-    _entry_amount,
-    _Queue,
-    _queue_pool,
+    Queue,
+    entry_amount,
     judge_read,
+    queue_pool,
 )
 from foundation_etcd._core.amounts import BLOCKING, MAX_AMOUNT
 from foundation_etcd.lowlevel import KeyValue
@@ -66,24 +66,24 @@ CRAFTED_VALUES = [
 
 @pytest.mark.parametrize("value", CRAFTED_VALUES, ids=range(len(CRAFTED_VALUES)))
 def test_crafted_entries_block(value: bytes) -> None:
-    assert _entry_amount(kv(1, value), POOL) == BLOCKING
+    assert entry_amount(kv(1, value), POOL) == BLOCKING
 
 
 def test_genuine_entries_count_their_amount_and_rewrites_block() -> None:
-    assert _entry_amount(kv(1, genuine(3)), POOL) == 3
-    assert _entry_amount(kv(1, genuine(3, "@n1@cpu")), "@n1@cpu") == 3
+    assert entry_amount(kv(1, genuine(3)), POOL) == 3
+    assert entry_amount(kv(1, genuine(3, "@n1@cpu")), "@n1@cpu") == 3
     # reserve puts each key once: a rewritten key (even to a plausible value) is not its own
-    assert _entry_amount(kv(1, genuine(1), version=2), POOL) == BLOCKING
-    assert _entry_amount(kv(1, genuine(3)), "mem") == BLOCKING  # the key's pool is not in it
+    assert entry_amount(kv(1, genuine(1), version=2), POOL) == BLOCKING
+    assert entry_amount(kv(1, genuine(3)), "mem") == BLOCKING  # the key's pool is not in it
 
 
 def test_queue_keys_outside_every_pool_are_ignored() -> None:
     qp = b"/ns/_system/quotas/t/queue/"
-    assert _queue_pool(qp + b"cpu/x", len(qp)) == "cpu"
-    assert _queue_pool(qp + b"@n1@cpu/x", len(qp)) == "@n1@cpu"
-    assert _queue_pool(qp + b"cpu/a/b", len(qp)) == "cpu"  # the same key set as a range read
+    assert queue_pool(qp + b"cpu/x", len(qp)) == "cpu"
+    assert queue_pool(qp + b"@n1@cpu/x", len(qp)) == "@n1@cpu"
+    assert queue_pool(qp + b"cpu/a/b", len(qp)) == "cpu"  # the same key set as a range read
     for bad in (b"cpu", b"\xff/x", b"bad pool/x", b"_x/y", b"@n1/x", b"/x"):
-        assert _queue_pool(qp + bad, len(qp)) is None, bad
+        assert queue_pool(qp + bad, len(qp)) is None, bad
 
 
 # -- the rule, as a reference model ---------------------------------------------------------
@@ -121,9 +121,9 @@ def reference_prefix(queue: list[Entry], limit: int) -> int:
 @given(st.lists(entries, max_size=80), st.integers(0, 100))
 def test_view_and_transaction_admit_exactly_the_rule(queue: list[Entry], limit: int) -> None:
     kvs = [e.kv(i + 1) for i, e in enumerate(queue)]
-    q = _Queue()
+    q = Queue()
     for x in kvs:
-        q.add(x.create_revision, x.key, _entry_amount(x, POOL))
+        q.add(x.create_revision, x.key, entry_amount(x, POOL))
     n = reference_prefix(queue, limit)
 
     # the view: its frontier is the reference prefix, and that prefix fits the limit
@@ -168,7 +168,7 @@ def test_held_reservations_never_exceed_the_limit(program: list[tuple], limit: i
 
     A delete stands for a release by the holder (the one change that may free room).
     """
-    q = _Queue()
+    q = Queue()
     live: dict[bytes, tuple[int, Entry]] = {}  # key -> (create revision, entry)
     held: dict[bytes, int] = {}  # key of an admitted library reservation -> its amount
     rev = 0
@@ -193,7 +193,7 @@ def test_held_reservations_never_exceed_the_limit(program: list[tuple], limit: i
             entry = Entry(op[2].value, version=old.version + 1, amount=op[2].amount)
             live[key] = (created, entry)
             x = KeyValue(key, entry.value, created, rev, entry.version, 0)
-        q.add(x.create_revision, x.key, _entry_amount(x, POOL))
+        q.add(x.create_revision, x.key, entry_amount(x, POOL))
         frontier = q.frontier(limit)
         for key, (created, entry) in live.items():
             if created <= frontier and key not in held:

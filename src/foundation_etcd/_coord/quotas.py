@@ -56,30 +56,37 @@ Guarantees:
 
 from __future__ import annotations
 
-import bisect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
-from functools import lru_cache
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .._core import codec as _codec
+from .._core.admission import (
+    CACHE_SIZE,
+    EMPTY,
+    MAX_RESERVATION_BYTES,
+    QUEUE_READ,
+    Pool,
+    Queue,
+    decode_or_none,
+    entry_amount,
+    judge_read,
+    node_capacity,
+    queue_pool,
+)
 from .._core.amounts import (
-    BLOCKING,
     check_amounts,
     check_limit,
-    stored_capacity,
     stored_limit,
-    stored_reservation,
 )
 from .._core.background import background_tasks
 from .._core.errors import EtcdError, InvalidReservationError, QuotaExceededError
-from .._core.keys import pool_name, split_pool, validate_id
+from .._core.keys import pool_name, validate_id
 from .._core.kv import Compare, KeyValue, Op, RangeResult
 from .watch import ChangeKind, ViewChange, WatchedView
 
@@ -90,11 +97,6 @@ if TYPE_CHECKING:
 __all__ = ["QuotaUsage", "Quotas", "Reservation"]
 
 log = logging.getLogger("foundation_etcd.quotas")
-
-QUEUE_READ = 64  # queue keys read with each reservation; longer queues use the view
-_CACHE_SIZE = 1024  # parsed reservation values and encoded ones kept per process
-MAX_RESERVATION_BYTES = 64 * 1024  # the largest value ``reserve`` writes
-_CACHED_BYTES = 1024  # values parsed once per distinct value up to this size
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,202 +149,6 @@ class QuotaUsage:
     malformed: int = 0
 
 
-@dataclass(slots=True)
-class _Queue:
-    """One pool's queue in create order: parallel lists, and each key's create revision.
-
-    Amounts are those of :func:`_entry_amount`: a malformed entry is ``BLOCKING``.
-    """
-
-    revs: list[int] = field(default_factory=list)
-    keys: list[bytes] = field(default_factory=list)
-    amounts: list[int] = field(default_factory=list)
-    where: dict[bytes, int] = field(default_factory=dict)  # key -> its create revision
-
-    def _index(self, rev: int, key: bytes) -> int | None:
-        i = bisect.bisect_left(self.revs, rev)
-        while i < len(self.revs) and self.revs[i] == rev:
-            if self.keys[i] == key:
-                return i
-            i += 1
-        return None
-
-    def add(self, rev: int, key: bytes, amount: int) -> None:
-        """Record ``key`` created at ``rev``; a rewrite updates it, a re-creation moves it."""
-        old = self.where.get(key)
-        if old == rev:
-            i = self._index(rev, key)
-            if i is not None:
-                self.amounts[i] = amount
-                return
-        elif old is not None:  # deleted and created again, seen as one change (a relist)
-            self.remove(key)
-        i = bisect.bisect_right(self.revs, rev)
-        self.revs.insert(i, rev)
-        self.keys.insert(i, key)
-        self.amounts.insert(i, amount)
-        self.where[key] = rev
-
-    def remove(self, key: bytes) -> None:
-        rev = self.where.pop(key, None)
-        if rev is None:
-            return
-        i = self._index(rev, key)
-        if i is not None:
-            del self.revs[i], self.keys[i], self.amounts[i]
-
-    def sum_through(self, rev: int) -> int | None:
-        """Sum of amounts up to and including ``rev``; ``None`` if ``rev`` is not queued."""
-        i = bisect.bisect_right(self.revs, rev)
-        if i == 0 or self.revs[i - 1] != rev:
-            return None
-        return sum(self.amounts[:i])
-
-    def frontier(self, limit: int) -> int:
-        """Create revision of the last admitted key (0: none), for ``limit``.
-
-        A ``BLOCKING`` entry exceeds every limit: the frontier stops before it.
-        """
-        total = 0
-        last = 0
-        for rev, amount in zip(self.revs, self.amounts, strict=True):
-            total += amount
-            if total > limit:
-                break
-            last = rev
-        return last
-
-    def usage(self, limit: int | None) -> tuple[int, int, int]:
-        """``(used, queued, malformed)``: a malformed entry shown as the whole limit."""
-        used = queued = malformed = 0
-        admitting = True
-        for a in self.amounts:
-            if a == BLOCKING:
-                malformed += 1
-                a = limit or 0
-            if admitting and (limit is None or used + a <= limit):
-                used += a
-            else:
-                admitting = False
-                queued += a
-        return used, queued, malformed
-
-
-@dataclass(slots=True)
-class _Pool:
-    """One pool of a reservation, with the limit it was judged against.
-
-    ``node`` is set for node pools, whose limit comes from the node view (another stream).
-    """
-
-    name: str
-    amount: int
-    limit: int
-    limit_key: bytes
-    limit_mod: int
-    node: str | None
-
-
-_EMPTY = _Queue()
-
-
-def _decode(value: bytes) -> object:
-    """Decoded JSON, or ``None`` when ``value`` is not JSON (never raises)."""
-    try:
-        return _codec.decode(value)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        return None
-
-
-@lru_cache(maxsize=_CACHE_SIZE)
-def _cached_reservation(value: bytes) -> Mapping[str, int] | None:
-    amounts = stored_reservation(_decode(value))
-    return None if amounts is None else MappingProxyType(amounts)
-
-
-def _reservation_amounts(value: bytes) -> Mapping[str, int] | None:
-    """The amounts of a queue entry's value, ``None`` when ``reserve`` never writes it."""
-    if len(value) > MAX_RESERVATION_BYTES:
-        return None
-    if len(value) <= _CACHED_BYTES:  # the common values, parsed once
-        return _cached_reservation(value)
-    return stored_reservation(_decode(value))
-
-
-def _entry_amount(kv: KeyValue, pool: str) -> int:
-    """What a queue entry of ``pool`` counts: its amount, or ``BLOCKING`` when malformed.
-
-    ``reserve`` puts each key once (version 1) with a value naming the key's pool; any
-    other entry is someone else's doing and must not make room.
-    """
-    if kv.version != 1:
-        return BLOCKING
-    amounts = _reservation_amounts(kv.value)
-    if amounts is None:
-        return BLOCKING
-    return amounts.get(pool, BLOCKING)
-
-
-def _queue_pool(key: bytes, start: int) -> str | None:
-    """The pool of a queue key (``key[start:]`` is ``{pool}/...``); ``None``: no pool's."""
-    segment, sep, _ = key[start:].partition(b"/")
-    if not sep:
-        return None
-    try:
-        name = segment.decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    return name if split_pool(name) is not None else None
-
-
-def _node_capacity(value: bytes) -> Mapping[str, int] | None:
-    """A node announcement's valid capacities (an invalid one is left out: no limit)."""
-    info = _decode(value)
-    if not isinstance(info, dict):
-        return None
-    raw = info.get("capacity", {})
-    if not isinstance(raw, dict):
-        return None
-    out: dict[str, int] = {}
-    for resource, amount in raw.items():
-        capacity = stored_capacity(amount)
-        if capacity is not None and isinstance(resource, str):
-            out[resource] = capacity
-    return out
-
-
-def judge_read(
-    kvs: Sequence[KeyValue], pool: str, key: bytes, limit: int
-) -> tuple[bool | None, int]:
-    """Judge the reservation at ``key`` from the first keys of its queue, in create order.
-
-    ``kvs`` is what the reserving transaction read: the first ``min(QUEUE_READ, limit)``
-    keys of the queue of ``pool`` at its revision, ``key`` (just written) among them unless
-    the queue was longer. Every entry counts at least 1 (``_entry_amount``), so when
-    ``key`` is not among the first ``limit`` keys it cannot fit.
-
-    Returns:
-        ``(admitted, used)``: ``admitted`` is ``True`` or ``False``, or ``None`` when the
-        read was too short to say (``limit > QUEUE_READ`` and ``key`` not read); ``used``
-        is the admitted use ahead of ``key`` (a malformed entry shown as the whole limit).
-    """
-    total = used = 0
-    admitting = True
-    for kv in kvs:
-        amount = _entry_amount(kv, pool)
-        if kv.key == key:
-            return total + amount <= limit, used
-        total += amount
-        shown = limit if amount == BLOCKING else amount
-        if admitting and used + shown <= limit:
-            used += shown
-        else:
-            admitting = False
-    if len(kvs) < min(QUEUE_READ, limit) or limit > QUEUE_READ:
-        return None, used  # the queue went on beyond the read (or the read was short)
-    return False, used
-
-
 class Quotas:
     """Quota limits and reservations of one tenant. Obtain it as ``cluster.quotas``."""
 
@@ -375,14 +181,14 @@ class Quotas:
         self._limits_prefix = self._prefix + b"limits/"
         self._view: WatchedView | None = None
         self._opening = anyio.Lock()
-        self._queues: dict[str, _Queue] = {}
+        self._queues: dict[str, Queue] = {}
         self._limits: dict[str, tuple[int, int | None]] = {}  # resource -> (mod, limit)
         self._limit_keys: dict[str, bytes] = {}
         # node key -> (mod revision, capacity): a node pool parses an announcement once
         self._capacities: dict[bytes, tuple[int, Mapping[str, int] | None]] = {}
         self._encoded: dict[tuple[tuple[str, int], ...], bytes] = {}  # amounts -> value
         self._changed: anyio.Event | None = None  # made when a usage watcher waits
-        self._waiters: dict[int, tuple[list[_Pool], anyio.Event]] = {}
+        self._waiters: dict[int, tuple[list[Pool], anyio.Event]] = {}
         self._names: list[tuple[int, int]] = []  # released reservation ids: (lease, n)
         self._slots = 0
 
@@ -414,7 +220,7 @@ class Quotas:
             kv = c.kv
             key = kv.key
             if key.startswith(qp):
-                name = _queue_pool(key, len(qp))
+                name = queue_pool(key, len(qp))
                 if name is None:
                     continue  # in no pool's queue: no reservation is judged against it
                 q = self._queues.get(name)
@@ -426,8 +232,8 @@ class Quotas:
                     admits = True
                 else:
                     if q is None:
-                        q = self._queues[name] = _Queue()
-                    q.add(kv.create_revision, key, _entry_amount(kv, name))
+                        q = self._queues[name] = Queue()
+                    q.add(kv.create_revision, key, entry_amount(kv, name))
                     # an append behind every waiter cannot admit one; a waiter's own key
                     # or a rewritten amount can
                     admits = admits or c.kind is ChangeKind.UPDATED or kv.create_revision in waiters
@@ -452,7 +258,7 @@ class Quotas:
     @staticmethod
     def _parse_limit(kv: KeyValue) -> int | None:
         """A stored limit; ``None`` (no limit: nothing admitted) when malformed."""
-        limit = stored_limit(_decode(kv.value))
+        limit = stored_limit(decode_or_none(kv.value))
         if limit is None:
             log.warning("ignoring malformed quota limit at %r", kv.key)
         return limit
@@ -468,7 +274,7 @@ class Quotas:
                 f = frontiers.get(p.name)
                 if f is None:
                     limit = self._current_limit(p.name, p.node)[0]
-                    q = self._queues.get(p.name, _EMPTY)
+                    q = self._queues.get(p.name, EMPTY)
                     f = frontiers[p.name] = -1 if limit is None else q.frontier(limit)
                 if token > f:
                     break
@@ -515,7 +321,7 @@ class Quotas:
                 return None, self._ks.node(node), 0
             cached = self._capacities.get(kv.key)
             if cached is None or cached[0] != kv.mod_revision:  # parsed once per announcement
-                cached = (kv.mod_revision, _node_capacity(kv.value))
+                cached = (kv.mod_revision, node_capacity(kv.value))
                 self._capacities[kv.key] = cached
             capacity = cached[1]
             if capacity is None:
@@ -527,7 +333,7 @@ class Quotas:
     def usage(self, resource: str, *, node: str | None = None) -> QuotaUsage:
         """A pool's usage from this process's view (no I/O once the view is open)."""
         pool = pool_name(resource, node)
-        q = self._queues.get(pool, _EMPTY)
+        q = self._queues.get(pool, EMPTY)
         limit = None
         rev = 0
         if self._view is not None:
@@ -574,7 +380,7 @@ class Quotas:
     # reserving -----------------------------------------------------------------------------
     def _check(
         self, amounts: Mapping[str, int], node: str | None, *, final: bool = True
-    ) -> list[_Pool] | None:
+    ) -> list[Pool] | None:
         """Validate a request and pair it with the limits it is judged against.
 
         With ``final=False``, returns ``None`` instead of raising when a limit is missing or
@@ -596,12 +402,12 @@ class Quotas:
                 raise InvalidReservationError(
                     f"{amount} {resource} can never be admitted: the limit is {limit}"
                 )
-            pools.append(_Pool(pool, amount, limit, key, mod, node))
+            pools.append(Pool(pool, amount, limit, key, mod, node))
         return pools
 
     async def _check_caught_up(
         self, amounts: Mapping[str, int], node: str | None, view: WatchedView
-    ) -> list[_Pool]:
+    ) -> list[Pool]:
         """Catch up with etcd, then ``_check`` for good (the view lacked a fitting limit)."""
         rev = await self._transport.revision()  # linearizable (a read: no txn)
         await view.wait_for(rev)
@@ -628,7 +434,7 @@ class Quotas:
         self._slots += 1
         return f"{lease_id:x}-{self._slots}", self._slots
 
-    def _value(self, pools: list[_Pool]) -> bytes:
+    def _value(self, pools: list[Pool]) -> bytes:
         """The reservation's value (cached: the same amounts give the same bytes)."""
         shape = tuple((p.name, p.amount) for p in pools)
         value = self._encoded.get(shape)
@@ -638,7 +444,7 @@ class Quotas:
                 "reservation",
                 MAX_RESERVATION_BYTES,
             )
-            if len(self._encoded) >= _CACHE_SIZE:
+            if len(self._encoded) >= CACHE_SIZE:
                 self._encoded.clear()
             self._encoded[shape] = value
         return value
@@ -694,7 +500,7 @@ class Quotas:
                     res = await transport.txn(
                         [Compare.mod_revision(p.limit_key) == p.limit_mod for p in pools]
                         # create-only: a key is never overwritten, so every key reserve
-                        # writes has version 1 (``_entry_amount`` relies on it)
+                        # writes has version 1 (``entry_amount`` relies on it)
                         + [Compare.create_revision(k) == 0 for k in keys],
                         [Op.put(k, value, lease=lease.id) for k in keys]
                         + [
@@ -756,12 +562,12 @@ class Quotas:
             if (released and token) or not attempted:
                 self._names.append((lease.id, slot))  # its keys are gone: the name is free
 
-    def _exceeded(self, pools: list[_Pool], token: int) -> QuotaExceededError:
+    def _exceeded(self, pools: list[Pool], token: int) -> QuotaExceededError:
         """The error for the first pool where the reservation (queued at ``token``) has no room."""
         for p in pools:
             limit = self._current_limit(p.name, p.node)[0]
             limit = p.limit if limit is None else limit
-            through = self._queues.get(p.name, _EMPTY).sum_through(token) or p.amount
+            through = self._queues.get(p.name, EMPTY).sum_through(token) or p.amount
             if through > limit:  # a malformed entry ahead shows as the whole limit used
                 used = min(through - p.amount, limit)
                 return QuotaExceededError(p.name, requested=p.amount, used=used, limit=limit)
@@ -769,7 +575,7 @@ class Quotas:
         return QuotaExceededError(p.name, requested=p.amount, used=p.limit, limit=p.limit)
 
     def _admitted_from_reads(
-        self, reads: Sequence[object], pools: list[_Pool], keys: tuple[bytes, ...]
+        self, reads: Sequence[object], pools: list[Pool], keys: tuple[bytes, ...]
     ) -> bool | QuotaExceededError | None:
         """Decide from the transaction's own reads (exact at its revision, see ``judge_read``).
 
@@ -786,15 +592,15 @@ class Quotas:
                 refused = QuotaExceededError(p.name, requested=p.amount, used=used, limit=p.limit)
         return True if refused is None else refused
 
-    def _admitted_now(self, pools: list[_Pool], token: int) -> bool:
+    def _admitted_now(self, pools: list[Pool], token: int) -> bool:
         for p in pools:
             limit = self._current_limit(p.name, p.node)[0]
-            through = self._queues.get(p.name, _EMPTY).sum_through(token)
+            through = self._queues.get(p.name, EMPTY).sum_through(token)
             if limit is None or through is None or through > limit:
                 return False
         return True
 
-    async def _wait_admitted(self, pools: list[_Pool], token: int, *, nowait: bool) -> None:
+    async def _wait_admitted(self, pools: list[Pool], token: int, *, nowait: bool) -> None:
         node_pools = [p for p in pools if p.node is not None]
         assert self._view is not None
         while True:
