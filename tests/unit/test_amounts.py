@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from foundation_etcd import InvalidIdError, InvalidReservationError, clustered
-from foundation_etcd._agents.cluster import _node_value
+from foundation_etcd._agents.membership import node_value as _node_value
 from foundation_etcd._core.amounts import (
     BLOCKING,
     MAX_AMOUNT,

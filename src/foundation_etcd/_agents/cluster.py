@@ -6,13 +6,17 @@
         async with cluster.host(MyAgent(), agent_id="a1"):
             ...
 
+``Cluster`` is the composition root: ``connect`` builds the transport, the session, the
+node membership (``membership.py``), the shared views and the registry, and each feature is
+handed only what it needs (quotas get the session, the keyspace and a view opener, never the
+cluster).
+
 Guarantees:
-    * The node key ``nodes/{node_id}`` exists exactly while this process's session lease
-      lives: written create-if-absent under the lease, so a node id is announced by one live
-      process at a time (:class:`NodeExistsError` otherwise, after waiting up to one TTL
-      for a crashed predecessor's key to expire). After a lease loss it is announced again
-      under the new lease, like every registration.
-    * A crashed process's node key and agent registrations vanish together, at one revision.
+    * This node is announced (see ``membership.py``) and listed in :meth:`Cluster.nodes`
+      before ``connect`` returns; its node key and agent registrations live under the
+      session lease and vanish together, at one revision, when the process dies.
+    * One watched view per prefix, shared by every feature of the process
+      (:meth:`Cluster.view`), closed with the cluster.
     * Closing unregisters hosted agents (running their ``on_stop``), then revokes the lease,
       bounded by ``request_timeout`` and shielded from cancellation.
 """
@@ -22,7 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -36,64 +39,24 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from .._coord.election import Election
 from .._coord.lock import Lock
 from .._coord.quotas import Quotas
-from .._coord.session import Lease, Session, open_session
-from .._coord.watch import ChangeKind, ViewChange, WatchedView, open_view
-from .._core import codec as _codec
-from .._core.amounts import check_amounts, stored_capacity
+from .._coord.session import Session, open_session
+from .._coord.watch import WatchedView, open_view
 from .._core.background import background_tasks
 from .._core.config import Config
-from .._core.errors import AgentNotFoundError, EtcdError, NodeExistsError
+from .._core.errors import AgentNotFoundError, EtcdError
 from .._core.keys import validate_id
-from .._core.kv import Compare, KeyValue, Op
+from .._core.kv import KeyValue
 from .._core.placement import PlacementStrategy
 from .._transport import Transport, open_transport
 from .agent import AgentContext, call_hook, cluster_spec
+from .membership import Membership, NodeChange, NodeInfo, node_value
 from .registry import Registration, Registry
 from .runtime import NodeRuntime
 from .scheduler import AgentRef, AgentStatus, Scheduler
 
-__all__ = ["Cluster", "HostedAgent", "NodeChange", "NodeInfo", "connect"]
+__all__ = ["Cluster", "HostedAgent", "NodeChange", "NodeInfo", "connect"]  # nodes: membership
 
 log = logging.getLogger("foundation_etcd.cluster")
-
-MAX_NODE_INFO_BYTES = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class NodeInfo:
-    """A live node as announced in etcd.
-
-    Attributes:
-        node_id: the node's id.
-        capacity: resource name to integer amount the node offers.
-        capabilities: what the node can host.
-        address: where the node can be reached (free-form, optional).
-        started_at: wall-clock time the process connected (seconds since the epoch).
-        pid: the process id.
-        hostname: the host name.
-        hosts_agents: whether placement may put agents on it (``connect(hosts_agents=)``).
-        lease_id: the session lease the node key lives under.
-        revision: the revision of the announcement.
-    """
-
-    node_id: str
-    capacity: Mapping[str, int]
-    capabilities: frozenset[str]
-    address: str
-    started_at: float
-    pid: int
-    hostname: str
-    hosts_agents: bool
-    lease_id: int
-    revision: int
-
-
-@dataclass(frozen=True, slots=True)
-class NodeChange:
-    """A node joined (``added``), re-announced (``updated``) or left (``removed``)."""
-
-    kind: ChangeKind
-    node: NodeInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,15 +82,13 @@ class Cluster:
         transport: Transport,
         session: Session,
         node_id: str,
-        node_value: bytes,
     ) -> None:
         self.config = config
         self.transport = transport
         self.session = session
         self.keyspace = config.keyspace
         self.node_id = node_id
-        self._node_value = node_value
-        self._node_view: WatchedView | None = None
+        self._membership: Membership | None = None
         self._registry: Registry | None = None
         self._tg: TaskGroup | None = None
         self._views: dict[bytes, WatchedView] = {}
@@ -162,45 +123,9 @@ class Cluster:
                 self.keyspace,
                 holder=self.node_id,
                 views=self.view,
-                node_view=self._node_view,
+                node_view=self.membership.view,
             )
         return self._quotas
-
-    # node announcement ---------------------------------------------------------------------
-    async def _announce(self, lease: Lease) -> int:
-        key = self.keyspace.node(self.node_id)
-        deadline = anyio.current_time() + self.config.ttl + 2
-        while True:
-            lease.ensure_alive()
-            res = await self.transport.txn(
-                [Compare.create_revision(key) == 0],
-                [Op.put(key, self._node_value, lease=lease.id)],
-                [Op.get(key)],
-            )
-            if res.succeeded:
-                return res.revision
-            holder = res.range(0).first
-            if holder is None:
-                continue
-            if anyio.current_time() >= deadline:
-                raise NodeExistsError(self.node_id, lease_id=holder.lease)
-            log.info("node %r still announced by lease %x; waiting", self.node_id, holder.lease)
-            with anyio.move_on_after(deadline - anyio.current_time()):
-                await self._wait_deleted(key, holder.mod_revision)
-
-    async def _wait_deleted(self, key: bytes, after: int) -> None:
-        stream = self.transport.open_watch()
-        try:
-            await stream.create(key, None, after + 1, progress_notify=False)
-            while True:
-                resp = await stream.read()
-                if resp.canceled or any(e.type.value == "delete" for e in resp.events):
-                    return
-        finally:
-            stream.close()
-
-    async def _reannounce(self, lease: Lease) -> None:
-        await self._announce(lease)
 
     # views ---------------------------------------------------------------------------------
     @property
@@ -209,68 +134,33 @@ class Cluster:
         assert self._registry is not None
         return self._registry
 
-    def _parse_node(self, kv: KeyValue) -> NodeInfo | None:
-        try:
-            d = _codec.decode(kv.value)
-            return NodeInfo(
-                node_id=str(d["node_id"]),
-                # a capacity the library would not write (negative, fractional, huge)
-                # is no capacity: placement never counts on it
-                capacity={
-                    str(k): c
-                    for k, v in d.get("capacity", {}).items()
-                    if (c := stored_capacity(v)) is not None
-                },
-                capabilities=frozenset(d.get("capabilities", ())),
-                address=str(d.get("address", "")),
-                started_at=float(d.get("started_at", 0.0)),
-                pid=int(d.get("pid", 0)),
-                hostname=str(d.get("hostname", "")),
-                hosts_agents=bool(d.get("hosts", True)),
-                lease_id=kv.lease,
-                revision=kv.mod_revision,
-            )
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
-            log.warning("ignoring malformed node announcement at %r", kv.key)
-            return None
+    @property
+    def membership(self) -> Membership:
+        """This node's announcement and the view of every node."""
+        assert self._membership is not None
+        return self._membership
 
     def nodes(self) -> dict[str, NodeInfo]:
         """Live nodes by id, from the watched view (no I/O)."""
-        assert self._node_view is not None
-        out = {}
-        for kv in self._node_view.items().values():
-            info = self._parse_node(kv)
-            if info is not None:
-                out[info.node_id] = info
-        return out
+        return self.membership.nodes()
 
     def node_kv(self, node_id: str) -> KeyValue | None:
         """The raw announcement key of a live node from the view, or ``None``."""
-        assert self._node_view is not None
-        return self._node_view.get(self.keyspace.node(node_id))
+        return self.membership.node_kv(node_id)
 
     def node(self, node_id: str) -> NodeInfo | None:
         """One live node from the view, or ``None``."""
-        assert self._node_view is not None
-        kv = self._node_view.get(self.keyspace.node(node_id))
-        return None if kv is None else self._parse_node(kv)
+        return self.membership.node(node_id)
 
     async def wait_for(self, revision: int) -> None:
         """Wait until the node and agent views reflect ``revision``."""
-        assert self._node_view is not None
-        await self._node_view.wait_for(revision)
+        await self.membership.wait_for(revision)
         await self.registry.wait_for(revision)
 
     @asynccontextmanager
     async def watch_nodes(self) -> AsyncIterator[MemoryObjectReceiveStream[list[NodeChange]]]:
         """Receive each batch of node changes after this call, in order."""
-        assert self._node_view is not None
-
-        def convert(c: ViewChange) -> NodeChange | None:
-            info = self._parse_node(c.kv)
-            return None if info is None else NodeChange(c.kind, info)
-
-        async with self._node_view.subscribe_converted(convert) as changes:
+        async with self.membership.watch() as changes:
             yield changes
 
     # agents: spawn, place, serve -------------------------------------------------------------
@@ -449,31 +339,6 @@ class Cluster:
                         log.warning("unregister of %r failed: %s", agent_id, exc)
 
 
-def _node_value(
-    node_id: str,
-    capacity: Mapping[str, int],
-    capabilities: Iterable[str],
-    address: str,
-    hosts_agents: bool,
-) -> bytes:
-    caps = sorted({validate_id(c, "capability") for c in capabilities})
-    cap_map = check_amounts(capacity, "capacity", minimum=0)
-    return _codec.encode(
-        {
-            "node_id": node_id,
-            "capacity": cap_map,
-            "capabilities": caps,
-            "address": address,
-            "started_at": time.time(),
-            "pid": os.getpid(),
-            "hostname": socket.gethostname(),
-            "hosts": hosts_agents,
-        },
-        "node info",
-        MAX_NODE_INFO_BYTES,
-    )
-
-
 @asynccontextmanager
 async def connect(
     config: Config | None = None,
@@ -502,20 +367,23 @@ async def connect(
     """
     config = config or Config.from_env()
     node_id = validate_id(node_id or f"{socket.gethostname()}-{os.getpid()}", "node id")
-    value = _node_value(node_id, capacity or {}, capabilities, address, hosts_agents)
+    value = node_value(node_id, capacity or {}, capabilities, address, hosts_agents)
     async with AsyncExitStack() as stack:
         transport = await stack.enter_async_context(open_transport(config))
         session = await stack.enter_async_context(open_session(transport, config))
-        cluster = Cluster(config, transport, session, node_id, value)
-        await cluster._announce(session.lease)
-        session.on_renewed(cluster._reannounce)
-        cluster._node_view = await stack.enter_async_context(
+        cluster = Cluster(config, transport, session, node_id)
+        node_view = await stack.enter_async_context(
             open_view(transport, config.keyspace.nodes_prefix())
         )
+        membership = Membership(transport, config.keyspace, node_id, value, node_view, config.ttl)
+        # the view lists this node before connect returns, as it did when opened after
+        await node_view.wait_for(await membership.announce(session.lease))
+        session.on_renewed(membership.reannounce)
+        cluster._membership = membership
         agents_view = await stack.enter_async_context(
             open_view(transport, config.keyspace.agents_live_prefix())
         )
-        cluster._views[config.keyspace.nodes_prefix()] = cluster._node_view
+        cluster._views[config.keyspace.nodes_prefix()] = node_view
         cluster._views[config.keyspace.agents_live_prefix()] = agents_view
         cluster._registry = Registry(transport, session, config.keyspace, node_id, agents_view)
         cluster._tg = await stack.enter_async_context(background_tasks())

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._coord.ownership import _wait_deleted
+from .._coord.waits import wait_deleted
 from .._core import codec as _codec
 from .._core.background import background_tasks
 from .._core.errors import (
@@ -273,7 +273,7 @@ class NodeRuntime:
                 async with anyio.create_task_group() as tg:
 
                     async def gone(key: bytes = live.key, after: int = live.mod_revision) -> None:
-                        await _wait_deleted(self._c.transport, key, after)
+                        await wait_deleted(self._c.transport, key, after)
                         tg.cancel_scope.cancel()
 
                     async def stopped() -> None:

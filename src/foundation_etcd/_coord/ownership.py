@@ -42,9 +42,10 @@ from .._core.errors import (
     LockBusyError,
     OwnershipLostError,
 )
-from .._core.kv import AnyOp, Compare, EventType, KeyValue, Op, TxnResult
+from .._core.kv import AnyOp, Compare, KeyValue, Op, TxnResult
 from .._transport import Transport
 from .session import Lease, Session
+from .waits import wait_deleted
 
 __all__ = ["OwnerInfo", "Ownership", "local_lock", "owned"]
 
@@ -191,29 +192,6 @@ class Ownership:
         return (await self.txn((), [Op.delete(key, prefix=prefix)])).revision
 
 
-async def _wait_deleted(transport: Transport, key: bytes, after_revision: int) -> None:
-    """Return once ``key`` is deleted at a revision after ``after_revision``."""
-    delay = 0.05
-    while True:
-        stream = transport.open_watch()
-        try:
-            await stream.create(key, None, after_revision + 1, progress_notify=False)
-            while True:
-                resp = await stream.read()
-                if resp.compact_revision or resp.canceled:
-                    return  # cannot tell: let the caller look again
-                for ev in resp.events:
-                    after_revision = ev.revision
-                    if ev.type is EventType.DELETE:
-                        return
-        except EtcdError as exc:
-            log.info("watch on %r broke (%s); resuming", key, exc)
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        finally:
-            stream.close()
-
-
 async def _enqueue(
     transport: Transport, prefix: bytes, key: bytes, value: bytes, lease: Lease
 ) -> tuple[int, KeyValue | None]:
@@ -258,7 +236,7 @@ async def _wait_turn(
         pred = res.range(1).first
         if pred is None:
             return
-        await _wait_deleted(transport, pred.key, res.revision)
+        await wait_deleted(transport, pred.key, res.revision)
 
 
 _MONITOR_DELAY = 0.05  # seconds before an owner's key is watched (see _monitor)
@@ -276,7 +254,7 @@ async def _monitor(
     with scope:
         await anyio.sleep(_MONITOR_DELAY)
         while True:
-            await _wait_deleted(transport, ownership.key, from_revision)
+            await wait_deleted(transport, ownership.key, from_revision)
             try:
                 kv = await transport.get(ownership.key)
             except EtcdError as exc:  # cannot tell now: the fenced writes still protect
