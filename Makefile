@@ -21,7 +21,7 @@ test: $(VENV)/.installed lint typecheck
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check src tests integration scripts examples
-	$(PY) -m ruff format --check src
+	$(PY) -m ruff format --check src scripts
 	$(VENV)/bin/lint-imports
 
 typecheck: $(VENV)/.installed

@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import CasCounter, for_a_while
+from benchmarks.quotas import CasCounter, for_a_while
 from foundation_etcd import Config, connect
 
 
@@ -36,6 +36,7 @@ def say(event: str, **fields: Any) -> None:
 
 
 async def main(argv: list[str]) -> None:
+    """Connect one side's workers, then run a window for each ``go`` line on stdin."""
     side, endpoint, namespace, counter_hex, workers_s, limit_s, name = argv
     workers, limit = int(workers_s), int(limit_s)
     loop = asyncio.get_running_loop()

@@ -1,0 +1,19 @@
+"""The benchmarks behind ``scripts/bench.py`` (its docstring has the usage and the method).
+
+Layout:
+
+- ``harness``: settings (``FULL``, ``QUICK``), rows (``Latency``, ``Figure``),
+  ``percentile``, the ``Bench`` context, ``Case`` and ``run_rounds`` (the alternating
+  raw/library rounds), ``Section``.
+- ``raw``: raw etcd requests built by hand, raw leases and watch streams, etcd's JSON
+  gateway and its ``/metrics``.
+- ``children``: the child programs (``scripts/bench_*.py``) and their JSON-lines protocol.
+- one module per section: ``kv``, ``keepalive``, ``watch``, ``registry``, ``tooz``,
+  ``election``, ``quotas``, ``runtime``; each has ``section_<name>(bench)``.
+- ``report``: the markdown report and ``--write`` below the marker line.
+- ``cli``: ``SECTIONS``, the command line and ``main``.
+
+It imports only public names (``foundation_etcd`` and ``foundation_etcd.lowlevel``). Its
+modules import each other as ``benchmarks.*``: ``scripts/`` must be on ``sys.path``
+(``scripts/bench.py`` and the child programs that need the package see to that).
+"""
