@@ -168,7 +168,14 @@ class Cluster:
     def scheduler(self) -> Scheduler:
         """Spawning, placement and failover."""
         if self._scheduler is None:
-            self._scheduler = Scheduler(self)
+            self._scheduler = Scheduler(
+                self.session,
+                self.keyspace,
+                self.node_id,
+                views=self.view,
+                membership=self.membership,
+                registry=self.registry,
+            )
         return self._scheduler
 
     async def spawn(
@@ -272,7 +279,16 @@ class Cluster:
             scheduler: also campaign to be the cluster's failover scheduler.
             on_event: called as ``on_event(name, **fields)`` for runtime events.
         """
-        self.runtime = NodeRuntime(self, classes, on_event)
+        self.runtime = NodeRuntime(
+            self.session,
+            self.keyspace,
+            self.node_id,
+            scheduler=self.scheduler,
+            registry=self.registry,
+            owner=self,
+            classes=classes,
+            on_event=on_event,
+        )
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.runtime.run)
             if scheduler:

@@ -52,7 +52,10 @@ from .agent import AgentContext, RestartPolicy, agent_classes, call_hook, cluste
 from .scheduler import AgentSpec, _assign_value, decode_assignment
 
 if TYPE_CHECKING:
-    from .cluster import Cluster
+    from .._coord.session import Session
+    from .._core.keys import Keyspace
+    from .registry import Registry
+    from .scheduler import Scheduler
 
 __all__ = ["AgentRunContext", "NodeRuntime"]
 
@@ -73,6 +76,7 @@ class AgentRunContext(AgentContext):
     restored: Any = None
     _live_key: bytes = b""
     _state_key: bytes = b""
+    _transport: Transport | None = None
 
     async def save_state(self, state: Any) -> int:
         """Checkpoint ``state`` (JSON), only while this incarnation is the live one.
@@ -89,7 +93,8 @@ class AgentRunContext(AgentContext):
             "agent state",
             MAX_STATE_BYTES,
         )
-        transport: Transport = self.cluster.transport
+        # the runtime hands its transport in; a context made by hand uses its cluster's
+        transport: Transport = self._transport or self.cluster.transport
         res = await transport.txn(
             [Compare.create_revision(self._live_key) == self.incarnation],
             [Op.put(self._state_key, data)],
@@ -116,11 +121,36 @@ class NodeRuntime:
 
     def __init__(
         self,
-        cluster: Cluster,
+        session: Session,
+        keyspace: Keyspace,
+        node_id: str,
+        *,
+        scheduler: Scheduler,
+        registry: Registry,
+        owner: Any,
         classes: Mapping[str, type] | None = None,
         on_event: EventHook | None = None,
     ) -> None:
-        self._c = cluster
+        """Host the agents the scheduler assigns to ``node_id``.
+
+        Args:
+            session: this process's session (its lease holds the agents' live keys).
+            keyspace: the key layout.
+            node_id: this node's id.
+            scheduler: reads assignments and specs.
+            registry: registers each agent incarnation.
+            owner: what agents see as ``ctx.cluster`` (the ``Cluster``: passed through to
+                the agents, never called here).
+            classes: agent class name to class; every ``@clustered`` class by default.
+            on_event: called as ``on_event(name, **fields)`` for runtime events.
+        """
+        self._session = session
+        self._transport = session.transport
+        self._ks = keyspace
+        self._node_id = node_id
+        self._scheduler = scheduler
+        self._registry = registry
+        self._owner = owner
         self._classes = dict(agent_classes() if classes is None else classes)
         self._on_event = on_event
         self.hosted: dict[str, _Hosted] = {}
@@ -137,7 +167,7 @@ class NodeRuntime:
 
     async def run(self) -> None:
         """Reconcile hosted agents with assignments, forever."""
-        sched = self._c.scheduler
+        sched = self._scheduler
         spec_view, assign_view, _ = await sched.views()
         changed = anyio.Event()
 
@@ -159,13 +189,13 @@ class NodeRuntime:
                 remove()
 
     def _desired(self, spec_view: Any, assign_view: Any) -> dict[str, AgentSpec]:
-        ks = self._c.keyspace
+        ks = self._ks
         out = {}
         for kv in assign_view.items().values():
             node, status, _ = decode_assignment(kv)
-            if node != self._c.node_id or status != "assigned":
+            if node != self._node_id or status != "assigned":
                 continue
-            agent_id = kv.key[len(self._c.scheduler.assign_prefix) :].decode()
+            agent_id = kv.key[len(self._scheduler.assign_prefix) :].decode()
             spec_kv = spec_view.get(ks.agent_spec(agent_id))
             if spec_kv is not None:
                 out[agent_id] = AgentSpec.decode(agent_id, spec_kv.value)
@@ -185,11 +215,11 @@ class NodeRuntime:
     async def _refuse(self, agent_id: str, reason: str) -> None:
         self.refused[agent_id] = reason
         self._event("refused", agent=agent_id, reason=reason)
-        key = self._c.keyspace.agent_assign(agent_id)
-        kv = await self._c.transport.get(key)
+        key = self._ks.agent_assign(agent_id)
+        kv = await self._transport.get(key)
         node, status, _ = decode_assignment(kv)
-        if kv is not None and node == self._c.node_id and status == "assigned":
-            await self._c.transport.txn(
+        if kv is not None and node == self._node_id and status == "assigned":
+            await self._transport.txn(
                 [Compare.mod_revision(key) == kv.mod_revision],
                 [Op.put(key, _assign_value(node, "failed", reason))],
             )
@@ -200,7 +230,7 @@ class NodeRuntime:
             if cls is None:
                 await self._refuse(
                     agent_id,
-                    f"class {spec.class_name!r} is not registered on node {self._c.node_id!r}",
+                    f"class {spec.class_name!r} is not registered on node {self._node_id!r}",
                 )
                 return
             cs = cluster_spec(cls)
@@ -208,7 +238,7 @@ class NodeRuntime:
             failures: list[float] = []
             delay = policy.backoff
             while not hosted.stop.is_set():
-                lease = await self._c.session.wait_lease()
+                lease = await self._session.wait_lease()
                 try:
                     with lease.guard():
                         await self._run_once(agent_id, spec, cls, hosted)
@@ -236,11 +266,11 @@ class NodeRuntime:
 
     async def _still_mine(self, agent_id: str) -> bool:
         """Whether the agent is still assigned here (a linearizable read)."""
-        await self._c.session.wait_lease()
+        await self._session.wait_lease()
         node, status, _ = decode_assignment(
-            await self._c.transport.get(self._c.keyspace.agent_assign(agent_id))
+            await self._transport.get(self._ks.agent_assign(agent_id))
         )
-        return node == self._c.node_id and status == "assigned"
+        return node == self._node_id and status == "assigned"
 
     async def _claim(self, agent_id: str, spec: AgentSpec, hosted: _Hosted) -> int | None:
         """Create the live key, waiting out a previous incarnation's key.
@@ -254,17 +284,17 @@ class NodeRuntime:
             caps = caps | cs.capabilities
         while not hosted.stop.is_set():
             try:
-                reg = await self._c.registry.register(
+                reg = await self._registry.register(
                     agent_id, capabilities=caps, class_name=spec.class_name, persistent=False
                 )
                 return reg.incarnation
             except AgentExistsError as exc:
-                live = await self._c.transport.get(self._c.keyspace.agent_live(agent_id))
+                live = await self._transport.get(self._ks.agent_live(agent_id))
                 if live is None:
                     continue
-                if live.lease == self._c.session.lease.id:
+                if live.lease == self._session.lease.id:
                     # left over by this process (its unregister failed): remove it
-                    await self._c.transport.txn(
+                    await self._transport.txn(
                         [Compare.create_revision(live.key) == live.create_revision],
                         [Op.delete(live.key)],
                     )
@@ -273,7 +303,7 @@ class NodeRuntime:
                 async with anyio.create_task_group() as tg:
 
                     async def gone(key: bytes = live.key, after: int = live.mod_revision) -> None:
-                        await wait_deleted(self._c.transport, key, after)
+                        await wait_deleted(self._transport, key, after)
                         tg.cancel_scope.cancel()
 
                     async def stopped() -> None:
@@ -285,26 +315,27 @@ class NodeRuntime:
         return None
 
     async def _run_once(self, agent_id: str, spec: AgentSpec, cls: type, hosted: _Hosted) -> None:
-        ks = self._c.keyspace
+        ks = self._ks
         claimed = await self._claim(agent_id, spec, hosted)
         if claimed is None:
             return
         incarnation = hosted.incarnation = claimed
         graceful = False
         try:
-            kv = await self._c.transport.get(ks.agent_state(agent_id))
+            kv = await self._transport.get(ks.agent_state(agent_id))
             restored = _codec.decode(kv.value).get("state") if kv is not None else None
             agent = cls(**spec.args)
             if restored is not None:
                 await call_hook(agent, "restore_state", restored)
             ctx = AgentRunContext(
                 agent_id,
-                self._c.node_id,
+                self._node_id,
                 incarnation,
-                self._c,
+                self._owner,
                 restored,
                 ks.agent_live(agent_id),
                 ks.agent_state(agent_id),
+                self._transport,
             )
             await call_hook(agent, "on_start", ctx)
             hosted.status = "running"
@@ -339,7 +370,7 @@ class NodeRuntime:
             finally:
                 with (
                     anyio.CancelScope(shield=True),
-                    anyio.move_on_after(self._c.config.request_timeout),
+                    anyio.move_on_after(self._session.config.request_timeout),
                 ):
                     if graceful and hasattr(agent, "get_state"):
                         try:
@@ -354,8 +385,8 @@ class NodeRuntime:
             hosted.status = "stopped"
             with (
                 anyio.CancelScope(shield=True),
-                anyio.move_on_after(self._c.config.request_timeout),
+                anyio.move_on_after(self._session.config.request_timeout),
                 contextlib.suppress(AgentNotFoundError, EtcdError),
             ):
-                await self._c.registry.unregister(agent_id)
+                await self._registry.unregister(agent_id)
             self._event("stopped", agent=agent_id, incarnation=incarnation, graceful=graceful)

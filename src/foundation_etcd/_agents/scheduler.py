@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._coord.election import Election
 from .._coord.ownership import Ownership
 from .._coord.watch import ChangeKind, ViewChange, WatchedView
 from .._core import codec as _codec
@@ -63,7 +64,10 @@ from .._core.placement import (
 from .agent import cluster_spec
 
 if TYPE_CHECKING:
-    from .cluster import Cluster
+    from .._coord.session import Session
+    from .._core.keys import Keyspace
+    from .membership import Membership
+    from .registry import Registry
 
 __all__ = ["AgentRef", "AgentSpec", "AgentStatus", "Scheduler"]
 
@@ -158,9 +162,33 @@ def decode_assignment(kv: KeyValue | None) -> tuple[str | None, str, str]:
 class Scheduler:
     """Spawning, placement and failover for one cluster. Use through :class:`Cluster`."""
 
-    def __init__(self, cluster: Cluster) -> None:
-        self._c = cluster
-        self._ks = cluster.keyspace
+    def __init__(
+        self,
+        session: Session,
+        keyspace: Keyspace,
+        node_id: str,
+        *,
+        views: Callable[[bytes], Awaitable[WatchedView]],
+        membership: Membership,
+        registry: Registry,
+    ) -> None:
+        """Spawning and placement for ``keyspace``, acting as ``node_id``.
+
+        Args:
+            session: this process's session (its transport, and the failover election).
+            keyspace: the key layout.
+            node_id: this node's id (who spawns; the failover leader's candidacy).
+            views: opens (or shares) the watched view of a prefix.
+            membership: the live nodes.
+            registry: the live agents.
+        """
+        self._session = session
+        self._transport = session.transport
+        self._node_id = node_id
+        self._views_of = views
+        self._membership = membership
+        self._registry = registry
+        self._ks = keyspace
         self.spec_prefix = self._ks.key("agents", "spec", "")
         self.assign_prefix = self._ks.key("agents", "assign", "")
         self.res_prefix = self._ks.key("nodes-res", "")
@@ -169,19 +197,24 @@ class Scheduler:
         self._res_index: dict[tuple[str, str], dict[str, int]] = {}
         self._res_index_of: WatchedView | None = None
 
+    async def _wait_for(self, revision: int) -> None:
+        """Wait until the node and agent views reflect ``revision``."""
+        await self._membership.wait_for(revision)
+        await self._registry.wait_for(revision)
+
     # views ---------------------------------------------------------------------------------
     async def views(self) -> tuple[WatchedView, WatchedView, WatchedView]:
         """The spec, assignment and node-reservation views (opened once)."""
         return (
-            await self._c.view(self.spec_prefix),
-            await self._c.view(self.assign_prefix),
-            await self._c.view(self.res_prefix),
+            await self._views_of(self.spec_prefix),
+            await self._views_of(self.assign_prefix),
+            await self._views_of(self.res_prefix),
         )
 
     async def cordon_view(self) -> WatchedView:
         """The view of cordoned nodes (opened once)."""
         if self._cordons is None:
-            self._cordons = await self._c.view(self.cordon_prefix)
+            self._cordons = await self._views_of(self.cordon_prefix)
         return self._cordons
 
     def cordon_key(self, node_id: str) -> bytes:
@@ -231,7 +264,7 @@ class Scheduler:
                 count.get(n.node_id, 0),
                 n.node_id in cordoned,
             )
-            for n in self._c.nodes().values()
+            for n in self._membership.nodes().values()
             if n.hosts_agents
         ]
 
@@ -285,7 +318,7 @@ class Scheduler:
             node = place(spec.request(exclude), self.loads(res_view, cordoned), strategy)
             if node in cordoned:  # a custom strategy that ignored the loads' ``cordoned``
                 raise NoNodeFitsError(spec.agent_id, {node: "cordoned"})
-            node_kv = self._c.node_kv(node)
+            node_kv = self._membership.node_kv(node)
             if node_kv is None:  # gone between the two reads of the same view
                 continue
             rp = self._res_prefix(node)
@@ -307,7 +340,7 @@ class Scheduler:
             if guard is not None:
                 res = await guard.txn(all_compares, writes, [Op.get(k.key) for k in compares])
             else:
-                res = await self._c.transport.txn(
+                res = await self._transport.txn(
                     all_compares, writes, [Op.get(k.key) for k in compares]
                 )
             if res.succeeded:
@@ -319,7 +352,7 @@ class Scheduler:
             # the node's load changed under us, or it was cordoned: catch up, choose again
             await res_view.wait_for(res.revision)
             await cordon_view.wait_for(res.revision)
-            await self._c.wait_for(res.revision)
+            await self._wait_for(res.revision)
         raise NoNodeFitsError(spec.agent_id, {"*": "placement kept conflicting; try again"})
 
     # spawn and despawn ---------------------------------------------------------------------
@@ -378,22 +411,22 @@ class Scheduler:
             AgentNotFoundError: no such spawned agent.
         """
         spec_key = self._ks.agent_spec(agent_id)
-        assign = await self._c.transport.get(self._ks.agent_assign(agent_id))
+        assign = await self._transport.get(self._ks.agent_assign(agent_id))
         node, _, _ = decode_assignment(assign)
         ops: list[AnyOp] = [Op.delete(spec_key), Op.delete(self._ks.agent_assign(agent_id))]
         if node:
             ops.append(Op.delete(self._res_prefix(node) + agent_id.encode()))
-        res = await self._c.transport.txn([Compare.create_revision(spec_key) > 0], ops)
+        res = await self._transport.txn([Compare.create_revision(spec_key) > 0], ops)
         if not res.succeeded:
             raise AgentNotFoundError(agent_id, f"agent {agent_id!r} is not spawned")
 
     async def agents(self) -> list[AgentStatus]:
         """Every spawned agent with its state and node, from the views."""
         spec_view, assign_view, _ = await self.views()
-        rev = (await self._c.transport.status()).revision
+        rev = (await self._transport.status()).revision
         await spec_view.wait_for(rev)
         await assign_view.wait_for(rev)
-        await self._c.wait_for(rev)
+        await self._wait_for(rev)
         out = []
         for kv in spec_view.items().values():
             agent_id = kv.key[len(self.spec_prefix) :].decode()
@@ -401,7 +434,7 @@ class Scheduler:
             node, status, reason = decode_assignment(
                 assign_view.get(self._ks.agent_assign(agent_id))
             )
-            live = self._c.registry.get(agent_id)
+            live = self._registry.get(agent_id)
             if status == "failed":
                 state = "failed"
             elif live is not None and live.node_id == node:
@@ -427,10 +460,10 @@ class Scheduler:
         spec_view, assign_view, _ = await self.views()
         while True:
             try:
-                async with self._c.election("scheduler").campaign(self._c.node_id) as lead:
+                async with Election(self._session, "scheduler").campaign(self._node_id) as lead:
                     log.info(
                         "node %s leads the scheduler (token %d)",
-                        self._c.node_id,
+                        self._node_id,
                         lead.fencing_token,
                     )
                     await self._lead(lead, spec_view, assign_view)
@@ -450,7 +483,7 @@ class Scheduler:
             changed.set()
             changed = anyio.Event()
 
-        node_view = await self._c.view(self._ks.nodes_prefix())
+        node_view = await self._views_of(self._ks.nodes_prefix())
         cordon_view = await self.cordon_view()  # an uncordon may let a stuck agent move
         removers = [
             assign_view.on_change(wake),
@@ -469,7 +502,7 @@ class Scheduler:
     async def _fail_over(
         self, lead: Ownership, spec_view: WatchedView, assign_view: WatchedView
     ) -> None:
-        live = set(self._c.nodes())
+        live = set(self._membership.nodes())
         for kv in list(assign_view.items().values()):
             node, status, _ = decode_assignment(kv)
             if status != "assigned" or node is None or node in live:
@@ -524,7 +557,7 @@ class Scheduler:
             NodeNotFoundError: the node is neither announced, nor cordoned, nor named by
                 any assignment.
         """
-        res = await self._c.transport.txn(
+        res = await self._transport.txn(
             [], [Op.get(self._ks.node(node_id)), Op.get(self.cordon_key(node_id))]
         )
         live = res.range(0).first is not None
@@ -543,8 +576,8 @@ class Scheduler:
     async def _cordon(self, node_id: str) -> tuple[bool, int]:
         await self._node_state(node_id)
         key = self.cordon_key(node_id)
-        value = _codec.encode({"by": self._c.node_id, "at": time.time()}, "cordon", 1024)
-        res = await self._c.transport.txn([Compare.create_revision(key) == 0], [Op.put(key, value)])
+        value = _codec.encode({"by": self._node_id, "at": time.time()}, "cordon", 1024)
+        res = await self._transport.txn([Compare.create_revision(key) == 0], [Op.put(key, value)])
         if res.succeeded:
             log.info("node %s cordoned (rev %d)", node_id, res.revision)
         return res.succeeded, res.revision
@@ -580,7 +613,7 @@ class Scheduler:
         cordoned, _ = await self._node_state(node_id)
         if not cordoned:
             return False
-        res = await self._c.transport.delete(self.cordon_key(node_id))
+        res = await self._transport.delete(self.cordon_key(node_id))
         if res.deleted:
             log.info("node %s uncordoned (rev %d)", node_id, res.revision)
         return res.deleted > 0
@@ -588,7 +621,7 @@ class Scheduler:
     async def cordoned(self) -> frozenset[str]:
         """The cordoned nodes, as etcd has them now."""
         view = await self.cordon_view()
-        await view.wait_for((await self._c.transport.status()).revision)
+        await view.wait_for((await self._transport.status()).revision)
         return self._cordoned_in(view)
 
     async def drain(self, node_id: str) -> list[tuple[str, str]]:
