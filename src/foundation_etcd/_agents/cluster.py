@@ -33,13 +33,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .._coord.election import Election
 from .._coord.lock import Lock
 from .._coord.quotas import Quotas
 from .._coord.session import Session, open_session
+from .._coord.views import SharedViews
 from .._coord.watch import WatchedView, open_view
 from .._core.background import background_tasks
 from .._core.config import Config
@@ -90,29 +90,20 @@ class Cluster:
         self.node_id = node_id
         self._membership: Membership | None = None
         self._registry: Registry | None = None
-        self._tg: TaskGroup | None = None
-        self._views: dict[bytes, WatchedView] = {}
-        self._views_lock = anyio.Lock()
+        self._views: SharedViews | None = None
         self._quotas: Quotas | None = None
         self._scheduler: Scheduler | None = None
         self.runtime: NodeRuntime | None = None
 
     async def view(self, prefix: bytes) -> WatchedView:
         """A watched view of ``prefix``, opened once and kept until the cluster closes."""
-        view = self._views.get(prefix)
-        if view is None:
-            async with self._views_lock:  # one view per prefix, however many ask at once
-                view = self._views.get(prefix)
-                if view is None:
-                    assert self._tg is not None
-                    view = await self._tg.start(self._run_view, prefix)
-                    self._views[prefix] = view
-        return view
+        return await self.views(prefix)
 
-    async def _run_view(self, prefix: bytes, *, task_status: TaskStatus[WatchedView]) -> None:
-        async with open_view(self.transport, prefix) as view:
-            task_status.started(view)
-            await anyio.sleep_forever()
+    @property
+    def views(self) -> SharedViews:
+        """The process's shared views (one per prefix)."""
+        assert self._views is not None
+        return self._views
 
     @property
     def quotas(self) -> Quotas:
@@ -122,7 +113,7 @@ class Cluster:
                 self.session,
                 self.keyspace,
                 holder=self.node_id,
-                views=self.view,
+                views=self.views,
                 node_view=self.membership.view,
             )
         return self._quotas
@@ -172,7 +163,7 @@ class Cluster:
                 self.session,
                 self.keyspace,
                 self.node_id,
-                views=self.view,
+                views=self.views,
                 membership=self.membership,
                 registry=self.registry,
             )
@@ -399,8 +390,9 @@ async def connect(
         agents_view = await stack.enter_async_context(
             open_view(transport, config.keyspace.agents_live_prefix())
         )
-        cluster._views[config.keyspace.nodes_prefix()] = node_view
-        cluster._views[config.keyspace.agents_live_prefix()] = agents_view
         cluster._registry = Registry(transport, session, config.keyspace, node_id, agents_view)
-        cluster._tg = await stack.enter_async_context(background_tasks())
+        views = SharedViews(transport, await stack.enter_async_context(background_tasks()))
+        views.adopt(config.keyspace.nodes_prefix(), node_view)
+        views.adopt(config.keyspace.agents_live_prefix(), agents_view)
+        cluster._views = views
         yield cluster

@@ -1,0 +1,54 @@
+"""Shared watched views: one view per prefix for the whole process, opened on first use.
+
+Guarantees:
+    * However many features ask for the same prefix at once, one view is opened (one watch
+      stream); each later call returns it.
+    * Every view runs in the task group given at construction and is closed with it.
+    * Views that were opened elsewhere can be adopted (:meth:`SharedViews.adopt`), so that a
+      prefix is never watched twice.
+"""
+
+from __future__ import annotations
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from .._transport import Transport
+from .watch import WatchedView, open_view
+
+__all__ = ["SharedViews"]
+
+
+class SharedViews:
+    """Opens and shares watched views by prefix. Call it: ``await views(prefix)``.
+
+    Args:
+        transport: the connection the views watch on.
+        task_group: where the views run (they end with it).
+    """
+
+    def __init__(self, transport: Transport, task_group: TaskGroup) -> None:
+        self._transport = transport
+        self._tg = task_group
+        self._views: dict[bytes, WatchedView] = {}
+        self._lock = anyio.Lock()
+
+    async def __call__(self, prefix: bytes) -> WatchedView:
+        """The watched view of ``prefix``, opened once and kept until the task group ends."""
+        view = self._views.get(prefix)
+        if view is None:
+            async with self._lock:  # one view per prefix, however many ask at once
+                view = self._views.get(prefix)
+                if view is None:
+                    view = await self._tg.start(self._run, prefix)
+                    self._views[prefix] = view
+        return view
+
+    def adopt(self, prefix: bytes, view: WatchedView) -> None:
+        """Share a view of ``prefix`` that its opener keeps running."""
+        self._views.setdefault(prefix, view)
+
+    async def _run(self, prefix: bytes, *, task_status: TaskStatus[WatchedView]) -> None:
+        async with open_view(self._transport, prefix) as view:
+            task_status.started(view)
+            await anyio.sleep_forever()
