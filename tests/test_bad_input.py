@@ -25,8 +25,8 @@ from foundation_etcd import (
     clustered,
     connect,
 )
-from foundation_etcd._agents.scheduler import decode_assignment
 from foundation_etcd._core.placement import fit_reason
+from foundation_etcd._core.records import decode_assignment
 
 pytestmark = pytest.mark.etcd
 

@@ -10,7 +10,7 @@ blocks behind ``Cluster.spawn``/``serve`` and elections and locks, for tools and
 from __future__ import annotations
 
 from ._agents.runtime import NodeRuntime
-from ._agents.scheduler import AgentSpec, Scheduler
+from ._agents.scheduler import Scheduler
 from ._coord.ownership import Ownership
 from ._coord.watch import ChangeKind, ViewChange, WatchedView, open_view
 from ._core.keys import Keyspace, prefix_end
@@ -25,6 +25,7 @@ from ._core.kv import (
     TxnResult,
     WatchEvent,
 )
+from ._core.records import AgentSpec
 from ._transport import (
     MAX_REQUEST_BYTES,
     MAX_TXN_OPS,

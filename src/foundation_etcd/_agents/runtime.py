@@ -47,9 +47,9 @@ from .._core.errors import (
     LeaseLostError,
 )
 from .._core.kv import Compare, Op
+from .._core.records import AgentSpec, AssignmentStatus, decode_assignment, encode_assignment
 from .._transport import Transport
 from .agent import AgentContext, RestartPolicy, agent_classes, call_hook, cluster_spec
-from .scheduler import AgentSpec, _assign_value, decode_assignment
 
 if TYPE_CHECKING:
     from .._coord.session import Session
@@ -193,7 +193,7 @@ class NodeRuntime:
         out = {}
         for kv in assign_view.items().values():
             node, status, _ = decode_assignment(kv)
-            if node != self._node_id or status != "assigned":
+            if node != self._node_id or status is not AssignmentStatus.ASSIGNED:
                 continue
             agent_id = kv.key[len(self._scheduler.assign_prefix) :].decode()
             spec_kv = spec_view.get(ks.agent_spec(agent_id))
@@ -218,10 +218,10 @@ class NodeRuntime:
         key = self._ks.agent_assign(agent_id)
         kv = await self._transport.get(key)
         node, status, _ = decode_assignment(kv)
-        if kv is not None and node == self._node_id and status == "assigned":
+        if kv is not None and node == self._node_id and status is AssignmentStatus.ASSIGNED:
             await self._transport.txn(
                 [Compare.mod_revision(key) == kv.mod_revision],
-                [Op.put(key, _assign_value(node, "failed", reason))],
+                [Op.put(key, encode_assignment(node, AssignmentStatus.FAILED, reason))],
             )
 
     async def _host(self, agent_id: str, spec: AgentSpec, hosted: _Hosted) -> None:
@@ -270,7 +270,7 @@ class NodeRuntime:
         node, status, _ = decode_assignment(
             await self._transport.get(self._ks.agent_assign(agent_id))
         )
-        return node == self._node_id and status == "assigned"
+        return node == self._node_id and status is AssignmentStatus.ASSIGNED
 
     async def _claim(self, agent_id: str, spec: AgentSpec, hosted: _Hosted) -> int | None:
         """Create the live key, waiting out a previous incarnation's key.

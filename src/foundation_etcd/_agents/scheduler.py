@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -56,10 +56,15 @@ from .._core.kv import AnyOp, Compare, KeyValue, Op, RangeResult
 from .._core.placement import (
     STRATEGIES,
     NodeLoad,
-    PlacementRequest,
     PlacementStrategy,
     place,
     strategy_named,
+)
+from .._core.records import (
+    AgentSpec,
+    AssignmentStatus,
+    decode_assignment,
+    encode_assignment,
 )
 from .agent import cluster_spec
 
@@ -73,54 +78,7 @@ __all__ = ["AgentRef", "AgentSpec", "AgentStatus", "Scheduler"]
 
 log = logging.getLogger("foundation_etcd.scheduler")
 
-MAX_ARGS_BYTES = 256 * 1024
 _PLACE_ATTEMPTS = 20
-
-
-@dataclass(frozen=True, slots=True)
-class AgentSpec:
-    """The desired agent, as stored in ``agents/spec/{id}``."""
-
-    agent_id: str
-    class_name: str
-    args: Mapping[str, Any] = field(default_factory=dict)
-    critical: bool = False
-    placement: str = "least-loaded"
-    resources: Mapping[str, int] = field(default_factory=dict)
-    requires: frozenset[str] = frozenset()
-
-    def encode(self) -> bytes:
-        """The spec as stored."""
-        return _codec.encode(
-            {
-                "class": self.class_name,
-                "args": dict(self.args),
-                "critical": self.critical,
-                "placement": self.placement,
-                "resources": dict(self.resources),
-                "requires": sorted(self.requires),
-            },
-            "agent spec",
-            MAX_ARGS_BYTES + 4096,
-        )
-
-    @classmethod
-    def decode(cls, agent_id: str, data: bytes) -> AgentSpec:
-        """Parse a stored spec."""
-        d = _codec.decode(data)
-        return cls(
-            agent_id,
-            str(d["class"]),
-            dict(d.get("args") or {}),
-            bool(d.get("critical", False)),
-            str(d.get("placement", "least-loaded")),
-            {str(k): int(v) for k, v in (d.get("resources") or {}).items()},
-            frozenset(d.get("requires") or ()),
-        )
-
-    def request(self, exclude: frozenset[str] = frozenset()) -> PlacementRequest:
-        """What this agent needs from a node."""
-        return PlacementRequest(self.agent_id, self.resources, self.requires, exclude)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,20 +101,6 @@ class AgentStatus:
     critical: bool
     incarnation: int
     reason: str = ""
-
-
-def _assign_value(node: str | None, status: str, reason: str = "") -> bytes:
-    return _codec.encode(
-        {"node": node, "status": status, "reason": reason, "at": time.time()}, "assignment", 4096
-    )
-
-
-def decode_assignment(kv: KeyValue | None) -> tuple[str | None, str, str]:
-    """``(node, status, reason)`` of an assignment key."""
-    if kv is None:
-        return None, "absent", ""
-    d = _codec.decode(kv.value)
-    return d.get("node"), str(d.get("status", "assigned")), str(d.get("reason", ""))
 
 
 class Scheduler:
@@ -329,7 +273,10 @@ class Scheduler:
                 Compare.create_revision(self.cordon_key(node)) == 0,
             ]
             writes: list[AnyOp] = [
-                Op.put(self._ks.agent_assign(spec.agent_id), _assign_value(node, "assigned")),
+                Op.put(
+                    self._ks.agent_assign(spec.agent_id),
+                    encode_assignment(node, AssignmentStatus.ASSIGNED),
+                ),
                 Op.put(
                     rp + spec.agent_id.encode(),
                     _codec.encode({"resources": dict(spec.resources)}, "reservation", 4096),
@@ -435,7 +382,7 @@ class Scheduler:
                 assign_view.get(self._ks.agent_assign(agent_id))
             )
             live = self._registry.get(agent_id)
-            if status == "failed":
+            if status is AssignmentStatus.FAILED:
                 state = "failed"
             elif live is not None and live.node_id == node:
                 state = "running"
@@ -505,7 +452,7 @@ class Scheduler:
         live = set(self._membership.nodes())
         for kv in list(assign_view.items().values()):
             node, status, _ = decode_assignment(kv)
-            if status != "assigned" or node is None or node in live:
+            if status is not AssignmentStatus.ASSIGNED or node is None or node in live:
                 continue
             agent_id = kv.key[len(self.assign_prefix) :].decode()
             spec_kv = spec_view.get(self._ks.agent_spec(agent_id))
@@ -538,7 +485,12 @@ class Scheduler:
                     res = await lead.txn(
                         dead,
                         [
-                            Op.put(kv.key, _assign_value(None, "failed", f"node {node} died")),
+                            Op.put(
+                                kv.key,
+                                encode_assignment(
+                                    None, AssignmentStatus.FAILED, f"node {node} died"
+                                ),
+                            ),
                             free_old,
                         ],
                     )
@@ -649,7 +601,7 @@ class Scheduler:
         moved = []
         for kv in list(assign_view.items().values()):
             node, status, _ = decode_assignment(kv)
-            if node != node_id or status != "assigned":
+            if node != node_id or status is not AssignmentStatus.ASSIGNED:
                 continue
             agent_id = kv.key[len(self.assign_prefix) :].decode()
             spec_kv = spec_view.get(self._ks.agent_spec(agent_id))
