@@ -30,6 +30,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import anyio
@@ -49,6 +50,8 @@ from .._core.kv import KeyValue
 from .._core.placement import PlacementStrategy
 from .._transport import Transport, open_transport
 from .agent import AgentContext, call_hook, cluster_spec
+from .drain import Drain
+from .failover import Failover
 from .membership import Membership, NodeChange, NodeInfo, node_value
 from .registry import Registration, Registry
 from .runtime import NodeRuntime
@@ -157,7 +160,7 @@ class Cluster:
     # agents: spawn, place, serve -------------------------------------------------------------
     @property
     def scheduler(self) -> Scheduler:
-        """Spawning, placement and failover."""
+        """Spawning and placement."""
         if self._scheduler is None:
             self._scheduler = Scheduler(
                 self.session,
@@ -168,6 +171,23 @@ class Cluster:
                 registry=self.registry,
             )
         return self._scheduler
+
+    @cached_property
+    def _failover(self) -> Failover:
+        """The failover leader's campaign (run by :meth:`serve`)."""
+        return Failover(
+            self.session,
+            self.keyspace,
+            self.node_id,
+            views=self.views,
+            membership=self.membership,
+            scheduler=self.scheduler,
+        )
+
+    @cached_property
+    def _drain(self) -> Drain:
+        """Cordon, uncordon and drain of nodes."""
+        return Drain(self.session, self.keyspace, self.node_id, scheduler=self.scheduler)
 
     async def spawn(
         self,
@@ -223,7 +243,7 @@ class Cluster:
             NoNodeFitsError: no other node can take one of its agents (the node stays
                 cordoned; the agents before that one were moved).
         """
-        return await self.scheduler.drain(node_id)
+        return await self._drain.drain(node_id)
 
     async def cordon(self, node_id: str) -> bool:
         """Place no new agent on ``node_id`` (its agents keep running), until uncordoned.
@@ -237,7 +257,7 @@ class Cluster:
             InvalidIdError: ``node_id`` is not a valid node id (nothing sent).
             NodeNotFoundError: no such node (not announced, not cordoned, no agent on it).
         """
-        return await self.scheduler.cordon(node_id)
+        return await self._drain.cordon(node_id)
 
     async def uncordon(self, node_id: str) -> bool:
         """Let placement choose ``node_id`` again.
@@ -249,11 +269,11 @@ class Cluster:
             InvalidIdError: ``node_id`` is not a valid node id (nothing sent).
             NodeNotFoundError: no such node (not announced, not cordoned, no agent on it).
         """
-        return await self.scheduler.uncordon(node_id)
+        return await self._drain.uncordon(node_id)
 
     async def cordoned(self) -> frozenset[str]:
         """The ids of the cordoned nodes, as etcd has them now."""
-        return await self.scheduler.cordoned()
+        return await self._drain.cordoned()
 
     async def serve(
         self,
@@ -283,7 +303,7 @@ class Cluster:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.runtime.run)
             if scheduler:
-                tg.start_soon(self.scheduler.run_failover)
+                tg.start_soon(self._failover.run)
 
     # coordination ----------------------------------------------------------------------------
     def election(self, name: str) -> Election:

@@ -1,11 +1,14 @@
-"""Spawning, placement commits and failover: where each agent should run.
+"""Spawning and placement commits: where each agent should run.
 
 Keys (no lease: they outlive every process)::
 
     agents/spec/{id}            {"class", "args", "critical", "placement", "resources", "requires"}
     agents/assign/{id}          {"node": id | null, "status": "assigned" | "failed", "reason"}
     nodes-res/{node}/{id}       {"resources": {...}}: capacity the agent takes on its node
-    nodes-cordon/{node}         {"by", "at"}: the node takes no new placements
+    nodes-cordon/{node}         read here, written by ``drain.py``: no new placements there
+
+Failover off dead nodes is ``failover.py``; cordon, uncordon and drain are ``drain.py``.
+Both move agents through :meth:`Scheduler.commit`, so every guarantee below holds for them.
 
 Guarantees:
     * **No over-commit.** A placement is one transaction that writes the assignment and the
@@ -15,29 +18,22 @@ Guarantees:
       re-reads and chooses again.
     * **Spawn is create-only**: a second spawn of a live spec raises ``AgentExistsError``.
     * **A cordoned node gets no new agent.** Every placement transaction also compares that
-      the chosen node's cordon key is absent, so once :meth:`Scheduler.cordon` has returned,
-      no scheduler in any process can place an agent there, whatever its views had seen;
-      the agents already there keep running. :meth:`Scheduler.drain` cordons first, then
-      moves the agents, so nothing lands on the node while it is being drained.
-    * **Failover by one elected scheduler**: when a node's key is gone (its lease expired or
-      was revoked), the leader of election ``scheduler`` reassigns that node's *critical*
-      agents in one transaction guarded by its fencing token, the dead node's key being
-      absent and the assignment unchanged; non-critical agents are marked ``failed``. A
-      stale scheduler can change nothing.
-    * Detection takes at least one TTL; reassignment follows within a watch round trip.
+      the chosen node's cordon key is absent, so once ``Drain.cordon`` has returned, no
+      scheduler in any process can place an agent there, whatever its views had seen; the
+      agents already there keep running.
+
+On lease loss: nothing the scheduler writes is under a lease, and it writes through the
+transport, not the session: spawn, despawn and placement keep working across a lost lease.
+A node whose lease expired has lost its node key, which every placement onto it compares,
+so no agent is committed onto a dead node; the views catch up and placement chooses again.
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
-from .._coord.election import Election
 from .._coord.ownership import Ownership
 from .._coord.watch import ChangeKind, ViewChange, WatchedView
 from .._core import codec as _codec
@@ -45,16 +41,11 @@ from .._core.amounts import check_amounts
 from .._core.errors import (
     AgentExistsError,
     AgentNotFoundError,
-    EtcdError,
-    LeaseLostError,
-    NodeNotFoundError,
     NoNodeFitsError,
-    OwnershipLostError,
 )
 from .._core.keys import prefix_end, validate_id
 from .._core.kv import AnyOp, Compare, KeyValue, Op, RangeResult
 from .._core.placement import (
-    STRATEGIES,
     NodeLoad,
     PlacementStrategy,
     place,
@@ -75,8 +66,6 @@ if TYPE_CHECKING:
     from .registry import Registry
 
 __all__ = ["AgentRef", "AgentSpec", "AgentStatus", "Scheduler"]
-
-log = logging.getLogger("foundation_etcd.scheduler")
 
 _PLACE_ATTEMPTS = 20
 
@@ -104,7 +93,7 @@ class AgentStatus:
 
 
 class Scheduler:
-    """Spawning, placement and failover for one cluster. Use through :class:`Cluster`."""
+    """Spawning and placement for one cluster. Use through :class:`Cluster`."""
 
     def __init__(
         self,
@@ -119,9 +108,9 @@ class Scheduler:
         """Spawning and placement for ``keyspace``, acting as ``node_id``.
 
         Args:
-            session: this process's session (its transport, and the failover election).
+            session: this process's session (its transport).
             keyspace: the key layout.
-            node_id: this node's id (who spawns; the failover leader's candidacy).
+            node_id: this node's id (who spawns).
             views: opens (or shares) the watched view of a prefix.
             membership: the live nodes.
             registry: the live agents.
@@ -165,11 +154,13 @@ class Scheduler:
         """The key that marks ``node_id`` cordoned (no lease: it outlives every process)."""
         return self.cordon_prefix + validate_id(node_id, "node id").encode()
 
-    def _cordoned_in(self, view: WatchedView) -> frozenset[str]:
+    def cordoned_in(self, view: WatchedView) -> frozenset[str]:
+        """The nodes cordoned in ``view`` (the cordon view; no I/O)."""
         n = len(self.cordon_prefix)
         return frozenset(key[n:].decode() for key in view.items())
 
-    def _res_prefix(self, node: str) -> bytes:
+    def node_res_prefix(self, node: str) -> bytes:
+        """The prefix of ``node``'s reservations, ``nodes-res/{node}/``."""
         return self._ks.key("nodes-res", validate_id(node, "node id"), "")
 
     def loads(
@@ -185,7 +176,7 @@ class Scheduler:
             cordoned: the cordoned nodes; by default those of the cordon view, once open.
         """
         if cordoned is None:
-            cordoned = frozenset() if self._cordons is None else self._cordoned_in(self._cordons)
+            cordoned = frozenset() if self._cordons is None else self.cordoned_in(self._cordons)
         if self._res_index_of is not res_view:
             self._res_index_of = res_view
             self._res_index.clear()
@@ -252,20 +243,20 @@ class Scheduler:
         Raises:
             NoNodeFitsError: no live node fits (a cordoned node never does).
             OwnershipLostError: ``guard`` is no longer current.
-            _ConditionFailed: one of ``compares`` does not hold.
+            ConditionFailed: one of ``compares`` does not hold.
         """
         _, _, res_view = await self.views()
         cordon_view = await self.cordon_view()
         for _attempt in range(_PLACE_ATTEMPTS):
             seen = res_view.revision
-            cordoned = self._cordoned_in(cordon_view)
+            cordoned = self.cordoned_in(cordon_view)
             node = place(spec.request(exclude), self.loads(res_view, cordoned), strategy)
             if node in cordoned:  # a custom strategy that ignored the loads' ``cordoned``
                 raise NoNodeFitsError(spec.agent_id, {node: "cordoned"})
             node_kv = self._membership.node_kv(node)
             if node_kv is None:  # gone between the two reads of the same view
                 continue
-            rp = self._res_prefix(node)
+            rp = self.node_res_prefix(node)
             checks = [
                 Compare.mod_revision(node_kv.key) == node_kv.mod_revision,
                 Compare.mod_revision(rp, range_end=prefix_end(rp)) < seen + 1,
@@ -295,7 +286,7 @@ class Scheduler:
             for c, read in zip(compares, res.responses, strict=True):
                 kv = read.kvs[0] if isinstance(read, RangeResult) and read.kvs else None
                 if not _holds(c, kv):
-                    raise _ConditionFailed(c, kv)
+                    raise ConditionFailed(c, kv)
             # the node's load changed under us, or it was cordoned: catch up, choose again
             await res_view.wait_for(res.revision)
             await cordon_view.wait_for(res.revision)
@@ -347,7 +338,7 @@ class Scheduler:
                 compares=[Compare.create_revision(spec_key) == 0],
                 ops=[Op.put(spec_key, value)],
             )
-        except _ConditionFailed:
+        except ConditionFailed:
             raise AgentExistsError(agent_id, node_id=None, lease_id=0) from None
         return AgentRef(agent_id, node, rev)
 
@@ -362,7 +353,7 @@ class Scheduler:
         node, _, _ = decode_assignment(assign)
         ops: list[AnyOp] = [Op.delete(spec_key), Op.delete(self._ks.agent_assign(agent_id))]
         if node:
-            ops.append(Op.delete(self._res_prefix(node) + agent_id.encode()))
+            ops.append(Op.delete(self.node_res_prefix(node) + agent_id.encode()))
         res = await self._transport.txn([Compare.create_revision(spec_key) > 0], ops)
         if not res.succeeded:
             raise AgentNotFoundError(agent_id, f"agent {agent_id!r} is not spawned")
@@ -401,235 +392,8 @@ class Scheduler:
             )
         return sorted(out, key=lambda s: s.agent_id)
 
-    # failover ------------------------------------------------------------------------------
-    async def run_failover(self) -> None:
-        """Campaign for ``scheduler``; as leader, move agents off dead nodes. Runs forever."""
-        spec_view, assign_view, _ = await self.views()
-        while True:
-            try:
-                async with Election(self._session, "scheduler").campaign(self._node_id) as lead:
-                    log.info(
-                        "node %s leads the scheduler (token %d)",
-                        self._node_id,
-                        lead.fencing_token,
-                    )
-                    await self._lead(lead, spec_view, assign_view)
-            except (OwnershipLostError, LeaseLostError) as exc:
-                log.info("scheduler leadership ended: %s", exc)
-            except EtcdError as exc:
-                log.warning("scheduler: %s; campaigning again", exc)
-                await anyio.sleep(0.5)
 
-    async def _lead(
-        self, lead: Ownership, spec_view: WatchedView, assign_view: WatchedView
-    ) -> None:
-        changed = anyio.Event()
-
-        def wake(_: object) -> None:
-            nonlocal changed
-            changed.set()
-            changed = anyio.Event()
-
-        node_view = await self._views_of(self._ks.nodes_prefix())
-        cordon_view = await self.cordon_view()  # an uncordon may let a stuck agent move
-        removers = [
-            assign_view.on_change(wake),
-            node_view.on_change(wake),
-            cordon_view.on_change(wake),
-        ]
-        try:
-            while True:
-                waiting = changed
-                await self._fail_over(lead, spec_view, assign_view)
-                await waiting.wait()
-        finally:
-            for remove in removers:
-                remove()
-
-    async def _fail_over(
-        self, lead: Ownership, spec_view: WatchedView, assign_view: WatchedView
-    ) -> None:
-        live = set(self._membership.nodes())
-        for kv in list(assign_view.items().values()):
-            node, status, _ = decode_assignment(kv)
-            if status is not AssignmentStatus.ASSIGNED or node is None or node in live:
-                continue
-            agent_id = kv.key[len(self.assign_prefix) :].decode()
-            spec_kv = spec_view.get(self._ks.agent_spec(agent_id))
-            if spec_kv is None:
-                continue
-            spec = AgentSpec.decode(agent_id, spec_kv.value)
-            dead = [
-                Compare.create_revision(self._ks.node(node)) == 0,
-                Compare.mod_revision(kv.key) == kv.mod_revision,
-            ]
-            free_old = Op.delete(self._res_prefix(node) + agent_id.encode())
-            try:
-                if spec.critical:
-                    new, rev = await self.commit(
-                        spec,
-                        _failover_strategy(spec.placement),
-                        compares=dead,
-                        ops=[free_old],
-                        exclude=frozenset({node}),
-                        guard=lead,
-                    )
-                    log.info(
-                        "moved critical agent %s from dead node %s to %s (rev %d)",
-                        agent_id,
-                        node,
-                        new,
-                        rev,
-                    )
-                else:
-                    res = await lead.txn(
-                        dead,
-                        [
-                            Op.put(
-                                kv.key,
-                                encode_assignment(
-                                    None, AssignmentStatus.FAILED, f"node {node} died"
-                                ),
-                            ),
-                            free_old,
-                        ],
-                    )
-                    if res.succeeded:
-                        log.info("agent %s failed with its node %s", agent_id, node)
-            except _ConditionFailed:
-                continue  # the node came back, or someone else moved it
-            except NoNodeFitsError as exc:
-                log.warning("cannot move %s: %s", agent_id, exc)
-
-    # cordon and drain ----------------------------------------------------------------------
-    async def _node_state(self, node_id: str) -> tuple[bool, int]:
-        """Whether ``node_id`` is cordoned, and the revision read at.
-
-        Raises:
-            NodeNotFoundError: the node is neither announced, nor cordoned, nor named by
-                any assignment.
-        """
-        res = await self._transport.txn(
-            [], [Op.get(self._ks.node(node_id)), Op.get(self.cordon_key(node_id))]
-        )
-        live = res.range(0).first is not None
-        cordoned = res.range(1).first is not None
-        if not (live or cordoned):
-            _, assign_view, _ = await self.views()
-            await assign_view.wait_for(res.revision)
-            if not any(decode_assignment(kv)[0] == node_id for kv in assign_view.items().values()):
-                raise NodeNotFoundError(
-                    node_id,
-                    f"node {node_id!r} is unknown: not announced, not cordoned, "
-                    "and no agent is assigned to it",
-                )
-        return cordoned, res.revision
-
-    async def _cordon(self, node_id: str) -> tuple[bool, int]:
-        await self._node_state(node_id)
-        key = self.cordon_key(node_id)
-        value = _codec.encode({"by": self._node_id, "at": time.time()}, "cordon", 1024)
-        res = await self._transport.txn([Compare.create_revision(key) == 0], [Op.put(key, value)])
-        if res.succeeded:
-            log.info("node %s cordoned (rev %d)", node_id, res.revision)
-        return res.succeeded, res.revision
-
-    async def cordon(self, node_id: str) -> bool:
-        """Mark ``node_id`` so that no new agent is placed on it; its agents keep running.
-
-        The mark is a key in etcd without a lease: every scheduler of every process obeys
-        it, across restarts, until :meth:`uncordon`. Every placement transaction compares
-        that it is absent, so no placement can commit onto the node after this returns.
-
-        Returns:
-            Whether the node was cordoned now (``False``: it was already).
-
-        Raises:
-            InvalidIdError: ``node_id`` is not a valid node id (nothing sent).
-            NodeNotFoundError: no such node (not announced, not cordoned, no agent on it).
-        """
-        validate_id(node_id, "node id")
-        return (await self._cordon(node_id))[0]
-
-    async def uncordon(self, node_id: str) -> bool:
-        """Let placement choose ``node_id`` again.
-
-        Returns:
-            Whether a cordon was removed (``False``: the node was not cordoned).
-
-        Raises:
-            InvalidIdError: ``node_id`` is not a valid node id (nothing sent).
-            NodeNotFoundError: no such node (not announced, not cordoned, no agent on it).
-        """
-        validate_id(node_id, "node id")
-        cordoned, _ = await self._node_state(node_id)
-        if not cordoned:
-            return False
-        res = await self._transport.delete(self.cordon_key(node_id))
-        if res.deleted:
-            log.info("node %s uncordoned (rev %d)", node_id, res.revision)
-        return res.deleted > 0
-
-    async def cordoned(self) -> frozenset[str]:
-        """The cordoned nodes, as etcd has them now."""
-        view = await self.cordon_view()
-        await view.wait_for((await self._transport.status()).revision)
-        return self._cordoned_in(view)
-
-    async def drain(self, node_id: str) -> list[tuple[str, str]]:
-        """Cordon ``node_id``, then move every agent off it (it checkpoints and stops them).
-
-        The node stays cordoned afterwards (:meth:`uncordon` lets placement use it again),
-        also when moving an agent fails: nothing new is placed on it meanwhile.
-
-        Returns:
-            ``(agent_id, new_node)`` for each agent moved.
-
-        Raises:
-            InvalidIdError: ``node_id`` is not a valid node id (nothing sent).
-            NodeNotFoundError: no such node (not announced, not cordoned, no agent on it).
-            NoNodeFitsError: no other node can take one of its agents (those before it
-                were moved; the node stays cordoned).
-        """
-        validate_id(node_id, "node id")
-        spec_view, assign_view, _ = await self.views()
-        _, rev = await self._cordon(node_id)
-        # every placement that committed onto the node did so before the cordon: the views
-        # at its revision show them all, and none can follow
-        await assign_view.wait_for(rev)
-        await spec_view.wait_for(rev)
-        moved = []
-        for kv in list(assign_view.items().values()):
-            node, status, _ = decode_assignment(kv)
-            if node != node_id or status is not AssignmentStatus.ASSIGNED:
-                continue
-            agent_id = kv.key[len(self.assign_prefix) :].decode()
-            spec_kv = spec_view.get(self._ks.agent_spec(agent_id))
-            if spec_kv is None:
-                continue
-            spec = AgentSpec.decode(agent_id, spec_kv.value)
-            try:
-                new, _ = await self.commit(
-                    spec,
-                    strategy_named("least-loaded"),
-                    compares=[Compare.mod_revision(kv.key) == kv.mod_revision],
-                    ops=[Op.delete(self._res_prefix(node_id) + agent_id.encode())],
-                    exclude=frozenset({node_id}),
-                )
-            except _ConditionFailed:
-                continue
-            moved.append((agent_id, new))
-        return moved
-
-
-def _failover_strategy(placement: str) -> PlacementStrategy:
-    """The spec's strategy, unless it cannot apply once its node died (pinned, custom)."""
-    if placement.startswith("pinned:") or placement not in STRATEGIES:
-        return strategy_named("least-loaded")
-    return strategy_named(placement)
-
-
-class _ConditionFailed(Exception):
+class ConditionFailed(Exception):
     """A caller's compare did not hold."""
 
     def __init__(self, compare: Compare, kv: KeyValue | None) -> None:
