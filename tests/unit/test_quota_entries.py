@@ -1,8 +1,9 @@
 """Queue entries the library did not write: they may block, they never admit more.
 
-White-box: the two judges of ``_quotas`` (the reserving transaction's read, ``judge_read``,
-and the view's per-pool ``Queue``) fed with queues of genuine and crafted entries, checked
-against a reference model of the rule and against the safety property itself.
+White-box: the two judges of ``_core/admission`` (the reserving transaction's read,
+``judge_read``, and the view's per-pool ``Queue``) fed with queues of genuine and crafted
+entries, checked against a reference model of the rule and against the safety property
+itself.
 """
 
 import json

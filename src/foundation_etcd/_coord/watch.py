@@ -47,12 +47,11 @@ from .._core.errors import AuthError, EtcdError, FoundationEtcdError
 from .._core.keys import prefix_end
 from .._core.kv import EventType, KeyValue, WatchEvent
 from .._transport import Transport, WatchResponse, WatchStream
+from .progress import RECHECK, Pinger, unchanged_since
 
 __all__ = ["ChangeKind", "ViewChange", "WatchedView", "open_view"]
 
 log = logging.getLogger("foundation_etcd.watch")
-
-_RECHECK = 0.02  # seconds between verifications of progress while events are pending
 
 
 class ChangeKind(enum.Enum):
@@ -105,7 +104,7 @@ class WatchedView:
         self._progress = 0  # highest revision reported by an unverified progress answer
         self._watch_id = -2
         self._advanced: anyio.Event | None = None  # made when someone waits
-        self._want_progress = anyio.Event()
+        self._pinger = Pinger(prefix)  # progress requests, and the silence watchdog
         self._callbacks: list[ChangeCallback] = []
         self._subscribers: set[MemoryObjectSendStream[list[ViewChange]]] = set()
         self._error: FoundationEtcdError | None = None
@@ -160,24 +159,17 @@ class WatchedView:
                 # events are pending (the watch is catching up): give them a moment to
                 # arrive, then ask again
                 self._progress = 0
-                with anyio.move_on_after(_RECHECK):
+                with anyio.move_on_after(RECHECK):
                     await self._next_advance().wait()
                 continue
-            self._want_progress.set()
+            self._pinger.want()
             await self._next_advance().wait()
 
     async def _verify(self, progress: int) -> bool:
-        """Whether the items as applied also equal the prefix at ``progress``.
-
-        True when, at ``progress``, no key under the prefix was changed after the applied
-        revision and the number of keys is the same (a deletion lowers the count; a
-        re-creation has a newer mod revision).
-        """
+        """Whether the items as applied also equal the prefix at ``progress`` (if so, advance)."""
         applied, count = self._applied, len(self._items)
-        changed, total = await self.transport.count_prefix_changes(
-            self.prefix, after=applied, revision=progress
-        )
-        if changed == 0 and total == count and self._applied == applied:
+        unchanged = await unchanged_since(self.transport, self.prefix, applied, count, progress)
+        if unchanged and self._applied == applied:
             self._advance(progress)
             return True
         return False
@@ -332,27 +324,6 @@ class WatchedView:
         self._advance(rev)
 
     # running -------------------------------------------------------------------------------
-    async def _pinger(self, stream: WatchStream, last: list[float], interval: float) -> None:
-        """Ask for progress when the stream is quiet or a waiter needs it; kill it when dead."""
-        asked_at = math.inf
-        while True:
-            with anyio.move_on_after(interval / 2):
-                await self._want_progress.wait()
-            now = time.monotonic()  # the clock of asyncio's loop, without anyio's lookup
-            if now - last[0] > 2 * interval and now - asked_at > interval:
-                log.info("watch on %r silent for %.1fs; restarting", self.prefix, now - last[0])
-                stream.close()
-                return
-            if self._want_progress.is_set() or now - last[0] > interval:
-                self._want_progress = anyio.Event()
-                if asked_at == math.inf or asked_at < last[0] or now - asked_at > interval / 2:
-                    asked_at = now
-                    try:
-                        await stream.request_progress()
-                    except EtcdError:
-                        stream.close()  # the reader sees the broken stream and resumes
-                        return
-
     async def _stream_once(self, interval: float) -> None:
         stream = self.transport.open_watch()
         last = [time.monotonic()]
@@ -360,7 +331,7 @@ class WatchedView:
         try:
             await stream.create(self.prefix, self._end, self._applied + 1, progress_notify=True)
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._pinger, stream, last, interval)
+                tg.start_soon(self._pinger.run, stream, last, interval)
                 try:
                     await self._read_loop(stream, last)
                 except (EtcdError, _Compacted) as exc:
