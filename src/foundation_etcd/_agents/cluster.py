@@ -42,7 +42,7 @@ from .._coord.quotas import Quotas
 from .._coord.session import Session, open_session
 from .._coord.views import SharedViews
 from .._coord.watch import WatchedView, open_view
-from .._core.background import background_tasks
+from .._core.background import background_tasks, cleanup_scope
 from .._core.config import Config
 from .._core.errors import AgentNotFoundError, EtcdError
 from .._core.keys import validate_id
@@ -353,7 +353,7 @@ class Cluster:
             started = True
             yield HostedAgent(agent, agent_id, self)
         finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.request_timeout):
+            with cleanup_scope(self.config.request_timeout):
                 try:
                     if started:
                         await call_hook(agent, "on_stop")

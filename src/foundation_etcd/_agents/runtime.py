@@ -38,7 +38,7 @@ import anyio
 
 from .._coord.waits import wait_deleted
 from .._core import codec as _codec
-from .._core.background import background_tasks
+from .._core.background import background_tasks, cleanup_scope
 from .._core.errors import (
     AgentExistsError,
     AgentNotFoundError,
@@ -368,10 +368,7 @@ class NodeRuntime:
                 if crashed:
                     raise crashed[0]
             finally:
-                with (
-                    anyio.CancelScope(shield=True),
-                    anyio.move_on_after(self._session.config.request_timeout),
-                ):
+                with cleanup_scope(self._session.config.request_timeout):
                     if graceful and hasattr(agent, "get_state"):
                         try:
                             await ctx.save_state(await call_hook(agent, "get_state"))
@@ -384,8 +381,7 @@ class NodeRuntime:
         finally:
             hosted.status = "stopped"
             with (
-                anyio.CancelScope(shield=True),
-                anyio.move_on_after(self._session.config.request_timeout),
+                cleanup_scope(self._session.config.request_timeout),
                 contextlib.suppress(AgentNotFoundError, EtcdError),
             ):
                 await self._registry.unregister(agent_id)

@@ -36,6 +36,7 @@ from typing import ClassVar, TypeVar
 
 import anyio
 
+from .._core.background import cleanup_scope
 from .._core.errors import (
     EtcdError,
     LeaseLostError,
@@ -364,7 +365,7 @@ async def owned(
 
 async def _resign(transport: Transport, key: bytes, token: int, limit: float) -> None:
     """Delete the own key if it is still this candidacy's; shielded and bounded."""
-    with anyio.move_on_after(limit, shield=True):
+    with cleanup_scope(limit):
         try:
             await transport.txn([Compare.create_revision(key) == token], [Op.delete(key)])
         except EtcdError as exc:

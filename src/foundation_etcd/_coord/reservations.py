@@ -48,11 +48,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import anyio
-
 from .._core import codec as _codec
 from .._core.admission import CACHE_SIZE, MAX_RESERVATION_BYTES, QUEUE_READ, Pool, judge_read
 from .._core.amounts import check_amounts
+from .._core.background import cleanup_scope
 from .._core.errors import EtcdError, InvalidReservationError, QuotaExceededError
 from .._core.keys import pool_name, validate_id
 from .._core.kv import Compare, Op, RangeResult
@@ -269,8 +268,7 @@ class Reserver:
         finally:
             released = False
             if attempted:
-                deadline = anyio.current_time() + self._session.config.request_timeout
-                with anyio.CancelScope(shield=True, deadline=deadline):  # one scope: cheaper
+                with cleanup_scope(self._session.config.request_timeout):
                     try:
                         # without an answer the put may have been applied all the same
                         guard = [Compare.create_revision(k) == token for k in keys if token]

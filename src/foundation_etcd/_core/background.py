@@ -6,6 +6,10 @@ caller's body; an error raised by the caller's own code must come out as itself,
 wrapped. :func:`background_tasks` keeps that promise: the body's exception is held while the
 helper tasks are cancelled and re-raised unchanged once they have stopped. A failing helper
 task still cancels the body and surfaces as an exception group (a bug, not a usage error).
+
+:func:`cleanup_scope` is the one way the library runs cleanup (a revoke, a resign, an
+unregister, a final checkpoint) on the way out: shielded from the cancellation that is
+ending the body, and bounded so that an unreachable etcd cannot hold the exit forever.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from contextlib import asynccontextmanager
 import anyio
 from anyio.abc import TaskGroup
 
-__all__ = ["background_tasks"]
+__all__ = ["background_tasks", "cleanup_scope"]
 
 
 @asynccontextmanager
@@ -35,3 +39,12 @@ async def background_tasks() -> AsyncIterator[TaskGroup]:
         tg.cancel_scope.cancel()
     if body_error is not None:
         raise body_error
+
+
+def cleanup_scope(limit: float) -> anyio.CancelScope:
+    """A scope for cleanup: shielded from outer cancellation, and over after ``limit`` seconds.
+
+    Args:
+        limit: how long the cleanup may take; past it the scope's body is cancelled.
+    """
+    return anyio.CancelScope(shield=True, deadline=anyio.current_time() + limit)
