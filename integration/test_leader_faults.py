@@ -118,8 +118,16 @@ async def test_hung_raft_leader_costs_no_lease(
                 campaigners.spawn(f"c{i}.1")
             for i in range(4):
                 lockers.spawn(f"l{i}.1")
-            for i in range(2):
-                await sessions.wait_for(lambda e, i=i: e["event"] == "ready", 30)
+            for i in range(2):  # every worker up before the first fault
+                await sessions.wait_for(
+                    lambda e, w=f"s{i}.1": e["event"] == "ready" and e["writer"] == w, 30
+                )
+            for fleet, prefix, n in ((campaigners, "c", 3), (lockers, "l", 4)):
+                for i in range(n):
+                    await fleet.wait_for(
+                        lambda e, w=f"{prefix}{i}.1": e["event"] == "ready" and e["writer"] == w,
+                        30,
+                    )
             await writes_after(campaigners, 0)
             await writes_after(lockers, 0)
 

@@ -15,7 +15,8 @@ acts, printing a timeline with timestamps:
 
 It ends with a summary table and exits non-zero if any invariant failed. Each node is this
 module run as ``python -m foundation_etcd.demo node ...``, driven by commands on stdin and
-reporting JSON lines on stdout.
+reporting JSON lines on stdout; ``_demo_conductor`` starts them, reads their events, and
+prints the timeline and the checks.
 """
 
 from __future__ import annotations
@@ -25,15 +26,12 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import (
     AgentContext,
@@ -47,8 +45,8 @@ from . import (
     clustered,
     connect,
 )
+from ._demo_conductor import Demo, say
 
-T0 = time.time()
 TTL = 3.0
 
 
@@ -162,99 +160,11 @@ async def _reserve(cluster: Any, amount: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------
-# the conductor
+# the conductor: the acts (its nodes, timeline and checks: _demo_conductor.py)
 
 
-@dataclass
-class _Node:
-    name: str
-    proc: subprocess.Popen[str]
-    events: list[dict[str, Any]] = field(default_factory=list)
-
-    def send(self, command: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-
-
-@dataclass
-class _Demo:
-    endpoint: str
-    namespace: str
-    nodes: dict[str, _Node] = field(default_factory=dict)
-    send: MemoryObjectSendStream[dict[str, Any]] | None = None
-    events: MemoryObjectReceiveStream[dict[str, Any]] | None = None
-    failures: list[str] = field(default_factory=list)
-    summary: list[str] = field(default_factory=list)
-
-    def check(self, ok: bool, what: str) -> None:
-        _say(("ok   " if ok else "FAIL ") + what)
-        if not ok:
-            self.failures.append(what)
-
-    def start(self, tg: Any, name: str, *, serve: bool = True, cpu: int = 8) -> _Node:
-        cmd = [
-            sys.executable,
-            "-m",
-            "foundation_etcd.demo",
-            "node",
-            "--id",
-            name,
-            "--endpoints",
-            self.endpoint,
-            "--namespace",
-            self.namespace,
-            "--cpu",
-            str(cpu),
-        ]
-        if not serve:
-            cmd.append("--no-serve")
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        node = self.nodes[name] = _Node(name, proc)
-        assert self.send is not None
-        tg.start_soon(_pump, node, self.send.clone())
-        return node
-
-    async def until(self, pred: Any, limit: float, what: str) -> dict[str, Any]:
-        assert self.events is not None
-        with anyio.fail_after(limit):
-            async for ev in self.events:
-                _describe(ev)
-                if pred(ev):
-                    return ev
-        raise RuntimeError(f"nodes exited before: {what}")
-
-
-async def _pump(node: _Node, send: MemoryObjectSendStream[dict[str, Any]]) -> None:
-    assert node.proc.stdout is not None
-    async with send:
-        while True:
-            line = await anyio.to_thread.run_sync(node.proc.stdout.readline, abandon_on_cancel=True)
-            if not line:
-                return
-            with contextlib.suppress(json.JSONDecodeError):
-                ev = json.loads(line)
-                node.events.append(ev)
-                await send.send(ev)
-
-
-def _say(text: str, at: float | None = None) -> None:
-    print(f"[{(at or time.time()) - T0:7.3f}s] {text}", flush=True)
-
-
-_QUIET = {"rt-checkpoint", "rt-stopping", "rt-waiting"}
-
-
-def _describe(ev: dict[str, Any]) -> None:
-    kind = ev["event"]
-    if kind in _QUIET or (kind.startswith("rt-") and kind not in ("rt-started", "rt-refused")):
-        return
-    fields = {k: v for k, v in ev.items() if k not in ("event", "t")}
-    _say(f"{kind:<14} {json.dumps(fields)}", ev["t"])
-
-
-async def _act_membership(demo: _Demo, tg: Any) -> None:
-    _say("== act 1: membership ==")
+async def _act_membership(demo: Demo, tg: Any) -> None:
+    say("== act 1: membership ==")
     for name in ("alpha", "beta", "gamma"):
         demo.start(tg, name)
     joined: set[str] = set()
@@ -267,13 +177,13 @@ async def _act_membership(demo: _Demo, tg: Any) -> None:
     demo.check(len(ev["agents"]) == 3, "alpha finds the 3 'text' agents of all nodes")
 
 
-async def _act_fencing(demo: _Demo) -> None:
-    _say("== act 2: leader election and fencing ==")
+async def _act_fencing(demo: Demo) -> None:
+    say("== act 2: leader election and fencing ==")
     for n in ("alpha", "beta", "gamma"):
         demo.nodes[n].send("campaign")
     first = await demo.until(lambda e: e["event"] == "elected", 15, "a leader")
     old = demo.nodes[first["node"]]
-    _say(f"SIGSTOP {old.name} (the leader, token {first['token']}) for {TTL + 1.5:g}s")
+    say(f"SIGSTOP {old.name} (the leader, token {first['token']}) for {TTL + 1.5:g}s")
     old.proc.send_signal(signal.SIGSTOP)
     second = await demo.until(lambda e: e["event"] == "elected", TTL + 10, "a new leader")
     demo.check(
@@ -281,7 +191,7 @@ async def _act_fencing(demo: _Demo) -> None:
         f"new leader {second['node']} has a higher token ({second['token']})",
     )
     await anyio.sleep(max(0.0, second["t"] + 1.5 - time.time()))  # frozen a while longer
-    _say(f"SIGCONT {old.name}")
+    say(f"SIGCONT {old.name}")
     old.proc.send_signal(signal.SIGCONT)
     late = await demo.until(lambda e: e["event"] == "late-write", 15, "the late write")
     demo.check(
@@ -293,8 +203,8 @@ async def _act_fencing(demo: _Demo) -> None:
     )
 
 
-async def _act_quotas(demo: _Demo, tg: Any, cluster: Any) -> None:
-    _say("== act 3: quotas ==")
+async def _act_quotas(demo: Demo, tg: Any, cluster: Any) -> None:
+    say("== act 3: quotas ==")
     await cluster.quotas.set_limit("gpu", 2)
     holder = demo.start(tg, "holder", serve=False, cpu=0)
     await demo.until(lambda e: e["event"] == "joined" and e["node"] == "holder", 20, "holder")
@@ -307,7 +217,7 @@ async def _act_quotas(demo: _Demo, tg: Any, cluster: Any) -> None:
         not any(e["event"] == "admitted" for e in demo.nodes["gamma"].events),
         "gamma waits: both gpu slots are held",
     )
-    _say("SIGKILL holder (holding 2 gpu)")
+    say("SIGKILL holder (holding 2 gpu)")
     killed = time.time()
     holder.proc.send_signal(signal.SIGKILL)
     ev = await demo.until(
@@ -318,8 +228,8 @@ async def _act_quotas(demo: _Demo, tg: Any, cluster: Any) -> None:
     demo.summary.append(f"quotas: slots of a killed holder freed and taken in {took:.2f}s")
 
 
-async def _act_failover(demo: _Demo, cluster: Any) -> None:
-    _say("== act 4: placement, state and failover ==")
+async def _act_failover(demo: Demo, cluster: Any) -> None:
+    say("== act 4: placement, state and failover ==")
     for i in range(12):
         cls = Account if i % 2 == 0 else Cache
         await cluster.spawn(
@@ -337,7 +247,7 @@ async def _act_failover(demo: _Demo, cluster: Any) -> None:
     for a in on_victim:
         kv = await cluster.transport.get(cluster.keyspace.agent_state(a))
         saved_before[a] = json.loads(kv.value)["state"]["balance"] if kv else None
-    _say(f"SIGKILL {victim}, hosting {', '.join(on_victim)}")
+    say(f"SIGKILL {victim}, hosting {', '.join(on_victim)}")
     killed = time.time()
     demo.nodes[victim].proc.send_signal(signal.SIGKILL)
     # this cluster's own views: detection and reassignment
@@ -346,7 +256,7 @@ async def _act_failover(demo: _Demo, cluster: Any) -> None:
             async for batch in changes:
                 if any(c.kind is ChangeKind.REMOVED and c.node.node_id == victim for c in batch):
                     break
-    _say(f"detected: node {victim} left, {time.time() - killed:.2f}s after the kill")
+    say(f"detected: node {victim} left, {time.time() - killed:.2f}s after the kill")
     critical = [a for a in on_victim if before[a].critical]
     restarts: dict[str, dict[str, Any]] = {}
     while len(restarts) < len(critical):
@@ -414,8 +324,8 @@ async def _conduct() -> int:
     from .testing import EtcdServer
 
     with EtcdServer(name="demo") as etcd:
-        _say(f"embedded etcd {etcd.endpoint}; TTL {TTL:g}s")
-        demo = _Demo(etcd.endpoint, f"demo-{os.getpid()}")
+        say(f"embedded etcd {etcd.endpoint}; TTL {TTL:g}s")
+        demo = Demo(etcd.endpoint, f"demo-{os.getpid()}")
         demo.send, demo.events = anyio.create_memory_object_stream[dict[str, Any]](1000)
         cfg = Config(endpoints=(etcd.endpoint,), namespace=demo.namespace, ttl=TTL)
         try:

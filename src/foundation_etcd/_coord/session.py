@@ -11,14 +11,10 @@ Guarantees:
       etcd can be reached, the lease is declared *lost* and every guarded scope is cancelled,
       ``step_down`` seconds before etcd could expire it (while the client's clock runs at
       least ``(ttl - step_down) / ttl`` as fast as etcd's: see docs/concepts/session.md).
-    * **Hedged renewal.** A keepalive unanswered for :meth:`Session.hedge_delay` is joined
-      by another on a fresh stream to the next endpoint (a channel pinned to it), round the
-      endpoints, until one answers or the deadline passes: a member that hangs (paused, or
-      forwarding to a raft leader that hangs) costs an attempt, not the lease. The time
-      available is ``Config.retry_budget`` (``ttl / 2`` with the default timings).
-    * **Confirmed expiry.** A keepalive answered with TTL <= 0 ends the lease only when a
-      second member (with one endpoint, a second stream) says so too: a member that has
-      just resumed may not know leases granted while it was frozen.
+    * **Renewal** (``_coord/keepalive.py``, whose docstring states these guarantees next to
+      their code): a keepalive unanswered for :meth:`Session.hedge_delay` is **hedged** on
+      a fresh stream to the next endpoint, within ``Config.retry_budget``, and a TTL <= 0
+      answer ends the lease only when **confirmed** by a second member.
     * **Never revived.** A lost lease is never kept alive again: the session revokes it
       (best effort, so its keys vanish now rather than at expiry), grants a new lease, and
       calls the ``on_renewed`` hooks so that owners register their keys again.
@@ -49,7 +45,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from .._core.background import background_tasks
@@ -64,7 +59,8 @@ from .._core.errors import (
     LeaseNotFoundError,
     SessionClosedError,
 )
-from .._transport import KeepAliveStream, Transport
+from .._transport import Transport
+from .keepalive import Renewer
 
 __all__ = ["Lease", "Session", "SessionStatistics", "open_session"]
 
@@ -192,13 +188,9 @@ class Session:
         self._changed = anyio.Event()
         self._closed = False
         self._renew_hooks: list[RenewHook] = []
-        self._keepalives = 0
-        self._ka_failures = 0
+        self._renewer = Renewer(transport, config)
         self._losses = 0
-        self._rtt = math.nan
         self._tg: TaskGroup | None = None
-        self._member = random.randrange(max(1, transport.member_count))
-        self._idle: tuple[int, KeepAliveStream] | None = None
         self._last_grant_error: BaseException | None = None
 
     # public --------------------------------------------------------------------------------
@@ -278,10 +270,10 @@ class Session:
         return SessionStatistics(
             lease_id=lease.id if lease else 0,
             generation=lease.generation if lease else 0,
-            keepalives=self._keepalives,
-            keepalive_failures=self._ka_failures,
+            keepalives=self._renewer.keepalives,
+            keepalive_failures=self._renewer.failures,
             leases_lost=self._losses,
-            last_keepalive_rtt=self._rtt,
+            last_keepalive_rtt=self._renewer.rtt,
             deadline_in=lease.remaining() if lease else math.nan,
         )
 
@@ -351,129 +343,9 @@ class Session:
         At most a sixth of the retry budget (``ttl - step_down - keepalive_interval``), so
         that at least six attempts, spread over the endpoints, fit between a hung keepalive
         and the safe deadline; at least 0.25 s (or four round trips) so that a slow but
-        healthy etcd is not flooded.
+        healthy etcd is not flooded. Computed by the session's renewer (``keepalive.py``).
         """
-        cfg = self.config
-        budget = cfg.retry_budget
-        rtt = self._rtt if math.isfinite(self._rtt) else 0.0
-        return max(0.02, min(budget / 6, max(0.25, 4 * rtt)))
-
-    async def _keepalive(self, lease: Lease) -> None:
-        """Renew ``lease`` every ``keepalive_interval`` until it is lost."""
-        interval = self.config.safe_keepalive_interval
-        try:
-            while not lease.lost:
-                started = anyio.current_time()
-                await self._renew_once(lease)
-                await anyio.sleep_until(started + interval)
-        finally:
-            if self._idle is not None:
-                self._idle[1].close()
-                self._idle = None
-
-    def _open_stream(self, member: int) -> KeepAliveStream:
-        if self.transport.member_count > 1:
-            return self.transport.open_keepalive(member)
-        return self.transport.open_keepalive()
-
-    async def _renew_once(self, lease: Lease) -> None:
-        """One keepalive round: return once etcd has renewed ``lease`` or it is lost.
-
-        The first keepalive goes on the open stream of the member that answered last. One
-        that stays unanswered for :meth:`hedge_delay` (a member may hang: frozen, or
-        forwarding to a frozen raft leader) is not abandoned, but joined by another on a
-        fresh stream to the next endpoint, and so on round the endpoints; the first answer
-        wins. A TTL <= 0 answer (the lease is gone) is believed only when a second member
-        (or, with one endpoint, a second stream) says so too: a member that has just
-        resumed may not know leases granted while it was frozen. The watchdog still fires
-        *lost* at the safe deadline if no answer comes.
-        """
-        members = self.transport.member_count
-        step_down = self.config.safe_step_down
-        wake = anyio.Event()
-        done = anyio.Event()
-        gone: set[int] = set()  # members (or attempts, with one endpoint) that said "gone"
-        pending: list[anyio.CancelScope] = []
-        limit = min(12, 3 * members)
-
-        async def attempt(member: int, stream: KeepAliveStream, tag: int) -> None:
-            scope = anyio.CancelScope()
-            pending.append(scope)
-            kept = False
-            try:
-                with scope:
-                    sent = anyio.current_time()
-                    log.debug(
-                        "keepalive of lease %x via member %d (attempt %d)", lease.id, member, tag
-                    )
-                    try:
-                        ttl = await stream.keepalive(lease.id)
-                    except EtcdError as exc:
-                        self._ka_failures += 1
-                        log.info(
-                            "keepalive of lease %x via member %d failed: %r", lease.id, member, exc
-                        )
-                        return
-                    if lease.lost or done.is_set():
-                        return
-                    now = anyio.current_time()
-                    if ttl > 0:
-                        self._keepalives += 1
-                        self._rtt = now - sent
-                        lease.deadline = max(lease.deadline, sent + ttl - step_down)
-                        if now >= lease.deadline:
-                            lease._fire("keepalive answered after the safe deadline")
-                        else:
-                            self._member = member
-                            self._idle = (member, stream)
-                            kept = True
-                        done.set()
-                        return
-                    gone.add(member if members > 1 else tag)
-                    if len(gone) >= 2:
-                        lease._fire("etcd reports the lease expired (confirmed by two members)")
-                        done.set()
-                    else:
-                        log.info(
-                            "member %d says lease %x is gone; asking another", member, lease.id
-                        )
-            finally:
-                if scope in pending:
-                    pending.remove(scope)
-                if not kept:
-                    stream.close()
-                if not scope.cancel_called:  # one we gave up on starts no new attempt
-                    wake.set()
-
-        idle, self._idle = self._idle, None
-        member = self._member
-        async with anyio.create_task_group() as tg:
-            stream = idle[1] if idle is not None else self._open_stream(member)
-            tag = 0
-            tg.start_soon(attempt, member, stream, tag)
-            last_start = anyio.current_time()
-            while not done.is_set() and not lease.lost:
-                hedge = self.hedge_delay()
-                with anyio.move_on_after(hedge):
-                    await wake.wait()
-                if done.is_set() or lease.lost:
-                    break
-                wake = anyio.Event()
-                # an attempt that failed at once (connection refused) is retried at once,
-                # but never more often than this: no busy loop while etcd is down
-                await anyio.sleep_until(last_start + min(0.1, hedge / 2))
-                if done.is_set() or lease.lost:
-                    break
-                last_start = anyio.current_time()
-                member = (member + 1) % members
-                if members > 1 and member in gone and len(gone) < members:
-                    member = (member + 1) % members
-                while len(pending) >= limit:
-                    pending.pop(0).cancel()  # the oldest: most likely stuck for good
-                tag += 1
-                tg.start_soon(attempt, member, self._open_stream(member), tag)
-                await anyio.lowlevel.checkpoint()  # let it register before the next hedge
-            tg.cancel_scope.cancel()
+        return self._renewer.hedge_delay()
 
     @staticmethod
     async def _watchdog(lease: Lease) -> None:
@@ -503,7 +375,7 @@ class Session:
         lease = first
         while True:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._keepalive, lease)
+                tg.start_soon(self._renewer.run, lease)
                 tg.start_soon(self._watchdog, lease)
                 if lease.generation > 1:
                     tg.start_soon(self._run_hooks, lease)
