@@ -149,35 +149,12 @@ __all__ = [
     "validate_id",
 ]
 
-# Moved to foundation_etcd.lowlevel in 0.2 (deprecated here, removed in 0.3).
-_MOVED = frozenset(
-    {
-        "MAX_REQUEST_BYTES",
-        "MAX_TXN_OPS",
-        "AgentSpec",
-        "Compare",
-        "DeleteResult",
-        "EventType",
-        "KeyValue",
-        "Keyspace",
-        "LeaseGrant",
-        "LeaseInfo",
-        "NodeRuntime",
-        "Op",
-        "Ownership",
-        "PutResult",
-        "RangeResult",
-        "Scheduler",
-        "Status",
-        "Transport",
-        "TxnResult",
-        "ViewChange",
-        "WatchEvent",
-        "WatchedView",
-        "open_transport",
-        "open_view",
-        "prefix_end",
-    }
+# Moved to foundation_etcd.lowlevel in 0.2 (deprecated here, removed in 0.3): the raw
+# layer's names, less those that stay here too and the three that were never here.
+_MOVED = (
+    frozenset(_lowlevel.__all__)
+    - frozenset(__all__)
+    - {"KeepAliveStream", "WatchResponse", "WatchStream"}
 )
 
 
