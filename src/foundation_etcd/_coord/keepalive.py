@@ -93,20 +93,70 @@ class Renewer:
     async def _renew_once(self, lease: Lease) -> None:
         """One keepalive round: return once etcd has renewed ``lease`` or it is lost.
 
-        The first keepalive goes on the open stream of the member that answered last. One
-        that stays unanswered for :meth:`hedge_delay` (a member may hang: frozen, or
-        forwarding to a frozen raft leader) is not abandoned, but joined by another on a
-        fresh stream to the next endpoint, and so on round the endpoints; the first answer
-        wins. A TTL <= 0 answer (the lease is gone) is believed only when a second member
-        (or, with one endpoint, a second stream) says so too: a member that has just
-        resumed may not know leases granted while it was frozen. The watchdog still fires
+        The first keepalive goes on the open stream of the member that answered last,
+        directly (no task group: this is every round while etcd is healthy). If it fails,
+        says "gone", or stays unanswered for :meth:`hedge_delay` (a member may hang:
+        frozen, or forwarding to a frozen raft leader), that stream is closed and the round
+        goes on hedged (:meth:`_hedged`): a keepalive on a fresh stream to the next
+        endpoint, joined by another every hedge delay round the endpoints, those still
+        pending kept; the first answer wins. A TTL <= 0 answer (the lease is gone) is
+        believed only when a second member (or, with one endpoint, a second stream) says so
+        too: a member that has just resumed may not know leases granted while it was
+        frozen. The watchdog still fires
         *lost* at the safe deadline if no answer comes.
         """
+        gone: set[int] = set()  # members (or attempts, with one endpoint) that said "gone"
+        idle, self._idle = self._idle, None
+        if idle is not None:
+            # the common round, without the hedging machinery: the open stream of the member
+            # that answered last, given one hedge delay (then it is hedged like any other)
+            member, stream = idle
+            sent = anyio.current_time()
+            with anyio.move_on_after(self.hedge_delay()):
+                try:
+                    ttl = await stream.keepalive(lease.id)
+                except EtcdError as exc:
+                    self.failures += 1
+                    log.info(
+                        "keepalive of lease %x via member %d failed: %r", lease.id, member, exc
+                    )
+                else:
+                    if ttl > 0:
+                        if self._accept(lease, member, stream, sent, ttl):
+                            return
+                        stream.close()
+                        return
+                    gone.add(member)
+                    log.info("member %d says lease %x is gone; asking another", member, lease.id)
+            stream.close()  # failed, gone, or unanswered in time: a read cancelled midway
+            self._member = (member + 1) % max(1, self.transport.member_count)
+            if lease.lost:
+                return
+        await self._hedged(lease, gone)
+
+    def _accept(
+        self, lease: Lease, member: int, stream: KeepAliveStream, sent: float, ttl: int
+    ) -> bool:
+        """Take a positive answer: move the deadline, keep the stream; ``False`` if too late."""
+        now = anyio.current_time()
+        self.keepalives += 1
+        self.rtt = now - sent
+        lease.deadline = max(lease.deadline, sent + ttl - self.config.safe_step_down)
+        if now >= lease.deadline:
+            lease._fire("keepalive answered after the safe deadline")
+            return False
+        self._member = member
+        self._idle = (member, stream)
+        return True
+
+    async def _hedged(self, lease: Lease, gone: set[int]) -> None:
+        """Keepalives hedged round the endpoints until one renews ``lease`` or it is lost.
+
+        ``gone`` holds the members that already said the lease is gone in this round.
+        """
         members = self.transport.member_count
-        step_down = self.config.safe_step_down
         wake = anyio.Event()
         done = anyio.Event()
-        gone: set[int] = set()  # members (or attempts, with one endpoint) that said "gone"
         pending: list[anyio.CancelScope] = []
         limit = min(12, 3 * members)
 
@@ -130,17 +180,8 @@ class Renewer:
                         return
                     if lease.lost or done.is_set():
                         return
-                    now = anyio.current_time()
                     if ttl > 0:
-                        self.keepalives += 1
-                        self.rtt = now - sent
-                        lease.deadline = max(lease.deadline, sent + ttl - step_down)
-                        if now >= lease.deadline:
-                            lease._fire("keepalive answered after the safe deadline")
-                        else:
-                            self._member = member
-                            self._idle = (member, stream)
-                            kept = True
+                        kept = self._accept(lease, member, stream, sent, ttl)
                         done.set()
                         return
                     gone.add(member if members > 1 else tag)
@@ -159,11 +200,10 @@ class Renewer:
                 if not scope.cancel_called:  # one we gave up on starts no new attempt
                     wake.set()
 
-        idle, self._idle = self._idle, None
         member = self._member
         async with anyio.create_task_group() as tg:
-            stream = idle[1] if idle is not None else self._open_stream(member)
-            tag = 0
+            stream = self._open_stream(member)
+            tag = len(gone)
             tg.start_soon(attempt, member, stream, tag)
             last_start = anyio.current_time()
             while not done.is_set() and not lease.lost:
