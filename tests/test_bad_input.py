@@ -6,6 +6,7 @@ that refused its arguments must have written nothing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
@@ -208,3 +209,47 @@ async def test_drain_cordons_first_so_nothing_lands_on_the_node(etcd_config: Con
             rev = (await a.transport.txn([], [])).revision
             await (await other.scheduler.cordon_view()).wait_for(rev)
             assert (await other.spawn(Worker, "back", placement=PreferA())).node_id == "a"
+
+
+# crafted records ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "crafted",
+    [
+        b'{"resources": {"cpu": -100}}',  # would free 100 cpu if summed as it stands
+        b'{"resources": {"cpu": 0.5}}',
+        b'{"resources": "cpu"}',
+        b"{}",
+        b"not json",
+    ],
+)
+async def test_crafted_node_reservation_never_frees_capacity(
+    etcd_config: Config, crafted: bytes
+) -> None:
+    """A node reservation the library did not write leaves its node no room, never more."""
+    async with connect(etcd_config, node_id="a", capacity={"cpu": 2}) as c:
+        sched = c.scheduler
+        await c.transport.put(sched.res_prefix + b"a/ghost", crafted)
+        _, _, res_view = await sched.views()
+        await res_view.wait_for(await c.transport.revision())
+        with pytest.raises(NoNodeFitsError):
+            await c.spawn(Worker, "w1")
+        assert await c.transport.get(c.keyspace.agent_spec("w1")) is None
+        await c.transport.delete(sched.res_prefix + b"a/ghost")
+        await res_view.wait_for(await c.transport.revision())
+        assert (await c.spawn(Worker, "w1")).node_id == "a"  # room again once it is gone
+
+
+def test_crafted_spec_resources_fit_no_node() -> None:
+    from foundation_etcd.lowlevel import AgentSpec
+
+    for raw, wanted in (
+        ({"cpu": -1}, None),
+        ({"cpu": 1.5}, None),
+        ("cpu", None),
+        ({"cpu": 2}, {"cpu": 2}),
+    ):
+        data = json.dumps({"class": "x", "resources": raw}).encode()
+        spec = AgentSpec.decode("s", data)
+        node = NodeLoad("a", {"cpu": 1_000_000}, {}, frozenset(), 0)
+        reason = fit_reason(spec.request(), node)
+        assert (reason is None) == (wanted is not None), (raw, spec.resources, reason)

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from .._coord.ownership import Ownership
 from .._coord.watch import ChangeKind, ViewChange, WatchedView
 from .._core import codec as _codec
-from .._core.amounts import check_amounts
+from .._core.amounts import ANY_RESOURCE, BLOCKING, check_amounts, stored_usage
 from .._core.errors import (
     AgentExistsError,
     AgentNotFoundError,
@@ -194,7 +194,7 @@ class Scheduler:
             NodeLoad(
                 n.node_id,
                 n.capacity,
-                used.get(n.node_id, {}),
+                _full(used.get(n.node_id, {}), n.capacity),
                 n.capabilities,
                 count.get(n.node_id, 0),
                 n.node_id in cordoned,
@@ -204,9 +204,16 @@ class Scheduler:
         ]
 
     def _res_add(self, kv: KeyValue) -> None:
-        node, _, agent = kv.key[len(self.res_prefix) :].decode().partition("/")
-        amounts = _codec.decode(kv.value).get("resources", {})
-        self._res_index[(node, agent)] = {str(r): int(a) for r, a in amounts.items()}
+        node, _, agent = kv.key[len(self.res_prefix) :].decode(errors="replace").partition("/")
+        try:
+            raw = _codec.decode(kv.value)
+        except (ValueError, RecursionError):
+            raw = None
+        # fails closed: an entry the library would not write leaves its node no room
+        if isinstance(raw, dict) and isinstance(raw.get("resources"), dict):
+            self._res_index[(node, agent)] = stored_usage(raw["resources"])
+        else:
+            self._res_index[(node, agent)] = {ANY_RESOURCE: BLOCKING}
 
     def _res_changed(self, changes: list[ViewChange]) -> None:
         for c in changes:
@@ -417,3 +424,10 @@ def _holds(c: Compare, kv: KeyValue | None) -> bool:
         "<": actual < want,
         ">": actual > want,
     }[c.op]
+
+
+def _full(used: dict[str, int], capacity: Mapping[str, int]) -> dict[str, int]:
+    """``used``, with every resource of ``capacity`` taken when a reservation was malformed."""
+    if ANY_RESOURCE not in used:
+        return used
+    return {**used, **dict.fromkeys(capacity, BLOCKING)}

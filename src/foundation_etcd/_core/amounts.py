@@ -28,6 +28,7 @@ from typing import Final, TypeGuard
 from .keys import split_pool, validate_id
 
 __all__ = [
+    "ANY_RESOURCE",
     "BLOCKING",
     "MAX_AMOUNT",
     "check_amount",
@@ -38,6 +39,7 @@ __all__ = [
     "stored_capacity",
     "stored_limit",
     "stored_reservation",
+    "stored_usage",
 ]
 
 MAX_AMOUNT: Final = 2**53 - 1  # the largest integer every JSON reader keeps exact
@@ -153,6 +155,27 @@ def stored_amount(value: object) -> int | None:
     entry in the safe direction: it may block what queues behind it, it never frees room.
     """
     return value if _is_integer(value, 1) else None
+
+
+ANY_RESOURCE: Final = "*"  # not an id: no node offers it, so what asks for it never fits
+
+
+def stored_usage(value: object) -> dict[str, int]:
+    """Interpret the resources an agent takes (a spec's or a node reservation's), read back.
+
+    Fails closed: an invalid amount counts as :data:`BLOCKING`, and a value that is not a
+    mapping of resource names becomes ``{ANY_RESOURCE: BLOCKING}``: an agent asking for it
+    fits no node, and a node reservation holding it leaves its node no room at all.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        return {ANY_RESOURCE: BLOCKING}
+    out: dict[str, int] = {}
+    for resource, amount in value.items():
+        name = resource if isinstance(resource, str) else ANY_RESOURCE
+        out[name] = out.get(name, 0) + (stored_amount(amount) or BLOCKING)
+    return out
 
 
 def stored_capacity(value: object) -> int | None:

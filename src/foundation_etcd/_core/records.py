@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from . import codec as _codec
+from .amounts import stored_usage
 from .kv import KeyValue
 from .placement import PlacementRequest
 
@@ -74,7 +75,7 @@ class AgentSpec:
             dict(d.get("args") or {}),
             bool(d.get("critical", False)),
             str(d.get("placement", "least-loaded")),
-            {str(k): int(v) for k, v in (d.get("resources") or {}).items()},
+            stored_usage(d.get("resources")),  # a crafted amount fits no node
             frozenset(d.get("requires") or ()),
         )
 
