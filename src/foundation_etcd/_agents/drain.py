@@ -26,15 +26,13 @@ not depend on this process's session; it needs only the transport.
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
-from .._core import codec as _codec
 from .._core.errors import NodeNotFoundError
 from .._core.keys import validate_id
 from .._core.kv import Compare, Op
 from .._core.placement import strategy_named
-from .._core.records import AgentSpec, AssignmentStatus, decode_assignment
+from .._core.records import AgentSpec, AssignmentStatus, decode_assignment, encode_cordon
 from .scheduler import ConditionFailed
 
 if TYPE_CHECKING:
@@ -93,7 +91,7 @@ class Drain:
     async def _cordon(self, node_id: str) -> tuple[bool, int]:
         await self._node_state(node_id)
         key = self._scheduler.cordon_key(node_id)
-        value = _codec.encode({"by": self._node_id, "at": time.time()}, "cordon", 1024)
+        value = encode_cordon(self._node_id)
         res = await self._transport.txn([Compare.create_revision(key) == 0], [Op.put(key, value)])
         if res.succeeded:
             log.info("node %s cordoned (rev %d)", node_id, res.revision)
@@ -179,7 +177,7 @@ class Drain:
                     spec,
                     strategy_named("least-loaded"),
                     compares=[Compare.mod_revision(kv.key) == kv.mod_revision],
-                    ops=[Op.delete(sched.node_res_prefix(node_id) + agent_id.encode())],
+                    ops=[Op.delete(self._ks.node_reservation(node_id, agent_id))],
                     exclude=frozenset({node_id}),
                 )
             except ConditionFailed:

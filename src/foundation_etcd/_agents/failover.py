@@ -143,7 +143,7 @@ class Failover:
                 Compare.create_revision(self._ks.node(node)) == 0,
                 Compare.mod_revision(kv.key) == kv.mod_revision,
             ]
-            free_old = Op.delete(sched.node_res_prefix(node) + agent_id.encode())
+            free_old = Op.delete(self._ks.node_reservation(node, agent_id))
             try:
                 if spec.critical:
                     new, rev = await sched.commit(

@@ -16,10 +16,7 @@ Guarantees:
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -29,47 +26,15 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from .._coord.session import Lease
 from .._coord.waits import wait_deleted
 from .._coord.watch import ChangeKind, ViewChange, WatchedView
-from .._core import codec as _codec
-from .._core.amounts import check_amounts, stored_capacity
 from .._core.errors import NodeExistsError
-from .._core.keys import Keyspace, validate_id
+from .._core.keys import Keyspace
 from .._core.kv import Compare, KeyValue, Op
+from .._core.records import MAX_NODE_INFO_BYTES, NodeInfo, node_value, parse_node
 from .._transport import Transport
 
 __all__ = ["MAX_NODE_INFO_BYTES", "Membership", "NodeChange", "NodeInfo", "node_value"]
 
 log = logging.getLogger("foundation_etcd.membership")
-
-MAX_NODE_INFO_BYTES = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class NodeInfo:
-    """A live node as announced in etcd.
-
-    Attributes:
-        node_id: the node's id.
-        capacity: resource name to integer amount the node offers.
-        capabilities: what the node can host.
-        address: where the node can be reached (free-form, optional).
-        started_at: wall-clock time the process connected (seconds since the epoch).
-        pid: the process id.
-        hostname: the host name.
-        hosts_agents: whether placement may put agents on it (``connect(hosts_agents=)``).
-        lease_id: the session lease the node key lives under.
-        revision: the revision of the announcement.
-    """
-
-    node_id: str
-    capacity: Mapping[str, int]
-    capabilities: frozenset[str]
-    address: str
-    started_at: float
-    pid: int
-    hostname: str
-    hosts_agents: bool
-    lease_id: int
-    revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,65 +43,6 @@ class NodeChange:
 
     kind: ChangeKind
     node: NodeInfo
-
-
-def node_value(
-    node_id: str,
-    capacity: Mapping[str, int],
-    capabilities: Iterable[str],
-    address: str,
-    hosts_agents: bool,
-) -> bytes:
-    """Encode a node announcement, validating it first (nothing is sent).
-
-    Raises:
-        InvalidIdError: a bad capability or resource name.
-        ValueError: a bad capacity.
-        RequestTooLargeError: over :data:`MAX_NODE_INFO_BYTES`.
-    """
-    caps = sorted({validate_id(c, "capability") for c in capabilities})
-    cap_map = check_amounts(capacity, "capacity", minimum=0)
-    return _codec.encode(
-        {
-            "node_id": node_id,
-            "capacity": cap_map,
-            "capabilities": caps,
-            "address": address,
-            "started_at": time.time(),
-            "pid": os.getpid(),
-            "hostname": socket.gethostname(),
-            "hosts": hosts_agents,
-        },
-        "node info",
-        MAX_NODE_INFO_BYTES,
-    )
-
-
-def parse_node(kv: KeyValue) -> NodeInfo | None:
-    """Decode an announcement; ``None`` (and a warning) when the library never writes it."""
-    try:
-        d = _codec.decode(kv.value)
-        return NodeInfo(
-            node_id=str(d["node_id"]),
-            # a capacity the library would not write (negative, fractional, huge) is no
-            # capacity: placement never counts on it
-            capacity={
-                str(k): c
-                for k, v in d.get("capacity", {}).items()
-                if (c := stored_capacity(v)) is not None
-            },
-            capabilities=frozenset(d.get("capabilities", ())),
-            address=str(d.get("address", "")),
-            started_at=float(d.get("started_at", 0.0)),
-            pid=int(d.get("pid", 0)),
-            hostname=str(d.get("hostname", "")),
-            hosts_agents=bool(d.get("hosts", True)),
-            lease_id=kv.lease,
-            revision=kv.mod_revision,
-        )
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
-        log.warning("ignoring malformed node announcement at %r", kv.key)
-        return None
 
 
 class Membership:

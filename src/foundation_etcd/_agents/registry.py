@@ -32,17 +32,16 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .._coord.session import Lease, Session
 from .._coord.watch import ChangeKind, ViewChange, WatchedView
-from .._core import codec as _codec
 from .._core.errors import AgentExistsError, AgentNotFoundError, InvalidIdError, SerializationError
 from .._core.keys import Keyspace, validate_id
 from .._core.kv import Compare, KeyValue, Op
+from .._core.records import AgentInfo, encode_registration, parse_registration
 from .._transport import Transport
 
 __all__ = ["AgentChange", "AgentInfo", "Registration", "Registry"]
 
 log = logging.getLogger("foundation_etcd.registry")
 
-MAX_META_BYTES = 64 * 1024
 _REREGISTER_CONCURRENCY = 64
 
 
@@ -82,31 +81,6 @@ def _check_capabilities(capabilities: object) -> tuple[str, ...]:
             "capabilities", capabilities, "must be an iterable of capability names"
         ) from None
     return tuple(sorted({validate_id(c, "capability") for c in items}))
-
-
-@dataclass(frozen=True, slots=True)
-class AgentInfo:
-    """A live agent as the registry sees it.
-
-    Attributes:
-        agent_id: the agent's id.
-        node_id: the node whose process registered it.
-        class_name: the agent's cluster name (``@clustered(name=...)``), or ``""``.
-        capabilities: what the agent can do.
-        meta: free-form JSON metadata.
-        incarnation: the create revision of the live key.
-        lease_id: the lease it lives under.
-        revision: the revision of the last change (registration or metadata update).
-    """
-
-    agent_id: str
-    node_id: str
-    class_name: str
-    capabilities: frozenset[str]
-    meta: Mapping[str, Any]
-    incarnation: int
-    lease_id: int
-    revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,22 +149,7 @@ class Registry:
 
     # the in-memory index -------------------------------------------------------------------
     def _parse(self, kv: KeyValue) -> AgentInfo | None:
-        agent_id = kv.key[len(self._prefix) :].decode()
-        try:
-            data = _codec.decode(kv.value)
-            return AgentInfo(
-                agent_id=agent_id,
-                node_id=str(data.get("node", "")),
-                class_name=str(data.get("class", "")),
-                capabilities=frozenset(data.get("capabilities", ())),
-                meta=data.get("meta") or {},
-                incarnation=kv.create_revision,
-                lease_id=kv.lease,
-                revision=kv.mod_revision,
-            )
-        except (ValueError, TypeError, AttributeError):
-            log.warning("ignoring malformed registration at %r", kv.key)
-            return None
+        return parse_registration(kv.key[len(self._prefix) :].decode(), kv)
 
     def _index(self, kv: KeyValue) -> None:
         info = self._parse(kv)
@@ -266,13 +225,7 @@ class Registry:
 
     def _value(self, class_name: str, capabilities: Iterable[str], meta: Any) -> bytes:
         """Encode a registration once; only the metadata can fail or be large."""
-        caps = sorted(capabilities)
-        overhead = 128 + len(self._node_id) + len(class_name) + sum(len(c) + 3 for c in caps)
-        return _codec.encode(
-            {"node": self._node_id, "class": class_name, "capabilities": caps, "meta": meta},
-            "agent metadata",
-            MAX_META_BYTES + overhead,
-        )
+        return encode_registration(self._node_id, class_name, capabilities, meta)
 
     async def _create(self, agent_id: str, owned: _Owned, lease: Lease) -> Registration:
         key = self._ks.agent_live(agent_id)

@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._coord.waits import wait_deleted
-from .._core import codec as _codec
 from .._core.background import background_tasks, cleanup_scope
 from .._core.errors import (
     AgentExistsError,
@@ -47,7 +46,14 @@ from .._core.errors import (
     LeaseLostError,
 )
 from .._core.kv import Compare, Op
-from .._core.records import AgentSpec, AssignmentStatus, decode_assignment, encode_assignment
+from .._core.records import (
+    AgentSpec,
+    AssignmentStatus,
+    decode_assignment,
+    decode_state,
+    encode_assignment,
+    encode_state,
+)
 from .._transport import Transport
 from .agent import AgentContext, RestartPolicy, agent_classes, call_hook, cluster_spec
 
@@ -61,7 +67,6 @@ __all__ = ["AgentRunContext", "NodeRuntime"]
 
 log = logging.getLogger("foundation_etcd.runtime")
 
-MAX_STATE_BYTES = 1024 * 1024
 EventHook = Callable[..., None]
 
 
@@ -88,11 +93,7 @@ class AgentRunContext(AgentContext):
             IncarnationLostError: this incarnation is no longer live; nothing written.
             SerializationError, RequestTooLargeError: bad state (nothing written).
         """
-        data = _codec.encode(
-            {"incarnation": self.incarnation, "state": state, "at": time.time()},
-            "agent state",
-            MAX_STATE_BYTES,
-        )
+        data = encode_state(self.incarnation, state)
         # the runtime hands its transport in; a context made by hand uses its cluster's
         transport: Transport = self._transport or self.cluster.transport
         res = await transport.txn(
@@ -323,7 +324,7 @@ class NodeRuntime:
         graceful = False
         try:
             kv = await self._transport.get(ks.agent_state(agent_id))
-            restored = _codec.decode(kv.value).get("state") if kv is not None else None
+            restored = decode_state(kv)
             agent = cls(**spec.args)
             if restored is not None:
                 await call_hook(agent, "restore_state", restored)

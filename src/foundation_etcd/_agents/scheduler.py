@@ -36,8 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._coord.ownership import Ownership
 from .._coord.watch import ChangeKind, ViewChange, WatchedView
-from .._core import codec as _codec
-from .._core.amounts import ANY_RESOURCE, BLOCKING, check_amounts, stored_usage
+from .._core.amounts import ANY_RESOURCE, BLOCKING, check_amounts
 from .._core.errors import (
     AgentExistsError,
     AgentNotFoundError,
@@ -55,7 +54,9 @@ from .._core.records import (
     AgentSpec,
     AssignmentStatus,
     decode_assignment,
+    decode_node_reservation,
     encode_assignment,
+    encode_node_reservation,
 )
 from .agent import cluster_spec
 
@@ -122,10 +123,10 @@ class Scheduler:
         self._membership = membership
         self._registry = registry
         self._ks = keyspace
-        self.spec_prefix = self._ks.key("agents", "spec", "")
-        self.assign_prefix = self._ks.key("agents", "assign", "")
-        self.res_prefix = self._ks.key("nodes-res", "")
-        self.cordon_prefix = self._ks.key("nodes-cordon", "")
+        self.spec_prefix = self._ks.agent_specs_prefix()
+        self.assign_prefix = self._ks.agent_assigns_prefix()
+        self.res_prefix = self._ks.node_reservations_prefix()
+        self.cordon_prefix = self._ks.cordons_prefix()
         self._cordons: WatchedView | None = None
         self._res_index: dict[tuple[str, str], dict[str, int]] = {}
         self._res_index_of: WatchedView | None = None
@@ -152,7 +153,7 @@ class Scheduler:
 
     def cordon_key(self, node_id: str) -> bytes:
         """The key that marks ``node_id`` cordoned (no lease: it outlives every process)."""
-        return self.cordon_prefix + validate_id(node_id, "node id").encode()
+        return self._ks.cordon(node_id)
 
     def cordoned_in(self, view: WatchedView) -> frozenset[str]:
         """The nodes cordoned in ``view`` (the cordon view; no I/O)."""
@@ -161,7 +162,7 @@ class Scheduler:
 
     def node_res_prefix(self, node: str) -> bytes:
         """The prefix of ``node``'s reservations, ``nodes-res/{node}/``."""
-        return self._ks.key("nodes-res", validate_id(node, "node id"), "")
+        return self._ks.node_reservations_of(node)
 
     def loads(
         self, res_view: WatchedView, cordoned: frozenset[str] | None = None
@@ -205,15 +206,7 @@ class Scheduler:
 
     def _res_add(self, kv: KeyValue) -> None:
         node, _, agent = kv.key[len(self.res_prefix) :].decode(errors="replace").partition("/")
-        try:
-            raw = _codec.decode(kv.value)
-        except (ValueError, RecursionError):
-            raw = None
-        # fails closed: an entry the library would not write leaves its node no room
-        if isinstance(raw, dict) and isinstance(raw.get("resources"), dict):
-            self._res_index[(node, agent)] = stored_usage(raw["resources"])
-        else:
-            self._res_index[(node, agent)] = {ANY_RESOURCE: BLOCKING}
+        self._res_index[(node, agent)] = decode_node_reservation(kv.value)
 
     def _res_changed(self, changes: list[ViewChange]) -> None:
         for c in changes:
@@ -276,8 +269,8 @@ class Scheduler:
                     encode_assignment(node, AssignmentStatus.ASSIGNED),
                 ),
                 Op.put(
-                    rp + spec.agent_id.encode(),
-                    _codec.encode({"resources": dict(spec.resources)}, "reservation", 4096),
+                    self._ks.node_reservation(node, spec.agent_id),
+                    encode_node_reservation(spec.resources),
                 ),
                 *ops,
             ]
@@ -360,7 +353,7 @@ class Scheduler:
         node, _, _ = decode_assignment(assign)
         ops: list[AnyOp] = [Op.delete(spec_key), Op.delete(self._ks.agent_assign(agent_id))]
         if node:
-            ops.append(Op.delete(self.node_res_prefix(node) + agent_id.encode()))
+            ops.append(Op.delete(self._ks.node_reservation(node, agent_id)))
         res = await self._transport.txn([Compare.create_revision(spec_key) > 0], ops)
         if not res.succeeded:
             raise AgentNotFoundError(agent_id, f"agent {agent_id!r} is not spawned")

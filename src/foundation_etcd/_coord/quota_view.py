@@ -113,8 +113,8 @@ class QuotaView:
         self._node_view = node_view
         self._ks = keyspace
         self._prefix = self._ks.quotas_prefix()
-        self.queue_prefix = self._prefix + b"queue/"
-        self._limits_prefix = self._prefix + b"limits/"
+        self.queue_prefix = self._ks.quota_queues_prefix()
+        self._limits_prefix = self._ks.quota_limits_prefix()
         self.watched: WatchedView | None = None
         self._opening = anyio.Lock()
         self._queues: dict[str, Queue] = {}

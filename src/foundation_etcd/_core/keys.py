@@ -192,6 +192,14 @@ class Keyspace:
         """Live registration of one agent (under the hosting lease)."""
         return self.key("agents", "live", validate_id(agent_id, "agent id"))
 
+    def agent_specs_prefix(self) -> bytes:
+        """Prefix of the desired agents (specs)."""
+        return self.key("agents", "spec", "")
+
+    def agent_assigns_prefix(self) -> bytes:
+        """Prefix of the assignments (node chosen by placement, per agent)."""
+        return self.key("agents", "assign", "")
+
     def agent_spec(self, agent_id: str) -> bytes:
         """Desired agent: class, args, placement (no lease)."""
         return self.key("agents", "spec", validate_id(agent_id, "agent id"))
@@ -232,17 +240,42 @@ class Keyspace:
         """
         if split_pool(pool) is None:
             raise InvalidIdError("pool", pool, "not a resource id nor @{node}@{resource}")
-        return self.quotas_prefix() + f"queue/{pool}/".encode()
+        return self.quota_queues_prefix() + f"{pool}/".encode()
 
     def quota_limit(self, resource: str) -> bytes:
         """The tenant's limit for one resource (readable, not writable, by the tenant)."""
-        return self.quotas_prefix() + f"limits/{validate_id(resource, 'resource')}".encode()
+        return self.quota_limits_prefix() + validate_id(resource, "resource").encode()
+
+    def quota_queues_prefix(self) -> bytes:
+        """Prefix of every reservation queue of the tenant (``{this}{pool}/{id}``)."""
+        return self.quotas_prefix() + b"queue/"
+
+    def quota_limits_prefix(self) -> bytes:
+        """Prefix of the tenant's limits (``{this}{resource}``)."""
+        return self.quotas_prefix() + b"limits/"
+
+    # node capacity and cordons -------------------------------------------------------------
+    def node_reservations_prefix(self) -> bytes:
+        """Prefix of every node's reservations (``{this}{node}/{agent}``)."""
+        return self.key("nodes-res", "")
+
+    def node_reservations_of(self, node_id: str) -> bytes:
+        """Prefix of the reservations on one node."""
+        return self.key("nodes-res", validate_id(node_id, "node id"), "")
 
     def node_reservation(self, node_id: str, agent_id: str) -> bytes:
         """Node capacity taken by a placed agent (no lease)."""
         return self.key(
             "nodes-res", validate_id(node_id, "node id"), validate_id(agent_id, "agent id")
         )
+
+    def cordons_prefix(self) -> bytes:
+        """Prefix of node cordons."""
+        return self.key("nodes-cordon", "")
+
+    def cordon(self, node_id: str) -> bytes:
+        """The key that marks a node cordoned (no lease: it outlives every process)."""
+        return self.key("nodes-cordon", validate_id(node_id, "node id"))
 
     # signals -------------------------------------------------------------------------------
     def inbox(self, agent_id: str, msg_id: str) -> bytes:

@@ -3,39 +3,226 @@
 Each record is a frozen value with its encoder and decoder and its size limit, so a key's
 format is defined once and every module that reads it agrees:
 
+* ``nodes/{node}``: :class:`NodeInfo`, a node's announcement (under its session lease);
+* ``agents/live/{id}``: :class:`AgentInfo`, a registration (under the hosting lease);
 * ``agents/spec/{id}``: :class:`AgentSpec`, the desired agent (no lease);
 * ``agents/assign/{id}``: :class:`Assignment`, where it should run and in which
-  :class:`AssignmentStatus` (no lease).
+  :class:`AssignmentStatus` (no lease);
+* ``nodes-res/{node}/{id}``: a node reservation, the capacity a placed agent takes;
+* ``nodes-cordon/{node}``: a cordon (who, when);
+* ``agents/state/{id}``: an agent's state checkpoint with its incarnation.
 
-Node announcements (``_agents/membership.py``), registrations (``_agents/registry.py``)
-and reservations (``_core/admission.py``) are still encoded beside their owners.
+Decoders of records that a lease or another client may have left behind fail closed: a
+value the library would not write is ignored (announcements, registrations) or takes all
+room (reservations), never frees capacity. Quota queue entries are the admission math's
+input and live with it in :mod:`._core.admission`.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
+import os
+import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from . import codec as _codec
-from .amounts import stored_usage
+from .amounts import ANY_RESOURCE, BLOCKING, check_amounts, stored_capacity, stored_usage
+from .keys import validate_id
 from .kv import KeyValue
 from .placement import PlacementRequest
 
 __all__ = [
     "MAX_ARGS_BYTES",
     "MAX_ASSIGNMENT_BYTES",
+    "MAX_META_BYTES",
+    "MAX_NODE_INFO_BYTES",
+    "MAX_STATE_BYTES",
+    "AgentInfo",
     "AgentSpec",
     "Assignment",
     "AssignmentStatus",
+    "NodeInfo",
     "decode_assignment",
+    "decode_node_reservation",
+    "decode_state",
     "encode_assignment",
+    "encode_cordon",
+    "encode_node_reservation",
+    "encode_registration",
+    "encode_state",
+    "node_value",
+    "parse_node",
+    "parse_registration",
 ]
+
+log = logging.getLogger("foundation_etcd.records")
 
 MAX_ARGS_BYTES = 256 * 1024
 MAX_ASSIGNMENT_BYTES = 4096
+MAX_NODE_INFO_BYTES = 64 * 1024
+MAX_META_BYTES = 64 * 1024
+MAX_STATE_BYTES = 1024 * 1024
+MAX_RESERVATION_BYTES = 4096
+MAX_CORDON_BYTES = 1024
+
+
+# nodes/{node} --------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A live node as announced in etcd.
+
+    Attributes:
+        node_id: the node's id.
+        capacity: resource name to integer amount the node offers.
+        capabilities: what the node can host.
+        address: where the node can be reached (free-form, optional).
+        started_at: wall-clock time the process connected (seconds since the epoch).
+        pid: the process id.
+        hostname: the host name.
+        hosts_agents: whether placement may put agents on it (``connect(hosts_agents=)``).
+        lease_id: the session lease the node key lives under.
+        revision: the revision of the announcement.
+    """
+
+    node_id: str
+    capacity: Mapping[str, int]
+    capabilities: frozenset[str]
+    address: str
+    started_at: float
+    pid: int
+    hostname: str
+    hosts_agents: bool
+    lease_id: int
+    revision: int
+
+
+def node_value(
+    node_id: str,
+    capacity: Mapping[str, int],
+    capabilities: Iterable[str],
+    address: str,
+    hosts_agents: bool,
+) -> bytes:
+    """Encode a node announcement, validating it first (nothing is sent).
+
+    Raises:
+        InvalidIdError: a bad capability or resource name.
+        ValueError: a bad capacity.
+        RequestTooLargeError: over :data:`MAX_NODE_INFO_BYTES`.
+    """
+    caps = sorted({validate_id(c, "capability") for c in capabilities})
+    cap_map = check_amounts(capacity, "capacity", minimum=0)
+    return _codec.encode(
+        {
+            "node_id": node_id,
+            "capacity": cap_map,
+            "capabilities": caps,
+            "address": address,
+            "started_at": time.time(),
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "hosts": hosts_agents,
+        },
+        "node info",
+        MAX_NODE_INFO_BYTES,
+    )
+
+
+def parse_node(kv: KeyValue) -> NodeInfo | None:
+    """Decode an announcement; ``None`` (and a warning) when the library never writes it."""
+    try:
+        d = _codec.decode(kv.value)
+        return NodeInfo(
+            node_id=str(d["node_id"]),
+            # a capacity the library would not write (negative, fractional, huge) is no
+            # capacity: placement never counts on it
+            capacity={
+                str(k): c
+                for k, v in d.get("capacity", {}).items()
+                if (c := stored_capacity(v)) is not None
+            },
+            capabilities=frozenset(d.get("capabilities", ())),
+            address=str(d.get("address", "")),
+            started_at=float(d.get("started_at", 0.0)),
+            pid=int(d.get("pid", 0)),
+            hostname=str(d.get("hostname", "")),
+            hosts_agents=bool(d.get("hosts", True)),
+            lease_id=kv.lease,
+            revision=kv.mod_revision,
+        )
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+        log.warning("ignoring malformed node announcement at %r", kv.key)
+        return None
+
+
+# agents/live/{id} ----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class AgentInfo:
+    """A live agent as the registry sees it.
+
+    Attributes:
+        agent_id: the agent's id.
+        node_id: the node whose process registered it.
+        class_name: the agent's cluster name (``@clustered(name=...)``), or ``""``.
+        capabilities: what the agent can do.
+        meta: free-form JSON metadata.
+        incarnation: the create revision of the live key.
+        lease_id: the lease it lives under.
+        revision: the revision of the last change (registration or metadata update).
+    """
+
+    agent_id: str
+    node_id: str
+    class_name: str
+    capabilities: frozenset[str]
+    meta: Mapping[str, Any]
+    incarnation: int
+    lease_id: int
+    revision: int
+
+
+def encode_registration(
+    node_id: str, class_name: str, capabilities: Iterable[str], meta: Any
+) -> bytes:
+    """Encode a registration (capabilities already checked); only ``meta`` can fail.
+
+    Raises:
+        SerializationError: ``meta`` is not JSON.
+        RequestTooLargeError: ``meta`` over :data:`MAX_META_BYTES`.
+    """
+    caps = sorted(capabilities)
+    overhead = 128 + len(node_id) + len(class_name) + sum(len(c) + 3 for c in caps)
+    return _codec.encode(
+        {"node": node_id, "class": class_name, "capabilities": caps, "meta": meta},
+        "agent metadata",
+        MAX_META_BYTES + overhead,
+    )
+
+
+def parse_registration(agent_id: str, kv: KeyValue) -> AgentInfo | None:
+    """Decode a registration; ``None`` (and a warning) when the library never writes it."""
+    try:
+        data = _codec.decode(kv.value)
+        return AgentInfo(
+            agent_id=agent_id,
+            node_id=str(data.get("node", "")),
+            class_name=str(data.get("class", "")),
+            capabilities=frozenset(data.get("capabilities", ())),
+            meta=data.get("meta") or {},
+            incarnation=kv.create_revision,
+            lease_id=kv.lease,
+            revision=kv.mod_revision,
+        )
+    except (ValueError, TypeError, AttributeError):
+        log.warning("ignoring malformed registration at %r", kv.key)
+        return None
+
+
+# agents/spec/{id} ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,3 +310,52 @@ def decode_assignment(kv: KeyValue | None) -> Assignment:
         status = AssignmentStatus.FAILED
     node = d.get("node")
     return Assignment(None if node is None else str(node), status, str(d.get("reason", "")))
+
+
+# nodes-res/{node}/{id} -----------------------------------------------------------------------
+def encode_node_reservation(resources: Mapping[str, int]) -> bytes:
+    """The capacity a placed agent takes on its node (amounts already checked)."""
+    return _codec.encode({"resources": dict(resources)}, "reservation", MAX_RESERVATION_BYTES)
+
+
+def decode_node_reservation(value: bytes) -> dict[str, int]:
+    """What a node reservation takes; fails closed (never raises).
+
+    A value the library would not write takes all room on its node
+    (``{ANY_RESOURCE: BLOCKING}``): a crafted entry can block placement, never free it.
+    """
+    try:
+        raw = _codec.decode(value)
+    except (ValueError, RecursionError):
+        raw = None
+    if isinstance(raw, dict) and isinstance(raw.get("resources"), dict):
+        return stored_usage(raw["resources"])
+    return {ANY_RESOURCE: BLOCKING}
+
+
+# nodes-cordon/{node} -------------------------------------------------------------------------
+def encode_cordon(by_node: str) -> bytes:
+    """A cordon's value: who set it and when (its existence is what counts)."""
+    return _codec.encode({"by": by_node, "at": time.time()}, "cordon", MAX_CORDON_BYTES)
+
+
+# agents/state/{id} ---------------------------------------------------------------------------
+def encode_state(incarnation: int, state: Any) -> bytes:
+    """An agent's checkpoint, stamped with the incarnation that wrote it.
+
+    Raises:
+        SerializationError: ``state`` is not JSON.
+        RequestTooLargeError: over :data:`MAX_STATE_BYTES`.
+    """
+    return _codec.encode(
+        {"incarnation": incarnation, "state": state, "at": time.time()},
+        "agent state",
+        MAX_STATE_BYTES,
+    )
+
+
+def decode_state(kv: KeyValue | None) -> Any:
+    """The state in a checkpoint, ``None`` when there is none."""
+    if kv is None:
+        return None
+    return _codec.decode(kv.value).get("state")
