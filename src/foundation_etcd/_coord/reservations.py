@@ -48,8 +48,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .._core import codec as _codec
-from .._core.admission import CACHE_SIZE, MAX_RESERVATION_BYTES, QUEUE_READ, Pool, judge_read
+from .._core.admission import CACHE_SIZE, QUEUE_READ, Pool, encode_reservation, judge_read
 from .._core.amounts import check_amounts
 from .._core.background import cleanup_scope
 from .._core.errors import EtcdError, InvalidReservationError, QuotaExceededError
@@ -177,11 +176,7 @@ class Reserver:
         shape = tuple((p.name, p.amount) for p in pools)
         value = self._encoded.get(shape)
         if value is None:
-            value = _codec.encode(
-                {"amounts": dict(shape), "holder": self._holder},
-                "reservation",
-                MAX_RESERVATION_BYTES,
-            )
+            value = encode_reservation(dict(shape), self._holder)
             if len(self._encoded) >= CACHE_SIZE:
                 self._encoded.clear()
             self._encoded[shape] = value

@@ -40,6 +40,7 @@ __all__ = [
     "Pool",
     "Queue",
     "decode_or_none",
+    "encode_reservation",
     "entry_amount",
     "judge_read",
     "node_capacity",
@@ -150,6 +151,17 @@ class Pool:
 
 
 EMPTY = Queue()
+
+
+def encode_reservation(amounts: Mapping[str, int], holder: str) -> bytes:
+    """A queue entry's value: the amount per pool and who holds it (amounts checked).
+
+    Raises:
+        RequestTooLargeError: over :data:`MAX_RESERVATION_BYTES`.
+    """
+    return _codec.encode(
+        {"amounts": dict(amounts), "holder": holder}, "reservation", MAX_RESERVATION_BYTES
+    )
 
 
 def decode_or_none(value: bytes) -> object:

@@ -15,7 +15,7 @@ format is defined once and every module that reads it agrees:
 Decoders of records that a lease or another client may have left behind fail closed: a
 value the library would not write is ignored (announcements, registrations) or takes all
 room (reservations), never frees capacity. Quota queue entries are the admission math's
-input and live with it in :mod:`._core.admission`.
+input and are encoded and decoded with it in :mod:`._core.admission`.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ MAX_ASSIGNMENT_BYTES = 4096
 MAX_NODE_INFO_BYTES = 64 * 1024
 MAX_META_BYTES = 64 * 1024
 MAX_STATE_BYTES = 1024 * 1024
-MAX_RESERVATION_BYTES = 4096
+MAX_NODE_RESERVATION_BYTES = 4096
 MAX_CORDON_BYTES = 1024
 
 
@@ -315,7 +315,7 @@ def decode_assignment(kv: KeyValue | None) -> Assignment:
 # nodes-res/{node}/{id} -----------------------------------------------------------------------
 def encode_node_reservation(resources: Mapping[str, int]) -> bytes:
     """The capacity a placed agent takes on its node (amounts already checked)."""
-    return _codec.encode({"resources": dict(resources)}, "reservation", MAX_RESERVATION_BYTES)
+    return _codec.encode({"resources": dict(resources)}, "reservation", MAX_NODE_RESERVATION_BYTES)
 
 
 def decode_node_reservation(value: bytes) -> dict[str, int]:
