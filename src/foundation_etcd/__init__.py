@@ -21,14 +21,18 @@ from ._agents.agent import (
     AgentHooks,
     ClusterSpec,
     RestartPolicy,
+    action,
     agent_classes,
     cluster_spec,
     clustered,
 )
 from ._agents.cluster import Cluster, HostedAgent, NodeChange, NodeInfo, connect
+from ._agents.dead_letters import DeadLetter
+from ._agents.delivery import SignalContext
 from ._agents.registry import AgentChange, AgentInfo, Registration, Registry
 from ._agents.runtime import AgentRunContext
 from ._agents.scheduler import AgentRef, AgentStatus
+from ._agents.signals import PublishResult, SendResult
 from ._coord.election import Election, Leadership
 from ._coord.lock import Lock, LockHandle
 from ._coord.ownership import OwnerInfo
@@ -37,16 +41,19 @@ from ._coord.session import Lease, Session, SessionStatistics, open_session
 from ._coord.watch import ChangeKind
 from ._core.config import Config
 from ._core.errors import (
+    ActionError,
     AgentExistsError,
     AgentNotFoundError,
     AmbiguousResultError,
     AuthError,
+    CallTimeoutError,
     CompactedError,
     ConfigurationError,
     EtcdError,
     EtcdServerError,
     EtcdUnavailableError,
     FoundationEtcdError,
+    InboxFullError,
     IncarnationLostError,
     InvalidIdError,
     InvalidReservationError,
@@ -67,16 +74,19 @@ from ._core.errors import (
     SerializationError,
     SessionClosedError,
     SessionError,
+    SignalError,
     TooManyOperationsError,
     TooManyRequestsError,
 )
 from ._core.keys import validate_id
 from ._core.placement import NodeLoad, PlacementRequest, PlacementStrategy
+from ._core.signals import Signal
 from ._transport import UnsafeEtcdVersionWarning
 
 __version__ = "0.2.0.dev0"
 
 __all__ = [
+    "ActionError",
     "AgentChange",
     "AgentContext",
     "AgentExistsError",
@@ -88,18 +98,21 @@ __all__ = [
     "AgentStatus",
     "AmbiguousResultError",
     "AuthError",
+    "CallTimeoutError",
     "ChangeKind",
     "Cluster",
     "ClusterSpec",
     "CompactedError",
     "Config",
     "ConfigurationError",
+    "DeadLetter",
     "Election",
     "EtcdError",
     "EtcdServerError",
     "EtcdUnavailableError",
     "FoundationEtcdError",
     "HostedAgent",
+    "InboxFullError",
     "IncarnationLostError",
     "InvalidIdError",
     "InvalidReservationError",
@@ -124,6 +137,7 @@ __all__ = [
     "OwnershipLostError",
     "PlacementRequest",
     "PlacementStrategy",
+    "PublishResult",
     "QuotaError",
     "QuotaExceededError",
     "QuotaUsage",
@@ -133,14 +147,19 @@ __all__ = [
     "RequestTooLargeError",
     "Reservation",
     "RestartPolicy",
+    "SendResult",
     "SerializationError",
     "Session",
     "SessionClosedError",
     "SessionError",
     "SessionStatistics",
+    "Signal",
+    "SignalContext",
+    "SignalError",
     "TooManyOperationsError",
     "TooManyRequestsError",
     "UnsafeEtcdVersionWarning",
+    "action",
     "agent_classes",
     "cluster_spec",
     "clustered",

@@ -89,6 +89,8 @@ PUBLIC = {
     "Session", "Lease", "SessionStatistics", "open_session", "Election", "Leadership",
     "Lock", "LockHandle", "OwnerInfo", "Quotas", "QuotaUsage", "Reservation",
     "validate_id", "UnsafeEtcdVersionWarning",
+    # signals and actions
+    "action", "Signal", "SignalContext", "SendResult", "PublishResult", "DeadLetter",
     # the error tree
     "FoundationEtcdError", "ConfigurationError", "InvalidIdError", "RequestTooLargeError",
     "TooManyOperationsError", "EtcdError", "EtcdUnavailableError", "NoLeaderError",
@@ -97,7 +99,8 @@ PUBLIC = {
     "SessionClosedError", "LeaseLostError", "OwnershipLostError", "LeadershipLostError",
     "LockLostError", "IncarnationLostError", "LockBusyError", "NoNodeFitsError", "QuotaError",
     "QuotaExceededError", "InvalidReservationError", "SerializationError", "AgentExistsError",
-    "AgentNotFoundError", "NodeExistsError", "NodeNotFoundError",
+    "AgentNotFoundError", "NodeExistsError", "NodeNotFoundError", "SignalError",
+    "InboxFullError", "ActionError", "CallTimeoutError",
 }  # fmt: skip
 
 

@@ -8,6 +8,9 @@ and no etcd call sits on the path of its ordinary methods.
 The lifecycle hooks a host calls are all optional; :class:`AgentHooks` lists them. They are
 named ``on_start`` / ``on_stop`` (not ``start`` / ``stop``) so that a class's own methods of
 those common names are never called by the cluster by accident.
+
+``@action`` marks a method as callable across nodes (``cluster.call``) and as an LLM tool
+(``cluster.tools()``); like ``@clustered`` it returns the function itself, unwrapped.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .._core.amounts import check_amounts
 from .._core.keys import validate_id
+from .._core.signals import patterns_of
 
 __all__ = [
     "AgentContext",
     "AgentHooks",
     "ClusterSpec",
     "RestartPolicy",
+    "action",
+    "actions_of",
     "agent_classes",
     "call_hook",
     "cluster_spec",
@@ -34,6 +40,8 @@ __all__ = [
 T = TypeVar("T", bound=type)
 
 _SPEC_ATTR = "__foundation_cluster__"
+_ACTION_ATTR = "__foundation_action__"
+F = TypeVar("F", bound=Callable[..., Any])
 _CATALOG: dict[str, type] = {}
 
 
@@ -71,6 +79,7 @@ class ClusterSpec:
         placement: the placement strategy's name (``"least-loaded"`` by default).
         resources: resources an instance takes from its node's capacity.
         restart: the local restart policy.
+        subscribe: topic patterns every instance is subscribed to from its spawn on.
     """
 
     name: str
@@ -79,6 +88,7 @@ class ClusterSpec:
     placement: str = "least-loaded"
     resources: Mapping[str, int] = field(default_factory=dict)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
+    subscribe: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +114,8 @@ class AgentHooks(Protocol):
 
     * ``on_start(ctx: AgentContext)`` after registration, before the host's body runs;
     * ``on_stop()`` when the host leaves, before unregistration;
-    * ``handle_signal(signal)`` for each delivered signal;
+    * ``handle_signal(signal, ctx)`` for each delivered signal (``ctx.send`` emits signals
+      that go out only if the handling commits);
     * ``get_state() -> JSON`` and ``restore_state(state)`` for checkpoints.
     """
 
@@ -123,6 +134,7 @@ def clustered(
     placement: str = "least-loaded",
     resources: Mapping[str, int] | None = None,
     restart: RestartPolicy | None = None,
+    subscribe: tuple[str, ...] | list[str] = (),
 ) -> Callable[[T], T]:
     """Record cluster settings on a class; return the class itself, unchanged.
 
@@ -133,15 +145,18 @@ def clustered(
         placement: placement strategy name.
         resources: positive integer amounts taken from the node's capacity.
         restart: local restart policy.
+        subscribe: topic patterns (``*`` one segment, ``**`` any) every instance receives
+            ``cluster.publish`` signals of, from its spawn on.
 
     Raises:
-        InvalidIdError: a bad name or capability.
+        InvalidIdError: a bad name, capability or topic pattern.
         ValueError: a non-positive resource amount, or a name already used by another class.
     """
     if name is not None:
         validate_id(name, "agent class name")
     caps = frozenset(validate_id(c, "capability") for c in capabilities)
     res = check_amounts(resources, "resource amount")
+    patterns = patterns_of(subscribe)
 
     def decorate(cls: T) -> T:
         if not inspect.isclass(cls):
@@ -153,6 +168,7 @@ def clustered(
             placement=placement,
             resources=res,
             restart=restart or RestartPolicy(),
+            subscribe=patterns,
         )
         other = _CATALOG.get(spec.name)
         if other is not None and other.__module__ + other.__qualname__ != (
@@ -164,6 +180,37 @@ def clustered(
         return cls
 
     return decorate
+
+
+def action(fn: F) -> F:
+    """Mark a method of a ``@clustered`` class as an action; return it unchanged.
+
+    An action runs on whichever node hosts the agent when called with
+    ``cluster.call(agent_id, name, args)``, with the same exactly-once effect on the
+    agent's state as a signal. Its docstring and type hints become the tool definition
+    ``cluster.tools()`` gives. The method keeps working as an ordinary method.
+
+    Raises:
+        TypeError: ``fn`` is not a function, or its name starts with ``_``.
+    """
+    if not inspect.isfunction(fn):
+        raise TypeError("@action decorates functions (methods of a @clustered class)")
+    if fn.__name__.startswith("_"):
+        raise TypeError(f"action {fn.__name__!r}: a leading '_' is reserved")
+    setattr(fn, _ACTION_ATTR, True)
+    return fn
+
+
+def actions_of(cls: type) -> dict[str, Callable[..., Any]]:
+    """The actions of a class (its own and inherited), by name."""
+    out: dict[str, Callable[..., Any]] = {}
+    for klass in reversed(cls.__mro__):
+        for name, value in vars(klass).items():
+            if inspect.isfunction(value) and getattr(value, _ACTION_ATTR, False):
+                out[name] = value
+            elif name in out:
+                del out[name]  # overridden by a method that is not an action
+    return out
 
 
 def cluster_spec(obj: object) -> ClusterSpec | None:

@@ -36,6 +36,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from .._coord.doorbells import Doorbells
 from .._coord.election import Election
 from .._coord.lock import Lock
 from .._coord.quotas import Quotas
@@ -50,12 +51,14 @@ from .._core.kv import KeyValue
 from .._core.placement import PlacementStrategy
 from .._transport import Transport, open_transport
 from .agent import AgentContext, call_hook, cluster_spec
+from .cluster_signals import SignalMethods
 from .drain import Drain
 from .failover import Failover
 from .membership import Membership, NodeChange, NodeInfo, node_value
 from .registry import Registration, Registry
 from .runtime import NodeRuntime
 from .scheduler import AgentRef, AgentStatus, Scheduler
+from .signals import Signals
 
 __all__ = ["Cluster", "HostedAgent", "NodeChange", "NodeInfo", "connect"]  # nodes: membership
 
@@ -76,7 +79,7 @@ class HostedAgent:
         return self.cluster.registry.owned().get(self.agent_id)
 
 
-class Cluster:
+class Cluster(SignalMethods):
     """This process's membership of the cluster. Open with :func:`connect`."""
 
     def __init__(
@@ -96,7 +99,15 @@ class Cluster:
         self._views: SharedViews | None = None
         self._quotas: Quotas | None = None
         self._scheduler: Scheduler | None = None
+        self._signals: Signals | None = None
+        self.doorbells: Doorbells | None = None
         self.runtime: NodeRuntime | None = None
+
+    @property
+    def signals(self) -> Signals:
+        """The send side of signals (``send``, ``publish``, ``call`` use it)."""
+        assert self._signals is not None
+        return self._signals
 
     async def view(self, prefix: bytes) -> WatchedView:
         """A watched view of ``prefix``, opened once and kept until the cluster closes."""
@@ -299,6 +310,8 @@ class Cluster:
             owner=self,
             classes=classes,
             on_event=on_event,
+            signals=self.signals,
+            doorbells=self.doorbells,
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.runtime.run)
@@ -415,4 +428,6 @@ async def connect(
         views.adopt(config.keyspace.nodes_prefix(), node_view)
         views.adopt(config.keyspace.agents_live_prefix(), agents_view)
         cluster._views = views
+        cluster.doorbells = await stack.enter_async_context(Doorbells.open(transport))
+        cluster._signals = Signals(session, config.keyspace, node_id, doorbells=cluster.doorbells)
         yield cluster

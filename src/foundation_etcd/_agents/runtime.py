@@ -56,12 +56,15 @@ from .._core.records import (
 )
 from .._transport import Transport
 from .agent import AgentContext, RestartPolicy, agent_classes, call_hook, cluster_spec
+from .delivery import Deliverer, RetentionLease
 
 if TYPE_CHECKING:
+    from .._coord.doorbells import Doorbells
     from .._coord.session import Session
     from .._core.keys import Keyspace
     from .registry import Registry
     from .scheduler import Scheduler
+    from .signals import Signals
 
 __all__ = ["AgentRunContext", "NodeRuntime"]
 
@@ -82,6 +85,7 @@ class AgentRunContext(AgentContext):
     _live_key: bytes = b""
     _state_key: bytes = b""
     _transport: Transport | None = None
+    _handling: anyio.Lock | None = None
 
     async def save_state(self, state: Any) -> int:
         """Checkpoint ``state`` (JSON), only while this incarnation is the live one.
@@ -96,10 +100,12 @@ class AgentRunContext(AgentContext):
         data = encode_state(self.incarnation, state)
         # the runtime hands its transport in; a context made by hand uses its cluster's
         transport: Transport = self._transport or self.cluster.transport
-        res = await transport.txn(
-            [Compare.create_revision(self._live_key) == self.incarnation],
-            [Op.put(self._state_key, data)],
-        )
+        guard = [Compare.create_revision(self._live_key) == self.incarnation]
+        if self._handling is None:
+            res = await transport.txn(guard, [Op.put(self._state_key, data)])
+        else:  # not while a signal's effects are uncommitted (they would be kept twice)
+            async with self._handling:
+                res = await transport.txn(guard, [Op.put(self._state_key, data)])
         if not res.succeeded:
             raise IncarnationLostError(
                 self.agent_id,
@@ -131,6 +137,8 @@ class NodeRuntime:
         owner: Any,
         classes: Mapping[str, type] | None = None,
         on_event: EventHook | None = None,
+        signals: Signals | None = None,
+        doorbells: Doorbells | None = None,
     ) -> None:
         """Host the agents the scheduler assigns to ``node_id``.
 
@@ -144,8 +152,14 @@ class NodeRuntime:
                 the agents, never called here).
             classes: agent class name to class; every ``@clustered`` class by default.
             on_event: called as ``on_event(name, **fields)`` for runtime events.
+            signals: builds the envelopes handlers emit; with ``doorbells``, each hosted
+                agent's signals are delivered to it (``delivery.py``).
+            doorbells: the process's multiplexed watch stream (inbox wake-ups).
         """
         self._session = session
+        self._signals = signals
+        self._doorbells = doorbells
+        self._retention = RetentionLease(session.transport, session.config.signal_retention)
         self._transport = session.transport
         self._ks = keyspace
         self._node_id = node_id
@@ -157,6 +171,22 @@ class NodeRuntime:
         self.hosted: dict[str, _Hosted] = {}
         self.refused: dict[str, str] = {}
         self._wake: Callable[[], None] = lambda: None
+
+    def _deliverer(self, ctx: AgentRunContext, agent: object, restored: Any) -> Deliverer | None:
+        if self._signals is None or self._doorbells is None:
+            return None
+        return Deliverer(
+            transport=self._transport,
+            keyspace=self._ks,
+            config=self._session.config,
+            doorbells=self._doorbells,
+            retention=self._retention,
+            envelope=self._signals.envelope,
+            ctx=ctx,
+            agent=agent,
+            restored=restored,
+            event=self._event,
+        )
 
     def _event(self, name: str, **fields: Any) -> None:
         log.info("%s %s", name, fields)
@@ -338,6 +368,9 @@ class NodeRuntime:
                 ks.agent_state(agent_id),
                 self._transport,
             )
+            deliverer = self._deliverer(ctx, agent, restored)
+            if deliverer is not None:
+                object.__setattr__(ctx, "_handling", deliverer.handling)
             await call_hook(agent, "on_start", ctx)
             hosted.status = "running"
             self._event(
@@ -358,6 +391,16 @@ class NodeRuntime:
                                 wake.set()
 
                         tg.start_soon(main)
+                    if deliverer is not None:
+
+                        async def deliver(d: Deliverer = deliverer) -> None:
+                            try:
+                                await d.run()
+                            except Exception as exc:  # incarnation lost, or etcd refused
+                                crashed.append(exc)
+                                wake.set()
+
+                        tg.start_soon(deliver)
 
                     async def stop_requested() -> None:
                         await hosted.stop.wait()
@@ -370,6 +413,8 @@ class NodeRuntime:
                     raise crashed[0]
             finally:
                 with cleanup_scope(self._session.config.request_timeout):
+                    if deliverer is not None and deliverer.dirty:
+                        graceful = False  # a handler's effects are not committed: keep none
                     if graceful and hasattr(agent, "get_state"):
                         try:
                             await ctx.save_state(await call_hook(agent, "get_state"))

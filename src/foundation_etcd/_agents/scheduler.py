@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._coord.ownership import Ownership
 from .._coord.watch import ChangeKind, ViewChange, WatchedView
+from .._core import codec as _codec
 from .._core.amounts import ANY_RESOURCE, BLOCKING, check_amounts
 from .._core.errors import (
     AgentExistsError,
@@ -58,7 +59,8 @@ from .._core.records import (
     encode_assignment,
     encode_node_reservation,
 )
-from .agent import cluster_spec
+from .._core.schema import tool_definition
+from .agent import actions_of, cluster_spec
 
 if TYPE_CHECKING:
     from .._coord.session import Session
@@ -328,15 +330,22 @@ class Scheduler:
             chosen if isinstance(chosen, str) else "custom",
             res,
             frozenset(validate_id(c, "capability") for c in requires),
+            {name: tool_definition(name, fn) for name, fn in actions_of(agent_class).items()},
         )
         value = spec.encode()
         spec_key = self._ks.agent_spec(agent_id)
+        ops: list[AnyOp] = [Op.put(spec_key, value)]
+        if cs.subscribe:
+            subs = {"patterns": list(cs.subscribe)}
+            ops.append(
+                Op.put(self._ks.subscription(agent_id), _codec.encode(subs, "subscriptions", 65536))
+            )
         try:
             node, rev = await self.commit(
                 spec,
                 strategy,
                 compares=[Compare.create_revision(spec_key) == 0],
-                ops=[Op.put(spec_key, value)],
+                ops=ops,
             )
         except ConditionFailed:
             raise AgentExistsError(agent_id, node_id=None, lease_id=0) from None
@@ -354,6 +363,8 @@ class Scheduler:
         ops: list[AnyOp] = [Op.delete(spec_key), Op.delete(self._ks.agent_assign(agent_id))]
         if node:
             ops.append(Op.delete(self._ks.node_reservation(node, agent_id)))
+        # its signals go with it: waiting ones, dedupe records, dead letters, counters
+        ops += [Op.delete(k, range_end=end) for k, end in self._ks.agent_signal_keys(agent_id)]
         res = await self._transport.txn([Compare.create_revision(spec_key) > 0], ops)
         if not res.succeeded:
             raise AgentNotFoundError(agent_id, f"agent {agent_id!r} is not spawned")

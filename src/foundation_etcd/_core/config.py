@@ -41,6 +41,16 @@ def _positive(name: str, value: float) -> float:
     return float(value)
 
 
+def _count(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # from the environment every number is a float
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(name, f"must be a whole number, not {value!r}")
+    if not low <= value <= high:
+        raise ConfigurationError(name, f"must be between {low} and {high}, not {value}")
+    return value
+
+
 def _endpoint(raw: str) -> tuple[str, bool]:
     """Normalise one endpoint to ``host:port``; return it and whether it asked for TLS."""
     text = raw.strip()
@@ -102,6 +112,15 @@ class Config:
             is declared dead.
         watch_progress_interval: a watch stream silent this long is asked for progress; one
             silent for twice as long is restarted.
+        signal_max_bytes: the largest encoded signal (envelope and JSON payload) ``send``
+            accepts; 64 KiB by default, at most 1 MiB (etcd refuses requests over 1.5 MiB
+            and a handled signal's acknowledgement carries the agent's state too).
+        signal_inbox_limit: signals that may wait in one agent's inbox; a send beyond it
+            fails with :class:`InboxFullError`. Every sender enforces its own value: keep
+            it the same in every process of a cluster.
+        signal_max_attempts: failed deliveries after which a signal goes to dead letters.
+        signal_retention: seconds a handled signal's id is remembered (a send with the same
+            id within it is a duplicate and delivers nothing), and a call's reply kept.
     """
 
     endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
@@ -121,6 +140,10 @@ class Config:
     grpc_keepalive_time: float = 5.0
     grpc_keepalive_timeout: float = 3.0
     watch_progress_interval: float = 5.0
+    signal_max_bytes: int = 64 * 1024
+    signal_inbox_limit: int = 1000
+    signal_max_attempts: int = 5
+    signal_retention: float = 86400.0
 
     def __post_init__(self) -> None:
         raw = self.endpoints
@@ -172,8 +195,18 @@ class Config:
             "grpc_keepalive_time",
             "grpc_keepalive_timeout",
             "watch_progress_interval",
+            "signal_retention",
         ):
             object.__setattr__(self, name, _positive(name, getattr(self, name)))
+        limits = {
+            "signal_max_bytes": (1024, 1024 * 1024),
+            "signal_inbox_limit": (1, 1_000_000),
+            "signal_max_attempts": (1, 1000),
+        }
+        for name, (low, high) in limits.items():
+            object.__setattr__(self, name, _count(name, getattr(self, name), low, high))
+        if self.signal_retention < 60:
+            raise ConfigurationError("signal_retention", "must be at least 60 s")
 
     @property
     def keyspace(self) -> Keyspace:

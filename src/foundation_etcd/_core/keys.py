@@ -278,12 +278,71 @@ class Keyspace:
         return self.key("nodes-cordon", validate_id(node_id, "node id"))
 
     # signals -------------------------------------------------------------------------------
-    def inbox(self, agent_id: str, msg_id: str) -> bytes:
-        """One signal waiting for its agent."""
-        return self.key(
-            "inbox", validate_id(agent_id, "agent id"), validate_id(msg_id, "message id")
-        )
+    def inbox_prefix(self, agent_id: str) -> bytes:
+        """Prefix of the signals waiting for one agent (``{this}{signal_id}``)."""
+        return self.key("inbox", validate_id(agent_id, "agent id"), "")
 
-    def topic(self, topic: str, msg_id: str) -> bytes:
-        """One broadcast on a topic."""
-        return self.key("topics", validate_id(topic, "topic"), validate_id(msg_id, "message id"))
+    def inboxes_prefix(self) -> bytes:
+        """Prefix of every agent's inbox."""
+        return self.key("inbox", "")
+
+    def inbox(self, agent_id: str, signal_id: str) -> bytes:
+        """One signal waiting for its agent (no lease; FIFO by create revision)."""
+        return self.inbox_prefix(agent_id) + validate_id(signal_id, "signal id").encode()
+
+    def signals_sent(self, agent_id: str) -> bytes:
+        """The agent's send counter: its version is the number of signals ever accepted."""
+        return self.key("signals", "sent", validate_id(agent_id, "agent id"))
+
+    def signals_acked(self, agent_id: str) -> bytes:
+        """The agent's acknowledgement counter: its version counts signals taken out."""
+        return self.key("signals", "acked", validate_id(agent_id, "agent id"))
+
+    def signal_inflight(self, agent_id: str) -> bytes:
+        """Which signal the agent's hosts started last, at which attempt."""
+        return self.key("signals", "inflight", validate_id(agent_id, "agent id"))
+
+    def signals_done_prefix(self, agent_id: str) -> bytes:
+        """Prefix of the agent's handled-signal records."""
+        return self.key("signals", "done", validate_id(agent_id, "agent id"), "")
+
+    def signal_done(self, agent_id: str, signal_id: str) -> bytes:
+        """A handled signal: its dedupe record and reply (under a retention lease)."""
+        return self.signals_done_prefix(agent_id) + validate_id(signal_id, "signal id").encode()
+
+    def dead_letters_prefix(self, agent_id: str | None = None) -> bytes:
+        """Prefix of dead letters, of one agent or of all."""
+        if agent_id is None:
+            return self.key("signals", "dead", "")
+        return self.key("signals", "dead", validate_id(agent_id, "agent id"), "")
+
+    def dead_letter(self, agent_id: str, signal_id: str) -> bytes:
+        """A signal given up on, with the reason (no lease)."""
+        return self.dead_letters_prefix(agent_id) + validate_id(signal_id, "signal id").encode()
+
+    def subscriptions_prefix(self) -> bytes:
+        """Prefix of the agents' topic subscriptions."""
+        return self.key("signals", "subs", "")
+
+    def subscription(self, agent_id: str) -> bytes:
+        """The topic patterns one agent is subscribed to (no lease)."""
+        return self.key("signals", "subs", validate_id(agent_id, "agent id"))
+
+    def agent_signal_keys(self, agent_id: str) -> list[tuple[bytes, bytes | None]]:
+        """Every signal key of one agent, as ``(key, range_end)`` (removed at despawn)."""
+        ranges: list[tuple[bytes, bytes | None]] = [
+            (p, prefix_end(p))
+            for p in (
+                self.inbox_prefix(agent_id),
+                self.signals_done_prefix(agent_id),
+                self.dead_letters_prefix(agent_id),
+            )
+        ]
+        for key in (
+            self.signals_sent(agent_id),
+            self.signals_acked(agent_id),
+            self.signal_inflight(agent_id),
+            self.subscription(agent_id),
+        ):
+            ranges.append((key, None))
+        return ranges

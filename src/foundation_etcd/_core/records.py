@@ -236,6 +236,7 @@ class AgentSpec:
     placement: str = "least-loaded"
     resources: Mapping[str, int] = field(default_factory=dict)
     requires: frozenset[str] = frozenset()
+    actions: Mapping[str, Any] = field(default_factory=dict)  # name -> tool definition
 
     def encode(self) -> bytes:
         """The spec as stored."""
@@ -247,6 +248,7 @@ class AgentSpec:
                 "placement": self.placement,
                 "resources": dict(self.resources),
                 "requires": sorted(self.requires),
+                **({"actions": dict(self.actions)} if self.actions else {}),
             },
             "agent spec",
             MAX_ARGS_BYTES + 4096,
@@ -264,6 +266,7 @@ class AgentSpec:
             str(d.get("placement", "least-loaded")),
             stored_usage(d.get("resources")),  # a crafted amount fits no node
             frozenset(d.get("requires") or ()),
+            d["actions"] if isinstance(d.get("actions"), dict) else {},
         )
 
     def request(self, exclude: frozenset[str] = frozenset()) -> PlacementRequest:

@@ -57,7 +57,14 @@ class KeepAliveStream:
 
 
 class WatchStream:
-    """One open watch stream carrying one watch. Use :meth:`Transport.open_watch`."""
+    """One open watch stream. Use :meth:`Transport.open_watch`.
+
+    A stream may carry many watches: etcd tells them apart by watch id, in every response.
+    Ids are chosen by etcd unless :meth:`create` passes one (etcd >= 3.4 honours it; it must
+    be unique on the stream). etcd handles the requests of a stream in the order they were
+    written and answers the creates in that order, so creates can be pipelined without
+    waiting for each answer. Only one task may write at a time, and one read at a time.
+    """
 
     def __init__(self, call: Any) -> None:
         self._call = call
@@ -70,8 +77,23 @@ class WatchStream:
         *,
         prev_kv: bool = False,
         progress_notify: bool = True,
+        watch_id: int = 0,
+        no_delete: bool = False,
+        no_put: bool = False,
     ) -> None:
-        """Ask etcd to start the watch; the answer arrives through :meth:`read`."""
+        """Ask etcd to start a watch; the answer arrives through :meth:`read`.
+
+        Args:
+            key: the key, or the start of the range.
+            range_end: the end of the range (exclusive); ``None`` for ``key`` alone.
+            start_revision: the first revision to deliver; 0 for "after the current one".
+            prev_kv: deliver each key's previous value with its event.
+            progress_notify: let etcd send progress notifications to this watch.
+            watch_id: the watch's id on this stream, chosen by the caller (> 0, unused on
+                the stream); 0 lets etcd choose.
+            no_delete: do not deliver deletions.
+            no_put: do not deliver puts.
+        """
         req = _rpc.WatchCreateRequest(
             key=key,
             start_revision=start_revision,
@@ -80,7 +102,22 @@ class WatchStream:
         )
         if range_end is not None:
             req.range_end = range_end
+        if watch_id > 0:
+            req.watch_id = watch_id
+        if no_put:
+            req.filters.append(_rpc.WatchCreateRequest.NOPUT)
+        if no_delete:
+            req.filters.append(_rpc.WatchCreateRequest.NODELETE)
         await self._write(_rpc.WatchRequest(create_request=req))
+
+    async def cancel(self, watch_id: int) -> None:
+        """Ask etcd to end the watch ``watch_id``; it answers with a ``canceled`` response.
+
+        A cancel written after the watch's create takes effect even when the create's answer
+        has not arrived yet (etcd handles the requests of a stream in order).
+        """
+        req = _rpc.WatchCancelRequest(watch_id=watch_id)
+        await self._write(_rpc.WatchRequest(cancel_request=req))
 
     async def request_progress(self) -> None:
         """Ask etcd for a progress notification (the current revision)."""

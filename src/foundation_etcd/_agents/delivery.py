@@ -1,0 +1,397 @@
+"""Delivering signals to a hosted agent: one at a time, in commit order, exactly-once effect.
+
+The node runtime runs one :class:`Deliverer` per hosted agent incarnation. It reads the
+agent's inbox in create-revision order and waits on a doorbell (one watch of the node's
+shared multiplexed stream) when it is empty. For each signal it runs the handler
+(``handle_signal(signal, ctx)``, or the action a call names) and then commits **one
+transaction**, guarded by ``create_revision(agents/live/{id}) == incarnation`` and by the
+inbox entry's ``mod_revision``, that
+
+* deletes the inbox entry and bumps the agent's ``acked`` counter,
+* puts the agent's new state checkpoint (``get_state()``),
+* puts the done record (dedupe for the id, and the reply of a call),
+* puts the signals the handler emitted with ``ctx.send`` (the outbox), each in a nested
+  transaction that skips it if that id is already there.
+
+Guarantees:
+    * **Exactly-once effect on state.** A signal's effect on the checkpointed state and its
+      emitted signals are committed together once, or not at all. A handler interrupted by
+      a crash, a lease loss or a failure leaves nothing in etcd; the signal is delivered
+      again, to this incarnation after a failure (the in-memory state first restored from
+      the last commit with ``restore_state``) or to the next one after a crash, with the
+      same id and a higher ``attempt``.
+    * **A stale incarnation can do nothing**: a paused process whose agent was hosted again
+      elsewhere fails the incarnation compare; it can neither acknowledge, nor write state,
+      nor emit. Its in-memory effects die with it.
+    * **Per-agent FIFO**: signals are handled one at a time in the order their sends
+      committed; a failing signal is retried in place with backoff (it blocks the ones
+      behind it) and after ``Config.signal_max_attempts`` attempts goes to dead letters,
+      as do expired and undecodable ones.
+    * An acknowledgement whose answer was lost is retried: its compares make a second
+      attempt fail harmlessly, and the done record tells that the first one committed.
+    * Effects outside etcd (an HTTP call, a model call) are at least once: use
+      ``signal.id`` as their idempotency key (``attempt > 1`` says it may have run).
+    * Emits to an agent that is not spawned when the handling commits are dropped (logged),
+      and the outbox is admitted past the target's inbox limit: refusing it would block the
+      parent for ever.
+
+On lease loss: the runtime cancels the deliverer with the agent, before etcd can expire the
+lease; the handler in flight is abandoned and nothing of it is committed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from .._coord.doorbells import Doorbells
+from .._core import codec as _codec
+from .._core.errors import (
+    AmbiguousResultError,
+    EtcdError,
+    EtcdUnavailableError,
+    IncarnationLostError,
+    RequestTooLargeError,
+    SerializationError,
+)
+from .._core.keys import Keyspace, prefix_end
+from .._core.kv import AnyOp, Compare, KeyValue, Op
+from .._core.records import encode_state
+from .._core.signals import Signal, decode_signal, encode_signal
+from .._transport import Transport
+from .agent import AgentContext, call_hook
+from .handlers import ActionFailed, RetentionLease, SignalContext, run_action
+from .signals import CALL_TYPE
+
+__all__ = ["Deliverer", "RetentionLease", "SignalContext"]
+
+log = logging.getLogger("foundation_etcd.signals")
+
+_BATCH = 64
+_MAX_EMITS = 32
+_BACKOFF_CAP = 30.0
+
+
+class _Undone(Exception):
+    """The acknowledgement did not commit and will not: the entry changed under us."""
+
+
+class Deliverer:
+    """Delivers one agent incarnation's signals. Built and run by the node runtime."""
+
+    def __init__(
+        self,
+        *,
+        transport: Transport,
+        keyspace: Keyspace,
+        config: Any,
+        doorbells: Doorbells,
+        retention: RetentionLease,
+        envelope: Callable[..., tuple[Signal, bytes]],
+        ctx: AgentContext,
+        agent: object,
+        restored: Any,
+        event: Callable[..., None],
+    ) -> None:
+        """Build it; :meth:`run` delivers (see the module docstring)."""
+        self._t, self._ks, self._cfg = transport, keyspace, config
+        self._bells, self._retention, self._envelope = doorbells, retention, envelope
+        self._ctx, self._agent, self._event = ctx, agent, event
+        self._id, self._inc = ctx.agent_id, ctx.incarnation
+        self._live = keyspace.agent_live(self._id)
+        self._committed = restored  # the state as of the last commit (or the restore)
+        self._stateful = callable(getattr(agent, "get_state", None))
+        self.handling = anyio.Lock()  # held while a handler's effects are uncommitted
+        self.dirty = False
+        self._marker: dict[str, Any] = {}
+        self.handled = 0
+
+    # the loop ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Deliver until cancelled.
+
+        Raises:
+            IncarnationLostError: a newer incarnation is live (or none): stop the agent.
+        """
+        prefix = self._ks.inbox_prefix(self._id)
+        if self._stateful:  # what a failed handler's effects are undone to
+            state = await call_hook(self._agent, "get_state")
+            self._committed = _codec.decode(_codec.encode(state, "agent state", 2**21))
+        marker = await self._t.get(self._ks.signal_inflight(self._id))
+        if marker is not None:
+            try:
+                self._marker = dict(_codec.decode(marker.value))
+            except (ValueError, TypeError):
+                self._marker = {}
+        queue: deque[KeyValue] = deque()
+        last_create = 0
+        res = await self._t.range(
+            Op.get(prefix, range_end=prefix_end(prefix), sort_by_create=True, limit=_BATCH)
+        )
+        bell = self._bells.watch(prefix, prefix_end(prefix), res.revision, no_delete=True)
+        try:
+            queue.extend(res.kvs)
+            more = res.more
+            while True:
+                if not queue:
+                    if more:
+                        res = await self._t.range(
+                            Op.get(
+                                prefix,
+                                range_end=prefix_end(prefix),
+                                sort_by_create=True,
+                                limit=_BATCH,
+                            )
+                        )
+                        queue.extend(kv for kv in res.kvs if kv.create_revision > last_create)
+                        more = res.more
+                        continue
+                    events = await bell.wait()
+                    if getattr(bell, "missed", False):
+                        bell.missed = False
+                        more = True
+                        continue
+                    for ev in events:
+                        kv = ev.kv
+                        if kv.create_revision > last_create and kv.version == 1:
+                            queue.append(kv)
+                    continue
+                kv = queue.popleft()
+                try:
+                    await self._deliver(kv, queue[0] if queue else None)
+                except _Undone:
+                    queue.clear()
+                    more = True
+                    continue
+                last_create = kv.create_revision
+        finally:
+            bell.close()
+
+    # one signal ----------------------------------------------------------------------------
+    def _attempt(self, kv: KeyValue, failures: int) -> tuple[int, bool]:
+        """The attempt number of the head signal, and whether it must be marked first."""
+        m = self._marker
+        if m.get("rev") == kv.create_revision:
+            if m.get("inc") == self._inc:
+                return int(m.get("attempt", 1)), False
+            return max(int(m.get("attempt", 1)) + 1, failures + 1), True
+        return failures + 1, True
+
+    def _mark(self, kv: KeyValue, attempt: int) -> AnyOp:
+        self._marker = {"rev": kv.create_revision, "inc": self._inc, "attempt": attempt}
+        return Op.put(
+            self._ks.signal_inflight(self._id), _codec.encode(self._marker, "marker", 1024)
+        )
+
+    async def _deliver(self, kv: KeyValue, after: KeyValue | None) -> None:
+        stored = decode_signal(kv.value, kv.create_revision)
+        if stored is None:
+            await self._dead(kv, None, "undecodable", 0)
+            return
+        signal = stored.signal
+        attempt, unmarked = self._attempt(kv, stored.failures)
+        if signal.deadline is not None and time.time() > signal.deadline:
+            await self._dead(kv, signal, "expired", attempt - 1)
+            return
+        if attempt > self._cfg.signal_max_attempts:
+            why = f"{attempt - 1} attempts failed" + (
+                f"; last: {signal.last_error}" if signal.last_error else ""
+            )
+            await self._dead(kv, signal, why, attempt - 1)
+            return
+        wait = stored.not_before - time.time()
+        if wait > 0:
+            await anyio.sleep(min(wait, _BACKOFF_CAP))
+        if unmarked:  # the head is about to run: a crash from here on counts as an attempt
+            await self._guarded([self._mark(kv, attempt)])
+        signal = signal.with_attempt(attempt, kv.create_revision, signal.last_error)
+        ctx = SignalContext(
+            self._id, self._ctx.node_id, self._inc, self._ctx.cluster, signal, [], self._envelope
+        )
+        async with self.handling:
+            self.dirty = True
+            reply, error = await self._handle(signal, ctx)
+            if error is not None and not signal.reply:
+                await self._restore()
+                await self._failed(kv, stored.failures + 1, attempt, error)
+                self.dirty = False
+                return
+            if error is not None:  # an action's error is its reply; its effects are undone
+                await self._restore()
+                ctx._outbox.clear()
+            state = None
+            if self._stateful and error is None:
+                state = await call_hook(self._agent, "get_state")
+            await self._ack(kv, signal, state, reply, ctx._outbox, after)
+            if self._stateful and error is None:
+                self._committed = _codec.decode(_codec.encode(state, "agent state", 2**21))
+            self.dirty = False
+        self.handled += 1
+        self._event("signal", agent=self._id, signal=signal.id, attempt=attempt)
+
+    async def _handle(self, signal: Signal, ctx: SignalContext) -> tuple[Any, str | None]:
+        """Run the handler; return ``(reply, None)`` or ``(None, "Type: message")``."""
+        agent = self._agent
+        try:
+            if signal.type == CALL_TYPE and signal.reply:
+                return await run_action(self._agent, signal, self._cfg.signal_max_bytes), None
+            handler = getattr(agent, "handle_signal", None)
+            if not callable(handler):
+                return None, "NoHandler: the agent has no handle_signal"
+            out = handler(signal, ctx)
+            if inspect.isawaitable(out):
+                await out
+            return None, None
+        except ActionFailed as exc:
+            return {"error": {"type": exc.type_name, "message": exc.message}}, exc.summary
+        except Exception as exc:  # the handler's own failure: retried, then dead-lettered
+            log.warning("agent %s: handler failed on %s: %r", self._id, signal.id, exc)
+            return None, f"{type(exc).__name__}: {exc}"
+
+    async def _restore(self) -> None:
+        """Undo a failed handler's in-memory effects: back to the last committed state."""
+        if self._stateful and callable(getattr(self._agent, "restore_state", None)):
+            copy = _codec.decode(_codec.encode(self._committed, "agent state", 2**21))
+            await call_hook(self._agent, "restore_state", copy)
+
+    # the transactions ----------------------------------------------------------------------
+    def _fence(self, kv: KeyValue) -> list[Compare]:
+        return [
+            Compare.create_revision(self._live) == self._inc,
+            Compare.mod_revision(kv.key) == kv.mod_revision,
+        ]
+
+    async def _guarded(self, ops: list[AnyOp]) -> None:
+        """Write ``ops`` only while this incarnation is live."""
+        res = await self._t.txn([Compare.create_revision(self._live) == self._inc], ops)
+        if not res.succeeded:
+            raise self._lost()
+
+    def _lost(self) -> IncarnationLostError:
+        return IncarnationLostError(
+            self._id, key=self._live, token=self._inc, reason="a newer incarnation is live"
+        )
+
+    async def _ack(
+        self,
+        kv: KeyValue,
+        signal: Signal,
+        state: Any,
+        reply: Any,
+        outbox: list[tuple[Signal, bytes]],
+        after: KeyValue | None,
+    ) -> None:
+        ks, ident = self._ks, self._id
+        done: dict[str, Any] = {"at": time.time(), "inc": self._inc, "rev": kv.create_revision}
+        if reply is not None:
+            done["reply"] = reply
+        lease = await self._retention.get()
+        ops: list[AnyOp] = [
+            Op.delete(kv.key),
+            Op.put(ks.signals_acked(ident), b""),
+            Op.put(
+                ks.signal_done(ident, signal.id),
+                _codec.encode(done, "reply", self._cfg.signal_max_bytes + 1024),
+                lease=lease,
+            ),
+        ]
+        if state is not None or self._stateful:
+            ops.append(Op.put(ks.agent_state(ident), encode_state(self._inc, state)))
+        if after is not None:  # the next signal is marked started by this commit
+            nxt = decode_signal(after.value)
+            ops.append(self._mark(after, (nxt.failures if nxt else 0) + 1))
+        for emitted, value in outbox:
+            t, eid = emitted.subject, emitted.id
+            ops.append(
+                Op.txn(
+                    [
+                        Compare.create_revision(ks.agent_spec(t)) > 0,
+                        Compare.create_revision(ks.inbox(t, eid)) == 0,
+                        Compare.create_revision(ks.signal_done(t, eid)) == 0,
+                        Compare.create_revision(ks.dead_letter(t, eid)) == 0,
+                    ],
+                    [Op.put(ks.inbox(t, eid), value), Op.put(ks.signals_sent(t), b"")],
+                )
+            )
+        await self._commit(kv, signal, ops)
+
+    async def _commit(self, kv: KeyValue, signal: Signal, ops: list[AnyOp]) -> None:
+        """Commit the handling; retried while its outcome is unknown.
+
+        Its compares make a second commit fail once the first took effect.
+        """
+        delay = 0.05
+        while True:
+            try:
+                res = await self._t.txn(self._fence(kv), ops)
+            except (AmbiguousResultError, EtcdUnavailableError) as exc:
+                log.info("agent %s: ack of %s unsure (%s); retrying", self._id, signal.id, exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            if res.succeeded:
+                return
+            live = await self._t.get(self._live)
+            if live is None or live.create_revision != self._inc:
+                raise self._lost()
+            done = await self._t.get(self._ks.signal_done(self._id, signal.id))
+            if done is not None and _codec.decode(done.value).get("inc") == self._inc:
+                return  # the first attempt committed
+            await self._restore()
+            raise _Undone
+
+    async def _failed(self, kv: KeyValue, failures: int, attempt: int, error: str) -> None:
+        if attempt >= self._cfg.signal_max_attempts:
+            stored = decode_signal(kv.value)
+            await self._dead(kv, stored.signal if stored else None, error, attempt)
+            return
+        stored = decode_signal(kv.value)
+        assert stored is not None
+        backoff = min(_BACKOFF_CAP, 0.1 * 2 ** (attempt - 1))
+        signal = stored.signal.with_attempt(attempt, 0, error[:1000])
+        value = encode_signal(
+            signal,
+            self._cfg.signal_max_bytes + 2048,
+            failures=failures,
+            not_before=time.time() + backoff,
+        )
+        self._marker = {}
+        res = await self._t.txn(self._fence(kv), [Op.put(kv.key, value)])
+        if not res.succeeded:
+            raise _Undone
+        self._event("signal-failed", agent=self._id, signal=signal.id, attempt=attempt)
+        raise _Undone  # read the entry again (its new value and mod revision)
+
+    async def _dead(self, kv: KeyValue, signal: Signal | None, reason: str, attempts: int) -> None:
+        sid = kv.key[len(self._ks.inbox_prefix(self._id)) :].decode()
+        letter = {
+            "signal": None if signal is None else _codec.decode(encode_signal(signal, 2**21)),
+            "raw": None if signal is not None else kv.value[:4096].decode(errors="replace"),
+            "reason": reason,
+            "at": time.time(),
+            "attempts": attempts,
+        }
+        try:
+            value = _codec.encode(letter, "dead letter", 2**21)
+        except (SerializationError, RequestTooLargeError, EtcdError):
+            value = _codec.encode({"reason": reason, "at": time.time()}, "dead letter", 4096)
+        res = await self._t.txn(
+            self._fence(kv),
+            [
+                Op.delete(kv.key),
+                Op.put(self._ks.signals_acked(self._id), b""),
+                Op.put(self._ks.dead_letter(self._id, sid), value),
+            ],
+        )
+        if not res.succeeded:
+            live = await self._t.get(self._live)
+            if live is None or live.create_revision != self._inc:
+                raise self._lost()
+            raise _Undone
+        self._event("signal-dead", agent=self._id, signal=sid, reason=reason)

@@ -1,0 +1,258 @@
+"""Signals and actions against a real etcd: send, dedupe, bounds, delivery, calls, tools."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Annotated, Any, Literal
+
+import anyio
+import jsonschema
+import pytest
+
+import foundation_etcd as fe
+from foundation_etcd import Config, connect
+from foundation_etcd.testing import wait_until
+
+pytestmark = pytest.mark.etcd
+
+
+@fe.clustered("sig-counter", subscribe=["orders.*.created", "audit.**"])
+class Counter:
+    """Counts what it is sent."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.seen: list[str] = []
+        self.fail_next = 0
+
+    def get_state(self) -> dict[str, Any]:
+        return {"total": self.total, "seen": self.seen}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self.total, self.seen = state["total"], list(state["seen"])
+
+    async def handle_signal(self, signal: fe.Signal, ctx: fe.SignalContext) -> None:
+        self.total += int((signal.data or {}).get("n", 1))
+        self.seen.append(signal.id)
+        if signal.type == "poison":
+            raise RuntimeError("cannot handle this")
+        if signal.type == "forward":
+            ctx.send(signal.data["to"], "count", {"n": 1})
+
+    @fe.action
+    async def add(self, n: Annotated[int, "how much to add"], note: str = "") -> int:
+        """Add ``n`` to the total and return it.
+
+        Args:
+            n: ignored here: the Annotated description wins.
+            note: a free-form note.
+        """
+        self.total += n
+        return self.total
+
+    @fe.action
+    def boom(self, kind: Literal["value", "key"]) -> None:
+        """Raise an error of the named kind (the total is changed first, then undone)."""
+        self.total += 1000
+        if kind == "value":
+            raise ValueError("no such value")
+        raise KeyError("no such key")
+
+
+@asynccontextmanager
+async def two_nodes(cfg: Config) -> AsyncIterator[tuple[fe.Cluster, fe.Cluster]]:
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(connect(cfg, node_id="sa"))
+        b = await stack.enter_async_context(connect(cfg, node_id="sb"))
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        tg.start_soon(a.serve)
+        tg.start_soon(b.serve)
+        yield a, b
+        tg.cancel_scope.cancel()
+
+
+def hosted(c: fe.Cluster, agent_id: str) -> Any:
+    assert c.runtime is not None
+    h = c.runtime.hosted.get(agent_id)
+    return h is not None and h.status == "running"
+
+
+async def state_of(c: fe.Cluster, agent_id: str) -> dict[str, Any]:
+    kv = await c.transport.get(c.keyspace.agent_state(agent_id))
+    if kv is None:
+        return {"total": 0, "seen": []}
+    state: dict[str, Any] = json.loads(kv.value)["state"]
+    return state
+
+
+async def test_send_is_durable_idempotent_and_delivered_in_order(etcd_config: Config) -> None:
+    async with two_nodes(etcd_config) as (a, b):
+        await a.spawn(Counter, "c1", placement="pinned:sb")
+        ids = [f"s{i}" for i in range(20)]
+        with anyio.fail_after(20):
+            for sid in ids:
+                r = await a.send("c1", "count", {"n": 1}, signal_id=sid)
+                assert not r.duplicate
+            again = await a.send("c1", "count", {"n": 1}, signal_id="s3")
+            assert again.duplicate
+            await wait_until(lambda: hosted(b, "c1"))
+
+            async def done() -> bool:
+                return (await state_of(a, "c1"))["total"] == 20
+
+            await wait_until(done)
+            st = await state_of(a, "c1")
+            assert st["seen"] == ids  # commit order, each once
+            # a handled id is remembered: sending it again delivers nothing
+            assert (await a.send("c1", "count", {"n": 1}, signal_id="s0")).duplicate
+            assert await a.inbox("c1") == []
+
+
+async def test_send_to_unknown_agent_and_bad_input_fail_before_io(etcd_config: Config) -> None:
+    async with connect(etcd_config, node_id="lonely") as c:
+        with pytest.raises(fe.AgentNotFoundError):
+            await c.send("nobody", "count", {})
+        with pytest.raises(fe.InvalidIdError):
+            await c.send("bad/id", "count", {})
+        with pytest.raises(fe.InvalidIdError):
+            await c.send("x", "bad type!", {})
+        with pytest.raises(fe.SerializationError):
+            await c.send("x", "count", {"x": object()})
+        with pytest.raises(fe.RequestTooLargeError):
+            await c.send("x", "count", "a" * (etcd_config.signal_max_bytes + 1))
+
+
+async def test_full_inbox_refuses_and_writes_nothing(etcd_config: Config) -> None:
+    cfg = etcd_config.with_options(signal_inbox_limit=5)
+    async with connect(cfg, node_id="nohost", hosts_agents=True) as c:
+        await c.spawn(Counter, "c2")  # placed here, but nobody serves: signals wait
+        for i in range(5):
+            await c.send("c2", "count", {}, signal_id=f"f{i}")
+        before = await c.transport.revision()
+        with pytest.raises(fe.InboxFullError) as info:
+            await c.send("c2", "count", {}, signal_id="f5")
+        assert info.value.waiting == 5 and info.value.limit == 5
+        assert await c.transport.revision() == before  # nothing written
+        # a second sender with no window learnt yet is refused as well
+        async with connect(cfg, node_id="other", hosts_agents=False) as d:
+            with pytest.raises(fe.InboxFullError):
+                await d.send("c2", "count", {}, signal_id="f6")
+        assert [s.id for s in await c.inbox("c2")] == [f"f{i}" for i in range(5)]
+
+
+async def test_dead_letters_after_failures_and_redrive(etcd_config: Config) -> None:
+    cfg = etcd_config.with_options(signal_max_attempts=3)
+    async with two_nodes(cfg) as (a, _b):
+        await a.spawn(Counter, "c3", placement="pinned:sa")
+        with anyio.fail_after(30):
+            await a.send("c3", "poison", {"n": 1}, signal_id="p1")
+            await a.send("c3", "count", {"n": 1}, signal_id="after")
+
+            async def dead() -> bool:
+                return len(await a.dead_letters("c3")) == 1
+
+            await wait_until(dead)
+            (letter,) = await a.dead_letters("c3")
+            assert letter.signal_id == "p1" and letter.attempts == 3
+            assert "RuntimeError" in letter.reason
+
+            async def handled_after() -> bool:
+                return (await state_of(a, "c3"))["seen"] == ["after"]
+
+            await wait_until(handled_after)  # the failed handler's effects were undone
+            # sending the dead id again is a duplicate; redrive puts it back
+            assert (await a.send("c3", "poison", {}, signal_id="p1")).duplicate
+            await a.redrive("c3", "p1")
+
+            async def dead_again() -> bool:
+                letters = await a.dead_letters("c3")
+                return len(letters) == 1 and letters[0].revision > letter.revision
+
+            await wait_until(dead_again)
+            with pytest.raises(KeyError):
+                await a.redrive("c3", "nope")
+
+
+async def test_call_results_errors_and_outbox_across_nodes(etcd_config: Config) -> None:
+    async with two_nodes(etcd_config) as (a, b):
+        await a.spawn(Counter, "c4", placement="pinned:sb")
+        await a.spawn(Counter, "c5", placement="pinned:sa")
+        with anyio.fail_after(20):
+            assert await a.call("c4", "add", {"n": 5}) == 5
+            assert await b.call("c4", "add", {"n": 2}) == 7
+            with pytest.raises(ValueError, match="no such value") as info:
+                await a.call("c4", "boom", {"kind": "value"})
+            assert isinstance(info.value, fe.ActionError)
+            assert info.value.error_type == "ValueError"
+            with pytest.raises(fe.ActionError):
+                await a.call("c4", "boom", {"kind": "key"})
+            with pytest.raises(fe.ActionError) as bad:
+                await a.call("c4", "add", {"m": 1})
+            assert bad.value.error_type == "TypeError"
+            with pytest.raises(fe.ActionError) as unknown:
+                await a.call("c4", "nope", {})
+            assert unknown.value.error_type == "UnknownAction"
+            assert await a.call("c4", "add", {"n": 0}) == 7  # failed actions kept no effect
+            # the same call id returns the one outcome, not a second run
+            assert await a.call("c4", "add", {"n": 1}, call_id="once") == 8
+            assert await a.call("c4", "add", {"n": 1}, call_id="once") == 8
+            # an emitted signal goes out with the handling
+            await a.send("c4", "forward", {"to": "c5"}, signal_id="fw")
+
+            async def forwarded() -> bool:
+                return (await state_of(a, "c5"))["total"] == 1
+
+            await wait_until(forwarded)
+
+
+async def test_call_timeout_says_may_still_run(etcd_config: Config) -> None:
+    async with connect(etcd_config, node_id="idle") as c:
+        await c.spawn(Counter, "c6")  # nobody serves it
+        with pytest.raises(fe.CallTimeoutError) as info:
+            with anyio.fail_after(0.5):
+                await c.call("c6", "add", {"n": 1}, call_id="late")
+        assert isinstance(info.value, TimeoutError)
+        assert "may still run" in str(info.value)
+        assert [s.id for s in await c.inbox("c6")] == ["late"]
+
+
+async def test_tools_are_valid_json_schema_and_route_across_nodes(etcd_config: Config) -> None:
+    async with two_nodes(etcd_config) as (a, _b):
+        await a.spawn(Counter, "c7", placement="pinned:sb")
+        tools = await a.tools()
+        names = {t["name"] for t in tools}
+        assert {"c7__add", "c7__boom"} <= names
+        for tool in tools:
+            jsonschema.Draft202012Validator.check_schema(tool["parameters"])
+            assert tool["description"]
+        add = next(t for t in tools if t["name"] == "c7__add")
+        assert add["parameters"]["required"] == ["n"]
+        assert add["parameters"]["properties"]["n"]["description"] == "how much to add"
+        jsonschema.validate({"n": 3}, add["parameters"])
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"n": "x"}, add["parameters"])
+        with anyio.fail_after(20):
+            assert await a.call_tool("c7__add", {"n": 3}) == 3
+
+
+async def test_publish_reaches_matching_subscribers(etcd_config: Config) -> None:
+    async with two_nodes(etcd_config) as (a, _b):
+        for agent, node in (("p1", "sa"), ("p2", "sb"), ("p3", "sb")):
+            await a.spawn(Counter, agent, placement=f"pinned:{node}")
+        await a.subscribe("p3", ["billing.**"])  # replaces the declared patterns
+        with anyio.fail_after(20):
+            r = await a.publish("orders.eu.created", "count", {"n": 1}, signal_id="o1")
+            assert sorted(r.delivered) == ["p1", "p2"]
+            r2 = await a.publish("orders.eu.created", "count", {"n": 1}, signal_id="o1")
+            assert sorted(r2.duplicates) == ["p1", "p2"] and not r2.delivered
+            r3 = await a.publish("billing.x.y", "count", {"n": 1})
+            assert r3.delivered == ("p3",)
+            assert (await a.publish("orders.eu", "count", {})).delivered == ()
+
+            async def all_counted() -> bool:
+                totals = [(await state_of(a, x))["total"] for x in ("p1", "p2", "p3")]
+                return totals == [1, 1, 1]
+
+            await wait_until(all_counted)
