@@ -195,6 +195,7 @@ async def test_call_results_errors_and_outbox_across_nodes(etcd_config: Config) 
                 await a.call("c4", "nope", {})
             assert unknown.value.error_type == "UnknownAction"
             assert await a.call("c4", "add", {"n": 0}) == 7  # failed actions kept no effect
+            assert (await state_of(a, "c4"))["total"] == 7  # nor wrote any state
             # the same call id returns the one outcome, not a second run
             assert await a.call("c4", "add", {"n": 1}, call_id="once") == 8
             assert await a.call("c4", "add", {"n": 1}, call_id="once") == 8
@@ -256,3 +257,80 @@ async def test_publish_reaches_matching_subscribers(etcd_config: Config) -> None
                 return totals == [1, 1, 1]
 
             await wait_until(all_counted)
+
+
+@fe.clustered("sig-bad-state")
+class BadState:
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def get_state(self) -> dict[str, Any]:
+        return {"items": self.items}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self.items = list(state["items"])
+
+    def handle_signal(self, signal: fe.Signal, ctx: fe.SignalContext) -> None:
+        self.items.append(object() if signal.type == "unencodable" else signal.id)
+
+
+async def test_a_handling_that_cannot_commit_fails_like_a_handler(etcd_config: Config) -> None:
+    cfg = etcd_config.with_options(signal_max_attempts=2)
+    async with two_nodes(cfg) as (a, _b):
+        await a.spawn(BadState, "bs", placement="pinned:sa")
+        with anyio.fail_after(20):
+            await a.send("bs", "unencodable", None, signal_id="u1")
+            await a.send("bs", "fine", None, signal_id="ok1")
+
+            async def settled() -> bool:
+                kv = await a.transport.get(a.keyspace.agent_state("bs"))
+                return kv is not None and json.loads(kv.value)["state"]["items"] == ["ok1"]
+
+            await wait_until(settled)
+            (letter,) = await a.dead_letters("bs")
+            assert letter.signal_id == "u1" and "SerializationError" in letter.reason
+
+
+@fe.clustered("sig-tiny")
+class Tiny:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def get_state(self) -> int:
+        return self.n
+
+    def restore_state(self, state: int) -> None:
+        self.n = state
+
+    def handle_signal(self, signal: fe.Signal, ctx: fe.SignalContext) -> None:
+        self.n += 1
+
+
+async def test_one_node_serves_many_agents_on_one_watch_stream(etcd_config: Config) -> None:
+    count = 300  # 1,000 in scripts/bench.py --only signals (spawning them is the slow part)
+    async with connect(etcd_config, node_id="big") as c, anyio.create_task_group() as tg:
+        tg.start_soon(c.serve)
+        with anyio.fail_after(90):
+            for i in range(count):
+                await c.spawn(Tiny, f"t{i}")
+            await wait_until(
+                lambda: (
+                    sum(h.status == "running" for h in c.runtime.hosted.values()) == count
+                    if c.runtime
+                    else False
+                )
+            )
+            assert c.doorbells is not None
+            assert len(c.doorbells) >= count and c.doorbells.reconnects == 0
+            for i in (0, count // 2, count - 1):
+                await c.send(f"t{i}", "tick", None)
+
+            async def ticked() -> bool:
+                for i in (0, count // 2, count - 1):
+                    kv = await c.transport.get(c.keyspace.agent_state(f"t{i}"))
+                    if kv is None or json.loads(kv.value)["state"] != 1:
+                        return False
+                return True
+
+            await wait_until(ticked)
+        tg.cancel_scope.cancel()

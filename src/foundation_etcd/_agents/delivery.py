@@ -59,6 +59,7 @@ from .._core.errors import (
     IncarnationLostError,
     RequestTooLargeError,
     SerializationError,
+    TooManyOperationsError,
 )
 from .._core.keys import Keyspace, prefix_end
 from .._core.kv import AnyOp, Compare, KeyValue, Op
@@ -74,8 +75,8 @@ __all__ = ["Deliverer", "RetentionLease", "SignalContext"]
 log = logging.getLogger("foundation_etcd.signals")
 
 _BATCH = 64
-_MAX_EMITS = 32
 _BACKOFF_CAP = 30.0
+_MAX_ACK_BYTES = 1400 * 1024  # under etcd's 1.5 MiB request limit, with the reply
 
 
 class _Undone(Exception):
@@ -219,17 +220,24 @@ class Deliverer:
             reply, error = await self._handle(signal, ctx)
             if error is not None and not signal.reply:
                 await self._restore()
-                await self._failed(kv, stored.failures + 1, attempt, error)
                 self.dirty = False
+                await self._failed(kv, stored.failures + 1, attempt, error)
                 return
             if error is not None:  # an action's error is its reply; its effects are undone
                 await self._restore()
                 ctx._outbox.clear()
-            state = None
-            if self._stateful and error is None:
-                state = await call_hook(self._agent, "get_state")
-            await self._ack(kv, signal, state, reply, ctx._outbox, after)
-            if self._stateful and error is None:
+            keep = self._stateful and error is None
+            try:
+                state = await call_hook(self._agent, "get_state") if keep else None
+                ops = self._ack_ops(kv, signal, keep, state, reply, ctx._outbox, after)
+            except (SerializationError, RequestTooLargeError, TooManyOperationsError) as exc:
+                # the handling cannot be committed as it is: a failure like the handler's
+                await self._restore()
+                self.dirty = False
+                await self._failed(kv, stored.failures + 1, attempt, f"{type(exc).__name__}: {exc}")
+                return
+            await self._commit(kv, signal, [*ops, await self._done(kv, signal, reply)])
+            if keep:
                 self._committed = _codec.decode(_codec.encode(state, "agent state", 2**21))
             self.dirty = False
         self.handled += 1
@@ -278,30 +286,34 @@ class Deliverer:
             self._id, key=self._live, token=self._inc, reason="a newer incarnation is live"
         )
 
-    async def _ack(
+    async def _done(self, kv: KeyValue, signal: Signal, reply: Any) -> AnyOp:
+        """The done record: dedupe for the id and the reply, under the retention lease."""
+        done: dict[str, Any] = {"at": time.time(), "inc": self._inc, "rev": kv.create_revision}
+        if reply is not None:
+            done["reply"] = reply
+        value = _codec.encode(done, "reply", self._cfg.signal_max_bytes + 1024)
+        lease = await self._retention.get()
+        return Op.put(self._ks.signal_done(self._id, signal.id), value, lease=lease)
+
+    def _ack_ops(
         self,
         kv: KeyValue,
         signal: Signal,
+        keep: bool,
         state: Any,
         reply: Any,
         outbox: list[tuple[Signal, bytes]],
         after: KeyValue | None,
-    ) -> None:
+    ) -> list[AnyOp]:
+        """The handling's writes besides the done record (checked before anything is sent).
+
+        Raises:
+            SerializationError, RequestTooLargeError, TooManyOperationsError: the state or
+                the whole transaction cannot be sent.
+        """
         ks, ident = self._ks, self._id
-        done: dict[str, Any] = {"at": time.time(), "inc": self._inc, "rev": kv.create_revision}
-        if reply is not None:
-            done["reply"] = reply
-        lease = await self._retention.get()
-        ops: list[AnyOp] = [
-            Op.delete(kv.key),
-            Op.put(ks.signals_acked(ident), b""),
-            Op.put(
-                ks.signal_done(ident, signal.id),
-                _codec.encode(done, "reply", self._cfg.signal_max_bytes + 1024),
-                lease=lease,
-            ),
-        ]
-        if state is not None or self._stateful:
+        ops: list[AnyOp] = [Op.delete(kv.key), Op.put(ks.signals_acked(ident), b"")]
+        if keep:
             ops.append(Op.put(ks.agent_state(ident), encode_state(self._inc, state)))
         if after is not None:  # the next signal is marked started by this commit
             nxt = decode_signal(after.value)
@@ -319,7 +331,10 @@ class Deliverer:
                     [Op.put(ks.inbox(t, eid), value), Op.put(ks.signals_sent(t), b"")],
                 )
             )
-        await self._commit(kv, signal, ops)
+        size = sum(len(getattr(op, "value", b"")) for op in ops) + sum(len(v) for _, v in outbox)
+        if size > _MAX_ACK_BYTES:
+            raise RequestTooLargeError(size, _MAX_ACK_BYTES, "acknowledgement (state + outbox)")
+        return ops
 
     async def _commit(self, kv: KeyValue, signal: Signal, ops: list[AnyOp]) -> None:
         """Commit the handling; retried while its outcome is unknown.
