@@ -173,7 +173,7 @@ __all__ = [
 _MOVED = (
     frozenset(_lowlevel.__all__)
     - frozenset(__all__)
-    - {"KeepAliveStream", "WatchResponse", "WatchStream"}
+    - {"KeepAliveStream", "WatchResponse", "WatchStream", "Bell", "Doorbells"}  # never at the root
 )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ._agents.runtime import NodeRuntime
 from ._agents.scheduler import Scheduler
+from ._coord.doorbells import Bell, Doorbells
 from ._coord.ownership import Ownership
 from ._coord.watch import ChangeKind, ViewChange, WatchedView, open_view
 from ._core.keys import Keyspace, prefix_end
@@ -43,9 +44,11 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "MAX_TXN_OPS",
     "AgentSpec",
+    "Bell",
     "ChangeKind",
     "Compare",
     "DeleteResult",
+    "Doorbells",
     "EventType",
     "KeepAliveStream",
     "KeyValue",
