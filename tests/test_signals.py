@@ -334,3 +334,17 @@ async def test_one_node_serves_many_agents_on_one_watch_stream(etcd_config: Conf
 
             await wait_until(ticked)
         tg.cancel_scope.cancel()
+
+
+async def test_a_registered_agent_is_reachable_and_handles_signals(etcd_config: Config) -> None:
+    async with connect(etcd_config, node_id="host1") as a, connect(etcd_config, node_id="x") as b:
+        counter = Counter()
+        async with a.host(counter, agent_id="local-1"):
+            with anyio.fail_after(20):
+                r = await b.send("local-1", "count", {"n": 2}, signal_id="l1")
+                assert not r.duplicate
+                await wait_until(lambda: counter.total == 2)
+                assert await b.call("local-1", "add", {"n": 3}) == 5
+                assert (await state_of(b, "local-1"))["total"] == 5
+        with pytest.raises(fe.AgentNotFoundError):
+            await b.send("never-there", "count", {})

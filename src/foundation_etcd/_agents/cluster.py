@@ -364,7 +364,8 @@ class Cluster(SignalMethods):
         try:
             await call_hook(agent, "on_start", ctx)
             started = True
-            yield HostedAgent(agent, agent_id, self)
+            async with self._delivering(agent, agent_id):
+                yield HostedAgent(agent, agent_id, self)
         finally:
             with cleanup_scope(self.config.request_timeout):
                 try:

@@ -8,21 +8,36 @@ whose classes it never imported.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
-from .._core.errors import AgentNotFoundError
+import anyio
+
+from .._coord.doorbells import Doorbells
+from .._core.background import background_tasks
+from .._core.config import Config
+from .._core.errors import AgentNotFoundError, EtcdError, IncarnationLostError
+from .._core.keys import Keyspace
 from .._core.records import AgentSpec
 from .._core.signals import Signal
 from .._transport import Transport
 from . import calls, dead_letters
+from .agent import AgentContext, actions_of
 from .dead_letters import DeadLetter
+from .delivery import Deliverer
+from .handlers import RetentionLease
+from .registry import Registry
 from .scheduler import Scheduler
 from .signals import PublishResult, SendResult, Signals
 
 __all__ = ["SignalMethods"]
 
+log = logging.getLogger("foundation_etcd.signals")
+
+_FOLLOW_DELAY = 0.2  # seconds between looks for a hosted agent's new registration
 _TOOL_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -39,6 +54,16 @@ class SignalMethods:
     """Signals, calls, broadcast, tools, inboxes and dead letters of a :class:`Cluster`."""
 
     transport: Transport
+    keyspace: Keyspace
+    config: Config
+    node_id: str
+    doorbells: Doorbells | None
+    _retention: RetentionLease | None = None
+
+    @property
+    def registry(self) -> Registry:
+        """The agent registry (the :class:`Cluster` provides it)."""
+        raise NotImplementedError
 
     @property
     def signals(self) -> Signals:
@@ -49,6 +74,48 @@ class SignalMethods:
     def scheduler(self) -> Scheduler:
         """Spawning and placement (the :class:`Cluster` provides it)."""
         raise NotImplementedError
+
+    @asynccontextmanager
+    async def _delivering(self, agent: object, agent_id: str) -> AsyncIterator[None]:
+        """Deliver a locally hosted agent's signals while the block runs (``Cluster.host``).
+
+        Only for agents with ``handle_signal`` or actions; it follows the registration to
+        its new incarnation after a lease loss.
+        """
+        handles = callable(getattr(agent, "handle_signal", None)) or actions_of(type(agent))
+        if self.doorbells is None or not handles:
+            yield
+            return
+        async with background_tasks() as tg:
+            tg.start_soon(self._deliver_hosted, agent, agent_id)
+            yield
+
+    async def _deliver_hosted(self, agent: object, agent_id: str) -> None:
+        assert self.doorbells is not None
+        if self._retention is None:
+            self._retention = RetentionLease(self.transport, self.config.signal_retention)
+        while True:
+            reg = self.registry.owned().get(agent_id)
+            if reg is not None:
+                deliverer = Deliverer(
+                    transport=self.transport,
+                    keyspace=self.keyspace,
+                    config=self.config,
+                    doorbells=self.doorbells,
+                    retention=self._retention,
+                    envelope=self.signals.envelope,
+                    ctx=AgentContext(agent_id, self.node_id, reg.incarnation, self),
+                    agent=agent,
+                    restored=None,
+                    event=lambda *_, **__: None,
+                )
+                try:
+                    await deliverer.run()
+                except IncarnationLostError:
+                    pass  # registered again under a new lease: follow the new incarnation
+                except EtcdError as exc:
+                    log.warning("delivery to hosted agent %s stopped: %s", agent_id, exc)
+            await anyio.sleep(_FOLLOW_DELAY)
 
     async def send(
         self,

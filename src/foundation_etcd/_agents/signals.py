@@ -114,6 +114,7 @@ def probe(ks: Keyspace, agent_id: str, signal_id: str) -> list[AnyOp]:
         Op.get(ks.dead_letter(agent_id, signal_id), keys_only=True),
         Op.get(ks.signals_sent(agent_id), keys_only=True),
         Op.get(ks.signals_acked(agent_id), keys_only=True),
+        Op.get(ks.agent_live(agent_id), keys_only=True),
     ]
 
 
@@ -210,11 +211,12 @@ class Signals:
         ks, agent_id, sid = self._ks, signal.subject, signal.id
         limit = self._cfg.signal_inbox_limit
         key = ks.inbox(agent_id, sid)
+        target = ks.agent_spec(agent_id)  # spawned; or else registered (``cluster.host``)
         for _ in range(SEND_ATTEMPTS):
             bound, bump = admission(ks, agent_id, self.window(agent_id), limit)
             res = await self._t.txn(
                 [
-                    Compare.create_revision(ks.agent_spec(agent_id)) > 0,
+                    Compare.create_revision(target) > 0,
                     Compare.create_revision(key) == 0,
                     Compare.create_revision(ks.signal_done(agent_id, sid)) == 0,
                     Compare.create_revision(ks.dead_letter(agent_id, sid)) == 0,
@@ -226,18 +228,21 @@ class Signals:
             self.learn(agent_id, res, 1)
             if res.succeeded:
                 return SendResult(sid, res.revision)
-            outcome = self._refused(agent_id, res)
+            if res.range(0).first is None and res.range(6).first is not None:
+                target = ks.agent_live(agent_id)  # not spawned, but registered: deliverable
+                continue
+            outcome = self._refused(agent_id, res, target == ks.agent_live(agent_id))
             if outcome is not None:
                 return SendResult(sid, outcome, duplicate=True)
         raise InboxFullError(agent_id, waiting=-1, limit=limit)  # window never settled
 
-    def _refused(self, agent_id: str, res: TxnResult) -> int | None:
+    def _refused(self, agent_id: str, res: TxnResult, registered: bool = False) -> int | None:
         """Why a send's transaction failed: raise, or return a duplicate's revision.
 
         ``None``: the window was stale; try again with the counters just learnt.
         """
-        if res.range(0).first is None:
-            raise AgentNotFoundError(agent_id, f"agent {agent_id!r} is not spawned")
+        if res.range(6 if registered else 0).first is None:
+            raise AgentNotFoundError(agent_id, f"agent {agent_id!r} is neither spawned nor live")
         for index in (1, 2, 3):
             kv = res.range(index).first
             if kv is not None:
