@@ -348,3 +348,37 @@ async def test_a_registered_agent_is_reachable_and_handles_signals(etcd_config: 
                 assert (await state_of(b, "local-1"))["total"] == 5
         with pytest.raises(fe.AgentNotFoundError):
             await b.send("never-there", "count", {})
+
+
+async def test_crafted_inbox_entries_go_to_dead_letters_and_delivery_goes_on(
+    etcd_config: Config,
+) -> None:
+    async with two_nodes(etcd_config) as (a, _b):
+        await a.spawn(Counter, "cr", placement="pinned:sa")
+        ks = a.keyspace
+        prefix = ks.inbox_prefix("cr")
+        marker = ks.signal_inflight("cr")
+        with anyio.fail_after(20):
+            await a.transport.put(prefix + b"junk", b"not json")  # another client's doing
+            await a.transport.put(prefix + b"bad id!", b"{}")
+            await a.transport.put(prefix + b"\xff\xfe", b"[]")
+            forged = json.dumps(
+                {"id": "other", "type": "count", "source": "x", "subject": "cr", "time": 0}
+            )
+            await a.transport.put(prefix + b"forged", forged.encode())
+            await a.transport.put(marker, b'{"rev": "x", "attempt": "many"}')
+            await a.send("cr", "count", {"n": 1}, signal_id="real")
+
+            async def handled() -> bool:
+                return (await state_of(a, "cr"))["seen"] == ["real"]
+
+            await wait_until(handled)
+
+            async def four_dead() -> bool:
+                return len(await a.dead_letters("cr")) == 4
+
+            await wait_until(four_dead)
+            reasons = sorted(d.reason for d in await a.dead_letters("cr"))
+            assert reasons.count("undecodable") == 3
+            assert "envelope does not match its key" in reasons
+            assert await a.inbox("cr") == []

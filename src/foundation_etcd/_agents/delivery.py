@@ -41,6 +41,7 @@ lease; the handler in flight is abandoned and nothing of it is committed.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 import time
@@ -57,11 +58,12 @@ from .._core.errors import (
     EtcdError,
     EtcdUnavailableError,
     IncarnationLostError,
+    InvalidIdError,
     RequestTooLargeError,
     SerializationError,
     TooManyOperationsError,
 )
-from .._core.keys import Keyspace, prefix_end
+from .._core.keys import Keyspace, prefix_end, validate_id
 from .._core.kv import AnyOp, Compare, KeyValue, Op
 from .._core.records import encode_state
 from .._core.signals import Signal, decode_signal, encode_signal
@@ -126,10 +128,8 @@ class Deliverer:
             self._committed = _codec.decode(_codec.encode(state, "agent state", 2**21))
         marker = await self._t.get(self._ks.signal_inflight(self._id))
         if marker is not None:
-            try:
-                self._marker = dict(_codec.decode(marker.value))
-            except (ValueError, TypeError):
-                self._marker = {}
+            decoded = _decoded(marker.value)
+            self._marker = decoded if isinstance(decoded, dict) else {}
         queue: deque[KeyValue] = deque()
         last_create = 0
         res = await self._t.range(
@@ -178,10 +178,11 @@ class Deliverer:
     def _attempt(self, kv: KeyValue, failures: int) -> tuple[int, bool]:
         """The attempt number of the head signal, and whether it must be marked first."""
         m = self._marker
-        if m.get("rev") == kv.create_revision:
+        marked = m.get("attempt")
+        if m.get("rev") == kv.create_revision and isinstance(marked, int) and marked > 0:
             if m.get("inc") == self._inc:
-                return int(m.get("attempt", 1)), False
-            return max(int(m.get("attempt", 1)) + 1, failures + 1), True
+                return marked, False
+            return max(marked + 1, failures + 1), True
         return failures + 1, True
 
     def _mark(self, kv: KeyValue, attempt: int) -> AnyOp:
@@ -196,6 +197,10 @@ class Deliverer:
             await self._dead(kv, None, "undecodable", 0)
             return
         signal = stored.signal
+        key_id = kv.key[len(self._ks.inbox_prefix(self._id)) :].decode(errors="replace")
+        if signal.id != key_id or signal.subject != self._id:  # not written by ``send``
+            await self._dead(kv, None, "envelope does not match its key", 0)
+            return
         attempt, unmarked = self._attempt(kv, stored.failures)
         if signal.deadline is not None and time.time() > signal.deadline:
             await self._dead(kv, signal, "expired", attempt - 1)
@@ -356,7 +361,7 @@ class Deliverer:
             if live is None or live.create_revision != self._inc:
                 raise self._lost()
             done = await self._t.get(self._ks.signal_done(self._id, signal.id))
-            if done is not None and _codec.decode(done.value).get("inc") == self._inc:
+            if done is not None and _done_by(done) == (self._inc, kv.create_revision):
                 return  # the first attempt committed
             await self._restore()
             raise _Undone
@@ -384,7 +389,11 @@ class Deliverer:
         raise _Undone  # read the entry again (its new value and mod revision)
 
     async def _dead(self, kv: KeyValue, signal: Signal | None, reason: str, attempts: int) -> None:
-        sid = kv.key[len(self._ks.inbox_prefix(self._id)) :].decode()
+        sid = kv.key[len(self._ks.inbox_prefix(self._id)) :].decode(errors="replace")
+        try:
+            validate_id(sid, "signal id")
+        except InvalidIdError:  # a key no sender wrote: filed under a name derived from it
+            sid = "invalid-" + hashlib.sha256(kv.key).hexdigest()[:24]
         letter = {
             "signal": None if signal is None else _codec.decode(encode_signal(signal, 2**21)),
             "raw": None if signal is not None else kv.value[:4096].decode(errors="replace"),
@@ -410,3 +419,16 @@ class Deliverer:
                 raise self._lost()
             raise _Undone
         self._event("signal-dead", agent=self._id, signal=sid, reason=reason)
+
+
+def _decoded(value: bytes) -> object:
+    try:
+        return _codec.decode(value)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _done_by(kv: KeyValue) -> tuple[object, object]:
+    """``(incarnation, inbox create revision)`` of a done record (``None``s if unreadable)."""
+    d = _decoded(kv.value)
+    return (d.get("inc"), d.get("rev")) if isinstance(d, dict) else (None, None)
