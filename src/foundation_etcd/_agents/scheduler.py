@@ -348,7 +348,16 @@ class Scheduler:
                 ops=ops,
             )
         except ConditionFailed:
-            raise AgentExistsError(agent_id, node_id=None, lease_id=0) from None
+            assign = await self._transport.get(self._ks.agent_assign(agent_id))
+            held, status, _ = decode_assignment(assign)
+            where = f"on node {held!r}" if held else "(not placed)"
+            raise AgentExistsError(
+                agent_id,
+                node_id=held,
+                lease_id=0,
+                message=f"agent {agent_id!r} is already spawned, {status.value} {where}: "
+                "despawn it first, or spawn another id",
+            ) from None
         return AgentRef(agent_id, node, rev)
 
     async def despawn(self, agent_id: str) -> None:

@@ -27,17 +27,21 @@ __all__ = [
 
 
 class AgentExistsError(FoundationEtcdError):
-    """An agent id is already registered and live.
+    """An agent id is already registered and live, or already spawned.
 
     Attributes:
         agent_id: the id asked for.
         node_id: the node that holds it, when known.
-        lease_id: the lease that holds it.
+        lease_id: the lease that holds it (0 for a spawned agent's spec, which has none).
     """
 
-    def __init__(self, agent_id: str, *, node_id: str | None, lease_id: int) -> None:
+    def __init__(
+        self, agent_id: str, *, node_id: str | None, lease_id: int, message: str = ""
+    ) -> None:
         holder = f"node {node_id!r}" if node_id else "another holder"
-        super().__init__(f"agent {agent_id!r} is already live on {holder} (lease {lease_id:x})")
+        super().__init__(
+            message or f"agent {agent_id!r} is already live on {holder} (lease {lease_id:x})"
+        )
         self.agent_id, self.node_id, self.lease_id = agent_id, node_id, lease_id
 
 
