@@ -1,5 +1,6 @@
 """The command line, run as users run it (a subprocess), against the test etcd."""
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+import foundation_etcd as fe
 from foundation_etcd import Config, NoNodeFitsError, connect
 from foundation_etcd.lowlevel import open_transport
 from foundation_etcd.testing import wait_until
@@ -293,3 +295,254 @@ async def test_cordon_and_uncordon(
         assert "node ca was not cordoned" in out.stdout
         with anyio.fail_after(10):
             assert (await ca.spawn(Counter, "pinned", placement="pinned:ca")).node_id == "ca"
+
+
+# signals, calls and tools ----------------------------------------------------------------------
+SIGNAL_USAGE_ERRORS = [
+    (("signals",), ["required", "inbox,dead,redrive,send"]),
+    (("signals", "send", "a1"), ["required", "TYPE"]),
+    (("signals", "send", "a/1", "count"), ["argument AGENT", "invalid agent id 'a/1'"]),
+    (("signals", "send", "a1", "bad type!"), ["argument TYPE", "'bad type!'"]),
+    (("signals", "send", "a1", "count", "--data", "{x"), ["argument --data", "not JSON"]),
+    (("signals", "send", "a1", "count", "--data", "NaN"), ["argument --data", "NaN is not JSON"]),
+    (("signals", "send", "a1", "count", "--id", "bad id"), ["argument --id", "'bad id'"]),
+    (
+        ("signals", "send", "a1", "count", "--data", '"' + "x" * 70_000 + '"'),
+        ["argument --data", "over signal_max_bytes (65536)"],
+    ),
+    (("signals", "inbox", "a1", "--limit", "0"), ["argument --limit", "'0'"]),
+    (("signals", "inbox", "a1", "--limit", "ten"), ["argument --limit", "'ten'"]),
+    (("signals", "inbox"), ["required", "AGENT"]),
+    (("signals", "dead", "a/1"), ["argument AGENT", "'a/1'"]),
+    (("signals", "redrive", "a1"), ["required", "ID"]),
+    (("signals", "redrive", "a1", "bad/id"), ["argument ID", "invalid signal id 'bad/id'"]),
+    (("call", "a1"), ["required", "ACTION"]),
+    (("call", "a1", "bad action"), ["argument ACTION", "invalid action 'bad action'"]),
+    (("call", "a1", "add", "--args", "[1]"), ["argument --args", "must be a JSON object"]),
+    (("call", "a1", "add", "--args", "{"), ["argument --args", "not JSON"]),
+    (("call", "a1", "add", "--timeout", "0"), ["argument --timeout", "'0'"]),
+    (("call", "a1", "add", "--timeout", "nan"), ["argument --timeout", "'nan'"]),
+    (("call", "a1", "add", "--timeout", "-1"), ["argument --timeout", "'-1'"]),
+    (("call", "a1", "add", "--id", "x/y"), ["argument --id", "invalid call id 'x/y'"]),
+    (
+        ("call", "a1", "add", "--args", '{"s": "' + "x" * 70_000 + '"}'),
+        ["argument --args", "over signal_max_bytes"],
+    ),
+    (("tools", "extra"), ["unrecognized arguments: extra"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    SIGNAL_USAGE_ERRORS,
+    ids=[" ".join(a)[:60] for a, _ in SIGNAL_USAGE_ERRORS],
+)
+async def test_bad_signal_argument_is_a_usage_error_and_sends_nothing(
+    etcd_endpoints: list[str],
+    etcd_namespace: str,
+    etcd_config: Config,
+    args: tuple[str, ...],
+    words: list[str],
+) -> None:
+    before = await store_revision(etcd_config)
+    out = await anyio.to_thread.run_sync(
+        lambda: cli(etcd_endpoints, etcd_namespace, *args, check=False, timeout=20)
+    )
+    assert_one_line_error(out, 2, *words)
+    assert "usage: foundation-etcd" in out.stderr
+    assert await store_revision(etcd_config) == before  # no node key, no lease, no write
+
+
+def test_cli_signal_type_rule_is_the_library_rule() -> None:
+    import argparse
+
+    from foundation_etcd._core.signals import validate_type
+    from foundation_etcd.cli_signals import _signal_type
+
+    samples = ["count", "a.b:c/d-e_f", "x" * 256, "x" * 257, "", "bad type", "é", "a\n", "*"]
+    for sample in samples:
+        try:
+            validate_type(sample)
+            library = True
+        except fe.InvalidIdError:
+            library = False
+        try:
+            _signal_type(sample)
+            ours = True
+        except argparse.ArgumentTypeError:
+            ours = False
+        assert ours == library, sample
+
+
+async def test_signals_send_inbox_call_tools_dead_letters_redrive(
+    etcd_endpoints: list[str], etcd_namespace: str, etcd_config: Config
+) -> None:
+    from examples.signals import Tally
+
+    def run(*args: str, check: bool = True, **env: str):
+        return cli(etcd_endpoints, etcd_namespace, *args, check=check, timeout=30, env=env)
+
+    async def run_async(*args: str, check: bool = True, **env: str):
+        return await anyio.to_thread.run_sync(lambda: run(*args, check=check, **env))
+
+    cfg = etcd_config.with_options(signal_max_attempts=2)
+    async with (
+        connect(cfg, node_id="sig-host") as host,
+        connect(cfg, node_id="sig-idle"),  # hosts t2 but never serves: its signals wait
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(host.serve)
+        await host.spawn(Tally, "t1", placement="pinned:sig-host")
+        await host.spawn(Tally, "t2", placement="pinned:sig-idle")
+        with anyio.fail_after(60):
+            out = await run_async(
+                "signals", "send", "t1", "count", "--data", '{"n": 2}', "--id", "s1"
+            )
+            assert out.stdout.strip().startswith("signal s1 sent to t1 (revision ")
+            out = await run_async(
+                "signals", "send", "t1", "count", "--data", '{"n": 2}', "--id", "s1"
+            )
+            assert "signal s1 to t1: duplicate" in out.stdout and "nothing sent" in out.stdout
+            out = await run_async("signals", "send", "t1", "count", "--data", '{"n": 1}')
+            generated = out.stdout.split()[1]
+            assert len(generated) == 32 and "sent to t1" in out.stdout
+
+            # an action's result, as JSON; the signals before it were handled first (FIFO)
+            out = await run_async("call", "t1", "add", "--args", '{"n": 3}')
+            assert json.loads(out.stdout) == 6
+            out = await run_async("call", "t1", "add", "--args", '{"n": "x"}', check=False)
+            assert_one_line_error(out, 1, "t1.add raised TypeError")
+            out = await run_async("call", "t1", "add", "--args", '{"n": 0}')
+            assert json.loads(out.stdout) == 6  # the failed call kept no effect
+
+            # the inbox of an agent nobody serves, oldest first
+            for sid in ("w1", "w2"):
+                await run_async("signals", "send", "t2", "count", "--data", '{"n": 1}', "--id", sid)
+            out = await run_async("signals", "inbox", "t2")
+            header, *rows = out.stdout.splitlines()
+            assert header.split() == ["id", "type", "attempt", "age", "source"]
+            assert [r.split()[:3] for r in rows] == [["w1", "count", "1"], ["w2", "count", "1"]]
+            assert all(r.split()[4].startswith("cli-") for r in rows)
+            out = await run_async("signals", "inbox", "t2", "--limit", "1")
+            assert len(out.stdout.splitlines()) == 2
+
+            # a call that gets no reply in time may still run: the message says how to wait
+            out = await run_async(
+                "call",
+                "t2",
+                "add",
+                "--args",
+                '{"n": 1}',
+                "--id",
+                "late",
+                "--timeout",
+                "0.5",
+                check=False,
+            )
+            assert_one_line_error(out, 1, "call late of t2.add", "may still run", "--id late")
+            assert [s.id for s in await host.inbox("t2")] == ["w1", "w2", "late"]
+
+            # a full inbox refuses, whatever this process's window (nothing written)
+            out = await run_async(
+                "signals",
+                "send",
+                "t2",
+                "count",
+                "--id",
+                "w3",
+                check=False,
+                FOUNDATION_ETCD_SIGNAL_INBOX_LIMIT="3",
+            )
+            assert_one_line_error(out, 1, "inbox of agent 't2' is full (3 waiting, limit 3)")
+            assert len(await host.inbox("t2")) == 3
+
+            out = await run_async("tools")
+            names = {t["name"] for t in json.loads(out.stdout)}
+            assert {"t1__add", "t2__add"} <= names
+
+            # a handler that raises: retried, then a dead letter; redrive sends it again
+            await run_async("signals", "send", "t1", "count", "--data", "{}", "--id", "poison")
+
+            async def dead(n: int = 1) -> bool:
+                return len(await host.dead_letters("t1")) == n
+
+            await wait_until(dead)
+            (letter,) = await host.dead_letters("t1")
+            for args in (("signals", "dead"), ("signals", "dead", "t1")):
+                out = await run_async(*args)
+                header, *rows = out.stdout.splitlines()
+                assert header.split() == ["agent", "id", "type", "attempts", "when", "reason"]
+                assert len(rows) == 1 and rows[0].split()[:4] == ["t1", "poison", "count", "2"]
+                assert "KeyError" in rows[0]
+            out = await run_async("signals", "dead", "t2")
+            assert out.stdout.splitlines()[1:] == []
+            out = await run_async("signals", "redrive", "t1", "poison")
+            assert "dead letter poison sent again to t1" in out.stdout
+
+            async def dead_again() -> bool:
+                letters = await host.dead_letters("t1")
+                return len(letters) == 1 and letters[0].revision > letter.revision
+
+            await wait_until(dead_again)
+            out = await run_async("signals", "redrive", "t1", "nope", check=False)
+            assert_one_line_error(out, 1, "no dead letter 'nope' for agent 't1'")
+            # a dead letter whose agent is not spawned, and one to a full inbox (crafted)
+            value = (await host.transport.get(host.keyspace.dead_letter("t1", "poison"))).value
+            for agent in ("ghost", "t2"):
+                await host.transport.put(host.keyspace.dead_letter(agent, "poison"), value)
+            out = await run_async("signals", "redrive", "ghost", "poison", check=False)
+            assert_one_line_error(out, 1, "cannot redrive 'poison'", "'ghost' is not spawned")
+            out = await run_async(
+                "signals",
+                "redrive",
+                "t2",
+                "poison",
+                check=False,
+                FOUNDATION_ETCD_SIGNAL_INBOX_LIMIT="3",
+            )
+            assert_one_line_error(out, 1, "inbox of agent 't2' is full", "the dead letter stays")
+            assert len(await host.dead_letters("t2")) == 1
+
+            # an agent that is not spawned: one line, exit 1 (run side by side)
+            outs: dict[tuple[str, ...], subprocess.CompletedProcess] = {}
+
+            async def record(*args: str) -> None:
+                outs[args] = await run_async(*args, check=False)
+
+            async with anyio.create_task_group() as runs:
+                for args in (
+                    ("signals", "inbox", "ghost"),
+                    ("signals", "dead", "ghost"),
+                    ("signals", "redrive", "ghost2", "x"),
+                    ("signals", "send", "ghost", "count"),
+                    ("call", "ghost", "add"),
+                ):
+                    runs.start_soon(lambda a=args: record(*a))
+            for out in outs.values():
+                assert_one_line_error(out, 1, "'ghost")
+                assert "spawned" in out.stderr
+        tg.cancel_scope.cancel()
+
+
+async def test_signal_usage_examples_in_docs_print_what_they_show(
+    etcd_endpoints: list[str], etcd_namespace: str
+) -> None:
+    """The ``console`` block of docs/cli.md: each command prints exactly the lines shown."""
+    import re
+    import shlex
+
+    page = (ROOT / "docs" / "cli.md").read_text()
+    (block,) = re.findall(r"^```console\n(.*?)^```$", page, re.MULTILINE | re.DOTALL)
+    examples = re.split(r"^\$ ", block, flags=re.MULTILINE)[1:]
+    assert len(examples) == 3
+    for example in examples:
+        command, _, shown = example.partition("\n")
+        words = shlex.split(command)
+        assert words[0] == "foundation-etcd"
+        out = await anyio.to_thread.run_sync(
+            lambda w=words: cli(
+                etcd_endpoints, etcd_namespace, *w[1:], check=False, env={"COLUMNS": "80"}
+            )
+        )
+        assert out.returncode == 2 and out.stdout == ""
+        assert out.stderr == shown, (out.stderr, shown)

