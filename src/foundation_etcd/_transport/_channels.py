@@ -62,7 +62,9 @@ def open_channels(config: Config) -> tuple[grpc.aio.Channel, MemberFactory]:
         ("grpc.lb_policy_name", "round_robin"),
         ("grpc.keepalive_time_ms", int(config.grpc_keepalive_time * 1000)),
         ("grpc.keepalive_timeout_ms", int(config.grpc_keepalive_timeout * 1000)),
-        ("grpc.keepalive_permit_without_calls", 1),
+        # etcd's server refuses pings on a connection without an open stream (GOAWAY
+        # "too_many_pings", and gRPC then doubles the interval): ping only under a call
+        ("grpc.keepalive_permit_without_calls", 0),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.initial_reconnect_backoff_ms", 100),
         # gRPC takes this as the shortest connection attempt too: a member that has just
