@@ -23,6 +23,8 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff check src tests integration scripts examples
 	$(PY) -m ruff format --check src scripts
 	$(VENV)/bin/lint-imports
+	$(PY) scripts/gen_sync.py --check
+	$(PY) scripts/gen_etcd_api.py --check
 
 typecheck: $(VENV)/.installed
 	$(PY) -m mypy

@@ -17,6 +17,8 @@ EXPECT = {
     "quotas.py": "after release: 0 of 2 used",
     "agents.py": "counter-1 running on example-b",
     "signals.py": "totals: [15, 32]",
+    "sync_web_lock.py": "a write after release is refused by etcd",
+    "sync_worker_quota.py": "at most 2 ran at once",
 }
 
 

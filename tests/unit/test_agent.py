@@ -100,7 +100,7 @@ PUBLIC = {
     "LockLostError", "IncarnationLostError", "LockBusyError", "NoNodeFitsError", "QuotaError",
     "QuotaExceededError", "InvalidReservationError", "SerializationError", "AgentExistsError",
     "AgentNotFoundError", "NodeExistsError", "NodeNotFoundError", "SignalError",
-    "InboxFullError", "ActionError", "CallTimeoutError",
+    "InboxFullError", "ActionError", "CallTimeoutError", "AsyncioRequiredError",
 }  # fmt: skip
 
 

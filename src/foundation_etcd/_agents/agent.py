@@ -15,10 +15,16 @@ those common names are never called by the cluster by accident.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import anyio
+import anyio.to_thread
+from anyio.lowlevel import RunVar
 
 from .._core.amounts import check_amounts
 from .._core.keys import validate_id
@@ -35,6 +41,8 @@ __all__ = [
     "call_hook",
     "cluster_spec",
     "clustered",
+    "in_thread",
+    "is_async_callable",
 ]
 
 T = TypeVar("T", bound=type)
@@ -114,9 +122,20 @@ class AgentHooks(Protocol):
 
     * ``on_start(ctx: AgentContext)`` after registration, before the host's body runs;
     * ``on_stop()`` when the host leaves, before unregistration;
+    * ``run(ctx)`` while the agent is hosted by a node (``cluster.serve``);
     * ``handle_signal(signal, ctx)`` for each delivered signal (``ctx.send`` emits signals
       that go out only if the handling commits);
     * ``get_state() -> JSON`` and ``restore_state(state)`` for checkpoints.
+
+    An ``async def`` hook (or ``@action``) runs on the event loop; a plain one runs in a
+    worker thread, so that it may block without stalling the session's keepalives. A
+    thread cannot be cancelled: when the agent stops, a plain hook still running is
+    abandoned and runs on until it returns, so a plain ``run(ctx)`` must return by itself
+    or check ``anyio.from_thread.check_cancelled()`` (which raises once the agent is
+    stopped). Library calls from a plain hook go through
+    ``anyio.from_thread.run(ctx.save_state, state)`` (or a ``foundation_etcd.sync``
+    cluster). A plain ``run`` and a plain ``handle_signal`` of one agent may run at the
+    same time, in two threads.
     """
 
     def on_start(self, ctx: AgentContext) -> Any:
@@ -225,12 +244,47 @@ def agent_classes() -> dict[str, type]:
     return dict(_CATALOG)
 
 
+def is_async_callable(fn: object) -> bool:
+    """Whether calling ``fn`` gives a coroutine (an ``async def`` function or method)."""
+    return inspect.iscoroutinefunction(fn) or (  # or an object whose __call__ is async
+        callable(fn) and inspect.iscoroutinefunction(type(fn).__call__)
+    )
+
+
+_LONG_HOOKS: RunVar[anyio.CapacityLimiter] = RunVar("foundation_etcd_long_hooks")
+
+
+async def in_thread(fn: Callable[[], Any], *, long: bool = False) -> Any:
+    """Run ``fn()`` in a worker thread, so that blocking cannot stall the event loop.
+
+    Cancelling the caller abandons the thread (``abandon_on_cancel``): the node shuts down
+    at once, and the function runs on until it returns by itself. ``long`` (a ``run`` hook,
+    which may never return) uses a limiter of its own, without a bound, so that long-lived
+    hooks never starve the default thread limiter of the short ones.
+    """
+    limiter = None
+    if long:
+        try:
+            limiter = _LONG_HOOKS.get()
+        except LookupError:
+            limiter = anyio.CapacityLimiter(math.inf)
+            _LONG_HOOKS.set(limiter)
+    result = await anyio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=limiter)
+    if inspect.isawaitable(result):  # a plain function that returned an awaitable
+        result = await result
+    return result
+
+
 async def call_hook(agent: object, hook: str, *args: Any) -> Any:
-    """Call ``agent.hook(*args)`` if the agent has it, awaiting it when it is async."""
+    """Call ``agent.hook(*args)`` if the agent has it.
+
+    An ``async def`` hook is awaited on the event loop; a plain one runs in a worker thread
+    (:func:`in_thread`), never on the event loop, so that a blocking hook cannot stall the
+    session's keepalives.
+    """
     method = getattr(agent, hook, None)
     if method is None or not callable(method):
         return None
-    result = method(*args)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
+    if is_async_callable(method):
+        return await method(*args)
+    return await in_thread(functools.partial(method, *args), long=hook == "run")

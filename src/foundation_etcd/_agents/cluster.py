@@ -49,7 +49,7 @@ from .._core.errors import AgentNotFoundError, EtcdError
 from .._core.keys import validate_id
 from .._core.kv import KeyValue
 from .._core.placement import PlacementStrategy
-from .._transport import Transport, open_transport
+from .._transport import Transport, open_transport, require_asyncio
 from .agent import AgentContext, call_hook, cluster_spec
 from .cluster_signals import SignalMethods
 from .drain import Drain
@@ -402,10 +402,13 @@ async def connect(
             tools and observers that never ``serve()``).
 
     Raises:
+        AsyncioRequiredError: not called on asyncio (under trio, say): the transport is
+            ``grpc.aio``; use :mod:`foundation_etcd.sync` from other code.
         EtcdUnavailableError: etcd cannot be reached.
         NodeExistsError: another live process announces ``node_id``.
         InvalidIdError, ValueError: bad ids or capacities (before anything is sent).
     """
+    require_asyncio("foundation_etcd.connect")
     config = config or Config.from_env()
     node_id = validate_id(node_id or f"{socket.gethostname()}-{os.getpid()}", "node id")
     value = node_value(node_id, capacity or {}, capabilities, address, hosts_agents)

@@ -41,8 +41,8 @@ lease; the handler in flight is abandoned and nothing of it is committed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import inspect
 import logging
 import time
 from collections import deque
@@ -64,12 +64,19 @@ from .._core.errors import (
     TooManyOperationsError,
 )
 from .._core.keys import Keyspace, prefix_end, validate_id
-from .._core.kv import AnyOp, Compare, KeyValue, Op
+from .._core.kv import AnyOp, Compare, KeyValue, Op, TxnOp, TxnResult
 from .._core.records import encode_state
 from .._core.signals import Signal, decode_signal, encode_signal
 from .._transport import Transport
-from .agent import AgentContext, call_hook
-from .handlers import ActionFailed, RetentionLease, SignalContext, run_action
+from .agent import AgentContext, call_hook, in_thread, is_async_callable
+from .handlers import (
+    ActionFailed,
+    RetentionLease,
+    SignalContext,
+    decoded,
+    done_by,
+    run_action,
+)
 from .signals import CALL_TYPE
 
 __all__ = ["Deliverer", "RetentionLease", "SignalContext"]
@@ -128,8 +135,8 @@ class Deliverer:
             self._committed = _codec.decode(_codec.encode(state, "agent state", 2**21))
         marker = await self._t.get(self._ks.signal_inflight(self._id))
         if marker is not None:
-            decoded = _decoded(marker.value)
-            self._marker = decoded if isinstance(decoded, dict) else {}
+            read = decoded(marker.value)
+            self._marker = read if isinstance(read, dict) else {}
         queue: deque[KeyValue] = deque()
         last_create = 0
         res = await self._t.range(
@@ -214,12 +221,12 @@ class Deliverer:
         wait = stored.not_before - time.time()
         if wait > 0:
             await anyio.sleep(min(wait, _BACKOFF_CAP))
-        if unmarked:  # the head is about to run: a crash from here on counts as an attempt
-            await self._guarded([self._mark(kv, attempt)])
         signal = signal.with_attempt(attempt, kv.create_revision, signal.last_error)
         ctx = SignalContext(
             self._id, self._ctx.node_id, self._inc, self._ctx.cluster, signal, [], self._envelope
         )
+        if unmarked:  # the head is about to run: a crash from here on counts as an attempt
+            await self._guarded([self._mark(kv, attempt)])
         async with self.handling:
             self.dirty = True
             reply, error = await self._handle(signal, ctx)
@@ -241,7 +248,8 @@ class Deliverer:
                 self.dirty = False
                 await self._failed(kv, stored.failures + 1, attempt, f"{type(exc).__name__}: {exc}")
                 return
-            await self._commit(kv, signal, [*ops, await self._done(kv, signal, reply)])
+            done = await self._done(kv, signal, reply)
+            await self._commit(kv, signal, [*ops, done])
             if keep:
                 self._committed = _codec.decode(_codec.encode(state, "agent state", 2**21))
             self.dirty = False
@@ -257,9 +265,10 @@ class Deliverer:
             handler = getattr(agent, "handle_signal", None)
             if not callable(handler):
                 return None, "NoHandler: the agent has no handle_signal"
-            out = handler(signal, ctx)
-            if inspect.isawaitable(out):
-                await out
+            if is_async_callable(handler):
+                await handler(signal, ctx)
+            else:  # a plain handler runs in a worker thread, never on the event loop
+                await in_thread(functools.partial(handler, signal, ctx))
             return None, None
         except ActionFailed as exc:
             return {"error": {"type": exc.type_name, "message": exc.message}}, exc.summary
@@ -356,12 +365,22 @@ class Deliverer:
                 delay = min(delay * 2, 1.0)
                 continue
             if res.succeeded:
+                for op, out in zip(ops, res.responses, strict=True):
+                    if isinstance(out, TxnResult) and not out.succeeded and isinstance(op, TxnOp):
+                        log.warning(  # an emit to an agent not spawned, or a duplicate id
+                            "agent %s: emit %r dropped by the commit of %s (target not "
+                            "spawned, or that id exists already)",
+                            self._id,
+                            getattr(op.success[0], "key", b"") if op.success else b"",
+                            signal.id,
+                        )
+                        self._event("emit-dropped", agent=self._id, signal=signal.id)
                 return
             live = await self._t.get(self._live)
             if live is None or live.create_revision != self._inc:
                 raise self._lost()
             done = await self._t.get(self._ks.signal_done(self._id, signal.id))
-            if done is not None and _done_by(done) == (self._inc, kv.create_revision):
+            if done is not None and done_by(done) == (self._inc, kv.create_revision):
                 return  # the first attempt committed
             await self._restore()
             raise _Undone
@@ -419,16 +438,3 @@ class Deliverer:
                 raise self._lost()
             raise _Undone
         self._event("signal-dead", agent=self._id, signal=sid, reason=reason)
-
-
-def _decoded(value: bytes) -> object:
-    try:
-        return _codec.decode(value)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _done_by(kv: KeyValue) -> tuple[object, object]:
-    """``(incarnation, inbox create revision)`` of a done record (``None``s if unreadable)."""
-    d = _decoded(kv.value)
-    return (d.get("inc"), d.get("rev")) if isinstance(d, dict) else (None, None)

@@ -8,8 +8,8 @@ retention lease's grant.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,12 +19,20 @@ import anyio
 
 from .._core import codec as _codec
 from .._core.errors import RequestTooLargeError, SerializationError
+from .._core.kv import KeyValue
 from .._core.schema import check_arguments
 from .._core.signals import Signal
 from .._transport import Transport
-from .agent import AgentContext, actions_of
+from .agent import AgentContext, actions_of, in_thread, is_async_callable
 
-__all__ = ["ActionFailed", "RetentionLease", "SignalContext", "run_action"]
+__all__ = [
+    "ActionFailed",
+    "RetentionLease",
+    "SignalContext",
+    "decoded",
+    "done_by",
+    "run_action",
+]
 
 MAX_EMITS = 32
 
@@ -108,9 +116,11 @@ async def run_action(agent: object, signal: Signal, max_bytes: int) -> Any:
     except TypeError as exc:
         raise ActionFailed("TypeError", str(exc)) from None
     try:
-        result = getattr(agent, name)(**kwargs)
-        if inspect.isawaitable(result):
-            result = await result
+        method = getattr(agent, name)
+        if is_async_callable(method):
+            result = await method(**kwargs)
+        else:  # a plain action runs in a worker thread, never on the event loop
+            result = await in_thread(functools.partial(method, **kwargs))
     except Exception as exc:
         raise ActionFailed(type(exc).__name__, str(exc)) from None
     try:
@@ -127,3 +137,17 @@ class ActionFailed(Exception):
         super().__init__(message)
         self.type_name, self.message = type_name, message
         self.summary = f"{type_name}: {message}"
+
+
+def decoded(value: bytes) -> object:
+    """Decoded JSON, or ``None`` when ``value`` is not JSON (never raises)."""
+    try:
+        return _codec.decode(value)
+    except (ValueError, RecursionError):
+        return None
+
+
+def done_by(kv: KeyValue) -> tuple[object, object]:
+    """``(incarnation, inbox create revision)`` of a done record (``None``s if unreadable)."""
+    d = decoded(kv.value)
+    return (d.get("inc"), d.get("rev")) if isinstance(d, dict) else (None, None)

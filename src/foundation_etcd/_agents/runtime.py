@@ -171,6 +171,7 @@ class NodeRuntime:
         self.hosted: dict[str, _Hosted] = {}
         self.refused: dict[str, str] = {}
         self._wake: Callable[[], None] = lambda: None
+        self._decoded: dict[bytes, tuple[int, Any]] = {}
 
     def _deliverer(self, ctx: AgentRunContext, agent: object, restored: Any) -> Deliverer | None:
         if self._signals is None or self._doorbells is None:
@@ -222,14 +223,25 @@ class NodeRuntime:
     def _desired(self, spec_view: Any, assign_view: Any) -> dict[str, AgentSpec]:
         ks = self._ks
         out = {}
+        seen = self._decoded  # each value is decoded once per revision, not per change
+        fresh: dict[bytes, tuple[int, Any]] = {}
         for kv in assign_view.items().values():
-            node, status, _ = decode_assignment(kv)
+            hit = seen.get(kv.key)
+            if hit is None or hit[0] != kv.mod_revision:
+                hit = (kv.mod_revision, decode_assignment(kv))
+            fresh[kv.key] = hit
+            node, status, _ = hit[1]
             if node != self._node_id or status is not AssignmentStatus.ASSIGNED:
                 continue
             agent_id = kv.key[len(self._scheduler.assign_prefix) :].decode()
             spec_kv = spec_view.get(ks.agent_spec(agent_id))
             if spec_kv is not None:
-                out[agent_id] = AgentSpec.decode(agent_id, spec_kv.value)
+                hit = seen.get(spec_kv.key)
+                if hit is None or hit[0] != spec_kv.mod_revision:
+                    hit = (spec_kv.mod_revision, AgentSpec.decode(agent_id, spec_kv.value))
+                fresh[spec_kv.key] = hit
+                out[agent_id] = hit[1]
+        self._decoded = fresh
         return out
 
     def _reconcile(self, tg: Any, spec_view: Any, assign_view: Any) -> None:
@@ -384,8 +396,8 @@ class NodeRuntime:
                     if callable(run):
 
                         async def main() -> None:
-                            try:
-                                await run(ctx)
+                            try:  # a plain run(ctx) runs in a worker thread (call_hook)
+                                await call_hook(agent, "run", ctx)
                             except Exception as exc:  # the agent's own failure
                                 crashed.append(exc)
                                 wake.set()

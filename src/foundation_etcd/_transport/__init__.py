@@ -1,8 +1,9 @@
 """The etcd transport: the only module that talks to etcd or imports gRPC.
 
-It speaks etcd's v3 gRPC API over one ``grpc.aio`` channel with the protobuf stubs that the
-``etcd3aio`` package maintains (its client layer is not used: this module decides what is
-retried). It maps every gRPC error to the library's error tree, here and nowhere else.
+It speaks etcd's v3 gRPC API over one ``grpc.aio`` channel, with etcd's messages built from
+a descriptor pool of its own (``_protos``): nothing is registered in protobuf's default pool,
+so the library shares a process with any other etcd client. It decides what is retried, and
+maps every gRPC error to the library's error tree, here and nowhere else.
 
 Guarantees:
     * Reads are linearizable unless ``serializable=True`` is asked.
@@ -17,6 +18,7 @@ Guarantees:
 """
 
 from ._client import Transport, open_transport
+from ._loop import require_asyncio
 from ._streams import KeepAliveStream, WatchStream
 from ._wire import (
     MAX_REQUEST_BYTES,
@@ -40,4 +42,5 @@ __all__ = [
     "WatchResponse",
     "WatchStream",
     "open_transport",
+    "require_asyncio",
 ]

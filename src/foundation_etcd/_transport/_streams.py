@@ -11,10 +11,10 @@ import grpc.aio
 from .._core.errors import (
     EtcdUnavailableError,
 )
+from ._protos import rpc as _rpc
 from ._wire import (
     WatchResponse,
     _cancelled,
-    _rpc,
     _translate,
     _watch_response,
 )

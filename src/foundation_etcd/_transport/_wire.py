@@ -11,7 +11,6 @@ import anyio
 import anyio.lowlevel
 import grpc
 import grpc.aio
-from etcd3aio import _protobuf as pb
 
 from .._core.errors import (
     AmbiguousResultError,
@@ -42,12 +41,11 @@ from .._core.kv import (
     TxnResult,
     WatchEvent,
 )
+from ._protos import kv as _kvpb
+from ._protos import rpc as _rpc
 
 MAX_REQUEST_BYTES: Final = 1536 * 1024  # etcd --max-request-bytes default
 MAX_TXN_OPS: Final = 128  # etcd --max-txn-ops default
-
-_rpc = pb.rpc_pb2
-_kvpb = pb.kv_pb2
 
 _CMP_TARGET = {
     "version": _rpc.Compare.VERSION,

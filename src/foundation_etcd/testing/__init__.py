@@ -15,14 +15,21 @@ and function exported here names this package as its ``__module__``, the path to
 from.
 """
 
-from ._cluster import EtcdCluster, EtcdClusterFactory
-from ._discovery import BIN_ENV, find_etcd_binary
-from ._errors import EtcdHarnessError, EtcdNotFoundError, EtcdStartError
-from ._ports import free_ports
-from ._proxy import FaultProxy, FaultProxyFactory, ProxyMode, ProxyStatistics
-from ._server import EtcdServer, EtcdServerFactory
-from ._tls import TlsFiles
-from ._waiting import wait_until
+from __future__ import annotations
+
+import importlib as _importlib
+from typing import TYPE_CHECKING
+from typing import Any as _Any
+
+if TYPE_CHECKING:  # for type checkers; at run time each name loads on first use
+    from ._cluster import EtcdCluster, EtcdClusterFactory
+    from ._discovery import BIN_ENV, find_etcd_binary
+    from ._errors import EtcdHarnessError, EtcdNotFoundError, EtcdStartError
+    from ._ports import free_ports
+    from ._proxy import FaultProxy, FaultProxyFactory, ProxyMode, ProxyStatistics
+    from ._server import EtcdServer, EtcdServerFactory
+    from ._tls import TlsFiles
+    from ._waiting import wait_until
 
 __all__ = [
     "BIN_ENV",
@@ -43,22 +50,32 @@ __all__ = [
     "wait_until",
 ]
 
-for _public in (
-    EtcdCluster,
-    EtcdClusterFactory,
-    EtcdHarnessError,
-    EtcdNotFoundError,
-    EtcdServer,
-    EtcdServerFactory,
-    EtcdStartError,
-    FaultProxy,
-    FaultProxyFactory,
-    ProxyMode,
-    ProxyStatistics,
-    TlsFiles,
-    find_etcd_binary,
-    free_ports,
-    wait_until,
-):
-    _public.__module__ = __name__
-del _public
+# Where each name lives. pytest loads the plugin (this package's ``plugin``) in every run of
+# every project where foundation-etcd is installed, so nothing is imported before it is
+# used; the imports under TYPE_CHECKING above say the same for type checkers.
+_SOURCES = {
+    "._cluster": "EtcdCluster EtcdClusterFactory",
+    "._discovery": "BIN_ENV find_etcd_binary",
+    "._errors": "EtcdHarnessError EtcdNotFoundError EtcdStartError",
+    "._ports": "free_ports",
+    "._proxy": "FaultProxy FaultProxyFactory ProxyMode ProxyStatistics",
+    "._server": "EtcdServer EtcdServerFactory",
+    "._tls": "TlsFiles",
+    "._waiting": "wait_until",
+}
+_WHERE = {name: module for module, names in _SOURCES.items() for name in names.split()}
+
+
+def __getattr__(name: str) -> _Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    obj = getattr(_importlib.import_module(where, __name__), name)
+    if isinstance(obj, type) or callable(obj):
+        obj.__module__ = __name__  # the path to import it from, in reprs and docs
+    globals()[name] = obj
+    return obj
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

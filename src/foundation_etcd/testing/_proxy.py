@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
+from .._core.known_servers import is_known, mark_known, unmark_known
 from ._sockets import close_orphaned_sockets, reset
 
 __all__ = ["FaultProxy", "FaultProxyFactory", "ProxyMode", "ProxyStatistics"]
@@ -133,6 +134,7 @@ class FaultProxy:
         self._stopping: asyncio.Event | None = None
         self._address: tuple[str, int] | None = None
         self._closed = False
+        self._marked: str | None = None  # in front of a throwaway server: marked as one
         self._accepted = 0
         self._resets = 0
         self._forwarded = 0
@@ -202,6 +204,9 @@ class FaultProxy:
         except Exception:
             self.close()
             raise
+        if is_known([self.target]):
+            self._marked = self.endpoint
+            mark_known(self._marked)
         return self
 
     def set_mode(self, mode: ProxyMode, timeout: float = 5.0) -> None:
@@ -239,6 +244,9 @@ class FaultProxy:
         if self._closed:
             return
         self._closed = True
+        if self._marked is not None:
+            unmark_known(self._marked)
+            self._marked = None
         loop, thread, stopping = self._loop, self._thread, self._stopping
         if loop is not None and not loop.is_closed() and stopping is not None:
             with contextlib.suppress(RuntimeError):  # the loop ended on its own

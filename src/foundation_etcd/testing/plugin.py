@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from ._cluster import EtcdCluster, EtcdClusterFactory
-from ._proxy import FaultProxy, FaultProxyFactory
-from ._server import EtcdServer, EtcdServerFactory
-
 if TYPE_CHECKING:
     from foundation_etcd import Config
+
+    from ._cluster import EtcdCluster, EtcdClusterFactory
+    from ._proxy import FaultProxy, FaultProxyFactory
+    from ._server import EtcdServer, EtcdServerFactory
 
 __all__ = [
     "ENDPOINTS_ENV",
@@ -56,8 +56,8 @@ LOG_TAIL_LINES = 60
 MAX_NAMESPACE_LENGTH = 100
 
 _SESSION_FIXTURE = "_foundation_etcd_session_server"
-_SESSION_SERVER = pytest.StashKey[EtcdServer]()
-_USED_SERVERS = pytest.StashKey[list[EtcdServer]]()
+_SESSION_SERVER: pytest.StashKey[EtcdServer] = pytest.StashKey()
+_USED_SERVERS: pytest.StashKey[list[EtcdServer]] = pytest.StashKey()
 _NOT_ID = re.compile(r"[^A-Za-z0-9.:-]+")
 
 
@@ -109,6 +109,8 @@ def _foundation_etcd_session_server(request: pytest.FixtureRequest) -> Iterator[
     if _external_endpoints() is not None:
         yield None
         return
+    from . import EtcdServer
+
     server = EtcdServer(name="session")
     request.config.stash[_SESSION_SERVER] = server
     try:
@@ -142,6 +144,8 @@ def etcd_server(_foundation_etcd_session_server: EtcdServer | None) -> EtcdServe
 @pytest.fixture
 def etcd_factory(request: pytest.FixtureRequest) -> Iterator[EtcdServerFactory]:
     """A callable that starts a fresh private etcd server; all are closed at teardown."""
+    from . import EtcdServer
+
     servers: list[EtcdServer] = []
     used = _used_servers(request)
 
@@ -170,6 +174,8 @@ def etcd_factory(request: pytest.FixtureRequest) -> Iterator[EtcdServerFactory]:
 @pytest.fixture
 def etcd_cluster_factory(request: pytest.FixtureRequest) -> Iterator[EtcdClusterFactory]:
     """A callable that starts a fresh etcd cluster; all are closed at teardown."""
+    from . import EtcdCluster
+
     clusters: list[EtcdCluster] = []
     used = _used_servers(request)
 
@@ -204,6 +210,8 @@ def etcd_cluster(etcd_cluster_factory: EtcdClusterFactory) -> EtcdCluster:
 @pytest.fixture
 def fault_proxy_factory() -> Iterator[FaultProxyFactory]:
     """A callable that starts a :class:`FaultProxy` to ``host:port``; all closed at teardown."""
+    from . import FaultProxy
+
     proxies: list[FaultProxy] = []
 
     def factory(target: str) -> FaultProxy:

@@ -8,6 +8,7 @@ gRPC errors are translated into this tree in the transport module and nowhere el
     ├── InvalidIdError (ValueError)          an id or name outside the allowed alphabet
     ├── RequestTooLargeError (ValueError)    a value or request over etcd's 1.5 MiB limit
     ├── TooManyOperationsError (ValueError)  a transaction over etcd's 128 operations
+    ├── AsyncioRequiredError (RuntimeError)  the async API called outside asyncio (trio)
     ├── EtcdError                            etcd answered with an error, or did not answer
     │   ├── EtcdUnavailableError             no endpoint reachable / no leader; not applied
     │   │   └── NoLeaderError                the member has no raft leader
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 from ._base import (
     AmbiguousResultError,
+    AsyncioRequiredError,
     AuthError,
     CompactedError,
     ConfigurationError,
@@ -91,6 +93,7 @@ __all__ = [
     "AgentExistsError",
     "AgentNotFoundError",
     "AmbiguousResultError",
+    "AsyncioRequiredError",
     "AuthError",
     "CallTimeoutError",
     "CompactedError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "AmbiguousResultError",
+    "AsyncioRequiredError",
     "AuthError",
     "CompactedError",
     "ConfigurationError",
@@ -181,6 +182,15 @@ class TooManyRequestsError(EtcdServerError):
 
     The request was not applied: etcd refuses it before proposing it when its applied
     index lags too far behind the committed one. Back off before sending more.
+    """
+
+
+class AsyncioRequiredError(FoundationEtcdError, RuntimeError):
+    """The async API was called outside an asyncio event loop (under trio, for example).
+
+    The transport is gRPC's ``grpc.aio``, which runs on asyncio only. Run async code with
+    ``asyncio.run`` or ``anyio.run(..., backend="asyncio")``; from any other code (trio
+    included, through a worker thread) use the blocking :mod:`foundation_etcd.sync`.
     """
 
 
