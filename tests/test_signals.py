@@ -321,7 +321,9 @@ async def test_one_node_serves_many_agents_on_one_watch_stream(etcd_config: Conf
                 )
             )
             assert c.doorbells is not None
-            assert len(c.doorbells) >= count and c.doorbells.reconnects == 0
+            doorbells = c.doorbells  # each deliverer registers after its (threaded) get_state
+            await wait_until(lambda: len(doorbells) >= count)
+            assert doorbells.reconnects == 0
             for i in (0, count // 2, count - 1):
                 await c.send(f"t{i}", "tick", None)
 
@@ -382,3 +384,27 @@ async def test_crafted_inbox_entries_go_to_dead_letters_and_delivery_goes_on(
             assert reasons.count("undecodable") == 3
             assert "envelope does not match its key" in reasons
             assert await a.inbox("cr") == []
+
+
+async def test_a_respawned_agent_still_refuses_ids_its_restored_state_holds(
+    etcd_config: Config,
+) -> None:
+    async with two_nodes(etcd_config) as (a, _b):
+        await a.spawn(Counter, "rs", placement="pinned:sa")
+        with anyio.fail_after(30):
+            await a.send("rs", "count", {"n": 1}, signal_id="once")
+
+            async def counted() -> bool:
+                return (await state_of(a, "rs"))["total"] == 1
+
+            await wait_until(counted)
+            await a.despawn("rs")
+            await wait_until(lambda: a.runtime is not None and "rs" not in a.runtime.hosted)
+            await a.spawn(Counter, "rs", placement="pinned:sa")
+            assert (await a.send("rs", "count", {"n": 1}, signal_id="once")).duplicate
+            await a.send("rs", "count", {"n": 1}, signal_id="twice")
+
+            async def both() -> bool:
+                return (await state_of(a, "rs"))["seen"] == ["once", "twice"]
+
+            await wait_until(both)

@@ -44,55 +44,60 @@ async def call(
         raise SerializationError("args", "must be a mapping of argument names to values")
     cid = new_signal_id() if call_id is None else validate_id(call_id, "call id")
     payload = {"action": action, "args": dict(args or {})}
+    ks = s.keyspace
+    done_key, dead_key = ks.signal_done(agent_id, cid), ks.dead_letter(agent_id, cid)
+    # watches from *now*, made before the send: etcd serves a watch that starts in the past
+    # from its sync loop (up to 100 ms late), one that starts now at once
+    done_bell = s.bells.watch(done_key, None, -1, no_delete=True)
+    dead_bell = s.bells.watch(dead_key, None, -1, no_delete=True)
     try:
         sent = await s.send(agent_id, CALL_TYPE, payload, signal_id=cid, reply=True)
-        return await _reply(s, agent_id, action, cid, sent.revision, sent.duplicate)
+        created = max(await done_bell.ready(), await dead_bell.ready())
+        # a watch created after the send may have missed the reply: read it once then
+        look_first = sent.duplicate or created > sent.revision
+        return await _reply(s, agent_id, action, (done_bell, dead_bell), look_first)
     except anyio.get_cancelled_exc_class():
         if anyio.current_effective_deadline() <= anyio.current_time():
             # the caller's deadline (anyio.fail_after): say the action may still run
             raise CallTimeoutError(agent_id, action, cid) from None
         raise
-
-
-async def _reply(
-    s: Signals, agent_id: str, action: str, cid: str, after: int, look_first: bool
-) -> Any:
-    """Wait for the call's done record (or dead letter) written after revision ``after``.
-
-    A new call's records can only appear after its send, and the watches start there, so
-    nothing is read first unless the send was a duplicate or a watch says it missed events.
-    """
-    ks = s.keyspace
-    done_key, dead_key = ks.signal_done(agent_id, cid), ks.dead_letter(agent_id, cid)
-    done_bell = s.bells.watch(done_key, None, after, no_delete=True)
-    dead_bell = s.bells.watch(dead_key, None, after, no_delete=True)
-    arrived: list[KeyValue] = []
-    missed = look_first
-    try:
-        while True:
-            if missed:
-                arrived.extend(kv for kv in [await s.transport.get(done_key)] if kv is not None)
-                arrived.extend(kv for kv in [await s.transport.get(dead_key)] if kv is not None)
-            for kv in arrived:
-                if kv.key == done_key:
-                    return _reply_of(agent_id, action, kv)
-                letter = dead_letter_of(ks, kv)
-                raise ActionError(agent_id, action, "DeadLetter", letter.reason)
-            missed = False
-            async with anyio.create_task_group() as tg:
-
-                async def ring(bell: Bell) -> None:
-                    nonlocal missed
-                    events = await bell.wait()
-                    arrived.extend(ev.kv for ev in events)
-                    missed = missed or bell.missed or not events
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(ring, done_bell)
-                tg.start_soon(ring, dead_bell)
     finally:
         done_bell.close()
         dead_bell.close()
+
+
+async def _reply(
+    s: Signals, agent_id: str, action: str, bells: tuple[Bell, Bell], look_first: bool
+) -> Any:
+    """Wait for the call's done record (or dead letter) on its two bells.
+
+    Nothing is read from etcd unless ``look_first`` or a bell says it missed events.
+    """
+    done_bell, dead_bell = bells
+    done_key, dead_key = done_bell.key, dead_bell.key
+    arrived: list[KeyValue] = []
+    missed = look_first
+    while True:
+        if missed:
+            arrived.extend(kv for kv in [await s.transport.get(done_key)] if kv is not None)
+            arrived.extend(kv for kv in [await s.transport.get(dead_key)] if kv is not None)
+        for kv in arrived:
+            if kv.key == done_key:
+                return _reply_of(agent_id, action, kv)
+            letter = dead_letter_of(s.keyspace, kv)
+            raise ActionError(agent_id, action, "DeadLetter", letter.reason)
+        missed = False
+        async with anyio.create_task_group() as tg:
+
+            async def ring(bell: Bell) -> None:
+                nonlocal missed
+                events = await bell.wait()
+                arrived.extend(ev.kv for ev in events)
+                missed = missed or bell.missed or not events
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(ring, done_bell)
+            tg.start_soon(ring, dead_bell)
 
 
 _ERROR_TYPES: dict[str, type[ActionError]] = {}

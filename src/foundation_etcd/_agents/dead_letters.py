@@ -112,4 +112,6 @@ async def redrive(s: Signals, agent_id: str, signal_id: str) -> SendResult:
         sent, acked = s.window(agent_id)
         if sent - acked >= s.config.signal_inbox_limit:
             raise InboxFullError(agent_id, waiting=sent - acked, limit=s.config.signal_inbox_limit)
-    raise InboxFullError(agent_id, waiting=-1, limit=s.config.signal_inbox_limit)
+    sent, acked = s.window(agent_id)
+    limit = s.config.signal_inbox_limit
+    raise InboxFullError(agent_id, waiting=max(sent - acked, limit), limit=limit)

@@ -22,13 +22,14 @@ Guarantees:
       ``acked >= a``, where ``free = limit - (s - a)``), so concurrent senders need no
       compare-and-swap on a shared key; when the window is used up the same transaction's
       failure branch returns the counters, and the send either fails with
-      :class:`InboxFullError` (nothing written) or retries with the new window. Signals a
-      handler emits (its outbox) and redriven dead letters are admitted the same way.
+      :class:`InboxFullError` (nothing written) or retries with the new window. Redriven
+      dead letters are admitted the same way; a handler's emits (its outbox) are admitted
+      past the bound (refusing them would block the parent for ever, see ``delivery.py``).
     * Input is checked before anything is sent (ids, type, JSON payload, size).
-    * :meth:`Signals.call` waits for the reply record the handling transaction writes. A
-      deadline reached while waiting (``timeout=`` or the caller's ``anyio.fail_after``)
-      raises :class:`CallTimeoutError`: the action may still run, once; calling again with
-      the same ``call_id`` waits for that one outcome.
+    * ``call`` (``calls.py``) waits for the reply record the handling transaction writes;
+      the caller's deadline (``anyio.fail_after``) raises :class:`CallTimeoutError`: the
+      action may still run, once, and calling again with the same ``call_id`` waits for
+      that one outcome.
 
 On lease loss: nothing here is under the session lease. A send in flight when etcd stops
 answering raises :class:`AmbiguousResultError`; send the same ``signal_id`` again.
@@ -234,7 +235,8 @@ class Signals:
             outcome = self._refused(agent_id, res, target == ks.agent_live(agent_id))
             if outcome is not None:
                 return SendResult(sid, outcome, duplicate=True)
-        raise InboxFullError(agent_id, waiting=-1, limit=limit)  # window never settled
+        sent, acked = self.window(agent_id)  # the window never settled: as full as last seen
+        raise InboxFullError(agent_id, waiting=max(sent - acked, limit), limit=limit)
 
     def _refused(self, agent_id: str, res: TxnResult, registered: bool = False) -> int | None:
         """Why a send's transaction failed: raise, or return a duplicate's revision.

@@ -329,14 +329,15 @@ class Keyspace:
         return self.key("signals", "subs", validate_id(agent_id, "agent id"))
 
     def agent_signal_keys(self, agent_id: str) -> list[tuple[bytes, bytes | None]]:
-        """Every signal key of one agent, as ``(key, range_end)`` (removed at despawn)."""
+        """The signal keys of one agent removed at despawn, as ``(key, range_end)``.
+
+        The done records stay (their retention lease ends them): the agent's last state
+        checkpoint survives a despawn too, so a respawned agent that restores it must still
+        refuse the ids whose effects that state already holds.
+        """
         ranges: list[tuple[bytes, bytes | None]] = [
             (p, prefix_end(p))
-            for p in (
-                self.inbox_prefix(agent_id),
-                self.signals_done_prefix(agent_id),
-                self.dead_letters_prefix(agent_id),
-            )
+            for p in (self.inbox_prefix(agent_id), self.dead_letters_prefix(agent_id))
         ]
         for key in (
             self.signals_sent(agent_id),

@@ -1,0 +1,129 @@
+"""One watch of a :class:`Doorbells` stream, as its consumer sees it (see ``doorbells.py``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+
+from .._core.errors import AuthError
+from .._core.kv import WatchEvent
+
+if TYPE_CHECKING:
+    from .doorbells import Doorbells
+
+__all__ = ["Bell"]
+
+FIRST_DELAY = 0.05  # seconds before the first retry (a new stream, a re-created watch)
+
+
+class Bell:
+    """One watch carried by a :class:`Doorbells` stream. Made by :meth:`Doorbells.watch`.
+
+    Attributes:
+        key: the watched key, or the start of the range.
+        range_end: the end of the range (exclusive); ``None`` for ``key`` alone.
+        no_delete: whether deletions are left out.
+        missed: whether the last :meth:`wait` returned because changes may have been missed.
+    """
+
+    def __init__(
+        self, owner: Doorbells, key: bytes, range_end: bytes | None, after: int, no_delete: bool
+    ) -> None:
+        self._owner = owner
+        self.key, self.range_end, self.no_delete = key, range_end, no_delete
+        self.missed = False
+        self._revision = after  # every change up to it has been handed over
+        self._events: list[WatchEvent] = []
+        self._rung = False
+        self._wakeup: anyio.Event | None = None
+        self._closed = False
+        self._error: AuthError | None = None
+        # the watch on the current stream
+        self._id = 0  # its watch id; 0 while it has none
+        self._seq = 0  # the position of its create among the stream's writes
+        self._created = False  # etcd confirmed the create
+        self._from_now = False  # re-create at the current revision (the start was compacted)
+        self._delay = FIRST_DELAY  # before re-creating it after an unexpected cancel
+        self._auth_retried = False
+        self._ready = anyio.Event()
+        self.created_revision = 0  # the header revision of the first create's answer
+
+    def __repr__(self) -> str:
+        return f"<Bell {self.key!r} revision={self._revision}>"
+
+    @property
+    def revision(self) -> int:
+        """The highest revision up to which every change of the range has been handed over."""
+        return self._revision
+
+    @property
+    def closed(self) -> bool:
+        """Whether the bell is closed (:meth:`close`, a refusal, or its doorbells' end)."""
+        return self._closed
+
+    async def wait(self) -> list[WatchEvent]:
+        """Wait for the events received since the last call, or for a missed wake-up.
+
+        Returns:
+            New events in revision order, at least one (:attr:`missed` false); or ``[]``
+            with :attr:`missed` true: changes may have been lost, re-read the range.
+
+        Raises:
+            anyio.ClosedResourceError: the bell is closed, or its doorbells stopped.
+            AuthError: etcd refused the watch, also after a new login.
+        """
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._closed:
+                raise anyio.ClosedResourceError("the bell is closed")
+            if self._rung:
+                self._rung = False
+                self.missed = True
+                return []
+            if self._events:
+                events, self._events = self._events, []
+                self.missed = False
+                return events
+            if self._wakeup is None:
+                self._wakeup = anyio.Event()
+            await self._wakeup.wait()
+
+    async def ready(self) -> int:
+        """Wait until etcd has created the watch; return the revision it was created at."""
+        await self._ready.wait()
+        return self.created_revision
+
+    def close(self) -> None:
+        """Stop the watch (idempotent); a waiter gets :class:`anyio.ClosedResourceError`."""
+        self._ready.set()
+        if not self._closed:
+            self._closed = True
+            self._owner._forget(self)
+            self._wake()
+
+    # called by the doorbells ----------------------------------------------------------------
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
+
+    def _deliver(self, events: list[WatchEvent]) -> None:
+        fresh = [e for e in events if e.revision > self._revision]
+        if fresh:
+            self._revision = fresh[-1].revision
+            self._events.extend(fresh)
+            self._delay = FIRST_DELAY
+            self._wake()
+
+    def _advance(self, revision: int) -> None:
+        if revision > self._revision:
+            self._revision = revision
+
+    def _ring(self, revision: int) -> None:
+        """Report a gap: the watch now delivers the changes after ``revision``."""
+        self._events.clear()  # older than the gap: the consumer re-reads anyway
+        self._advance(revision)
+        self._rung = True
+        self._wake()
