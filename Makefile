@@ -17,7 +17,8 @@ demo: $(VENV)/.installed
 
 ## make test: lint, type-check, and the whole test suite against real etcd servers
 test: $(VENV)/.installed lint typecheck
-	$(PY) -m pytest tests integration
+	$(PY) -m pytest -n 2 tests   # single-etcd tests, two workers (each its own etcd)
+	$(PY) -m pytest integration  # fault tests one at a time: they time TTLs and kill processes
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check src tests integration scripts examples
