@@ -30,6 +30,7 @@ from benchmarks.raw import rpc
 from benchmarks.registry import section_registry
 from benchmarks.report import command_line, git_revision, render_report, version_of, write_report
 from benchmarks.runtime import section_runtime
+from benchmarks.signals import section_signals
 from benchmarks.tooz import section_tooz
 from benchmarks.watch import section_watch
 from foundation_etcd import UnsafeEtcdVersionWarning
@@ -49,6 +50,7 @@ SECTIONS = [
     Section("election", "Election and locks", section_election),
     Section("quotas", "Quotas", section_quotas),
     Section("runtime", "Runtime: spawn and failover", section_runtime),
+    Section("signals", "Signals: send, call, throughput, many agents", section_signals),
 ]
 
 

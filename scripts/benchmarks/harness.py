@@ -48,6 +48,8 @@ class Settings:
     failover_reps: int  # SIGKILL failovers measured (election, then runtime)
     quota_window: float  # seconds per side per round of the quota throughput runs
     spawn_ops: int  # spawns per side per round
+    signal_agents: int  # agents hosted on the crowded node (signals section)
+    signal_window: float  # seconds per side per round of the signal throughput runs
 
 
 FULL = Settings(
@@ -63,6 +65,8 @@ FULL = Settings(
     failover_reps=3,
     quota_window=1.5,
     spawn_ops=3,
+    signal_agents=1_000,
+    signal_window=1.5,
 )
 QUICK = Settings(
     rounds=4,
@@ -77,6 +81,8 @@ QUICK = Settings(
     failover_reps=1,
     quota_window=0.3,
     spawn_ops=2,
+    signal_agents=100,
+    signal_window=0.3,
 )
 
 
