@@ -106,10 +106,10 @@ class Config:
             acting for it; default ``ttl / 3``.
         request_timeout: deadline of one unary request, seconds.
         connect_timeout: how long ``connect`` waits for a first answer, seconds.
-        grpc_keepalive_time: seconds between HTTP/2 pings on a connection that carries a
-            call or stream (a keepalive or watch stream), so that a blackholed connection is
-            noticed. etcd refuses pings more often than every 5 s, and on connections with
-            no open stream at all, so none are sent there.
+        grpc_keepalive_time: seconds between HTTP/2 pings on every connection, so that a
+            blackholed or paused member is noticed. etcd refuses pings more often than every
+            5 s, and answers those on a connection with no open stream with GOAWAY (gRPC
+            then pings that connection half as often).
         grpc_keepalive_timeout: seconds to wait for a ping's answer before the connection
             is declared dead.
         watch_progress_interval: a watch stream silent this long is asked for progress; one

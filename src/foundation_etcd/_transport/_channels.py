@@ -62,9 +62,12 @@ def open_channels(config: Config) -> tuple[grpc.aio.Channel, MemberFactory]:
         ("grpc.lb_policy_name", "round_robin"),
         ("grpc.keepalive_time_ms", int(config.grpc_keepalive_time * 1000)),
         ("grpc.keepalive_timeout_ms", int(config.grpc_keepalive_timeout * 1000)),
-        # etcd's server refuses pings on a connection without an open stream (GOAWAY
-        # "too_many_pings", and gRPC then doubles the interval): ping only under a call
-        ("grpc.keepalive_permit_without_calls", 0),
+        # pings also on connections without a call: a paused member (SIGSTOP) holds its TCP
+        # connection open, and only an unanswered ping takes it out of the round robin.
+        # etcd answers pings on a connection with no open stream with GOAWAY
+        # "too_many_pings" (gRPC then doubles the interval); sending none there was tried
+        # and made paused-member tests lose leases, so we accept the GOAWAYs.
+        ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.initial_reconnect_backoff_ms", 100),
         # gRPC takes this as the shortest connection attempt too: a member that has just
