@@ -12,7 +12,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -60,20 +60,16 @@ class SignalMethods:
     doorbells: Doorbells | None
     _retention: RetentionLease | None = None
 
-    @property
-    def registry(self) -> Registry:
-        """The agent registry (the :class:`Cluster` provides it)."""
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by Cluster: what these methods use of it
 
-    @property
-    def signals(self) -> Signals:
-        """The send side (the :class:`Cluster` provides it)."""
-        raise NotImplementedError
+        @property
+        def registry(self) -> Registry: ...
 
-    @property
-    def scheduler(self) -> Scheduler:
-        """Spawning and placement (the :class:`Cluster` provides it)."""
-        raise NotImplementedError
+        @property
+        def signals(self) -> Signals: ...
+
+        @property
+        def scheduler(self) -> Scheduler: ...
 
     @asynccontextmanager
     async def _delivering(self, agent: object, agent_id: str) -> AsyncIterator[None]:
