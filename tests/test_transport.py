@@ -185,6 +185,27 @@ async def test_write_to_dead_server_is_not_applied(etcd_factory, etcd_namespace:
             assert not isinstance(info.value, AmbiguousResultError)
 
 
+async def test_write_refused_before_sending_is_retried_until_the_deadline(
+    etcd_factory, etcd_namespace: str
+) -> None:
+    """A member back from a restart: the channel's backoff must not fail the next write."""
+    server = etcd_factory()
+    cfg = Config(endpoints=(server.endpoint,), namespace=etcd_namespace, request_timeout=15.0)
+    key = cfg.keyspace.key("back")
+    async with open_transport(cfg) as t:
+        first = await t.put(key, b"1")
+        server.kill()
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(anyio.to_thread.run_sync, server.start)
+                # sent while the member is down or still starting: refused, then retried
+                second = await t.put(key, b"2")
+        got = await t.get(key)
+        assert got is not None and got.value == b"2"
+        # applied once: exactly one revision after the first put's
+        assert got.version == 2 and second.revision == got.mod_revision > first.revision
+
+
 async def test_caller_timeout_is_a_timeout_not_a_bare_cancel(
     etcd_endpoints: list[str], fault_proxy_factory, etcd_namespace: str
 ) -> None:

@@ -55,6 +55,7 @@ from ._wire import (
     _delete_pb,
     _delete_result,
     _kv,
+    _not_sent,
     _put_pb,
     _put_result,
     _range_pb,
@@ -177,8 +178,21 @@ class Transport:
         await self._channel.close()
 
     async def _unary(self, method: Any, req: Any, operation: str, *, write: bool) -> Any:
+        deadline = anyio.current_time() + self._timeout
+        backoff = 0.05
         try:
-            return await method(req, timeout=self._timeout, metadata=self._metadata)
+            while True:
+                try:
+                    left = deadline - anyio.current_time()
+                    return await method(req, timeout=max(left, 0.001), metadata=self._metadata)
+                except grpc.aio.AioRpcError as exc:
+                    # refused before sending (every member down, or the channel still in
+                    # its reconnect backoff after a restart): safe to try again, even a
+                    # write, until the request's deadline; anything else is decided below
+                    if not _not_sent(exc) or anyio.current_time() + backoff >= deadline:
+                        raise
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 0.5)
         except asyncio.CancelledError:
             gone = await _cancelled(operation)
             if write:

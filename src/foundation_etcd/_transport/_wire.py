@@ -153,6 +153,14 @@ def _translate(exc: grpc.aio.AioRpcError, operation: str, *, write: bool) -> Fou
     return EtcdServerError(text, code=name, details=details)
 
 
+def _not_sent(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether gRPC refused the request before sending it (no connection to any member)."""
+    low = (exc.details() or "").lower()
+    return exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN) and any(
+        m in low for m in _NOT_SENT
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # protobuf conversion
 
