@@ -98,8 +98,12 @@ class Renderer:
         if isinstance(tp, list):
             return "[" + ", ".join(self._render(t, value=value) for t in tp) + "]"
         if isinstance(tp, typing.TypeVar):
-            raise GenError(f"type variable {tp} (generic members need a SKIP decision)")
+            # twins are not generic: a generic class's values (SharedState[T]) are Any
+            self.typing.add("Any")
+            return "Any"
         origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if value and origin in self.twins:  # SharedState[T]: its twin, which is not generic
+            return self.twin(origin)
         if origin is typing.Union or origin is types.UnionType:
             parts = [self._member(a, value=value) for a in args]
             if any(p is None for p in parts):
@@ -216,6 +220,8 @@ def signature(fn: Any, r: Renderer, *, method: bool = True) -> tuple[str, str]:
 
 def wrapper(tp: Any, r: Renderer, expr: str, *, copy: bool = False) -> str:
     """``expr`` as the twin returns it (wrapped in its twin, or copied for a sync caller)."""
+    if typing.get_origin(tp) in r.twins:  # a generic class with a twin: SharedState[T]
+        tp = typing.get_origin(tp)
     if isinstance(tp, type) and tp in r.twins:
         return f"{r.twin(tp)}(self._portal, {expr})"
     args = typing.get_args(tp)
@@ -277,23 +283,35 @@ def write_member(m: Member, r: Renderer, twin: Any) -> str:
 
 def write_class(twin: Any, r: Renderer, by_cls: dict[type, Any]) -> str:
     """One twin class."""
-    base_twin = next((by_cls[b] for b in twin.cls.__mro__[1:] if b in by_cls), None)
+    # the twins of the direct bases (a class built of mixins has one each), else the
+    # nearest twinned ancestor
+    base_twins = [by_cls[b] for b in twin.cls.__bases__ if b in by_cls] or [
+        by_cls[b] for b in twin.cls.__mro__[1:] if b in by_cls
+    ][:1]
     of = r.public(twin.of)
     if of is None:
         raise GenError(f"{twin.of.__name__} is not public")
-    if base_twin is None:
+    if not base_twins:
         r.handles.add("SyncWrapper")
-        base = f"SyncWrapper[{of}]"
+        params = getattr(twin.of, "__parameters__", ())
+        if params:  # a generic class: the twin wraps it for any value type
+            r.typing.add("Any")
+        base = (
+            f"SyncWrapper[{of}[{', '.join('Any' for _ in params)}]]"
+            if params
+            else (f"SyncWrapper[{of}]")
+        )
     else:
-        base = base_twin.twin_name
-        if base_twin.module != r.module:
-            r.siblings.setdefault(base_twin.module, set()).add(base)
+        base = ", ".join(b.twin_name for b in base_twins)
+        for b in base_twins:
+            if b.module != r.module:
+                r.siblings.setdefault(b.module, set()).add(b.twin_name)
     summary, _, rest = inspect.cleandoc(twin.cls.__doc__ or twin.cls.__name__).partition("\n")
     path = of.replace("_fe.", "foundation_etcd.").replace("_ll.", "foundation_etcd.lowlevel.")
     what = f":class:`{path}`" if twin.cls is twin.of else f"the members {path} has from a base"
     doc = f"{summary}\n\nThe blocking twin of {what} (generated).\n{rest}".rstrip()
     out = [f"class {twin.twin_name}({base}):\n", doc_literal(doc, "    "), "\n    __slots__ = ()\n"]
-    if base_twin is not None and base_twin.of is not twin.of:
+    if any(b.of is not twin.of for b in base_twins):
         out.append(f"    _obj: {of}\n")
     for m in members(twin):
         try:

@@ -42,6 +42,8 @@ if TYPE_CHECKING:  # for type checkers; at run time each name loads on first use
     from ._coord.ownership import OwnerInfo
     from ._coord.quotas import Quotas, QuotaUsage, Reservation
     from ._coord.session import Lease, Session, SessionStatistics, open_session
+    from ._coord.shared_state import SharedState, Versioned
+    from ._coord.stm import Isolation, TransactStatistics, Tx
     from ._coord.watch import ChangeKind
     from ._core.config import Config
     from ._core.errors import (
@@ -51,9 +53,11 @@ if TYPE_CHECKING:  # for type checkers; at run time each name loads on first use
         AmbiguousResultError,
         AsyncioRequiredError,
         AuthError,
+        BarrierError,
         CallTimeoutError,
         CompactedError,
         ConfigurationError,
+        ConflictError,
         EtcdError,
         EtcdServerError,
         EtcdUnavailableError,
@@ -82,6 +86,7 @@ if TYPE_CHECKING:  # for type checkers; at run time each name loads on first use
         SignalError,
         TooManyOperationsError,
         TooManyRequestsError,
+        TransactionConflictError,
     )
     from ._core.keys import validate_id
     from ._core.placement import NodeLoad, PlacementRequest, PlacementStrategy
@@ -104,6 +109,7 @@ __all__ = [
     "AmbiguousResultError",
     "AsyncioRequiredError",
     "AuthError",
+    "BarrierError",
     "CallTimeoutError",
     "ChangeKind",
     "Cluster",
@@ -111,6 +117,7 @@ __all__ = [
     "CompactedError",
     "Config",
     "ConfigurationError",
+    "ConflictError",
     "DeadLetter",
     "Election",
     "EtcdError",
@@ -122,6 +129,7 @@ __all__ = [
     "IncarnationLostError",
     "InvalidIdError",
     "InvalidReservationError",
+    "Isolation",
     "Leadership",
     "LeadershipLostError",
     "Lease",
@@ -159,12 +167,17 @@ __all__ = [
     "SessionClosedError",
     "SessionError",
     "SessionStatistics",
+    "SharedState",
     "Signal",
     "SignalContext",
     "SignalError",
     "TooManyOperationsError",
     "TooManyRequestsError",
+    "TransactStatistics",
+    "TransactionConflictError",
+    "Tx",
     "UnsafeEtcdVersionWarning",
+    "Versioned",
     "action",
     "agent_classes",
     "cluster_spec",
@@ -195,19 +208,22 @@ _SOURCES: dict[str, str] = {
     "._coord.ownership": "OwnerInfo",
     "._coord.quotas": "Quotas QuotaUsage Reservation",
     "._coord.session": "Lease Session SessionStatistics open_session",
+    "._coord.shared_state": "SharedState Versioned",
+    "._coord.stm": "Isolation TransactStatistics Tx",
     "._coord.watch": "ChangeKind",
     "._core.config": "Config",
     "._core.errors": (
         "ActionError AgentExistsError AgentNotFoundError AmbiguousResultError "
-        "AsyncioRequiredError AuthError CallTimeoutError CompactedError "
-        "ConfigurationError EtcdError EtcdServerError EtcdUnavailableError "
-        "FoundationEtcdError InboxFullError IncarnationLostError InvalidIdError "
-        "InvalidReservationError LeadershipLostError LeaseLostError "
-        "LeaseNotFoundError LockBusyError LockLostError NodeExistsError "
-        "NodeNotFoundError NoLeaderError NoNodeFitsError NoSpaceError "
-        "OwnershipLostError QuotaError QuotaExceededError RequestTooLargeError "
-        "SerializationError SessionClosedError SessionError SignalError "
-        "TooManyOperationsError TooManyRequestsError"
+        "AsyncioRequiredError AuthError BarrierError CallTimeoutError "
+        "CompactedError ConfigurationError ConflictError EtcdError "
+        "EtcdServerError EtcdUnavailableError FoundationEtcdError InboxFullError "
+        "IncarnationLostError InvalidIdError InvalidReservationError "
+        "LeadershipLostError LeaseLostError LeaseNotFoundError LockBusyError "
+        "LockLostError NoLeaderError NoNodeFitsError NoSpaceError "
+        "NodeExistsError NodeNotFoundError OwnershipLostError QuotaError "
+        "QuotaExceededError RequestTooLargeError SerializationError "
+        "SessionClosedError SessionError SignalError TooManyOperationsError "
+        "TooManyRequestsError TransactionConflictError"
     ),
     "._core.keys": "validate_id",
     "._core.placement": "NodeLoad PlacementRequest PlacementStrategy",

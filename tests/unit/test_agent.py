@@ -91,6 +91,8 @@ PUBLIC = {
     "validate_id", "UnsafeEtcdVersionWarning",
     # signals and actions
     "action", "Signal", "SignalContext", "SendResult", "PublishResult", "DeadLetter",
+    # consensus: shared state, transactions
+    "SharedState", "Versioned", "Tx", "Isolation", "TransactStatistics",
     # the error tree
     "FoundationEtcdError", "ConfigurationError", "InvalidIdError", "RequestTooLargeError",
     "TooManyOperationsError", "EtcdError", "EtcdUnavailableError", "NoLeaderError",
@@ -101,6 +103,7 @@ PUBLIC = {
     "QuotaExceededError", "InvalidReservationError", "SerializationError", "AgentExistsError",
     "AgentNotFoundError", "NodeExistsError", "NodeNotFoundError", "SignalError",
     "InboxFullError", "ActionError", "CallTimeoutError", "AsyncioRequiredError",
+    "ConflictError", "TransactionConflictError", "BarrierError",
 }  # fmt: skip
 
 

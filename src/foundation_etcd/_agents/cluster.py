@@ -41,6 +41,7 @@ from .._coord.election import Election
 from .._coord.lock import Lock
 from .._coord.quotas import Quotas
 from .._coord.session import Session, open_session
+from .._coord.stm import TransactStatistics
 from .._coord.views import SharedViews
 from .._coord.watch import WatchedView, open_view
 from .._core.background import background_tasks, cleanup_scope
@@ -51,6 +52,7 @@ from .._core.kv import KeyValue
 from .._core.placement import PlacementStrategy
 from .._transport import Transport, open_transport, require_asyncio
 from .agent import AgentContext, call_hook, cluster_spec
+from .cluster_consensus import ConsensusMethods
 from .cluster_signals import SignalMethods
 from .drain import Drain
 from .failover import Failover
@@ -79,7 +81,7 @@ class HostedAgent:
         return self.cluster.registry.owned().get(self.agent_id)
 
 
-class Cluster(SignalMethods):
+class Cluster(SignalMethods, ConsensusMethods):
     """This process's membership of the cluster. Open with :func:`connect`."""
 
     def __init__(
@@ -102,6 +104,7 @@ class Cluster(SignalMethods):
         self._signals: Signals | None = None
         self.doorbells: Doorbells | None = None
         self.runtime: NodeRuntime | None = None
+        self.transact_statistics = TransactStatistics()
 
     @property
     def signals(self) -> Signals:

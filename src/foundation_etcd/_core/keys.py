@@ -328,6 +328,39 @@ class Keyspace:
         """The topic patterns one agent is subscribed to (no lease)."""
         return self.key("signals", "subs", validate_id(agent_id, "agent id"))
 
+    # consensus primitives ------------------------------------------------------------------
+    def states_prefix(self) -> bytes:
+        """Prefix of every named shared state (``state/``)."""
+        return self.key("state", "")
+
+    def state(self, name: str) -> bytes:
+        """The value of one named shared state (no lease)."""
+        return self.key("state", validate_id(name, "state name"))
+
+    def state_range(self, name_prefix: str) -> bytes:
+        """The first key of the states whose names start with ``name_prefix``.
+
+        ``name_prefix`` is a start of an id (``acct:`` for ``acct:alice``, ``acct:bob``);
+        the range ends at :func:`prefix_end` of the returned key.
+        """
+        return self.key("state", validate_id(name_prefix, "state name prefix"))
+
+    def counter_prefix(self, name: str) -> bytes:
+        """Prefix of the shards of one sharded counter."""
+        return self.key("counters", validate_id(name, "counter name"), "")
+
+    def counter_shard(self, name: str, shard: int) -> bytes:
+        """One shard of a sharded counter (no lease)."""
+        return self.counter_prefix(name) + f"{shard:04d}".encode()
+
+    def barrier(self, name: str) -> bytes:
+        """The key of a barrier: present while the barrier is set."""
+        return self.key("barriers", validate_id(name, "barrier name"))
+
+    def double_barrier_prefix(self, name: str) -> bytes:
+        """Prefix of a double barrier's participants and markers."""
+        return self.key("double-barriers", validate_id(name, "barrier name"), "")
+
     def agent_signal_keys(self, agent_id: str) -> list[tuple[bytes, bytes | None]]:
         """The signal keys of one agent removed at despawn, as ``(key, range_end)``.
 

@@ -27,6 +27,7 @@ See ``docs/sync.md``.
 """
 
 from ._cluster import Cluster, HostedAgent, connect
+from ._consensus import ConsensusMethods, SharedState
 from ._coord import Election, Leadership, Lock, LockHandle, Ownership, Quotas
 from ._handles import Connection, Receiver, Serving, SyncWrapper
 from ._portal import checkpoint, fail_after
@@ -37,6 +38,7 @@ from ._transport import Transport
 __all__ = [
     "Cluster",
     "Connection",
+    "ConsensusMethods",
     "Election",
     "HostedAgent",
     "Leadership",
@@ -49,6 +51,7 @@ __all__ = [
     "Registry",
     "Serving",
     "Session",
+    "SharedState",
     "SignalMethods",
     "SyncWrapper",
     "Transport",

@@ -13,6 +13,7 @@ from typing import Any
 import foundation_etcd as _fe
 from foundation_etcd import lowlevel as _ll
 
+from ._consensus import ConsensusMethods
 from ._coord import Election, Lock, Quotas
 from ._handles import Connection, Receiver, Serving, SyncWrapper
 from ._session import Registry, Session, WatchedView
@@ -22,7 +23,7 @@ from ._transport import Transport
 __all__ = ["Cluster", "HostedAgent", "connect"]
 
 
-class Cluster(SignalMethods):
+class Cluster(SignalMethods, ConsensusMethods):
     """This process's membership of the cluster. Open with :func:`connect`.
 
     The blocking twin of :class:`foundation_etcd.Cluster` (generated).
@@ -230,6 +231,11 @@ class Cluster(SignalMethods):
     def node_id(self) -> str:
         """The ``node_id`` attribute of the async object."""
         return self._obj.node_id
+
+    @property
+    def transact_statistics(self) -> _fe.TransactStatistics:
+        """The ``transact_statistics`` attribute of the async object."""
+        return self._obj.transact_statistics
 
 
 class HostedAgent(SyncWrapper[_fe.HostedAgent]):

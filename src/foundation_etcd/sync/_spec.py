@@ -42,6 +42,7 @@ class Twin:
 
 
 _SIGNAL_METHODS = _fe.Cluster.__mro__[1]  # the Cluster's signal methods (a private base)
+_CONSENSUS_METHODS = _fe.Cluster.__mro__[2]  # shared state, transactions, counters, barriers
 
 TWINS: tuple[Twin, ...] = (
     Twin(_ll.Transport, "_transport", _ll.Transport),
@@ -56,6 +57,8 @@ TWINS: tuple[Twin, ...] = (
     Twin(_fe.Election, "_coord", _fe.Election),
     Twin(_fe.Quotas, "_coord", _fe.Quotas),
     Twin(_SIGNAL_METHODS, "_signals", _fe.Cluster, "SignalMethods"),
+    Twin(_fe.SharedState, "_consensus", _fe.SharedState),
+    Twin(_CONSENSUS_METHODS, "_consensus", _fe.Cluster, "ConsensusMethods"),
     Twin(_fe.Cluster, "_cluster", _fe.Cluster),
     Twin(_fe.HostedAgent, "_cluster", _fe.HostedAgent),
 )
@@ -79,6 +82,14 @@ SKIP: dict[tuple[type, str], str] = {
     (_fe.Cluster, "scheduler"): "a low-level building block; use spawn, agents and drain",
     (_fe.Cluster, "runtime"): "the node runtime that serve() runs, on the event loop",
     (_fe.Cluster, "doorbells"): "the process's watch stream, used on the event loop only",
+    (_CONSENSUS_METHODS, "transact"): (
+        "takes an async function (its reads await etcd); from blocking code use "
+        "SharedState.update or compare_and_set"
+    ),
+    (_fe.SharedState, "fenced"): (
+        "takes a handle of the async API; blocking code writes fenced through the "
+        "LockHandle or Leadership twin's txn()"
+    ),
     (_fe.Session, "on_renewed"): "takes an async hook, run on the event loop",
     (_fe.Session, "start_background"): "runs the library's helper tasks on the event loop",
     (_fe.Lease, "guard"): (

@@ -36,10 +36,13 @@ gRPC errors are translated into this tree in the transport module and nowhere el
     ├── AgentNotFoundError (KeyError)        no such agent, or not registered by this process
     ├── NodeExistsError                      a node id is already announced by a live process
     ├── NodeNotFoundError (KeyError)         no node with this id is announced
-    └── SignalError
-        ├── InboxFullError                   the agent's inbox is at its limit: nothing written
-        ├── ActionError                      an action raised: its type name and message
-        └── CallTimeoutError (TimeoutError)  a call's caller stopped waiting: it may still run
+    ├── SignalError
+    │   ├── InboxFullError                   the agent's inbox is at its limit: nothing written
+    │   ├── ActionError                      an action raised: its type name and message
+    │   └── CallTimeoutError (TimeoutError)  a call's caller stopped waiting: it may still run
+    ├── ConflictError
+    │   └── TransactionConflictError         transact/update used its retry budget: not written
+    └── BarrierError                         a barrier used against its protocol
 
 Each class says when it is raised and carries the context needed to act on it.
 """
@@ -67,6 +70,7 @@ from ._base import (
     TooManyOperationsError,
     TooManyRequestsError,
 )
+from ._consensus import BarrierError, ConflictError, TransactionConflictError
 from ._features import (
     ActionError,
     AgentExistsError,
@@ -95,9 +99,11 @@ __all__ = [
     "AmbiguousResultError",
     "AsyncioRequiredError",
     "AuthError",
+    "BarrierError",
     "CallTimeoutError",
     "CompactedError",
     "ConfigurationError",
+    "ConflictError",
     "EtcdError",
     "EtcdServerError",
     "EtcdUnavailableError",
@@ -126,4 +132,5 @@ __all__ = [
     "SignalError",
     "TooManyOperationsError",
     "TooManyRequestsError",
+    "TransactionConflictError",
 ]
