@@ -17,6 +17,7 @@ EXPECT = {
     "quotas.py": "after release: 0 of 2 used",
     "agents.py": "counter-1 running on example-b",
     "signals.py": "totals: [15, 32]",
+    "shared_state.py": "total: 500",
     "sync_web_lock.py": "a write after release is refused by etcd",
     "sync_worker_quota.py": "at most 2 ran at once",
 }
@@ -63,3 +64,20 @@ def test_signals_example_starts_its_own_etcd_and_is_the_concept_page_block() -> 
     assert _blocks(page, "python") == [(ROOT / "examples" / "signals.py").read_text()]
     printed = _blocks(page, "text")[0]
     assert out.stdout == printed, (out.stdout, printed)
+
+
+def test_shared_state_example_is_the_concept_page_block() -> None:
+    """The page shows examples/shared_state.py as is, and what it prints on an embedded etcd."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDATION_ETCD_")}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "shared_state.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(env, PYTHONWARNINGS="ignore"),
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    page = (ROOT / "docs" / "concepts" / "state.md").read_text()
+    assert _blocks(page, "python")[0] == (ROOT / "examples" / "shared_state.py").read_text()
+    assert out.stdout == _blocks(page, "text")[0], out.stdout

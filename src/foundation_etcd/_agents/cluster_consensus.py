@@ -64,7 +64,7 @@ class ConsensusMethods:
         fn: Callable[[Tx], Awaitable[R]],
         *,
         isolation: Isolation = Isolation.SERIALIZABLE_SNAPSHOT,
-        max_attempts: int = 16,
+        max_attempts: int = 64,
         fence: Ownership | None = None,
     ) -> R:
         """Run ``fn(tx)`` as one transaction over shared states (see ``stm.transact``).

@@ -249,7 +249,7 @@ class SharedState(Generic[T]):
         first = res.responses[0]
         return getattr(first, "deleted", 0) > 0
 
-    async def update(self, fn: Callable[[T | None], T], *, max_attempts: int = 16) -> Versioned[T]:
+    async def update(self, fn: Callable[[T | None], T], *, max_attempts: int = 64) -> Versioned[T]:
         """Set the state to ``fn(current)`` by compare-and-set, retrying on conflict.
 
         ``fn`` gets ``None`` when the state is absent. The first attempt starts from the

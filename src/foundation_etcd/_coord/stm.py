@@ -282,7 +282,7 @@ async def transact(
     fn: Callable[[Tx], Awaitable[R]],
     *,
     isolation: Isolation = Isolation.SERIALIZABLE_SNAPSHOT,
-    max_attempts: int = 16,
+    max_attempts: int = 64,
     fence: Ownership | None = None,
     statistics: TransactStatistics | None = None,
 ) -> R:

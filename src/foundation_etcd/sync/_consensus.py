@@ -70,7 +70,7 @@ class SharedState(SyncWrapper[_fe.SharedState[Any]]):
         return self._portal.call(lambda: self._obj.delete(revision=revision))
 
     def update(
-        self, fn: Callable[[Any | None], Any], *, max_attempts: int = 16
+        self, fn: Callable[[Any | None], Any], *, max_attempts: int = 64
     ) -> _fe.Versioned[Any]:
         """Set the state to ``fn(current)`` by compare-and-set, retrying on conflict.
 
