@@ -360,3 +360,25 @@ async def test_fenced_writes_refused_after_the_lock_is_lost(etcd_config: Config)
                         await c.transact(fn, fence=held)
                     await anyio.sleep_forever()  # the lock's monitor cancels the body
         assert (await st.get(linearizable=True)).value == "in txn"  # type: ignore[union-attr]
+
+
+async def test_get_many_reads_one_snapshot_in_one_round_trip(etcd_config: Config) -> None:
+    async with connect(etcd_config, node_id="m1") as c:
+
+        async def init(tx: Tx) -> None:
+            tx.put("m:a", 1)
+            tx.put("m:b", 2)
+
+        await c.transact(init)
+        seen: list[list[int | None]] = []
+
+        async def fn(tx: Tx) -> None:
+            first = await tx.get("m:a")  # pins the snapshot
+            if tx.attempt == 1:
+                await c.state("m:b").set(20)  # after the snapshot: not seen, then a conflict
+            seen.append([first, *await tx.get_many("m:b", "m:c", "m:a", default=0)])
+            tx.put("m:c", sum(seen[-1][1:3]))
+
+        await c.transact(fn)
+        assert seen == [[1, 2, 0, 1], [1, 20, 0, 1]]
+        assert (await c.state("m:c").get(linearizable=True)).value == 20  # type: ignore[union-attr]

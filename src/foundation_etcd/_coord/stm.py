@@ -170,6 +170,33 @@ class Tx:
         self._reads[key] = kv
         return kv
 
+    async def get_many(self, *names: str, default: Any = None) -> list[Any]:
+        """The values of several states, read in **one** round trip (one snapshot).
+
+        Like :meth:`get` for each name, in order; the names not read yet in this attempt
+        are read together in one etcd transaction of reads.
+        """
+        keys = [self._ks.state(n) for n in names]
+        pre = self._prefetch
+        todo = [
+            k
+            for k in dict.fromkeys(keys)
+            if k not in self._writes
+            and k not in self._reads
+            and not (pre is not None and k in pre.keys)
+        ]
+        if len(todo) > MAX_TXN_OPS:
+            raise TooManyOperationsError(len(todo), MAX_TXN_OPS)
+        if todo:
+            rev = self._rev if self._pinned else 0
+            res = await self._t.txn([], [Op.get(k, revision=rev) for k in todo])
+            if self._pinned and self._rev == 0:
+                self._rev = res.revision
+            for k, got in zip(todo, res.responses, strict=True):
+                assert isinstance(got, RangeResult)
+                self._reads[k] = got.first
+        return [await self.get(n, default) for n in names]
+
     async def get_prefix(self, name_prefix: str) -> dict[str, Any]:
         """Every state whose name starts with ``name_prefix``, by name (with this attempt's writes).
 
