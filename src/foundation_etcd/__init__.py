@@ -37,6 +37,8 @@ if TYPE_CHECKING:  # for type checkers; at run time each name loads on first use
     from ._agents.runtime import AgentRunContext
     from ._agents.scheduler import AgentRef, AgentStatus
     from ._agents.signals import PublishResult, SendResult
+    from ._coord.barriers import Barrier, DoubleBarrier
+    from ._coord.counters import CounterStatistics, ShardedCounter
     from ._coord.election import Election, Leadership
     from ._coord.lock import Lock, LockHandle
     from ._coord.ownership import OwnerInfo
@@ -109,6 +111,7 @@ __all__ = [
     "AmbiguousResultError",
     "AsyncioRequiredError",
     "AuthError",
+    "Barrier",
     "BarrierError",
     "CallTimeoutError",
     "ChangeKind",
@@ -118,7 +121,9 @@ __all__ = [
     "Config",
     "ConfigurationError",
     "ConflictError",
+    "CounterStatistics",
     "DeadLetter",
+    "DoubleBarrier",
     "Election",
     "EtcdError",
     "EtcdServerError",
@@ -167,6 +172,7 @@ __all__ = [
     "SessionClosedError",
     "SessionError",
     "SessionStatistics",
+    "ShardedCounter",
     "SharedState",
     "Signal",
     "SignalContext",
@@ -203,6 +209,8 @@ _SOURCES: dict[str, str] = {
     "._agents.runtime": "AgentRunContext",
     "._agents.scheduler": "AgentRef AgentStatus",
     "._agents.signals": "PublishResult SendResult",
+    "._coord.barriers": "Barrier DoubleBarrier",
+    "._coord.counters": "CounterStatistics ShardedCounter",
     "._coord.election": "Election Leadership",
     "._coord.lock": "Lock LockHandle",
     "._coord.ownership": "OwnerInfo",

@@ -93,6 +93,7 @@ PUBLIC = {
     "action", "Signal", "SignalContext", "SendResult", "PublishResult", "DeadLetter",
     # consensus: shared state, transactions
     "SharedState", "Versioned", "Tx", "Isolation", "TransactStatistics",
+    "ShardedCounter", "CounterStatistics", "Barrier", "DoubleBarrier",
     # the error tree
     "FoundationEtcdError", "ConfigurationError", "InvalidIdError", "RequestTooLargeError",
     "TooManyOperationsError", "EtcdError", "EtcdUnavailableError", "NoLeaderError",

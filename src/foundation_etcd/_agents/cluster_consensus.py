@@ -1,7 +1,8 @@
 """The consensus methods of :class:`Cluster`: shared state, transactions, counters, barriers.
 
 Each returns a primitive of ``_coord`` bound to this cluster's connection, session and
-shared views; the guarantees are in those modules (``shared_state``, ``stm``).
+shared views; the guarantees are in those modules (``shared_state``, ``stm``, ``counters``,
+``barriers``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._coord.barriers import Barrier, DoubleBarrier
+from .._coord.counters import ShardedCounter
 from .._coord.ownership import Ownership
 from .._coord.session import Session
 from .._coord.shared_state import SharedState
@@ -83,3 +86,36 @@ class ConsensusMethods:
             fence=fence,
             statistics=self.transact_statistics,
         )
+
+    def counter(self, name: str, *, shards: int = 32) -> ShardedCounter:
+        """The sharded counter ``name`` of this tenant (see ``ShardedCounter``).
+
+        Args:
+            name: the counter's name (an id).
+            shards: how many keys adds spread over; at least the number of processes (or
+                tasks) adding at once, so that they rarely meet on one shard.
+
+        Raises:
+            InvalidIdError: a bad name.
+            ValueError: ``shards`` outside 1..1000.
+        """
+        return ShardedCounter(self.session, name, shards=shards, views=self.views)
+
+    def barrier(self, name: str) -> Barrier:
+        """The barrier ``name`` of this tenant: set, remove, wait (see ``Barrier``).
+
+        Raises:
+            InvalidIdError: a bad name.
+        """
+        return Barrier(self.session, name)
+
+    def double_barrier(self, name: str, count: int) -> DoubleBarrier:
+        """A participant of the double barrier ``name`` for rounds of ``count`` participants.
+
+        Each call makes a new participant (see ``DoubleBarrier``).
+
+        Raises:
+            InvalidIdError: a bad name.
+            ValueError: ``count`` outside 1..1000.
+        """
+        return DoubleBarrier(self.session, name, count)

@@ -27,7 +27,7 @@ See ``docs/sync.md``.
 """
 
 from ._cluster import Cluster, HostedAgent, connect
-from ._consensus import ConsensusMethods, SharedState
+from ._consensus import Barrier, ConsensusMethods, DoubleBarrier, ShardedCounter, SharedState
 from ._coord import Election, Leadership, Lock, LockHandle, Ownership, Quotas
 from ._handles import Connection, Receiver, Serving, SyncWrapper
 from ._portal import checkpoint, fail_after
@@ -36,9 +36,11 @@ from ._signals import SignalMethods
 from ._transport import Transport
 
 __all__ = [
+    "Barrier",
     "Cluster",
     "Connection",
     "ConsensusMethods",
+    "DoubleBarrier",
     "Election",
     "HostedAgent",
     "Leadership",
@@ -51,6 +53,7 @@ __all__ = [
     "Registry",
     "Serving",
     "Session",
+    "ShardedCounter",
     "SharedState",
     "SignalMethods",
     "SyncWrapper",
