@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench docs docs-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,17 +15,29 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) -m foundation_etcd.demo
 
-## make test: lint, type-check, and the whole test suite against real etcd servers
-test: $(VENV)/.installed lint typecheck
+## make test: lint, type-check, build the docs, and the whole test suite against real etcd
+test: $(VENV)/.installed lint typecheck docs-check
 	$(PY) -m pytest -n 2 tests   # single-etcd tests, two workers (each its own etcd)
 	$(PY) -m pytest integration  # fault tests one at a time: they time TTLs and kill processes
 
 lint: $(VENV)/.installed
-	$(PY) -m ruff check src tests integration scripts examples
-	$(PY) -m ruff format --check src scripts
+	$(PY) -m ruff check src tests integration scripts examples docs/griffe_rst.py
+	$(PY) -m ruff format --check src scripts docs/griffe_rst.py
 	$(VENV)/bin/lint-imports
 	$(PY) scripts/gen_sync.py --check
 	$(PY) scripts/gen_etcd_api.py --check
+
+## make docs: the documentation site (mkdocs.yml, API reference from the docstrings) in site/
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# what make test runs: a warning (a broken link, a bad reference) fails it; the site goes to
+# a temporary dir. The log is shown on failure only: `mkdocs --quiet` ignores --strict.
+docs-check: $(VENV)/.installed
+	@site=$$(mktemp -d); status=0; \
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir "$$site/site" \
+		>"$$site/log" 2>&1 || { status=$$?; cat "$$site/log"; }; \
+	rm -rf "$$site"; exit $$status
 
 typecheck: $(VENV)/.installed
 	$(PY) -m mypy
@@ -38,4 +50,4 @@ bench: $(VENV)/.installed
 	$(PY) scripts/bench.py --write docs/benchmarks.md
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
