@@ -17,6 +17,7 @@ with SIGTERM and finish their adds. Then, from one linearizable read:
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import signal
 from dataclasses import dataclass, field
@@ -25,9 +26,9 @@ from typing import Any
 import anyio
 import pytest
 
-from foundation_etcd import Config, open_session
-from foundation_etcd._coord.counters import ShardedCounter
+from foundation_etcd import Config, ShardedCounter, open_session
 from foundation_etcd.lowlevel import open_transport
+from workers.board import Board  # integration/ is on sys.path (conftest dir)
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -58,21 +59,6 @@ class Slot:
         finally:
             self.done.set()
             board.notify()
-
-
-class Board:
-    """Some worker said something: wake whoever waits for a condition on the reports."""
-
-    def __init__(self) -> None:
-        self._changed = anyio.Event()
-
-    def notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
-
-    async def wait(self, predicate) -> None:
-        while not predicate():
-            await self._changed.wait()
 
 
 def adding(s: Slot, at_least: int) -> bool:
@@ -120,21 +106,25 @@ async def test_counter_exact_across_processes_with_kills(
                 )
                 slots.append(Slot(name, w))
                 tg.start_soon(slots[-1].pump, board)
-            await board.wait(lambda: all(s.of("ready") or s.done.is_set() for s in slots))
+            assert await board.wait(
+                lambda: all(s.of("ready") or s.done.is_set() for s in slots), math.inf
+            )
             assert all(s.of("ready") for s in slots), [s.worker.events[-1:] for s in slots]
 
             # everyone adds for a while; kill two in the middle of their adds
-            await board.wait(lambda: all(adding(s, 30) for s in slots))
+            assert await board.wait(lambda: all(adding(s, 30) for s in slots), math.inf)
             victims, survivors = slots[:KILLED], slots[KILLED:]
             for s in victims:
                 s.worker.signal(signal.SIGKILL)
             for s in victims:
                 await s.done.wait()
             marks = {s.name: len(s.of("done")) for s in survivors}
-            await board.wait(lambda: all(adding(s, marks[s.name] + 30) for s in survivors))
+            assert await board.wait(
+                lambda: all(adding(s, marks[s.name] + 30) for s in survivors), math.inf
+            )
             for s in survivors:
                 s.worker.signal(signal.SIGTERM)
-            await board.wait(lambda: all(s.done.is_set() for s in survivors))
+            assert await board.wait(lambda: all(s.done.is_set() for s in survivors), math.inf)
 
         for s in slots:
             assert not s.of("error"), s.of("error")

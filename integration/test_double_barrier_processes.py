@@ -4,8 +4,7 @@ import time
 import anyio
 import pytest
 
-from foundation_etcd import Config, open_session
-from foundation_etcd._coord.barriers import Barrier
+from foundation_etcd import Barrier, Config, open_session
 from foundation_etcd.lowlevel import open_transport, prefix_end
 from foundation_etcd.testing import wait_until
 

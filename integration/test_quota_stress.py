@@ -30,7 +30,6 @@ import random
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +40,7 @@ from anyio.abc import TaskStatus
 import foundation_etcd
 from foundation_etcd import Config, EtcdUnavailableError
 from foundation_etcd.lowlevel import EventType, Keyspace, Transport, open_transport, prefix_end
+from workers.board import Board  # integration/ is on sys.path (conftest dir)
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -71,25 +71,6 @@ class Seen:
     create_revision: int
     lease: int
     seen_at: float
-
-
-class Board:
-    """Something changed (an event, a worker line): wake whoever waits for a condition."""
-
-    def __init__(self) -> None:
-        self._changed = anyio.Event()
-
-    def notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
-
-    async def wait(self, predicate: Callable[[], bool], seconds: float) -> bool:
-        """Wait until ``predicate()`` holds; ``False`` when ``seconds`` passed first."""
-        with anyio.move_on_after(seconds):
-            while not predicate():
-                await self._changed.wait()
-            return True
-        return predicate()
 
 
 class Observer:

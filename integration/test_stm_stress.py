@@ -56,6 +56,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 import foundation_etcd
 from foundation_etcd import Config, Tx
 from foundation_etcd.lowlevel import EventType, Keyspace, Op, Transport, open_transport, prefix_end
+from workers.board import Board  # integration/ is on sys.path (conftest dir)
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_MODULE = "integration.workers.stm_transfers"
@@ -276,25 +277,6 @@ def check_history(initial: dict[str, int], changes: list[Change], logs: list[Wor
 
 # --------------------------------------------------------------------------------------------
 # the worker processes
-
-
-class Board:
-    """Something changed (a worker line, an exit): wake whoever waits for a condition."""
-
-    def __init__(self) -> None:
-        self._changed = anyio.Event()
-
-    def notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
-
-    async def wait(self, predicate: Callable[[], bool], seconds: float) -> bool:
-        """Wait until ``predicate()`` holds; ``False`` when ``seconds`` passed first."""
-        with anyio.move_on_after(seconds):
-            while not predicate():
-                await self._changed.wait()
-            return True
-        return predicate()
 
 
 @dataclass

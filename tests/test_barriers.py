@@ -11,14 +11,15 @@ import anyio
 import pytest
 
 from foundation_etcd import (
+    Barrier,
     BarrierError,
     Config,
+    DoubleBarrier,
     InvalidIdError,
     LeaseLostError,
     Session,
     open_session,
 )
-from foundation_etcd._coord.barriers import Barrier, DoubleBarrier
 from foundation_etcd.lowlevel import Transport, open_transport, prefix_end
 from foundation_etcd.testing import wait_until
 

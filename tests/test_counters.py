@@ -10,10 +10,10 @@ from foundation_etcd import (
     Config,
     InvalidIdError,
     Session,
+    ShardedCounter,
     TransactionConflictError,
     open_session,
 )
-from foundation_etcd._coord.counters import ShardedCounter
 from foundation_etcd._coord.views import SharedViews
 from foundation_etcd.lowlevel import open_transport
 from foundation_etcd.testing import wait_until

@@ -48,11 +48,16 @@ def _blocks(markdown: str, lang: str) -> list[str]:
     return re.findall(rf"^```{lang}\n(.*?)^```$", markdown, re.MULTILINE | re.DOTALL)
 
 
-def test_signals_example_starts_its_own_etcd_and_is_the_concept_page_block() -> None:
-    """Without FOUNDATION_ETCD_ENDPOINTS it starts an embedded etcd; the page shows it as is."""
+# examples that are also a concept page's program: the page shows the file as is, and what it
+# prints on an embedded etcd (started by the example itself without FOUNDATION_ETCD_ENDPOINTS)
+PAGES = {"signals.py": "signals.md", "shared_state.py": "state.md"}
+
+
+@pytest.mark.parametrize("name", sorted(PAGES))
+def test_example_starts_its_own_etcd_and_is_its_concept_page_block(name: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDATION_ETCD_")}
     out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "signals.py")],
+        [sys.executable, str(ROOT / "examples" / name)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -60,24 +65,6 @@ def test_signals_example_starts_its_own_etcd_and_is_the_concept_page_block() -> 
         cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    page = (ROOT / "docs" / "concepts" / "signals.md").read_text()
-    assert _blocks(page, "python") == [(ROOT / "examples" / "signals.py").read_text()]
-    printed = _blocks(page, "text")[0]
-    assert out.stdout == printed, (out.stdout, printed)
-
-
-def test_shared_state_example_is_the_concept_page_block() -> None:
-    """The page shows examples/shared_state.py as is, and what it prints on an embedded etcd."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDATION_ETCD_")}
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "shared_state.py")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=dict(env, PYTHONWARNINGS="ignore"),
-        cwd=ROOT,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    page = (ROOT / "docs" / "concepts" / "state.md").read_text()
-    assert _blocks(page, "python")[0] == (ROOT / "examples" / "shared_state.py").read_text()
+    page = (ROOT / "docs" / "concepts" / PAGES[name]).read_text()
+    assert _blocks(page, "python")[0] == (ROOT / "examples" / name).read_text()
     assert out.stdout == _blocks(page, "text")[0], out.stdout

@@ -17,8 +17,7 @@ import warnings
 
 import anyio
 
-from foundation_etcd import Config, open_session
-from foundation_etcd._coord.barriers import Barrier, DoubleBarrier
+from foundation_etcd import Barrier, Config, DoubleBarrier, open_session
 from foundation_etcd.lowlevel import open_transport
 
 

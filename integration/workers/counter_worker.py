@@ -27,8 +27,13 @@ import warnings
 
 import anyio
 
-from foundation_etcd import AmbiguousResultError, Config, TransactionConflictError, open_session
-from foundation_etcd._coord.counters import ShardedCounter
+from foundation_etcd import (
+    AmbiguousResultError,
+    Config,
+    ShardedCounter,
+    TransactionConflictError,
+    open_session,
+)
 from foundation_etcd.lowlevel import open_transport
 
 SHARDS = 16  # as many as the test's writers: random homes collide at first, and move
