@@ -12,8 +12,9 @@ it hands its consumer the events since the last call, or says that some may be m
    (etcd sends them once the watch caught up); so do answers to the stream's progress
    requests (watch id -1) for bells created before the request, on etcd >= 3.5.8 only:
    older ones may answer ahead of pending events (etcd issue 15220).
-3. After any stream error a new stream follows (backoff 0.05 s doubling to 1 s, reset by a
-   stream that worked for over 1 s) and every watch is re-created from its revision + 1.
+3. After any stream error a new stream follows (jittered backoff from 0.05 s doubling to
+   1 s, reset by a stream that worked for over 1 s) and every watch is re-created from its
+   revision + 1.
 4. A watch whose start was compacted is re-created from the current revision and its bell
    rung as *missed* once the new watch is in place. One cancelled for another reason is
    re-created from revision + 1 after a backoff (nothing lost, no ring); a permission
@@ -39,6 +40,7 @@ Guarantees:
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -159,7 +161,7 @@ class Doorbells:
                 began = time.monotonic()
                 if await self._stream_once() and time.monotonic() - began > _MAX_DELAY:
                     delay = _FIRST_DELAY
-                await anyio.sleep(delay)
+                await anyio.sleep(delay * (0.5 + random.random()))  # jitter: no herds
                 delay = min(delay * 2, _MAX_DELAY)
         finally:
             self._stopped = True
@@ -335,7 +337,7 @@ class Doorbells:
             self._wake_writer()
 
     async def _recreate_later(self, bell: Bell, delay: float) -> None:
-        await anyio.sleep(delay)
+        await anyio.sleep(delay * (0.5 + random.random()))
         self._recreate(bell)
 
     def _forget(self, bell: Bell) -> None:

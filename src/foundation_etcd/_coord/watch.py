@@ -32,6 +32,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
@@ -404,7 +405,7 @@ class WatchedView:
                 log.info(
                     "watch on %r broke (%s); resuming from %d", self.prefix, exc, self._applied + 1
                 )
-                await anyio.sleep(delay)
+                await anyio.sleep(delay * (0.5 + random.random()))  # jitter: no herds
                 delay = min(delay * 2, 1.0)
                 continue
             delay = 0.05
@@ -418,7 +419,7 @@ class WatchedView:
             except AuthError:
                 raise
             except EtcdError:
-                await anyio.sleep(delay)
+                await anyio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 1.0)
 
 
