@@ -1,13 +1,16 @@
 """TLS (with client certificates) and etcd authentication against real etcd servers.
 
-Certificates are made for the test with the ``openssl`` command-line tool (the tests are
-skipped without it); users and roles are set up with ``etcdctl``, shipped next to etcd.
+Certificates are made for the test in Python with ``cryptography`` (the ``test`` extra): a
+CA, a server certificate for ``127.0.0.1`` and ``localhost``, a client certificate, and a
+second CA that signed neither. Users and roles are set up with ``etcdctl``, shipped next to
+etcd.
 """
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +19,10 @@ from pathlib import Path
 
 import anyio
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from foundation_etcd import (
     AuthError,
@@ -41,28 +48,9 @@ ALICE_PASSWORD = "alice-secret"
 
 # -- certificates -----------------------------------------------------------------------------
 
-_OPENSSL_CONFIG = """\
-[req]
-distinguished_name = dn
-prompt = no
-[dn]
-CN = unused
-[ca]
-basicConstraints = critical, CA:TRUE
-keyUsage = critical, keyCertSign, cRLSign
-subjectKeyIdentifier = hash
-[server]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth, clientAuth
-subjectAltName = IP:127.0.0.1, DNS:localhost
-authorityKeyIdentifier = keyid
-[client]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = clientAuth
-authorityKeyIdentifier = keyid
-"""
+VALIDITY = datetime.timedelta(days=2)
+SERVER_NAMES = (x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")), x509.DNSName("localhost"))
+CLIENT_USER = "client"  # the CN: the user etcd's --client-cert-auth takes it for, with auth on
 
 
 @dataclass(frozen=True)
@@ -75,45 +63,105 @@ class Pki:
     other_ca: Path  # a CA that signed nothing the server presents
 
 
-def _openssl(openssl: str, cwd: Path, *args: str) -> None:
-    done = subprocess.run(
-        [openssl, *args], cwd=cwd, capture_output=True, text=True, timeout=30, check=False
+@dataclass(frozen=True)
+class _Issuer:
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+
+def _write(d: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+    """Write ``name.pem`` (the certificate) and ``name.key`` (its key, unencrypted PKCS#8)."""
+    (d / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
-    assert done.returncode == 0, f"openssl {' '.join(args)} failed:\n{done.stderr}"
+    (d / f"{name}.key").touch(mode=0o600)
+    (d / f"{name}.key").write_bytes(key_pem)
 
 
-def _make_ca(openssl: str, d: Path, name: str) -> None:
-    _openssl(
-        openssl, d, "req", "-config", "openssl.cnf", "-x509", "-extensions", "ca",
-        "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}",
-    )  # fmt: skip
+def _builder(common_name: str, key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))  # a little clock skew
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+    )
 
 
-def _make_leaf(openssl: str, d: Path, name: str, section: str) -> None:
-    _openssl(
-        openssl, d, "req", "-config", "openssl.cnf", "-new",
-        "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}",
-    )  # fmt: skip
-    _openssl(
-        openssl, d, "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "2", "-out", f"{name}.pem",
-        "-extfile", "openssl.cnf", "-extensions", section,
-    )  # fmt: skip
+def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    # no keyEncipherment: an EC key signs (ECDHE), it never encrypts a key (RFC 5480)
+    return x509.KeyUsage(
+        digital_signature=not cert_sign,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _make_ca(d: Path, name: str) -> _Issuer:
+    """A self-signed CA named ``name``, written to ``name.pem`` and ``name.key``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        _builder(name, key)
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    _write(d, name, cert, key)
+    return _Issuer(cert, key)
+
+
+def _make_leaf(
+    d: Path,
+    ca: _Issuer,
+    name: str,
+    *,
+    common_name: str,
+    usages: tuple[x509.ObjectIdentifier, ...],
+    names: tuple[x509.GeneralName, ...] = (),
+) -> None:
+    """A certificate for ``common_name`` signed by ``ca``, written to ``name.pem``/``.key``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    ca_ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    builder = (
+        _builder(common_name, key)
+        .issuer_name(ca.cert.subject)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), False
+        )
+    )
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(names)), False)
+    _write(d, name, builder.sign(ca.key, hashes.SHA256()), key)
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("the `openssl` command-line tool is not installed: no test certificates")
     d = tmp_path_factory.mktemp("pki")
-    (d / "openssl.cnf").write_text(_OPENSSL_CONFIG)
-    _make_ca(openssl, d, "ca")
-    _make_ca(openssl, d, "other-ca")
-    _make_leaf(openssl, d, "server", "server")
-    _make_leaf(openssl, d, "client", "client")
+    ca = _make_ca(d, "ca")
+    _make_ca(d, "other-ca")
+    # etcd presents the server certificate to clients and, as a client, to itself (the
+    # grpc-gateway), hence clientAuth beside serverAuth
+    _make_leaf(
+        d, ca, "server", common_name="server", names=SERVER_NAMES,
+        usages=(ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
+    )  # fmt: skip
+    _make_leaf(d, ca, "client", common_name=CLIENT_USER, usages=(ExtendedKeyUsageOID.CLIENT_AUTH,))
     return Pki(
         ca=d / "ca.pem",
         server_cert=d / "server.pem",
