@@ -22,6 +22,10 @@ the longest writer's elapsed time. After every window the counter is read back (
 linearizable read) and must equal the sum of the writers' confirmed increments: the run
 fails otherwise. The report gives the median rate of each side, sharded / CAS, and the
 fraction of each side's transactions that lost their compare (and were retried).
+
+The same measurement is the counter rows of ``scripts/bench.py --only consensus`` (the
+section ``benchmarks/consensus.py`` calls ``measure`` here with a ``Plan`` from the
+harness's settings).
 """
 
 from __future__ import annotations
@@ -37,19 +41,29 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from foundation_etcd import Config, Session, open_session
-from foundation_etcd._coord.counters import ShardedCounter
+from foundation_etcd import Config, Session, ShardedCounter, open_session
 from foundation_etcd.lowlevel import open_transport
 
 WORKER = Path(__file__).resolve().parent / "bench_counter_worker.py"
 LINE_TIMEOUT = 60.0  # seconds to wait for a worker's next line
 GOAL = 5.0  # sharded / CAS at the largest writer count
 MODES = ("cas", "sharded")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to measure: the writer counts and the windows."""
+
+    rounds: int = 3  # windows per side per writer count
+    seconds: float = 5.0  # window length with several writers
+    single_seconds: float = 3.0  # window length with 1 writer
+    shards: int = 32  # ShardedCounter shards
+    workers: tuple[int, ...] = (16, 1)  # writer counts, in this order
 
 
 @dataclass
@@ -150,7 +164,7 @@ async def run_window(
     elapsed = max(d["elapsed"] for d in done)
     got = await counted(session, mode, name)
     if got != ops:
-        raise SystemExit(f"{mode}: counter {name} is {got}, writers confirmed {ops}")
+        raise RuntimeError(f"{mode}: counter {name} is {got}, writers confirmed {ops}")
     side.rates.append(ops / elapsed)
     side.ops += ops
     side.txns += sum(d["txns"] for d in done)
@@ -162,33 +176,48 @@ async def run_window(
     )
 
 
-async def measure(args: argparse.Namespace, endpoint: str) -> dict[int, dict[str, Side]]:
-    """Every window of every writer count, alternating the sides."""
-    namespace = f"bench-counter-{uuid.uuid4().hex[:8]}"
+def stderr_line(text: str) -> None:
+    """A progress line on stderr."""
+    print(text, file=sys.stderr, flush=True)
+
+
+async def measure(
+    endpoint: str,
+    plan: Plan,
+    *,
+    namespace: str | None = None,
+    log: Callable[[str], None] = stderr_line,
+) -> dict[int, dict[str, Side]]:
+    """Every window of every writer count, alternating the sides.
+
+    Raises ``RuntimeError`` if a window's counter is not exactly the sum of the writers'
+    confirmed increments. The keys stay in ``namespace`` (a fresh one by default).
+    """
+    namespace = namespace or f"bench-counter-{uuid.uuid4().hex[:8]}"
     cfg = Config(endpoints=(endpoint,), namespace=namespace)
     results: dict[int, dict[str, Side]] = {}
     async with (
         open_transport(cfg) as t,
         open_session(t) as session,
-        workers(max(args.workers), endpoint, namespace, args.shards) as ws,
+        workers(max(plan.workers), endpoint, namespace, plan.shards) as ws,
     ):
-        for n in args.workers:
+        for n in plan.workers:
             sides = results[n] = {m: Side() for m in MODES}
-            seconds = args.seconds if n > 1 else args.single_seconds
-            for r in range(args.rounds):
+            seconds = plan.seconds if n > 1 else plan.single_seconds
+            for r in range(plan.rounds):
                 for mode in MODES if r % 2 == 0 else MODES[::-1]:
-                    log = await run_window(ws[:n], session, mode, seconds, sides[mode])
-                    print(f"round {r + 1}{log}", file=sys.stderr, flush=True)
+                    line = await run_window(ws[:n], session, mode, seconds, sides[mode])
+                    log(f"round {r + 1}{line}")
     return results
 
 
-def report(args: argparse.Namespace, results: dict[int, dict[str, Side]], note: str) -> str:
+def report(plan: Plan, results: dict[int, dict[str, Side]], note: str) -> str:
     """The markdown report."""
     lines = [
         "",
-        f"etcd: {note}. Writers: one process each. {args.rounds} rounds of "
-        f"{args.seconds:g} s per side ({args.single_seconds:g} s with 1 writer), alternating; "
-        f"ShardedCounter with {args.shards} shards. Every window's counter was exact "
+        f"etcd: {note}. Writers: one process each. {plan.rounds} rounds of "
+        f"{plan.seconds:g} s per side ({plan.single_seconds:g} s with 1 writer), alternating; "
+        f"ShardedCounter with {plan.shards} shards. Every window's counter was exact "
         "(read back = sum of confirmed increments).",
         "",
         "| writers | CAS incr/s (median) | sharded incr/s (median) | sharded / CAS "
@@ -223,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--workers", type=int, nargs="+", default=[16, 1], help="writer counts (16 1)"
     )
     args = parser.parse_args(argv)
+    plan = Plan(args.rounds, args.seconds, args.single_seconds, args.shards, tuple(args.workers))
     print(f"$ {shlex.join(['python', *sys.argv])}", flush=True)
     with contextlib.ExitStack() as stack:
         if args.endpoints:
@@ -233,8 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("[etcd] starting a private etcd", file=sys.stderr, flush=True)
             endpoint = stack.enter_context(EtcdServer(name="bench-counter")).endpoint
             note = "started by the script: one member, loopback, --unsafe-no-fsync"
-        results = asyncio.run(measure(args, endpoint))
-    print(report(args, results, note))
+        results = asyncio.run(measure(endpoint, plan))
+    print(report(plan, results, note))
     return 0
 
 

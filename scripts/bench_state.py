@@ -7,6 +7,10 @@ Usage::
     .venv/bin/python scripts/bench_state.py --endpoints 127.0.0.1:2379   # an existing etcd
     .venv/bin/python scripts/bench_state.py --profile transact   # cProfile of one library step
 
+The same cases are the first rows of ``scripts/bench.py --only consensus`` (the section
+``benchmarks/consensus.py`` calls ``measure`` here); this script adds the CPU columns, the
+``--with-options`` variant and ``--profile``.
+
 Without ``--endpoints`` a private single-member etcd is started with
 ``foundation_etcd.testing.EtcdServer`` and stopped at the end.
 
@@ -25,9 +29,11 @@ Cases:
 * ``update``: ``SharedState.update(fn)`` (starts from the watched view) against the same raw
   txn with the failure read ``update`` carries (``mod_revision == r`` -> put | get), ``fn``
   applied to the value the raw side wrote last.
-* ``transact``: ``cluster.transact(fn)`` reading two states and writing both, against two
-  raw Ranges (the second at the first's revision) then a Txn with two ``mod_revision``
-  compares -> two puts.
+* ``transact``: ``cluster.transact(fn)`` reading two states with ``tx.get_many`` (one
+  round trip) and writing both, against two raw Ranges (the second at the first's
+  revision) then a Txn with two ``mod_revision`` compares -> two puts.
+* ``transact-gets``: the same ``fn`` with two separate ``tx.get`` calls (one round trip
+  each, as the raw side), against the same raw requests, for context.
 * ``get(linearizable=True)`` against a raw Range, for context.
 * ``get()`` from the view: the library alone, in microseconds.
 """
@@ -81,9 +87,9 @@ from foundation_etcd.lowlevel import prefix_end  # noqa: E402
 
 rpc = pb.rpc_pb2
 
-VIEW_GETS = 20_000  # get() calls timed from the view (after a warm-up of a tenth)
 PROFILE_OPS = 2_000
-CASES = ("cas", "update", "transact", "get", "view")
+LATENCY_CASES = ("cas", "update", "transact", "transact-gets", "get")
+CASES = (*LATENCY_CASES, "view")
 
 
 def encode(value: Any) -> bytes:
@@ -234,8 +240,12 @@ class Sides:
         assert res.succeeded
 
     async def lib_transact(self) -> None:
-        """Library: ``transact`` of two reads and two writes."""
+        """Library: ``transact`` of two reads (one ``get_many``) and two writes."""
         await self.cluster.transact(move_one)
+
+    async def lib_transact_gets(self) -> None:
+        """Library: ``transact`` of two separate ``tx.get`` calls and two writes."""
+        await self.cluster.transact(move_one_gets)
 
     # context: linearizable get --------------------------------------------------------------
     async def raw_get(self) -> None:
@@ -260,12 +270,20 @@ class Sides:
             "cas": (self.raw_cas, self.lib_cas),
             "update": (self.raw_update, self.lib_update),
             "transact": (self.raw_transact, self.lib_transact),
+            "transact-gets": (self.raw_transact, self.lib_transact_gets),
             "get": (self.raw_get, self.lib_get),
         }[case]
 
 
 async def move_one(tx: Tx) -> None:
-    """Two reads, two writes: one unit from ``lib-tx1`` to ``lib-tx2``."""
+    """Two reads in one round trip, two writes: one unit from ``lib-tx1`` to ``lib-tx2``."""
+    a, b = await tx.get_many("lib-tx1", "lib-tx2")
+    tx.put("lib-tx1", {"balance": a["balance"] - 1})
+    tx.put("lib-tx2", {"balance": b["balance"] + 1})
+
+
+async def move_one_gets(tx: Tx) -> None:
+    """``move_one`` with two separate reads (two round trips)."""
     a = await tx.get("lib-tx1")
     b = await tx.get("lib-tx2")
     tx.put("lib-tx1", {"balance": a["balance"] - 1})
@@ -275,13 +293,17 @@ async def move_one(tx: Tx) -> None:
 LABELS = {
     "cas": "(a) compare_and_set vs raw Txn (mod_revision == r -> put)",
     "update": "(b) update(fn), uncontended, vs the same raw Txn (-> put, else get)",
-    "transact": "(c) transact: 2 reads + 2 writes vs 2 raw Ranges + Txn (2 compares -> 2 puts)",
+    "transact": "(c) transact: 2 reads (tx.get_many) + 2 writes vs 2 raw Ranges + Txn "
+    "(2 compares -> 2 puts)",
+    "transact-gets": "transact with 2 separate tx.get calls, same raw requests (context)",
     "get": "get(linearizable=True) vs raw Range (context)",
 }
 NOTES = {
     "cas": "both encode the JSON value",
     "update": "library: fn + view read (waits for its own last write in the view)",
-    "transact": "library txn also carries the failure branch (2 gets); SERIALIZABLE_SNAPSHOT",
+    "transact": "round trips: library 2 (one read txn, the commit), raw 3; the commit also "
+    "carries the failure branch (2 gets); SERIALIZABLE_SNAPSHOT",
+    "transact-gets": "round trips: 3 each side, as raw",
     "get": "both decode the JSON value",
 }
 
@@ -363,7 +385,7 @@ async def measure(bench: Bench, cfg: Config, view_n: int, with_options: bool) ->
             await sides.setup()
             cases: list[Case] = []
             cpu: dict[str, tuple[list[float], list[float]]] = {}
-            for name in ("cas", "update", "transact", "get"):
+            for name in LATENCY_CASES:
                 raw, lib = sides.steps(name)
                 cpu[LABELS[name]] = ([], [])
                 raw_cpu, lib_cpu = cpu[LABELS[name]]
@@ -378,7 +400,7 @@ async def measure(bench: Bench, cfg: Config, view_n: int, with_options: bool) ->
                 rpc.DeleteRangeRequest(key=prefix, range_end=prefix_end(prefix))
             )
     latencies = []
-    for name in ("cas", "update", "transact", "get"):
+    for name in LATENCY_CASES:
         raw_s, lib_s = results[LABELS[name]]
         latencies.append(Latency(LABELS[name], raw_s, lib_s, note=NOTES[name]))
     return Result(latencies, cpu, view, stats, time.perf_counter() - t0)
@@ -452,8 +474,7 @@ async def run(args: argparse.Namespace, endpoint: str, etcd_note: str) -> str:
                 )
             return text
         load_before = os.getloadavg()
-        view_n = VIEW_GETS // 4 if args.quick else VIEW_GETS
-        res = await measure(bench, cfg, view_n, args.with_options)
+        res = await measure(bench, cfg, settings.view_gets, args.with_options)
     finally:
         await channel.close()
     load_after = os.getloadavg()

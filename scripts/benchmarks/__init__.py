@@ -9,8 +9,11 @@ Layout:
   gateway and its ``/metrics``.
 - ``children``: the child programs (``scripts/bench_*.py``) and their JSON-lines protocol.
 - one module per section: ``kv``, ``keepalive``, ``watch``, ``registry``, ``tooz``,
-  ``election``, ``quotas``, ``runtime``; each has ``section_<name>(bench)``.
-- ``report``: the markdown report and ``--write`` below the marker line.
+  ``election``, ``quotas``, ``runtime``, ``signals``, ``consensus``; each has
+  ``section_<name>(bench)`` (``consensus`` measures with ``scripts/bench_state.py`` and
+  ``scripts/bench_counter.py``, which also run alone).
+- ``report``: the markdown report and ``--write`` below the marker line (with ``--only``,
+  the sections run replace theirs and the others are kept).
 - ``cli``: ``SECTIONS``, the command line and ``main``.
 
 It imports only public names (``foundation_etcd`` and ``foundation_etcd.lowlevel``). Its

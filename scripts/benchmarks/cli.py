@@ -21,6 +21,7 @@ import grpc.aio
 from etcd3aio import _protobuf as pb
 
 import foundation_etcd
+from benchmarks.consensus import section_consensus
 from benchmarks.election import section_election
 from benchmarks.harness import FULL, QUICK, Bench, Row, Section
 from benchmarks.keepalive import section_keepalive
@@ -28,7 +29,14 @@ from benchmarks.kv import section_kv
 from benchmarks.quotas import section_quotas
 from benchmarks.raw import rpc
 from benchmarks.registry import section_registry
-from benchmarks.report import command_line, git_revision, render_report, version_of, write_report
+from benchmarks.report import (
+    command_line,
+    git_revision,
+    merge_report,
+    render_report,
+    version_of,
+    write_report,
+)
 from benchmarks.runtime import section_runtime
 from benchmarks.signals import section_signals
 from benchmarks.tooz import section_tooz
@@ -51,11 +59,16 @@ SECTIONS = [
     Section("quotas", "Quotas", section_quotas),
     Section("runtime", "Runtime: spawn and failover", section_runtime),
     Section("signals", "Signals: send, call, throughput, many agents", section_signals),
+    Section("consensus", "Consensus: shared state, transactions, counters", section_consensus),
 ]
 
+Done = list[tuple[Section, list[Row], float]]
 
-async def run(args: argparse.Namespace, endpoint: str, etcd_note: str, started: str) -> str:
-    """Run the chosen sections against ``endpoint`` and return the report body."""
+
+async def run(
+    args: argparse.Namespace, endpoint: str, etcd_note: str, started: str
+) -> tuple[dict[str, str], Done]:
+    """Run the chosen sections against ``endpoint``: the run's description, the sections."""
     settings = QUICK if args.quick else FULL
     if args.rounds:
         settings = dataclasses.replace(settings, rounds=args.rounds)
@@ -69,7 +82,7 @@ async def run(args: argparse.Namespace, endpoint: str, etcd_note: str, started: 
         bench = Bench(endpoint, channel, settings, secrets.token_hex(3))
         t_start = time.perf_counter()
         load_before = os.getloadavg()
-        done: list[tuple[Section, list[Row], float]] = []
+        done: Done = []
         for section in chosen:
             bench.section = section.name
             bench.progress(f"start: {section.title}")
@@ -98,13 +111,19 @@ async def run(args: argparse.Namespace, endpoint: str, etcd_note: str, started: 
         f"{'--quick' if args.quick else 'full run'}",
         "measured time": f"{total:.1f} s (sections only)",
     }
-    return render_report(info, done)
+    return info, done
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, start etcd unless given one, run, print and optionally write."""
     parser = argparse.ArgumentParser(description=DESCRIPTION)
-    parser.add_argument("--write", type=Path, metavar="FILE", help="write the report to FILE")
+    parser.add_argument(
+        "--write",
+        type=Path,
+        metavar="FILE",
+        help="write the report to FILE below its marker line; with --only, replace only "
+        "the sections run and keep the others",
+    )
     parser.add_argument("--quick", action="store_true", help="a short smoke run (< 30 s)")
     parser.add_argument(
         "--endpoints",
@@ -137,10 +156,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             etcd = stack.enter_context(EtcdServer(name="bench"))
             endpoint = etcd.endpoint
             etcd_note = "started by the script: one member, loopback, --unsafe-no-fsync"
-        body = asyncio.run(run(args, endpoint, etcd_note, started))
-    print(body)
+        info, done = asyncio.run(run(args, endpoint, etcd_note, started))
+    print(render_report(info, done))
     if args.write:
-        write_report(args.write, body)
+        if args.only:
+            kept = merge_report(args.write, info, done, [s.title for s in SECTIONS])
+            print(f"kept from {args.write}: {', '.join(kept) or 'nothing'}", file=sys.stderr)
+        else:
+            write_report(args.write, render_report(info, done))
         print(f"wrote {args.write}", file=sys.stderr)
     print(f"total {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0

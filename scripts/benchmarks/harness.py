@@ -50,6 +50,10 @@ class Settings:
     spawn_ops: int  # spawns per side per round
     signal_agents: int  # agents hosted on the crowded node (signals section)
     signal_window: float  # seconds per side per round of the signal throughput runs
+    view_gets: int  # SharedState.get() calls timed from the view (consensus section)
+    counter_rounds: int  # alternating CAS/sharded counter windows per side per writer count
+    counter_window: float  # seconds of one counter window with 16 writers
+    counter_single_window: float  # seconds of one counter window with 1 writer
 
 
 FULL = Settings(
@@ -67,6 +71,10 @@ FULL = Settings(
     spawn_ops=3,
     signal_agents=1_000,
     signal_window=1.5,
+    view_gets=20_000,
+    counter_rounds=3,
+    counter_window=5.0,
+    counter_single_window=3.0,
 )
 QUICK = Settings(
     rounds=4,
@@ -83,6 +91,10 @@ QUICK = Settings(
     spawn_ops=2,
     signal_agents=100,
     signal_window=0.3,
+    view_gets=5_000,
+    counter_rounds=1,
+    counter_window=1.0,
+    counter_single_window=0.5,
 )
 
 
