@@ -53,6 +53,7 @@ import anyio
 
 from .._coord.doorbells import Doorbells
 from .._core import codec as _codec
+from .._core import metrics
 from .._core.errors import (
     AmbiguousResultError,
     EtcdError,
@@ -254,6 +255,7 @@ class Deliverer:
                 self._committed = _codec.decode(_codec.encode(state, "agent state", 2**21))
             self.dirty = False
         self.handled += 1
+        metrics.signal_handled(self._ks.tenant, self._ctx.node_id, attempt, signal.time)
         self._event("signal", agent=self._id, signal=signal.id, attempt=attempt)
 
     async def _handle(self, signal: Signal, ctx: SignalContext) -> tuple[Any, str | None]:
@@ -437,4 +439,5 @@ class Deliverer:
             if live is None or live.create_revision != self._inc:
                 raise self._lost()
             raise _Undone
+        metrics.signal_dead_lettered(self._ks.tenant, self._ctx.node_id)
         self._event("signal-dead", agent=self._id, signal=sid, reason=reason)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from .._coord.election import Election
+from .._core import metrics
 from .._core.errors import EtcdError, LeaseLostError, NoNodeFitsError, OwnershipLostError
 from .._core.kv import Compare, Op
 from .._core.placement import STRATEGIES, PlacementStrategy, strategy_named
@@ -154,6 +155,7 @@ class Failover:
                         exclude=frozenset({node}),
                         guard=lead,
                     )
+                    metrics.agents_failed_over(self._ks.tenant, self._node_id)
                     log.info(
                         "moved critical agent %s from dead node %s to %s (rev %d)",
                         agent_id,

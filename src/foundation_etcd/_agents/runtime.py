@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._coord.waits import wait_deleted
+from .._core import metrics
 from .._core.background import background_tasks, cleanup_scope
 from .._core.errors import (
     AgentExistsError,
@@ -191,6 +192,7 @@ class NodeRuntime:
 
     def _event(self, name: str, **fields: Any) -> None:
         log.info("%s %s", name, fields)
+        metrics.agent_event(name, self._ks.tenant, self._node_id)
         if self._on_event is not None:
             try:
                 self._on_event(name, **fields)

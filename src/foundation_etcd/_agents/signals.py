@@ -45,6 +45,7 @@ from typing import Any
 from .._coord.doorbells import Doorbells
 from .._coord.session import Session
 from .._core import codec as _codec
+from .._core import metrics
 from .._core.errors import (
     AgentNotFoundError,
     InboxFullError,
@@ -228,6 +229,7 @@ class Signals:
             )
             self.learn(agent_id, res, 1)
             if res.succeeded:
+                metrics.signal_sent(ks.tenant)
                 return SendResult(sid, res.revision)
             if res.range(0).first is None and res.range(6).first is not None:
                 target = ks.agent_live(agent_id)  # not spawned, but registered: deliverable
@@ -311,6 +313,7 @@ class Signals:
                 assert isinstance(sub, TxnResult)
                 self.learn(a, sub, 1)
                 if sub.succeeded:
+                    metrics.signal_sent(self._ks.tenant)
                     delivered.append(a)
                     continue
                 try:  # despawned, duplicate, full, or a stale window: decide one by one

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.lowlevel
 
+from .._core import metrics
 from .._core.config import Config
 from .._core.errors import EtcdError
 from .._transport import KeepAliveStream, Transport
@@ -141,6 +142,7 @@ class Renewer:
         now = anyio.current_time()
         self.keepalives += 1
         self.rtt = now - sent
+        metrics.keepalive(self.config.tenant, self.rtt, lease.deadline - now)
         lease.deadline = max(lease.deadline, sent + ttl - self.config.safe_step_down)
         if now >= lease.deadline:
             lease._fire("keepalive answered after the safe deadline")

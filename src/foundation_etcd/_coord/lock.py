@@ -44,6 +44,7 @@ class LockHandle(Ownership):
     """This process holds a lock. See :class:`Ownership` for the fenced writes."""
 
     lost_error: ClassVar[type[OwnershipLostError]] = LockLostError
+    _metric_kind: ClassVar[str] = "lock"
 
 
 class Lock:

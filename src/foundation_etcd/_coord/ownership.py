@@ -36,6 +36,7 @@ from typing import ClassVar, TypeVar
 
 import anyio
 
+from .._core import metrics
 from .._core.background import cleanup_scope
 from .._core.errors import (
     EtcdError,
@@ -96,6 +97,7 @@ class OwnerInfo:
 class _State:
     lost_reason: str = ""
     scope: anyio.CancelScope | None = None
+    attrs: dict[str, str] = field(default_factory=dict)  # the metrics' attributes
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -119,6 +121,7 @@ class Ownership:
     _state: _State = field(default_factory=_State, repr=False)
 
     lost_error: ClassVar[type[OwnershipLostError]] = OwnershipLostError
+    _metric_kind: ClassVar[str] = "election"  # the ``kind`` attribute of its metrics
 
     @property
     def token(self) -> int:
@@ -138,6 +141,7 @@ class Ownership:
     def _end(self, reason: str) -> OwnershipLostError:
         if not self._state.lost_reason:
             self._state.lost_reason = reason
+            metrics.ownership_lost(self._state.attrs)
             if self._state.scope is not None:
                 self._state.scope.cancel()
         return self.lost_error(
@@ -178,6 +182,7 @@ class Ownership:
             [self.guard], [Op.txn(compare, success, failure)], [Op.get(self.key)]
         )
         if not res.succeeded:
+            metrics.ownership_fenced_refused(self._state.attrs)
             raise self._end("fencing token is no longer current (refused by etcd)")
         inner = res.responses[0]
         assert isinstance(inner, TxnResult)
@@ -317,6 +322,7 @@ async def owned(
     """
     transport = session.transport
     timeout = session.config.request_timeout
+    started = metrics.now()
     local = local_lock(session, prefix)
     if nowait and local.locked():
         raise LockBusyError(name, holder_key=None, holder_token=0)
@@ -340,6 +346,9 @@ async def owned(
                         await _wait_turn(transport, prefix, key, token, lease)
                 ownership = kind(name, key, token, lease.id, transport, lease)
                 ownership._state.scope = body
+                ownership._state.attrs = metrics.ownership_acquired(
+                    kind._metric_kind, name, session.config.tenant, started
+                )
                 monitor = anyio.CancelScope()
                 session.start_background(_monitor, transport, ownership, token, monitor)
                 try:

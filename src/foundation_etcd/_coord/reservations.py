@@ -48,6 +48,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .._core import metrics
 from .._core.admission import CACHE_SIZE, QUEUE_READ, Pool, encode_reservation, judge_read
 from .._core.amounts import check_amounts
 from .._core.background import cleanup_scope
@@ -195,6 +196,7 @@ class Reserver:
             QuotaExceededError: with ``nowait``, not admissible now (keys withdrawn).
             LeaseLostError: the session lease was lost (the reservation went with it).
         """
+        started = metrics.now()
         quota_view = self._quota_view
         view = quota_view.watched or await quota_view.open()
         transport = self._transport
@@ -259,6 +261,7 @@ class Reserver:
                     if nowait:  # judge once the view has the own write (an event comes)
                         await view.wait_for_key(keys[0], token)
                     await self._wait_admitted(pools, token, nowait=nowait)
+                metrics.quota_admitted(self._ks.tenant, [p.name for p in pools], started)
                 yield reservation
         finally:
             released = False

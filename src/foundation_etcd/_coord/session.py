@@ -47,6 +47,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from .._core import metrics
 from .._core.background import background_tasks
 from .._core.config import Config
 from .._core.errors import (
@@ -382,10 +383,12 @@ class Session:
                 await lease.wait_lost()
                 tg.cancel_scope.cancel()
             self._losses += 1
+            metrics.session_lost(self.config.tenant)
             await self._retire(lease)
             lease = await self._grant(lease.generation + 1)
             log.info("session renewed: lease %x (generation %d)", lease.id, lease.generation)
             self._set_lease(lease)
+            metrics.lease_renewed(self.config.tenant)
 
     async def _close(self) -> None:
         lease = self._lease

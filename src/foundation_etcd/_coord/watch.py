@@ -43,6 +43,7 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .._core import metrics
 from .._core.background import background_tasks
 from .._core.errors import AuthError, EtcdError, FoundationEtcdError
 from .._core.keys import prefix_end
@@ -319,6 +320,7 @@ class WatchedView:
                 elif old_kv.mod_revision != kv.mod_revision:
                     changes.append(ViewChange(ChangeKind.UPDATED, key, kv, rev))
             self.relists += 1
+            metrics.watch_relist(self.transport.config.tenant)
         self._items = fresh
         self._applied = rev
         self._emit(changes)
@@ -379,11 +381,8 @@ class WatchedView:
             try:
                 await self._stream_once(interval)
             except _Compacted:
-                log.info(
-                    "watch on %r: revision %d compacted; listing again",
-                    self.prefix,
-                    self._applied + 1,
-                )
+                at = self._applied + 1
+                log.info("watch on %r: revision %d compacted; listing again", self.prefix, at)
                 await self._relist_retrying()
             except AuthError as exc:
                 # a token etcd no longer knows (restart, expiry, another member) looks like
@@ -402,6 +401,7 @@ class WatchedView:
                 return
             except EtcdError as exc:
                 self.restarts += 1
+                metrics.watch_restart(self.transport.config.tenant)
                 log.info(
                     "watch on %r broke (%s); resuming from %d", self.prefix, exc, self._applied + 1
                 )
