@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # for type checkers; at run time each name loads on first use
     from ._coord.session import Lease, Session, SessionStatistics, open_session
     from ._coord.shared_state import SharedState, Versioned
     from ._coord.stm import Isolation, TransactStatistics, Tx
+    from ._coord.tenancy import KeyPermission, TenantDeletion, TenantInfo, Tenants
     from ._coord.watch import ChangeKind
     from ._core.config import Config
     from ._core.errors import (
@@ -135,6 +136,7 @@ __all__ = [
     "InvalidIdError",
     "InvalidReservationError",
     "Isolation",
+    "KeyPermission",
     "Leadership",
     "LeadershipLostError",
     "Lease",
@@ -177,6 +179,9 @@ __all__ = [
     "Signal",
     "SignalContext",
     "SignalError",
+    "TenantDeletion",
+    "TenantInfo",
+    "Tenants",
     "TooManyOperationsError",
     "TooManyRequestsError",
     "TransactStatistics",
@@ -218,6 +223,7 @@ _SOURCES: dict[str, str] = {
     "._coord.session": "Lease Session SessionStatistics open_session",
     "._coord.shared_state": "SharedState Versioned",
     "._coord.stm": "Isolation TransactStatistics Tx",
+    "._coord.tenancy": "KeyPermission TenantDeletion TenantInfo Tenants",
     "._coord.watch": "ChangeKind",
     "._core.config": "Config",
     "._core.errors": (

@@ -20,6 +20,7 @@
     call AGENT ACTION [--args JSON] [--id ID] [--timeout S]
                                             run an action; its JSON result
     tools                                   the spawned agents' actions as tool definitions
+    tenant create|list|grant|revoke|delete  tenants' etcd roles and users (``cli_tenant``)
 
 Settings not given as flags come from ``FOUNDATION_ETCD_*`` variables.
 
@@ -65,6 +66,7 @@ from . import (
 )
 from ._core.amounts import MAX_AMOUNT, check_capacity, check_limit
 from .cli_signals import add_commands as add_signal_commands
+from .cli_tenant import add_commands as add_tenant_commands
 
 __all__ = ["main"]
 
@@ -361,6 +363,7 @@ def _parser() -> argparse.ArgumentParser:
     qshow.add_argument("resource", type=_id_type("resource"), metavar="RESOURCE")
     qshow.set_defaults(fn=_quota, parser=qshow)
     add_signal_commands(sub)
+    add_tenant_commands(sub)
     return p
 
 

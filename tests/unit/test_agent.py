@@ -94,6 +94,8 @@ PUBLIC = {
     # consensus: shared state, transactions
     "SharedState", "Versioned", "Tx", "Isolation", "TransactStatistics",
     "ShardedCounter", "CounterStatistics", "Barrier", "DoubleBarrier",
+    # tenant provisioning (an operator's)
+    "Tenants", "TenantInfo", "TenantDeletion", "KeyPermission",
     # the error tree
     "FoundationEtcdError", "ConfigurationError", "InvalidIdError", "RequestTooLargeError",
     "TooManyOperationsError", "EtcdError", "EtcdUnavailableError", "NoLeaderError",

@@ -157,8 +157,10 @@ class Transport:
             raise await _cancelled("authenticate") from None
         except grpc.aio.AioRpcError as exc:
             err = _translate(exc, "authenticate", write=False)
-            if isinstance(err, EtcdServerError):
-                err = AuthError(f"authenticate: {exc.details()}", code=err.code)
+            # "auth: authentication failed, password was given for no password user" comes
+            # untranslated (UNKNOWN): a refusal, not an unavailable server
+            if isinstance(err, EtcdServerError) or "authentication failed" in (exc.details() or ""):
+                err = AuthError(f"authenticate: {exc.details()}", code=getattr(err, "code", None))
             raise err from exc
         self._metadata = (("hasleader", "true"), ("token", str(resp.token)))
 
@@ -202,13 +204,19 @@ class Transport:
             raise gone from None
         except grpc.aio.AioRpcError as exc:
             err = _translate(exc, operation, write=write)
-            if (
+            details = exc.details() or ""
+            # an RBAC change raced the request ("etcdserver: revision of auth store is old",
+            # or untranslated "auth: revision in header is old")
+            stale = any(m in details for m in ("auth store is old", "revision in header is old"))
+            if stale or (
                 isinstance(err, AuthError)
                 and self.config.user is not None
-                and "invalid auth token" in (exc.details() or "")
+                and "invalid auth token" in details
             ):
-                # The token expired: etcd rejected the request before applying it.
-                await self._authenticate()
+                # The token expired, or predates a change to etcd's users and roles (a JWT
+                # token carries the auth revision): etcd refused the request unapplied.
+                if self.config.user is not None:
+                    await self._authenticate()
                 try:
                     return await method(req, timeout=self._timeout, metadata=self._metadata)
                 except grpc.aio.AioRpcError as exc2:
