@@ -20,7 +20,6 @@ output between lines, never inside one):
 
 import json
 import random
-import signal
 import sys
 import time
 import warnings
@@ -35,6 +34,8 @@ from foundation_etcd import (
     open_session,
 )
 from foundation_etcd.lowlevel import open_transport
+
+from .stopping import until_sigterm
 
 SHARDS = 16  # as many as the test's writers: random homes collide at first, and move
 
@@ -94,17 +95,7 @@ async def main() -> None:
     endpoints, namespace, worker, seed = sys.argv[1:5]
     tasks = int(sys.argv[5]) if len(sys.argv) > 5 else 2
     cfg = Config(endpoints=tuple(endpoints.split(",")), namespace=namespace, ttl=3.0)
-    stop = anyio.Event()
-    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
-        async with anyio.create_task_group() as tg:
-
-            async def on_signal() -> None:
-                async for _ in signals:
-                    stop.set()
-
-            tg.start_soon(on_signal)
-            await run(cfg, worker, seed, tasks, stop)
-            tg.cancel_scope.cancel()
+    await until_sigterm(lambda stop: run(cfg, worker, seed, tasks, stop))
 
 
 if __name__ == "__main__":

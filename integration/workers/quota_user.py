@@ -19,7 +19,6 @@ Events (one JSON object per line, each with ``event`` and wall time ``t``):
 
 import json
 import random
-import signal
 import sys
 import time
 import traceback
@@ -29,6 +28,8 @@ import anyio
 
 import foundation_etcd
 from foundation_etcd import Config
+
+from .stopping import until_sigterm
 
 RESOURCES = ("cpu", "mem")
 
@@ -92,17 +93,7 @@ async def main() -> None:
     tasks = int(sys.argv[5]) if len(sys.argv) > 5 else 8
     ttl = float(sys.argv[6]) if len(sys.argv) > 6 else 2.0
     cfg = Config(endpoints=tuple(endpoints.split(",")), namespace=namespace, ttl=ttl)
-    stop = anyio.Event()
-    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
-        async with anyio.create_task_group() as tg:
-
-            async def on_signal() -> None:
-                async for _ in signals:
-                    stop.set()
-
-            tg.start_soon(on_signal)
-            admitted = await run(cfg, node_id, seed, tasks, stop)
-            tg.cancel_scope.cancel()
+    admitted = await until_sigterm(lambda stop: run(cfg, node_id, seed, tasks, stop))
     say("stopped", node=node_id, admitted=admitted)
 
 

@@ -35,8 +35,10 @@ class _EventLog(logging.Handler):
 
 def watch_lease(session: Session, index: int, lease: Lease) -> None:
     lease.on_lost(
-        lambda lost: lost.lost_reason != "session closed"
-        and say("lost", session=index, lease=lost.id, reason=lost.lost_reason)
+        lambda lost: (
+            lost.lost_reason != "session closed"
+            and say("lost", session=index, lease=lost.id, reason=lost.lost_reason)
+        )
     )
 
 

@@ -27,7 +27,6 @@ Events (one JSON object per line, one write each, so a SIGKILL never cuts a line
 import dataclasses
 import json
 import random
-import signal
 import sys
 import time
 import traceback
@@ -38,6 +37,8 @@ import anyio
 
 import foundation_etcd
 from foundation_etcd import AmbiguousResultError, Config, TransactionConflictError, Tx
+
+from .stopping import until_sigterm
 
 MAX_AMOUNT = 20
 
@@ -117,17 +118,9 @@ async def main() -> None:
     accounts = int(sys.argv[6]) if len(sys.argv) > 6 else 10
     max_attempts = int(sys.argv[7]) if len(sys.argv) > 7 else 16
     cfg = Config(endpoints=tuple(endpoints.split(",")), namespace=namespace, ttl=3.0)
-    stop = anyio.Event()
-    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
-        async with anyio.create_task_group() as tg:
-
-            async def on_signal() -> None:
-                async for _ in signals:
-                    stop.set()
-
-            tg.start_soon(on_signal)
-            stats = await run(cfg, node_id, seed, tasks, accounts, max_attempts, stop)
-            tg.cancel_scope.cancel()
+    stats = await until_sigterm(
+        lambda stop: run(cfg, node_id, seed, tasks, accounts, max_attempts, stop)
+    )
     say("stopped", node=node_id, stats=stats)
 
 

@@ -32,13 +32,15 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
 
 import foundation_etcd as fe
+
+from ._cli_args import id_type
 
 __all__ = ["add_commands"]
 
@@ -49,15 +51,6 @@ _MAX_TIMEOUT = 86400.0
 
 
 # argument types: checked before anything is sent ----------------------------------------
-def _id(kind: str) -> Callable[[str], str]:
-    def check(value: str) -> str:
-        try:
-            return fe.validate_id(value, kind)
-        except fe.InvalidIdError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    check.__name__ = kind
-    return check
 
 
 def _signal_type(value: str) -> str:
@@ -282,7 +275,7 @@ async def _tools(cfg: fe.Config, args: argparse.Namespace) -> int:
 # registration -------------------------------------------------------------------------------
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``signals``, ``call`` and ``tools`` to the CLI's subcommands (``sub``)."""
-    agent_id, signal_id = _id("agent id"), _id("signal id")
+    agent_id, signal_id = id_type("agent id"), id_type("signal id")
     sig = sub.add_parser("signals", help="inboxes, dead letters, send, redrive").add_subparsers(
         dest="signals_command", required=True
     )
@@ -305,9 +298,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     send.set_defaults(fn=_send, parser=send)
     call = sub.add_parser("call", help="run an agent's action and print its JSON result")
     call.add_argument("agent", type=agent_id, metavar="AGENT")
-    call.add_argument("action", type=_id("action"), metavar="ACTION")
+    call.add_argument("action", type=id_type("action"), metavar="ACTION")
     call.add_argument("--args", type=_json_object, metavar="JSON", help="a JSON object")
-    call.add_argument("--id", type=_id("call id"), metavar="ID", help="the call id")
+    call.add_argument("--id", type=id_type("call id"), metavar="ID", help="the call id")
     call.add_argument("--timeout", type=_timeout, default=30.0, metavar="S", help="default 30")
     call.set_defaults(fn=_call, parser=call)
     tools = sub.add_parser("tools", help="the spawned agents' actions as tool definitions")

@@ -26,27 +26,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import foundation_etcd as fe
 
+from ._cli_args import id_type
 from .lowlevel import open_transport, prefix_end
 
 __all__ = ["add_commands"]
 
 PROG = "foundation-etcd"
-
-
-def _id(kind: str) -> Callable[[str], str]:
-    def check(value: str) -> str:
-        try:
-            return fe.validate_id(value, kind)
-        except fe.InvalidIdError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    check.__name__ = kind
-    return check
 
 
 def _user(value: str) -> str:
@@ -209,7 +198,7 @@ def _password_options(cmd: argparse.ArgumentParser) -> None:
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``tenant`` and its subcommands to the CLI's subcommands (``sub``)."""
-    tenant = _id("tenant")
+    tenant = id_type("tenant")
     t = sub.add_parser("tenant", help="provision tenants: etcd roles and users").add_subparsers(
         dest="tenant_command", required=True
     )
