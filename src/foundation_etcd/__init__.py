@@ -33,10 +33,18 @@ if TYPE_CHECKING:  # for type checkers; at run time each name loads on first use
     from ._agents.cluster import Cluster, HostedAgent, NodeChange, NodeInfo, connect
     from ._agents.dead_letters import DeadLetter
     from ._agents.delivery import SignalContext
+    from ._agents.health import HealthReport
     from ._agents.registry import AgentChange, AgentInfo, Registration, Registry
     from ._agents.runtime import AgentRunContext
     from ._agents.scheduler import AgentRef, AgentStatus
     from ._agents.signals import PublishResult, SendResult
+    from ._coord.audit import (
+        AuditLog,
+        AuditProblem,
+        VerifyReport,
+        load_public_key,
+        load_signing_key,
+    )
     from ._coord.barriers import Barrier, DoubleBarrier
     from ._coord.counters import CounterStatistics, ShardedCounter
     from ._coord.election import Election, Leadership
@@ -93,6 +101,7 @@ if TYPE_CHECKING:  # for type checkers; at run time each name loads on first use
     )
     from ._core.keys import validate_id
     from ._core.placement import NodeLoad, PlacementRequest, PlacementStrategy
+    from ._core.records import AuditRecord
     from ._core.signals import Signal
     from ._transport import UnsafeEtcdVersionWarning
 
@@ -111,6 +120,9 @@ __all__ = [
     "AgentStatus",
     "AmbiguousResultError",
     "AsyncioRequiredError",
+    "AuditLog",
+    "AuditProblem",
+    "AuditRecord",
     "AuthError",
     "Barrier",
     "BarrierError",
@@ -130,6 +142,7 @@ __all__ = [
     "EtcdServerError",
     "EtcdUnavailableError",
     "FoundationEtcdError",
+    "HealthReport",
     "HostedAgent",
     "InboxFullError",
     "IncarnationLostError",
@@ -188,12 +201,15 @@ __all__ = [
     "TransactionConflictError",
     "Tx",
     "UnsafeEtcdVersionWarning",
+    "VerifyReport",
     "Versioned",
     "action",
     "agent_classes",
     "cluster_spec",
     "clustered",
     "connect",
+    "load_public_key",
+    "load_signing_key",
     "open_session",
     "validate_id",
 ]
@@ -210,10 +226,12 @@ _SOURCES: dict[str, str] = {
     "._agents.cluster": "Cluster HostedAgent NodeChange NodeInfo connect",
     "._agents.dead_letters": "DeadLetter",
     "._agents.delivery": "SignalContext",
+    "._agents.health": "HealthReport",
     "._agents.registry": "AgentChange AgentInfo Registration Registry",
     "._agents.runtime": "AgentRunContext",
     "._agents.scheduler": "AgentRef AgentStatus",
     "._agents.signals": "PublishResult SendResult",
+    "._coord.audit": "AuditLog AuditProblem VerifyReport load_public_key load_signing_key",
     "._coord.barriers": "Barrier DoubleBarrier",
     "._coord.counters": "CounterStatistics ShardedCounter",
     "._coord.election": "Election Leadership",
@@ -241,6 +259,7 @@ _SOURCES: dict[str, str] = {
     ),
     "._core.keys": "validate_id",
     "._core.placement": "NodeLoad PlacementRequest PlacementStrategy",
+    "._core.records": "AuditRecord",
     "._core.signals": "Signal",
     "._transport": "UnsafeEtcdVersionWarning",
 }

@@ -8,6 +8,7 @@
     agents [--live]                         spawned agents (state, node); --live: registry
     health                                  etcd reachable, version, a session round trip
     node run --id ID --agents MOD[,MOD] [--capacity cpu=4 ...] [--capability gpu ...]
+             [--health-port P [--health-host H]]
                                             host the agents of the modules' @clustered classes
     node drain NODE                         cordon NODE, then move every agent off it
     node cordon NODE | node uncordon NODE   stop / resume placing new agents on NODE
@@ -21,6 +22,7 @@
                                             run an action; its JSON result
     tools                                   the spawned agents' actions as tool definitions
     tenant create|list|grant|revoke|delete  tenants' etcd roles and users (``cli_tenant``)
+    audit list|verify                       the audit log; verify exits 1 on a problem
 
 Settings not given as flags come from ``FOUNDATION_ETCD_*`` variables.
 
@@ -65,6 +67,8 @@ from . import (
     validate_id,
 )
 from ._core.amounts import MAX_AMOUNT, check_capacity, check_limit
+from .cli_audit import add_commands as add_audit_commands
+from .cli_health import add_health_options, start_health
 from .cli_signals import add_commands as add_signal_commands
 from .cli_tenant import add_commands as add_tenant_commands
 
@@ -257,6 +261,7 @@ async def _node_run(cfg: Config, args: argparse.Namespace) -> int:
     ) as c:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with anyio.create_task_group() as tg:
+                await start_health(tg, c, args)
                 tg.start_soon(lambda: c.serve(classes, scheduler=not args.no_scheduler))
                 async for _ in signals:
                     print(f"node {args.id}: stopping", flush=True)
@@ -343,6 +348,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--capacity", action="append", default=[], type=_capacity, metavar="NAME=INT")
     run.add_argument("--capability", action="append", default=[], type=_id_type("capability"))
     run.add_argument("--no-scheduler", action="store_true")
+    add_health_options(run)
     run.set_defaults(fn=_node_run, parser=run)
     for name, fn, text in (
         ("drain", _node_drain, "cordon a node, then move every agent off it"),
@@ -364,6 +370,7 @@ def _parser() -> argparse.ArgumentParser:
     qshow.set_defaults(fn=_quota, parser=qshow)
     add_signal_commands(sub)
     add_tenant_commands(sub)
+    add_audit_commands(sub)
     return p
 
 

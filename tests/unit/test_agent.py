@@ -79,6 +79,8 @@ def test_bad_arguments() -> None:
 PUBLIC = {
     # the entry point and its configuration
     "connect", "Config", "Cluster", "HostedAgent", "NodeInfo", "NodeChange", "ChangeKind",
+    # health (cluster.health())
+    "HealthReport",
     # agents: the decorator, hooks, contexts, registry and scheduler values
     "clustered", "ClusterSpec", "RestartPolicy", "AgentHooks", "AgentContext",
     "AgentRunContext", "agent_classes", "cluster_spec", "Registry", "Registration",
@@ -94,6 +96,9 @@ PUBLIC = {
     # consensus: shared state, transactions
     "SharedState", "Versioned", "Tx", "Isolation", "TransactStatistics",
     "ShardedCounter", "CounterStatistics", "Barrier", "DoubleBarrier",
+    # operations: the audit log
+    "AuditLog", "AuditProblem", "AuditRecord", "VerifyReport", "load_public_key",
+    "load_signing_key",
     # tenant provisioning (an operator's)
     "Tenants", "TenantInfo", "TenantDeletion", "KeyPermission",
     # the error tree

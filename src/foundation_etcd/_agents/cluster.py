@@ -56,6 +56,7 @@ from .cluster_consensus import ConsensusMethods
 from .cluster_signals import SignalMethods
 from .drain import Drain
 from .failover import Failover
+from .health import HealthReport, health_report
 from .membership import Membership, NodeChange, NodeInfo, node_value
 from .registry import Registration, Registry
 from .runtime import NodeRuntime
@@ -320,6 +321,10 @@ class Cluster(SignalMethods, ConsensusMethods):
             tg.start_soon(self.runtime.run)
             if scheduler:
                 tg.start_soon(self._failover.run)
+
+    async def health(self, *, within: float = 2.0) -> HealthReport:
+        """This node's health, found within ``within`` seconds (status rules: HealthReport)."""
+        return await health_report(self, within)
 
     # coordination ----------------------------------------------------------------------------
     def election(self, name: str) -> Election:

@@ -51,6 +51,7 @@ from typing import Any
 
 import anyio
 
+from .._coord.audit import AuditLog
 from .._coord.doorbells import Doorbells
 from .._core import codec as _codec
 from .._core import metrics
@@ -440,4 +441,6 @@ class Deliverer:
                 raise self._lost()
             raise _Undone
         metrics.signal_dead_lettered(self._ks.tenant, self._ctx.node_id)
+        audit = AuditLog(self._t, self._ks, actor=self._ctx.node_id)
+        await audit.note("dead-letter", {"agent": self._id, "signal": sid, "reason": reason[:256]})
         self._event("signal-dead", agent=self._id, signal=sid, reason=reason)

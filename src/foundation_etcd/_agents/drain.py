@@ -3,6 +3,7 @@
 Keys (no lease: they outlive every process)::
 
     nodes-cordon/{node}         {"by", "at"}: the node takes no new placements
+    audit/records/{seq}         a ``drain`` record once a drain is done (best effort)
 
 Guarantees:
     * **A cordon is obeyed everywhere at once.** :meth:`Drain.cordon` creates the cordon key
@@ -183,4 +184,5 @@ class Drain:
             except ConditionFailed:
                 continue
             moved.append((agent_id, new))
+        await sched.audit.note("drain", {"node": node_id, "moved": dict(moved)})
         return moved

@@ -1,7 +1,8 @@
 """Failover: the elected leader that moves agents off dead nodes.
 
 Keys: the election ``scheduler`` (see the election module); the leader writes only the
-scheduler's keys (``agents/assign/{id}``, ``nodes-res/{node}/{id}``, see ``scheduler.py``).
+scheduler's keys (``agents/assign/{id}``, ``nodes-res/{node}/{id}``, see ``scheduler.py``),
+and, best effort after each decision, an audit record (``leader``, ``failover``: ``audit.py``).
 
 Guarantees:
     * **Failover by one elected scheduler**: when a node's key is gone (its lease expired or
@@ -85,6 +86,7 @@ class Failover:
     async def run(self) -> None:
         """Campaign for ``scheduler``; as leader, move agents off dead nodes. Runs forever."""
         spec_view, assign_view, _ = await self._scheduler.views()
+        sched_audit = self._scheduler.audit
         while True:
             try:
                 async with Election(self._session, "scheduler").campaign(self._node_id) as lead:
@@ -93,6 +95,7 @@ class Failover:
                         self._node_id,
                         lead.fencing_token,
                     )
+                    await sched_audit.note("leader", {"token": lead.fencing_token})
                     await self._lead(lead, spec_view, assign_view)
             except (OwnershipLostError, LeaseLostError) as exc:
                 log.info("scheduler leadership ended: %s", exc)
@@ -156,6 +159,8 @@ class Failover:
                         guard=lead,
                     )
                     metrics.agents_failed_over(self._ks.tenant, self._node_id)
+                    moved = {"agent": agent_id, "from": node, "to": new, "rev": rev}
+                    await sched.audit.note("failover", moved)
                     log.info(
                         "moved critical agent %s from dead node %s to %s (rev %d)",
                         agent_id,
@@ -178,6 +183,8 @@ class Failover:
                     )
                     if res.succeeded:
                         log.info("agent %s failed with its node %s", agent_id, node)
+                        failed = {"agent": agent_id, "from": node, "to": None, "rev": res.revision}
+                        await sched.audit.note("failover", failed)
             except ConditionFailed:
                 continue  # the node came back, or someone else moved it
             except NoNodeFitsError as exc:

@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .._coord.audit import AuditLog
 from .._coord.ownership import Ownership
 from .._coord.watch import ChangeKind, ViewChange, WatchedView
 from .._core import codec as _codec
@@ -125,6 +126,7 @@ class Scheduler:
         self._membership = membership
         self._registry = registry
         self._ks = keyspace
+        self.audit = AuditLog(session.transport, keyspace, actor=node_id)  # failover, drain
         self.spec_prefix = self._ks.agent_specs_prefix()
         self.assign_prefix = self._ks.agent_assigns_prefix()
         self.res_prefix = self._ks.node_reservations_prefix()
@@ -358,6 +360,7 @@ class Scheduler:
                 message=f"agent {agent_id!r} is already spawned, {status.value} {where}: "
                 "despawn it first, or spawn another id",
             ) from None
+        await self.audit.note("spawn", {"agent": agent_id, "node": node, "rev": rev})
         return AgentRef(agent_id, node, rev)
 
     async def despawn(self, agent_id: str) -> None:
@@ -377,6 +380,7 @@ class Scheduler:
         res = await self._transport.txn([Compare.create_revision(spec_key) > 0], ops)
         if not res.succeeded:
             raise AgentNotFoundError(agent_id, f"agent {agent_id!r} is not spawned")
+        await self.audit.note("despawn", {"agent": agent_id, "node": node, "rev": res.revision})
 
     async def agents(self) -> list[AgentStatus]:
         """Every spawned agent with its state and node, from the views."""

@@ -38,6 +38,7 @@ from .._core.admission import Pool
 from .._core.amounts import check_limit
 from .._core.errors import InvalidReservationError
 from .._core.keys import validate_id
+from .audit import AuditLog
 from .quota_view import QuotaUsage, QuotaView
 from .reservations import Reservation, Reserver
 from .watch import WatchedView
@@ -72,6 +73,7 @@ class Quotas:
         """
         self._transport = session.transport
         self._ks = keyspace
+        self._audit = AuditLog(self._transport, keyspace, actor=holder)
         self._quota_view = QuotaView(self._transport, keyspace, views=views, node_view=node_view)
         self._reserver = Reserver(session, keyspace, self._quota_view, holder=holder)
 
@@ -88,7 +90,8 @@ class Quotas:
     async def set_limit(self, resource: str, limit: int) -> None:
         """Set this tenant's limit of ``resource`` (an administrative write).
 
-        With etcd access control, tenants can read but not write their limits.
+        With etcd access control, tenants can read but not write their limits. A ``limit``
+        audit record follows, best effort (``audit.py``).
 
         Raises:
             InvalidReservationError: a negative or non-integer limit.
@@ -98,6 +101,7 @@ class Quotas:
         await self._transport.put(
             self._ks.quota_limit(resource), _codec.encode({"limit": limit}, "limit", 1024)
         )
+        await self._audit.note("limit", {"resource": resource, "limit": limit})
 
     async def get_limit(self, resource: str) -> int | None:
         """The tenant's limit of ``resource`` (a linearizable read), or ``None``."""

@@ -44,6 +44,10 @@ class SharedViews:
                     self._views[prefix] = view
         return view
 
+    def opened(self) -> dict[bytes, WatchedView]:
+        """Every view opened or adopted so far, by prefix (a copy; no I/O)."""
+        return dict(self._views)
+
     def adopt(self, prefix: bytes, view: WatchedView) -> None:
         """Share a view of ``prefix`` that its opener keeps running."""
         self._views.setdefault(prefix, view)

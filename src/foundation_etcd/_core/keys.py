@@ -361,6 +361,21 @@ class Keyspace:
         """Prefix of a double barrier's participants and markers."""
         return self.key("double-barriers", validate_id(name, "barrier name"), "")
 
+    # audit log ---------------------------------------------------------------------------
+    def audit_head(self) -> bytes:
+        """The audit log's head: the last record's seq and hash (no lease)."""
+        return self.key("audit", "head")
+
+    def audit_records_prefix(self) -> bytes:
+        """Prefix of the audit records (``{this}{seq:012d}``, in seq order)."""
+        return self.key("audit", "records", "")
+
+    def audit_record(self, seq: int) -> bytes:
+        """One audit record (no lease); ``seq`` from 1."""
+        if not 0 < seq < 10**12:
+            raise ValueError(f"audit seq must be 1..{10**12 - 1}, not {seq}")
+        return self.audit_records_prefix() + f"{seq:012d}".encode()
+
     def agent_signal_keys(self, agent_id: str) -> list[tuple[bytes, bytes | None]]:
         """The signal keys of one agent removed at despawn, as ``(key, range_end)``.
 

@@ -10,7 +10,8 @@ format is defined once and every module that reads it agrees:
   :class:`AssignmentStatus` (no lease);
 * ``nodes-res/{node}/{id}``: a node reservation, the capacity a placed agent takes;
 * ``nodes-cordon/{node}``: a cordon (who, when);
-* ``agents/state/{id}``: an agent's state checkpoint with its incarnation.
+* ``agents/state/{id}``: an agent's state checkpoint with its incarnation;
+* ``audit/records/{seq}``: :class:`AuditRecord`, one hash-chained coordination decision.
 
 Decoders of records that a lease or another client may have left behind fail closed: a
 value the library would not write is ignored (announcements, registrations) or takes all
@@ -21,6 +22,7 @@ input and are encoded and decoded with it in :mod:`._core.admission`.
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 import os
 import socket
@@ -36,8 +38,10 @@ from .kv import KeyValue
 from .placement import PlacementRequest
 
 __all__ = [
+    "AUDIT_GENESIS",
     "MAX_ARGS_BYTES",
     "MAX_ASSIGNMENT_BYTES",
+    "MAX_AUDIT_RECORD_BYTES",
     "MAX_META_BYTES",
     "MAX_NODE_INFO_BYTES",
     "MAX_STATE_BYTES",
@@ -45,6 +49,7 @@ __all__ = [
     "AgentSpec",
     "Assignment",
     "AssignmentStatus",
+    "AuditRecord",
     "NodeInfo",
     "decode_assignment",
     "decode_node_reservation",
@@ -68,6 +73,8 @@ MAX_META_BYTES = 64 * 1024
 MAX_STATE_BYTES = 1024 * 1024
 MAX_NODE_RESERVATION_BYTES = 4096
 MAX_CORDON_BYTES = 1024
+MAX_AUDIT_RECORD_BYTES = 16 * 1024
+AUDIT_GENESIS = "0" * 64  # the ``prev`` of the first record ever
 
 
 # nodes/{node} --------------------------------------------------------------------------------
@@ -362,3 +369,76 @@ def decode_state(kv: KeyValue | None) -> Any:
     if kv is None:
         return None
     return _codec.decode(kv.value).get("state")
+
+
+# audit/records/{seq} -------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One audit record: a decision, chained to the previous record by its hash.
+
+    ``digest`` is the sha256 of :meth:`canonical` (sorted keys, compact JSON, without
+    ``sig``); ``sig`` is a hex Ed25519 signature of the same bytes, or ``None``.
+    """
+
+    seq: int
+    time: float
+    actor: str
+    kind: str
+    details: Mapping[str, Any]
+    prev: str
+    sig: str | None = None
+
+    def canonical(self) -> bytes:
+        """The bytes that are hashed and signed: the record without ``sig``."""
+        body = {
+            "seq": self.seq,
+            "time": self.time,
+            "actor": self.actor,
+            "kind": self.kind,
+            "details": dict(self.details),
+            "prev": self.prev,
+        }
+        return _codec.encode(body, "audit record", MAX_AUDIT_RECORD_BYTES)
+
+    @property
+    def digest(self) -> str:
+        """Hex sha256 of :meth:`canonical`: the next record's ``prev``."""
+        return hashlib.sha256(self.canonical()).hexdigest()
+
+    def encode(self) -> bytes:
+        """The stored value (``canonical`` plus ``sig`` when signed)."""
+        body = _codec.decode(self.canonical())
+        if self.sig is not None:
+            body["sig"] = self.sig
+        return _codec.encode(body, "audit record", MAX_AUDIT_RECORD_BYTES + 256)
+
+    @classmethod
+    def decode(cls, value: bytes) -> AuditRecord:
+        """Parse a stored record.
+
+        Raises:
+            ValueError: not a record the library writes.
+        """
+        try:
+            d = _codec.decode(value)
+            sig = d.get("sig")
+            rec = cls(
+                seq=d["seq"],
+                time=d["time"],
+                actor=d["actor"],
+                kind=d["kind"],
+                details=d["details"],
+                prev=d["prev"],
+                sig=sig,
+            )
+            types: tuple[type | tuple[type, ...], ...] = (int, (int, float), str, str, dict, str)
+            fields = (rec.seq, rec.time, rec.actor, rec.kind, rec.details, rec.prev)
+            if set(d) - {"seq", "time", "actor", "kind", "details", "prev", "sig"}:
+                raise ValueError("unknown fields")
+            if not all(isinstance(v, t) for v, t in zip(fields, types, strict=True)):
+                raise ValueError("a field of the wrong type")
+            if isinstance(rec.seq, bool) or not (sig is None or isinstance(sig, str)):
+                raise ValueError("a field of the wrong type")
+            return rec
+        except (KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise ValueError(f"not an audit record: {exc!r}") from None

@@ -174,6 +174,10 @@ class Cluster(SignalMethods, ConsensusMethods):
             self._portal, lambda: self._obj.serve(classes, scheduler=scheduler, on_event=on_event)
         )
 
+    def health(self, *, within: float = 2.0) -> _fe.HealthReport:
+        """This node's health, found within ``within`` seconds (status rules: HealthReport)."""
+        return self._portal.call(lambda: self._obj.health(within=within))
+
     def election(self, name: str) -> Election:
         """The election ``name`` among this cluster's processes, on this node's session."""
         return Election(self._portal, self._portal.run(lambda: self._obj.election(name)))

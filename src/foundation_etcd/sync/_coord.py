@@ -226,7 +226,8 @@ class Quotas(SyncWrapper[_fe.Quotas]):
     def set_limit(self, resource: str, limit: int) -> None:
         """Set this tenant's limit of ``resource`` (an administrative write).
 
-        With etcd access control, tenants can read but not write their limits.
+        With etcd access control, tenants can read but not write their limits. A ``limit``
+        audit record follows, best effort (``audit.py``).
 
         Raises:
             InvalidReservationError: a negative or non-integer limit.
