@@ -37,13 +37,16 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from .._core import codec as _codec
-from .._core.errors import AmbiguousResultError, ConfigurationError
+from .._core.errors import AmbiguousResultError, ConfigurationError, TransactionConflictError
 from .._core.keys import Keyspace, prefix_end
 from .._core.kv import AnyOp, Compare, KeyValue, Op
 from .._core.records import AUDIT_GENESIS, AuditRecord
@@ -68,6 +71,7 @@ __all__ = [
 log = logging.getLogger("foundation_etcd.audit")
 
 _PAGE = 500
+_MAX_ATTEMPTS = 64  # appends that lost the head to other writers before giving up
 CHECKPOINT = "checkpoint"
 
 
@@ -217,7 +221,9 @@ class AuditLog:
         (``None`` returned when there is nothing to remove).
         """
         prefix = self._ks.audit_records_prefix()
-        while True:
+        for attempt in range(_MAX_ATTEMPTS):
+            if attempt:  # lost the head to another writer: jittered, growing backoff
+                await anyio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
             if self._head is None:
                 self._head = await self._read_head()
             seq, digest, head_rev = self._head
@@ -260,6 +266,7 @@ class AuditLog:
                 self._head = (rec.seq, rec.digest, res.revision)
                 return rec
             self._head = self._parse_head(res.range(0).first)
+        raise TransactionConflictError("audit append", _MAX_ATTEMPTS, [self._ks.audit_head()])
 
     async def append(self, kind: str, details: Mapping[str, Any] | None = None) -> AuditRecord:
         """Append one record (``kind``: ``leader``, ``failover``, ``spawn``, ...).
@@ -270,6 +277,7 @@ class AuditLog:
         Raises:
             SerializationError, RequestTooLargeError: ``details`` not JSON or too large.
             EtcdError: etcd failed (the record may be missing; never duplicated).
+            TransactionConflictError: 64 attempts in a row lost the head to other writers.
         """
         rec = await self._commit(kind, details or {})
         assert rec is not None
