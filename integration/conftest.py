@@ -11,6 +11,28 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The longest tests (about a minute each, most of it waiting on TTLs and faults) go first,
+# so that the two xdist workers of `make test` finish together instead of one of them
+# starting a one-minute test at the end (longest-first packing).
+_LONGEST_FIRST = (
+    "test_signals_nemesis.py",
+    "test_quota_stress.py",
+    "test_election_nemesis.py",
+    "test_installed_wheel.py",
+    "test_quota_crafted.py",
+    "test_leader_faults.py",
+    "test_demo.py",
+    "test_stm_stress.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the rest keep their order
+
 
 class Worker:
     """A Python worker process speaking JSON lines on stdout."""

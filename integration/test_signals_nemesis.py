@@ -29,7 +29,7 @@ the test) and checked:
   deletions exactly.
 
 ``SIGNALS_NEMESIS_SEED`` replays a schedule (faults, targets; timing still varies).
-``SIGNALS_NEMESIS_SECONDS`` changes the faulted time (default 65 s: faults start during the
+``SIGNALS_NEMESIS_SECONDS`` changes the faulted time (default 60 s: faults start during the
 first 60 s). ``SIGNALS_NEMESIS_MEMBERS=0`` leaves the etcd members alone (by default one is
 SIGKILLed and restarted every 5-9 s, the raft leader at times, so that sends and
 acknowledgements also meet ambiguous results).
@@ -66,7 +66,7 @@ TTL = 3.0
 AGENTS = [f"a{i:02d}" for i in range(20)]
 SENDERS = 3
 PER_SENDER = 700  # 2,100 signals, plus 420 emitted by relays
-FAULT_SECONDS = float(os.environ.get("SIGNALS_NEMESIS_SECONDS", "65"))
+FAULT_SECONDS = float(os.environ.get("SIGNALS_NEMESIS_SECONDS", "60"))
 SEND_SECONDS = FAULT_SECONDS - 6  # the last sends still land inside the faulted time
 # the last fault starts TTL + 2 s before the end of the faulted time: faults for >= 60 s
 MEMBERS = os.environ.get("SIGNALS_NEMESIS_MEMBERS", "1") != "0"  # etcd member kills too
