@@ -284,12 +284,17 @@ class AuditLog:
         return rec
 
     async def note(self, kind: str, details: Mapping[str, Any] | None = None) -> None:
-        """:meth:`append`, best effort: a failure is logged, never raised."""
+        """:meth:`append`, best effort: a failure is logged, never raised.
+
+        Bounded by one ``request_timeout``: the decision it records (a failover move, a
+        spawn) has committed and must not wait on the log.
+        """
         try:
-            await self.append(kind, details)
+            with anyio.fail_after(self._t.config.request_timeout):
+                await self.append(kind, details)
         except Exception as exc:  # a decision that committed is never undone by its record
             self._head = None
-            log.warning("audit record %s %s not written: %s", kind, dict(details or {}), exc)
+            log.warning("audit record %s %s not written: %r", kind, dict(details or {}), exc)
 
     async def _scan(self, since: int) -> tuple[KeyValue | None, list[KeyValue], int]:
         """The head and the records after ``since``, all at one revision."""
