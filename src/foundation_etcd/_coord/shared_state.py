@@ -20,9 +20,9 @@ Guarantees:
     * :meth:`SharedState.compare_and_set` writes only if the key's mod revision is the one
       given (0: only if absent) — one transaction, decided by etcd.
     * :meth:`SharedState.update` applies a function with compare-and-set, retrying on
-      conflict with jittered backoff within a bounded budget; a conflict's failure branch
-      returns the current value, so a retry costs one round trip, not two. The function may
-      run several times and must have no other effects.
+      conflict within a bounded budget; a conflict's failure branch returns the current
+      value, so the first two retries cost one round trip each; later ones pause (jittered)
+      and read afresh. The function may run several times and must have no other effects.
     * :meth:`SharedState.watch` yields each value in revision order (a re-list after
       compaction yields the latest value once).
     * **Fenced** (:meth:`SharedState.fenced`): every write also requires a lock or
@@ -51,7 +51,7 @@ from .._core.keys import Keyspace
 from .._core.kv import AnyOp, Compare, KeyValue, Op, TxnResult
 from .._transport import Transport
 from .ownership import Ownership
-from .stm import MAX_STATE_BYTES, _backoff
+from .stm import MAX_STATE_BYTES, _backoff, check_attempts
 from .views import SharedViews
 from .watch import ChangeKind, ViewChange, WatchedView
 
@@ -262,10 +262,7 @@ class SharedState(Generic[T]):
             TransactionConflictError: every attempt lost to another writer; nothing written.
             ValueError: a bad ``max_attempts``.
         """
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
-            raise ValueError(f"max_attempts must be an int, not {type(max_attempts).__name__}")
-        if not 1 <= max_attempts <= 1000:
-            raise ValueError(f"max_attempts must be 1-1000, not {max_attempts}")
+        check_attempts(max_attempts)
         view = await self._view()
         kv = await self._t.get(self.key) if view is None else view.get(self.key)
         for attempt in range(1, max_attempts + 1):
@@ -282,6 +279,6 @@ class SharedState(Generic[T]):
                 created = res.revision if kv is None else kv.create_revision
                 return Versioned(self._load(decode(data)), res.revision, version, created)
             kv = res.range(0).first
-            if attempt < max_attempts:
-                await _backoff(attempt)
+            if attempt < max_attempts and await _backoff(attempt):
+                kv = await self._t.get(self.key)  # stale after the pause: read afresh
         raise TransactionConflictError(f"update of state {self.name!r}", max_attempts, [self.key])

@@ -30,8 +30,9 @@ Isolation levels (those of etcd's Go ``concurrency`` STM):
 Guarantees:
     * **All or nothing**: the writes of one call commit in one etcd transaction, or not at
       all (an exception from ``fn`` writes nothing).
-    * **Bounded retries**: at most ``max_attempts`` attempts, with jittered backoff between
-      them; then :class:`TransactionConflictError` names the keys that conflicted.
+    * **Bounded retries**: at most ``max_attempts`` attempts; the first two retries at once
+      from the failed commit's read-back, later ones after a jittered pause from fresh
+      reads; then :class:`TransactionConflictError` names the keys that conflicted.
     * **Prefix reads** (:meth:`Tx.get_prefix`) are validated by one range compare (no key
       of the range changed after the read) plus one compare per key seen (none deleted):
       any write under the prefix by anyone aborts the attempt, even to a key ``fn`` did not
@@ -54,6 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from .._core.codec import decode, encode
 from .._core.errors import CompactedError, TooManyOperationsError, TransactionConflictError
@@ -69,6 +71,7 @@ R = TypeVar("R")
 MAX_STATE_BYTES = 1024 * 1024  # one state's JSON encoding (etcd's request limit is 1.5 MiB)
 _BACKOFF_FIRST = 0.002
 _BACKOFF_MAX = 0.1
+_IMMEDIATE = 2  # retries made at once, from the failed commit's read-back
 
 
 class Isolation(enum.Enum):
@@ -149,16 +152,20 @@ class Tx:
     # reading -------------------------------------------------------------------------------
     async def get(self, name: str, default: Any = None) -> Any:
         """The value of state ``name`` (``default`` when absent); sees this attempt's writes."""
-        key = self._ks.state(name)
+        return await self._value(self._ks.state(name), default)
+
+    async def _value(self, key: bytes, default: Any) -> Any:
         if key in self._writes:  # written before being read: nothing to read or to check
             data = self._writes[key]
             return default if data is None else decode(data)
-        kv = await self.get_kv(name)
+        kv = await self._key(key)
         return default if kv is None else decode(kv.value)
 
     async def get_kv(self, name: str) -> KeyValue | None:
         """The stored key of state ``name`` as read in this attempt (not this attempt's writes)."""
-        key = self._ks.state(name)
+        return await self._key(self._ks.state(name))
+
+    async def _key(self, key: bytes) -> KeyValue | None:
         if key in self._reads:
             return self._reads[key]
         pre = self._prefetch
@@ -195,7 +202,7 @@ class Tx:
             for k, got in zip(todo, res.responses, strict=True):
                 assert isinstance(got, RangeResult)
                 self._reads[k] = got.first
-        return [await self.get(n, default) for n in names]
+        return [await self._value(k, default) for k in keys]  # all read by now
 
     async def get_prefix(self, name_prefix: str) -> dict[str, Any]:
         """Every state whose name starts with ``name_prefix``, by name (with this attempt's writes).
@@ -333,10 +340,7 @@ async def transact(
             transaction holds.
         ValueError: a bad ``max_attempts``.
     """
-    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
-        raise ValueError(f"max_attempts must be an int, not {type(max_attempts).__name__}")
-    if not 1 <= max_attempts <= 1000:
-        raise ValueError(f"max_attempts must be 1-1000, not {max_attempts}")
+    check_attempts(max_attempts)
     stats = statistics if statistics is not None else TransactStatistics()
     stats.calls += 1
     prefetch: _Prefetch | None = None
@@ -369,12 +373,31 @@ async def transact(
         stats.conflicts += 1
         prefetch = tx._prefetched(res)
         conflicted = tx._changed(prefetch)
-        if attempt < max_attempts:
-            await _backoff(attempt)
+        if attempt < max_attempts and await _backoff(attempt):
+            prefetch = None  # stale after the pause: the next attempt reads afresh
     stats.exhausted += 1
     raise TransactionConflictError("transact", max_attempts, conflicted)
 
 
-async def _backoff(attempt: int) -> None:
-    """Full jitter, growing with the attempt: spreads writers that keep colliding."""
-    await anyio.sleep(random.uniform(0, min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (attempt - 1))))
+def check_attempts(max_attempts: object) -> None:
+    """Refuse a retry budget that is not an int from 1 to 1000 (before anything is sent)."""
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
+        raise ValueError(f"max_attempts must be an int, not {type(max_attempts).__name__}")
+    if not 1 <= max_attempts <= 1000:
+        raise ValueError(f"max_attempts must be 1-1000, not {max_attempts}")
+
+
+async def _backoff(attempt: int) -> bool:
+    """After the ``attempt``-th conflict: whether to pause before the next attempt (and pause).
+
+    The first two retries go at once, from the values the failed commit read back (fresh:
+    a pause would let the winner move on and make them stale, so a writer that paused while
+    another kept winning would lose every time). From the third on, full jitter, growing
+    with the attempt, spreads writers that keep colliding; the caller then reads afresh.
+    """
+    if attempt <= _IMMEDIATE:
+        await anyio.lowlevel.checkpoint()
+        return False
+    cap = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (attempt - _IMMEDIATE - 1))
+    await anyio.sleep(random.uniform(0, cap))
+    return True
