@@ -307,22 +307,22 @@ async def election_failover(bench: Bench) -> list[Row]:
 
 
 async def python_etcd3_lock(bench: Bench) -> Row:
-    """python3-etcd3's Lock acquire + release, if ``import etcd3`` works in its own interpreter."""
-    label = "python3-etcd3 Lock acquire + release (separate interpreter)"
-    probe = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "import etcd3",
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    if await probe.wait() != 0:
-        return Figure(label, None, None, "", 0, note="not installed (`import etcd3` fails)")
+    """python3-etcd3's Lock acquire + release, in its own process and venv (made on first use).
+
+    The venv is ``scripts/bench_sync.py``'s (python3-etcd3 0.13 cannot share an interpreter
+    with etcd3aio's protos); it is made once under /tmp, offline from pip's cache if need be.
+    """
+    from bench_sync import PEER_REQUIREMENT, peer_python
+
+    label = f"{PEER_REQUIREMENT} Lock acquire + release (own process and venv)"
+    python = await asyncio.to_thread(peer_python)
+    if python is None:
+        return Figure(label, None, None, "", 0, note=f"{PEER_REQUIREMENT} not installable here")
     host, _, port = bench.endpoint.rpartition(":")
     name = f"bench-{bench.run_id}-etcd3"
     n = bench.settings.coord_ops * bench.settings.rounds
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
+        str(python),
         str(ETCD3_LOCK_SCRIPT),
         host,
         port,
