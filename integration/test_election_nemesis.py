@@ -49,7 +49,9 @@ from foundation_etcd.lowlevel import (
 )
 from foundation_etcd.testing import EtcdCluster
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
+# the nemesis tests kill etcd members and load both cores: never two at once (make test:
+# --dist loadgroup puts them on one worker, one after the other)
+pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.xdist_group("nemesis")]
 
 CAMPAIGNER = "integration.workers.campaigner"
 LOCKER = "integration.workers.locker"

@@ -58,7 +58,9 @@ from foundation_etcd.lowlevel import prefix_end as _prefix_end
 from foundation_etcd.testing import EtcdCluster, wait_until
 from workers.signal_node import NemesisCounter, next_agent
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
+# the nemesis tests kill etcd members and load both cores: never two at once (make test:
+# --dist loadgroup puts them on one worker, one after the other)
+pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.xdist_group("nemesis")]
 
 NODE_MODULE = "integration.workers.signal_node"
 SENDER_MODULE = "integration.workers.signal_sender"
