@@ -60,6 +60,7 @@ from ._wire import (
     _put_result,
     _range_pb,
     _range_result,
+    _transient_read,
     _translate,
     _txn_pb,
     _txn_result,
@@ -190,8 +191,11 @@ class Transport:
                 except grpc.aio.AioRpcError as exc:
                     # refused before sending (every member down, or the channel still in
                     # its reconnect backoff after a restart): safe to try again, even a
-                    # write, until the request's deadline; anything else is decided below
-                    if not _not_sent(exc) or anyio.current_time() + backoff >= deadline:
+                    # write, until the request's deadline. A read changes nothing, so one
+                    # refused by a transient server state (leader changed, no leader, too
+                    # many requests) is tried again too; anything else is decided below
+                    again = _not_sent(exc) or (not write and _transient_read(exc))
+                    if not again or anyio.current_time() + backoff >= deadline:
                         raise
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 0.5)

@@ -161,6 +161,24 @@ def _not_sent(exc: grpc.aio.AioRpcError) -> bool:
     )
 
 
+def _transient_read(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether a read was refused by a passing server state, so trying it again is sound.
+
+    Leader elections ("leader changed", "no leader"), a member shedding load ("too many
+    requests") and a read index that timed out all end; a deadline, a cancellation, an
+    auth or size refusal do not, and are not retried.
+    """
+    code = exc.code()
+    if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+        return False
+    low = (exc.details() or "").lower()
+    if any(m in low for m in _AUTH_MESSAGES) or "compacted" in low:
+        return False
+    return code == grpc.StatusCode.UNAVAILABLE or any(
+        m in low for m in ("leader changed", "no leader", "too many requests", "request timed out")
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # protobuf conversion
 
