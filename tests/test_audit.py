@@ -264,7 +264,7 @@ async def test_cli_list_and_verify(
             listed = await anyio.to_thread.run_sync(
                 cli, etcd_endpoints, etcd_namespace, "list", "-o", "json", "--since", "1"
             )
-            assert [r["seq"] for r in json.loads(listed.stdout)] == [2, 3]
+            assert [r["seq"] for r in json.loads(listed.stdout)["items"]] == [2, 3]
             await t.delete(etcd_config.keyspace.audit_record(2))
             out = await anyio.to_thread.run_sync(cli, etcd_endpoints, etcd_namespace, "verify")
             assert out.returncode == 1, (out.stdout, out.stderr)

@@ -564,7 +564,7 @@ async def test_cli_tenant_commands(auth_server: EtcdServer) -> None:
             await t.put(cfg.keyspace.key("k"), b"v")
         out = await anyio.to_thread.run_sync(lambda: run("tenant", "list", "-o", "json"))
         assert out.returncode == 0, out.stderr
-        assert {x["tenant"]: x["users"] for x in json.loads(out.stdout)}["e1"] == ["erin"]
+        assert {x["tenant"]: x["users"] for x in json.loads(out.stdout)["items"]}["e1"] == ["erin"]
         # not an admin: exit 1, one line that says what is missing
         out = await anyio.to_thread.run_sync(
             lambda: run("tenant", "list", user="erin", password="e-secret")

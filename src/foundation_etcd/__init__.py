@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # for type checkers; at run time each name loads on first use
         clustered,
     )
     from ._agents.cluster import Cluster, HostedAgent, NodeChange, NodeInfo, connect
+    from ._agents.cluster_ops import OwnershipSummary
     from ._agents.dead_letters import DeadLetter
     from ._agents.delivery import SignalContext
     from ._agents.health import HealthReport
@@ -169,6 +170,7 @@ __all__ = [
     "NodeNotFoundError",
     "OwnerInfo",
     "OwnershipLostError",
+    "OwnershipSummary",
     "PlacementRequest",
     "PlacementStrategy",
     "PublishResult",
@@ -224,6 +226,7 @@ _SOURCES: dict[str, str] = {
         "cluster_spec clustered"
     ),
     "._agents.cluster": "Cluster HostedAgent NodeChange NodeInfo connect",
+    "._agents.cluster_ops": "OwnershipSummary",
     "._agents.dead_letters": "DeadLetter",
     "._agents.delivery": "SignalContext",
     "._agents.health": "HealthReport",

@@ -2,27 +2,33 @@
 
 ::
 
-    foundation-etcd [--endpoints H:P,...] [--namespace NS] [--tenant T] COMMAND
+    foundation-etcd [GLOBAL] COMMAND [ARGS] [GLOBAL]
+        GLOBAL: --endpoints H:P,...  --namespace NS  --tenant T  -v|-vv (logs with timestamps)
+    foundation-etcd --version
 
-    nodes                                   live nodes, capacity, load, cordons
-    agents [--live]                         spawned agents (state, node); --live: registry
-    health                                  etcd reachable, version, a session round trip
+    status | nodes | leaders | locks | quotas | agents [--live]     [-o table|json] [-w]
+                                            listings (``cli_listings``): one screen, live
+                                            nodes, election leaders, lock holders, quota
+                                            usage, spawned (or live) agents
+    health [-o table|json]                  this process's health report; exit 1 unless ok
     node run --id ID --agents MOD[,MOD] [--capacity cpu=4 ...] [--capability gpu ...]
              [--health-port P [--health-host H]]
                                             host the agents of the modules' @clustered classes
-    node drain NODE                         cordon NODE, then move every agent off it
+    node drain NODE                         cordon NODE, then move every agent off it, with
+                                            progress ([done/total] agent -> node)
     node cordon NODE | node uncordon NODE   stop / resume placing new agents on NODE
-    quota set RESOURCE LIMIT | quota show RESOURCE
-    signals inbox AGENT [--limit N]         waiting signals, oldest first
-    signals dead [AGENT]                    dead letters: agent, id, type, attempts, reason
-    signals redrive AGENT ID                send a dead letter again (attempts reset)
-    signals send AGENT TYPE [--data JSON] [--id ID]
-                                            send a signal; its id, and whether a duplicate
+    quota set RESOURCE LIMIT | quota show RESOURCE     [-o table|json]
+    signals inbox AGENT | signals dead [AGENT]         [-o table|json] [-w]
+    signals redrive AGENT ID | signals send AGENT TYPE [--data JSON] [--id ID]
     call AGENT ACTION [--args JSON] [--id ID] [--timeout S]
                                             run an action; its JSON result
     tools                                   the spawned agents' actions as tool definitions
     tenant create|list|grant|revoke|delete  tenants' etcd roles and users (``cli_tenant``)
-    audit list|verify                       the audit log; verify exits 1 on a problem
+    audit list [-o table|json] [-w] | audit verify     verify exits 1 on a problem
+
+``-o json`` prints ``{"kind": K, "revision": R, "items": [...]}`` (``_cli_out``; each kind's
+fields are in docs/operations.md); ``-w`` prints the listing again whenever it changes,
+until Ctrl-C, which ends any command quietly (exit 130).
 
 Settings not given as flags come from ``FOUNDATION_ETCD_*`` variables.
 
@@ -43,11 +49,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.machinery
-import os
+import json
+import logging
 import re
 import signal
-import socket
 import sys
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
@@ -62,19 +69,24 @@ from . import (
     FoundationEtcdError,
     InvalidIdError,
     UnsafeEtcdVersionWarning,
+    __version__,
     agent_classes,
     connect,
     validate_id,
 )
+from ._cli_out import add_output
 from ._core.amounts import MAX_AMOUNT, check_capacity, check_limit
 from .cli_audit import add_commands as add_audit_commands
 from .cli_health import add_health_options, start_health
+from .cli_listings import add_commands as add_listing_commands
+from .cli_listings import client_id
 from .cli_signals import add_commands as add_signal_commands
 from .cli_tenant import add_commands as add_tenant_commands
 
 __all__ = ["main"]
 
 PROG = "foundation-etcd"
+log = logging.getLogger("foundation_etcd.cli")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _MAX_DIGITS = len(str(MAX_AMOUNT)) + 1
 
@@ -145,70 +157,28 @@ def _config(args: argparse.Namespace) -> Config:
     return Config.from_env(**overrides)
 
 
-def _client_id() -> str:
-    return f"cli-{socket.gethostname()}-{os.getpid()}"
-
-
-async def _nodes(cfg: Config, args: argparse.Namespace) -> int:
-    async with connect(cfg, node_id=_client_id(), hosts_agents=False) as c:
-        rev = (await c.transport.status()).revision
-        await c.wait_for(rev)
-        cordoned = await c.cordoned()
-        print(
-            f"{'node':<24} {'hosts':<5} {'cordon':<6} {'capacity':<24} {'capabilities':<20} address"
-        )
-        for n in sorted(c.nodes().values(), key=lambda n: n.node_id):
-            if n.node_id == c.node_id:
-                continue
-            cap = ",".join(f"{k}={v}" for k, v in sorted(n.capacity.items())) or "-"
-            caps = ",".join(sorted(n.capabilities)) or "-"
-            print(
-                f"{n.node_id:<24} {'yes' if n.hosts_agents else 'no':<5} "
-                f"{'yes' if n.node_id in cordoned else 'no':<6} {cap:<24} "
-                f"{caps:<20} {n.address or '-'}"
-            )
-    return 0
-
-
-async def _agents(cfg: Config, args: argparse.Namespace) -> int:
-    async with connect(cfg, node_id=_client_id(), hosts_agents=False) as c:
-        if args.live:
-            await c.wait_for((await c.transport.status()).revision)
-            print(f"{'agent':<28} {'node':<20} {'class':<20} {'incarnation':>11} capabilities")
-            for a in c.registry.all():
-                print(
-                    f"{a.agent_id:<28} {a.node_id:<20} {a.class_name:<20} "
-                    f"{a.incarnation:>11} {','.join(sorted(a.capabilities))}"
-                )
-            return 0
-        print(f"{'agent':<28} {'class':<20} {'state':<8} {'node':<20} {'critical':<8} reason")
-        for s in await c.agents():
-            print(
-                f"{s.agent_id:<28} {s.class_name:<20} {s.state:<8} {s.node_id or '-':<20} "
-                f"{'yes' if s.critical else 'no':<8} {s.reason}"
-            )
-    return 0
-
-
 async def _health(cfg: Config, args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnsafeEtcdVersionWarning)
-        async with connect(cfg, node_id=_client_id(), hosts_agents=False) as c:
-            status = await c.transport.status()
-            stats = c.session.statistics()
-            print(
-                f"etcd {status.version} at {', '.join(cfg.endpoints)}: leader "
-                f"{status.leader:x}, revision {status.revision}, db {status.db_size} bytes"
-            )
-            print(
-                f"session lease {stats.lease_id:x} (ttl {c.session.lease.ttl}s), "
-                f"{len(c.nodes()) - 1} other node(s)"
-            )
-            for err in status.errors:
-                print(f"etcd reports: {err}")
-    for w in caught:
-        print(f"warning: {w.message}")
-    return 1 if status.errors else 0
+        async with connect(cfg, node_id=client_id(), hosts_agents=False) as c:
+            report = await c.health()
+    warned = [str(w.message) for w in caught]
+    if args.output == "json":
+        print(json.dumps({"kind": "Health", **report.to_dict(), "warnings": warned}, indent=2))
+    else:
+        print(
+            f"{report.status}: etcd at {', '.join(cfg.endpoints)} "
+            f"{'reachable' if report.etcd_reachable else 'unreachable'}, leader "
+            f"{report.etcd_leader:x}, revision {report.etcd_revision}; session lease "
+            f"{report.lease_id:x}, {report.lease_margin:.1f} s before its safe deadline"
+        )
+        for reason in report.reasons:
+            print(f"  {reason}")
+        for err in report.etcd_errors:
+            print(f"etcd reports: {err}")
+        for w in warned:
+            print(f"warning: {w}")
+    return 0 if report.status == "ok" else 1
 
 
 def _import_hint(module: str) -> str:
@@ -271,35 +241,36 @@ async def _node_run(cfg: Config, args: argparse.Namespace) -> int:
 
 
 async def _node_drain(cfg: Config, args: argparse.Namespace) -> int:
-    async with connect(cfg, node_id=_client_id(), hosts_agents=False) as c:
-        moved = await c.drain(args.node)
-        for agent, node in moved:
-            print(f"{agent} -> {node}")
+    def progress(done: int, total: int, agent: str, node: str) -> None:
+        if not agent:
+            log.info("node %s cordoned; moving %d agent(s) off it", args.node, total)
+            print(f"node {args.node} cordoned: {total} agent(s) to move", flush=True)
+        else:
+            log.info("moved %s to %s (%d/%d)", agent, node, done, total)
+            print(f"[{done}/{total}] {agent} -> {node}", flush=True)
+
+    async with connect(cfg, node_id=client_id(), hosts_agents=False) as c:
+        moved = await c.drain(args.node, progress=progress)
         print(f"{len(moved)} agent(s) moved off {args.node}")
         print(f"node {args.node} stays cordoned: `{PROG} node uncordon {args.node}` to undo")
     return 0
 
 
 async def _node_cordon(cfg: Config, args: argparse.Namespace) -> int:
-    async with connect(cfg, node_id=_client_id(), hosts_agents=False) as c:
-        if await c.cordon(args.node):
-            print(f"node {args.node} cordoned: no new agent will be placed on it")
-        else:
-            print(f"node {args.node} was already cordoned")
-    return 0
-
-
-async def _node_uncordon(cfg: Config, args: argparse.Namespace) -> int:
-    async with connect(cfg, node_id=_client_id(), hosts_agents=False) as c:
-        if await c.uncordon(args.node):
-            print(f"node {args.node} uncordoned: placement may choose it again")
-        else:
-            print(f"node {args.node} was not cordoned")
+    cordon = args.node_command == "cordon"
+    async with connect(cfg, node_id=client_id(), hosts_agents=False) as c:
+        changed = await (c.cordon(args.node) if cordon else c.uncordon(args.node))
+    if cordon:
+        done = "cordoned: no new agent will be placed on it"
+        print(f"node {args.node} {done if changed else 'was already cordoned'}")
+    else:
+        done = "uncordoned: placement may choose it again"
+        print(f"node {args.node} {done if changed else 'was not cordoned'}")
     return 0
 
 
 async def _quota(cfg: Config, args: argparse.Namespace) -> int:
-    async with connect(cfg, node_id=_client_id(), hosts_agents=False) as c:
+    async with connect(cfg, node_id=client_id(), hosts_agents=False) as c:
         if args.quota_command == "set":
             await c.quotas.set_limit(args.resource, args.limit)
         u = await c.quotas.open_usage(args.resource)
@@ -308,30 +279,62 @@ async def _quota(cfg: Config, args: argparse.Namespace) -> int:
                 f"no quota limit is set for resource {args.resource!r} in tenant "
                 f"{cfg.keyspace.tenant!r} (`{PROG} quota set {args.resource} LIMIT` sets one)"
             )
-        print(
-            f"{u.pool}: limit {u.limit}, used {u.used}, queued {u.queued}, "
-            f"{u.reservations} reservation(s)"
-        )
+        if args.output == "json":
+            fields = ("pool", "limit", "used", "queued", "reservations", "revision", "malformed")
+            print(json.dumps({"kind": "QuotaUsage", **{f: getattr(u, f) for f in fields}}))
+        else:
+            print(
+                f"{u.pool}: limit {u.limit}, used {u.used}, queued {u.queued}, "
+                f"{u.reservations} reservation(s)"
+            )
     return 0
 
 
 # parsing and running ----------------------------------------------------------------------
+def _global_options(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """The options every command takes, before or after its name (etcdctl, kubectl).
+
+    On the subcommands their default is "not given", so that a value given before the
+    command name is kept.
+    """
+    # below the top they are left out of the usage and help (``foundation-etcd -h`` has them)
+    keep: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS, "help": argparse.SUPPRESS}
+    g = p.add_argument_group("global options") if top else p
+    g.add_argument("--endpoints", **({"help": "etcd endpoints, comma-separated"} | keep))
+    g.add_argument("--namespace", type=_id_type("namespace"), **keep)
+    g.add_argument("--tenant", type=_id_type("tenant"), **keep)
+    verbose: dict[str, Any] = {"help": "log to stderr, timestamped (-v: info, -vv: debug)"}
+    verbose["default"] = 0
+    g.add_argument("-v", "--verbose", action="count", **(verbose | keep))
+
+
+_GLOBALS_AFTER = (
+    "global options (--endpoints, --namespace, --tenant, -v) may also follow the command"
+)
+
+
+def _subparsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below ``p`` (commands, and their subcommands)."""
+    out = []
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                out += [child, *_subparsers(child)]
+    return out
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description=__doc__.split("\n")[0],
         epilog="exit status: 0 success, 1 the command failed, 2 bad usage (nothing sent)",
     )
-    p.add_argument("--endpoints", help="etcd endpoints, comma-separated")
-    p.add_argument("--namespace", type=_id_type("namespace"))
-    p.add_argument("--tenant", type=_id_type("tenant"))
-    sub = p.add_subparsers(dest="command", required=True)
-    nodes = sub.add_parser("nodes", help="live nodes")
-    nodes.set_defaults(fn=_nodes, parser=nodes)
-    a = sub.add_parser("agents", help="spawned agents")
-    a.add_argument("--live", action="store_true", help="the registry's live agents instead")
-    a.set_defaults(fn=_agents, parser=a)
-    health = sub.add_parser("health", help="etcd and session health")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    _global_options(p, top=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_listing_commands(sub)
+    health = sub.add_parser("health", help="this process's health report against etcd")
+    add_output(health, watch=False)
     health.set_defaults(fn=_health, parser=health)
     node = sub.add_parser("node", help="run, drain or cordon a node").add_subparsers(
         dest="node_command", required=True
@@ -353,25 +356,42 @@ def _parser() -> argparse.ArgumentParser:
     for name, fn, text in (
         ("drain", _node_drain, "cordon a node, then move every agent off it"),
         ("cordon", _node_cordon, "place no new agent on a node"),
-        ("uncordon", _node_uncordon, "let placement choose a node again"),
+        ("uncordon", _node_cordon, "let placement choose a node again"),
     ):
         cmd = node.add_parser(name, help=text)
         cmd.add_argument("node", type=_id_type("node id"), metavar="NODE")
         cmd.set_defaults(fn=fn, parser=cmd)
-    q = sub.add_parser("quota", help="tenant quota limits").add_subparsers(
+    q = sub.add_parser("quota", help="set or show one quota limit").add_subparsers(
         dest="quota_command", required=True
     )
     qset = q.add_parser("set", help="set the tenant's limit of a resource")
     qset.add_argument("resource", type=_id_type("resource"), metavar="RESOURCE")
     qset.add_argument("limit", type=_limit, metavar="LIMIT", help="an integer >= 0")
-    qset.set_defaults(fn=_quota, parser=qset)
     qshow = q.add_parser("show", help="the tenant's limit and usage of a resource")
     qshow.add_argument("resource", type=_id_type("resource"), metavar="RESOURCE")
-    qshow.set_defaults(fn=_quota, parser=qshow)
+    for cmd in (qset, qshow):
+        add_output(cmd, watch=False)
+        cmd.set_defaults(fn=_quota, parser=cmd)
     add_signal_commands(sub)
     add_tenant_commands(sub)
     add_audit_commands(sub)
+    for child in _subparsers(p):
+        _global_options(child, top=False)
+        child.epilog = child.epilog or _GLOBALS_AFTER
     return p
+
+
+def _logging(verbosity: int) -> None:
+    """``-v``: the library's logs on stderr, with UTC timestamps (``-vv``: debug too)."""
+    if verbosity <= 0:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    fmt = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s")
+    fmt.datefmt, fmt.converter = "%Y-%m-%dT%H:%M:%S", time.gmtime
+    handler.setFormatter(fmt)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -396,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = top.parse_args(argv)  # bad usage exits here, with status 2, before any I/O
     command: argparse.ArgumentParser = getattr(args, "parser", top)
     warnings.simplefilter("ignore", UnsafeEtcdVersionWarning)
+    _logging(args.verbose)
     try:
         cfg = _config(args)
     except ConfigurationError as exc:
@@ -412,9 +433,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as exc:
         _usage(command, str(exc))
     except KeyboardInterrupt:
-        return 130
+        return 130  # Ctrl-C: quietly, with the shell's status for SIGINT
     except BaseException as exc:
         leaves = _leaves(exc)
+        if any(isinstance(e, KeyboardInterrupt) for e in leaves):
+            return 130
         if all(isinstance(e, FoundationEtcdError | _Failure) for e in leaves):
             for e in leaves:
                 _fail(e)

@@ -17,13 +17,13 @@ found before anything is sent.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 import foundation_etcd as fe
 
+from ._cli_out import Listing, add_output, show
 from .lowlevel import open_transport
 
 __all__ = ["add_commands"]
@@ -55,32 +55,31 @@ def _log(cfg: fe.Config, t: Any) -> fe.AuditLog:
     return fe.AuditLog(t, cfg.keyspace, actor="cli")
 
 
+def _record(r: Any) -> dict[str, Any]:
+    return {
+        "seq": r.seq,
+        "time": r.time,
+        "at": datetime.fromtimestamp(r.time, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "actor": r.actor,
+        "kind": r.kind,
+        "details": dict(r.details),
+        "prev": r.prev,
+        "hash": r.digest,
+        "signed": r.sig is not None,
+    }
+
+
 async def _list(cfg: fe.Config, args: argparse.Namespace) -> int:
     async with open_transport(cfg) as t:
-        records = await _log(cfg, t).records(args.since)
-    if args.output == "json":
-        rows = [
-            {
-                "seq": r.seq,
-                "time": r.time,
-                "actor": r.actor,
-                "kind": r.kind,
-                "details": dict(r.details),
-                "prev": r.prev,
-                "hash": r.digest,
-                "signed": r.sig is not None,
-            }
-            for r in records
-        ]
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{'seq':>8} {'time (UTC)':<20} {'actor':<20} {'kind':<12} {'sig':<3} details")
-    for r in records:
-        when = datetime.fromtimestamp(r.time, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        details = json.dumps(dict(r.details), sort_keys=True, separators=(",", ":"))
-        sig = "yes" if r.sig else "no"
-        print(f"{r.seq:>8} {when:<20} {r.actor:<20} {r.kind:<12} {sig:<3} {details}")
-    return 0
+
+        async def build() -> Listing:
+            rev = await t.revision()
+            items = [_record(r) for r in await _log(cfg, t).records(args.since)]
+            columns = [("SEQ", "seq"), ("TIME (UTC)", "at"), ("ACTOR", "actor")]
+            columns += [("KIND", "kind"), ("SIGNED", "signed"), ("DETAILS", "details")]
+            return Listing("AuditRecordList", columns, items, rev)
+
+        return await show(t, args, build)
 
 
 async def _verify(cfg: fe.Config, args: argparse.Namespace) -> int:
@@ -103,7 +102,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         dest="audit_command", required=True
     )
     ls = a.add_parser("list", help="the audit records, oldest first")
-    ls.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    add_output(ls)
     ls.add_argument("--since", type=_since, default=0, metavar="N", help="records after seq N")
     ls.set_defaults(fn=_list, parser=ls)
     verify = a.add_parser("verify", help="check the chain; exit 1 when a problem is found")

@@ -2,8 +2,10 @@
 
 ::
 
-    signals inbox AGENT [--limit N]         waiting signals, oldest first
-    signals dead [AGENT]                    dead letters (of one agent, or of all)
+    signals inbox AGENT [--limit N] [-o table|json] [-w]
+                                            waiting signals, oldest first
+    signals dead [AGENT] [-o table|json] [-w]
+                                            dead letters (of one agent, or of all)
     signals redrive AGENT ID                send a dead letter again (attempts reset)
     signals send AGENT TYPE [--data JSON] [--id ID]
                                             send a signal; prints its id, says if a duplicate
@@ -32,7 +34,6 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -41,6 +42,7 @@ import anyio
 import foundation_etcd as fe
 
 from ._cli_args import id_type
+from ._cli_out import Listing, add_output, show
 
 __all__ = ["add_commands"]
 
@@ -138,14 +140,6 @@ def _too_large(cfg: fe.Config, agent_id: str, type: str, data: Any, sid: str) ->
     return None
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Print rows aligned under the header (the last column unpadded)."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
-    for row in [header, *rows]:
-        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
-        print("  ".join([*cells, row[-1]]).rstrip())
-
-
 def _age(seconds: float) -> str:
     seconds = max(0.0, seconds)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -175,35 +169,55 @@ async def _inbox(cfg: fe.Config, args: argparse.Namespace) -> int:
     async with _connect(cfg) as c:
         if not await _known(c, args.agent):
             return _fail(_unknown(args.agent))
-        signals = await c.inbox(args.agent, limit=args.limit)
-        now = time.time()
-        _table(
-            ("id", "type", "attempt", "age", "source"),
-            [(s.id, s.type, str(s.attempt), _age(now - s.time), s.source) for s in signals],
-        )
-    return 0
+
+        async def build() -> Listing:
+            rev = await c.transport.revision()
+            now = time.time()
+            items = [
+                {
+                    "id": s.id,
+                    "type": s.type,
+                    "attempt": s.attempt,
+                    "age": _age(now - s.time),
+                    "time": s.time,
+                    "source": s.source,
+                    "subject": s.subject,
+                    "data": s.data,
+                }
+                for s in await c.inbox(args.agent, limit=args.limit)
+            ]
+            columns = [("ID", "id"), ("TYPE", "type"), ("ATTEMPT", "attempt")]
+            columns += [("AGE", "age"), ("SOURCE", "source")]
+            return Listing("SignalList", columns, items, rev)
+
+        return await show(c.transport, args, build)
 
 
 async def _dead(cfg: fe.Config, args: argparse.Namespace) -> int:
     async with _connect(cfg) as c:
         if args.agent is not None and not await _known(c, args.agent):
             return _fail(_unknown(args.agent))
-        letters = sorted(await c.dead_letters(args.agent), key=lambda d: (d.agent_id, d.at))
-        _table(
-            ("agent", "id", "type", "attempts", "when", "reason"),
-            [
-                (
-                    d.agent_id,
-                    d.signal_id,
-                    d.signal.type if d.signal is not None else "-",
-                    str(d.attempts),
-                    _when(d.at),
-                    " ".join(d.reason.split()),  # one line per letter
-                )
+
+        async def build() -> Listing:
+            rev = await c.transport.revision()
+            letters = sorted(await c.dead_letters(args.agent), key=lambda d: (d.agent_id, d.at))
+            items = [
+                {
+                    "agent": d.agent_id,
+                    "id": d.signal_id,
+                    "type": d.signal.type if d.signal is not None else None,
+                    "attempts": d.attempts,
+                    "when": _when(d.at),
+                    "at": d.at,
+                    "reason": d.reason,
+                }
                 for d in letters
-            ],
-        )
-    return 0
+            ]
+            columns = [("AGENT", "agent"), ("ID", "id"), ("TYPE", "type")]
+            columns += [("ATTEMPTS", "attempts"), ("WHEN", "when"), ("REASON", "reason")]
+            return Listing("DeadLetterList", columns, items, rev)
+
+        return await show(c.transport, args, build)
 
 
 async def _redrive(cfg: fe.Config, args: argparse.Namespace) -> int:
@@ -282,9 +296,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     inbox = sig.add_parser("inbox", help="signals waiting for an agent, oldest first")
     inbox.add_argument("agent", type=agent_id, metavar="AGENT")
     inbox.add_argument("--limit", type=_limit, default=1000, metavar="N", help="default 1000")
+    add_output(inbox)
     inbox.set_defaults(fn=_inbox, parser=inbox)
     dead = sig.add_parser("dead", help="dead letters: signals given up on, with the reason")
     dead.add_argument("agent", type=agent_id, metavar="AGENT", nargs="?")
+    add_output(dead)
     dead.set_defaults(fn=_dead, parser=dead)
     redrive = sig.add_parser("redrive", help="send a dead letter again, attempts reset")
     redrive.add_argument("agent", type=agent_id, metavar="AGENT")

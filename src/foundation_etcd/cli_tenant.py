@@ -2,9 +2,9 @@
 
 ::
 
-    tenant create TENANT [--user NAME] [--password-stdin | --no-password] [-o text|json]
+    tenant create TENANT [--user NAME] [--password-stdin | --no-password] [-o table|json]
                                             the tenant's role, its permissions, its user
-    tenant list [-o text|json]              the namespace's tenants, users, permissions
+    tenant list [-o table|json] [-w]        the namespace's tenants, users, permissions
     tenant grant TENANT USER [--password-stdin | --no-password]
                                             grant the tenant's role to a (new) user
     tenant revoke TENANT USER               take the tenant's role from a user
@@ -31,6 +31,7 @@ from typing import Any
 import foundation_etcd as fe
 
 from ._cli_args import id_type
+from ._cli_out import Listing, add_output, show
 from .lowlevel import open_transport, prefix_end
 
 __all__ = ["add_commands"]
@@ -137,14 +138,14 @@ async def _create(cfg: fe.Config, args: argparse.Namespace) -> int:
 
 async def _list(cfg: fe.Config, args: argparse.Namespace) -> int:
     async with open_transport(cfg) as t:
-        tenants = await fe.Tenants(t).list()
-    if args.output == "json":
-        print(json.dumps([_as_json(x) for x in tenants], indent=2))
-        return 0
-    print(f"{'tenant':<24} {'role':<40} {'permissions':<12} users")
-    for x in tenants:
-        print(f"{x.tenant:<24} {x.role:<40} {_state(x):<12} {','.join(x.users) or '-'}")
-    return 0
+
+        async def build() -> Listing:
+            rev = await t.revision()
+            items = [_as_json(x) | {"state": _state(x)} for x in await fe.Tenants(t).list()]
+            columns = [("TENANT", "tenant"), ("ROLE", "role"), ("PERMISSIONS", "state")]
+            return Listing("TenantList", [*columns, ("USERS", "users")], items, rev)
+
+        return await show(t, args, build)
 
 
 async def _grant(cfg: fe.Config, args: argparse.Namespace) -> int:
@@ -206,10 +207,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     create.add_argument("tenant", type=tenant, metavar="TENANT")
     create.add_argument("--user", type=_user, metavar="NAME", help="default: the role's name")
     _password_options(create)
-    create.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    add_output(create, watch=False)
     create.set_defaults(fn=_create, parser=create)
     ls = t.add_parser("list", help="the namespace's tenants")
-    ls.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    add_output(ls)
     ls.set_defaults(fn=_list, parser=ls)
     grant = t.add_parser("grant", help="grant a tenant's role to a user (created if missing)")
     grant.add_argument("tenant", type=tenant, metavar="TENANT")

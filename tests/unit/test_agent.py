@@ -80,7 +80,7 @@ PUBLIC = {
     # the entry point and its configuration
     "connect", "Config", "Cluster", "HostedAgent", "NodeInfo", "NodeChange", "ChangeKind",
     # health (cluster.health())
-    "HealthReport",
+    "HealthReport", "OwnershipSummary",
     # agents: the decorator, hooks, contexts, registry and scheduler values
     "clustered", "ClusterSpec", "RestartPolicy", "AgentHooks", "AgentContext",
     "AgentRunContext", "agent_classes", "cluster_spec", "Registry", "Registration",

@@ -53,6 +53,7 @@ from .._core.placement import PlacementStrategy
 from .._transport import Transport, open_transport, require_asyncio
 from .agent import AgentContext, call_hook, cluster_spec
 from .cluster_consensus import ConsensusMethods
+from .cluster_ops import OperatorMethods
 from .cluster_signals import SignalMethods
 from .drain import Drain
 from .failover import Failover
@@ -82,7 +83,7 @@ class HostedAgent:
         return self.cluster.registry.owned().get(self.agent_id)
 
 
-class Cluster(SignalMethods, ConsensusMethods):
+class Cluster(SignalMethods, ConsensusMethods, OperatorMethods):
     """This process's membership of the cluster. Open with :func:`connect`."""
 
     def __init__(
@@ -242,53 +243,6 @@ class Cluster(SignalMethods, ConsensusMethods):
     async def agents(self) -> list[AgentStatus]:
         """Every spawned agent with its state (pending, running, failed) and node."""
         return await self.scheduler.agents()
-
-    async def drain(self, node_id: str) -> list[tuple[str, str]]:
-        """Cordon ``node_id``, then move every agent off it.
-
-        Each agent stops there with a final checkpoint and restarts elsewhere from it. The
-        node stays cordoned afterwards: :meth:`uncordon` lets placement use it again.
-
-        Returns:
-            ``(agent_id, new_node)`` for each agent moved.
-
-        Raises:
-            InvalidIdError: ``node_id`` is not a valid node id (nothing sent).
-            NodeNotFoundError: no such node (not announced, not cordoned, no agent on it).
-            NoNodeFitsError: no other node can take one of its agents (the node stays
-                cordoned; the agents before that one were moved).
-        """
-        return await self._drain.drain(node_id)
-
-    async def cordon(self, node_id: str) -> bool:
-        """Place no new agent on ``node_id`` (its agents keep running), until uncordoned.
-
-        Persisted in etcd: every scheduler of every process obeys it, across restarts.
-
-        Returns:
-            Whether it was cordoned now (``False``: it already was).
-
-        Raises:
-            InvalidIdError: ``node_id`` is not a valid node id (nothing sent).
-            NodeNotFoundError: no such node (not announced, not cordoned, no agent on it).
-        """
-        return await self._drain.cordon(node_id)
-
-    async def uncordon(self, node_id: str) -> bool:
-        """Let placement choose ``node_id`` again.
-
-        Returns:
-            Whether a cordon was removed (``False``: the node was not cordoned).
-
-        Raises:
-            InvalidIdError: ``node_id`` is not a valid node id (nothing sent).
-            NodeNotFoundError: no such node (not announced, not cordoned, no agent on it).
-        """
-        return await self._drain.uncordon(node_id)
-
-    async def cordoned(self) -> frozenset[str]:
-        """The ids of the cordoned nodes, as etcd has them now."""
-        return await self._drain.cordoned()
 
     async def serve(
         self,

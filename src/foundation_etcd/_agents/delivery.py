@@ -119,6 +119,7 @@ class Deliverer:
         self._live = keyspace.agent_live(self._id)
         self._committed = restored  # the state as of the last commit (or the restore)
         self._stateful = callable(getattr(agent, "get_state", None))
+        self.inbox_depth = 0  # signals waiting when the last one was taken (health, metrics)
         self.handling = anyio.Lock()  # held while a handler's effects are uncommitted
         self.dirty = False
         self._marker: dict[str, Any] = {}
@@ -151,17 +152,12 @@ class Deliverer:
             while True:
                 if not queue:
                     if more:
-                        res = await self._t.range(
-                            Op.get(
-                                prefix,
-                                range_end=prefix_end(prefix),
-                                sort_by_create=True,
-                                limit=_BATCH,
-                            )
-                        )
+                        page = Op.get(prefix, prefix=True, sort_by_create=True, limit=_BATCH)
+                        res = await self._t.range(page)
                         queue.extend(kv for kv in res.kvs if kv.create_revision > last_create)
                         more = res.more
                         continue
+                    self.inbox_depth = 0  # seen empty
                     events = await bell.wait()
                     if getattr(bell, "missed", False):
                         bell.missed = False
@@ -173,6 +169,9 @@ class Deliverer:
                             queue.append(kv)
                     continue
                 kv = queue.popleft()
+                # exact unless more than a page waits: then at least the last read's count
+                self.inbox_depth = len(queue) + 1 if not more else max(len(queue) + 1, res.count)
+                metrics.inbox_depth(self._ks.tenant, self._ctx.node_id, self.inbox_depth)
                 try:
                     await self._deliver(kv, queue[0] if queue else None)
                 except _Undone:

@@ -27,6 +27,7 @@ not depend on this process's session; it needs only the transport.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .._core.errors import NodeNotFoundError
@@ -140,7 +141,9 @@ class Drain:
         await view.wait_for((await self._transport.status()).revision)
         return self._scheduler.cordoned_in(view)
 
-    async def drain(self, node_id: str) -> list[tuple[str, str]]:
+    async def drain(
+        self, node_id: str, *, progress: Callable[[int, int, str, str], None] | None = None
+    ) -> list[tuple[str, str]]:
         """Cordon ``node_id``, then move every agent off it (it checkpoints and stops them).
 
         The node stays cordoned afterwards (:meth:`uncordon` lets placement use it again),
@@ -164,10 +167,14 @@ class Drain:
         await assign_view.wait_for(rev)
         await spec_view.wait_for(rev)
         moved = []
+        on_node = []
         for kv in list(assign_view.items().values()):
             node, status, _ = decode_assignment(kv)
-            if node != node_id or status is not AssignmentStatus.ASSIGNED:
-                continue
+            if node == node_id and status is AssignmentStatus.ASSIGNED:
+                on_node.append(kv)
+        if progress is not None:
+            progress(0, len(on_node), "", "")
+        for kv in on_node:
             agent_id = kv.key[len(sched.assign_prefix) :].decode()
             spec_kv = spec_view.get(self._ks.agent_spec(agent_id))
             if spec_kv is None:
@@ -184,5 +191,7 @@ class Drain:
             except ConditionFailed:
                 continue
             moved.append((agent_id, new))
+            if progress is not None:
+                progress(len(moved), len(on_node), agent_id, new)
         await sched.audit.note("drain", {"node": node_id, "moved": dict(moved)})
         return moved

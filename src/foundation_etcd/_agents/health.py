@@ -76,6 +76,8 @@ class HealthReport:
             serving).
         agents_hosted: hosted agent id to ``starting``, ``running`` or ``stopped``.
         agents_failed: agent id to the reason this node refused or gave it up.
+        inbox_backlog: hosted agent id to the signals that were waiting in its inbox when
+            it took the last one (0 once its inbox was seen empty); no read of etcd.
     """
 
     status: Status
@@ -94,6 +96,7 @@ class HealthReport:
     failover_leader: bool | None = None
     agents_hosted: Mapping[str, str] = field(default_factory=dict)
     agents_failed: Mapping[str, str] = field(default_factory=dict)
+    inbox_backlog: Mapping[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready values (a non-finite margin becomes ``None``)."""
@@ -103,6 +106,7 @@ class HealthReport:
         out["views"] = dict(self.views)
         out["agents_hosted"] = dict(self.agents_hosted)
         out["agents_failed"] = dict(self.agents_failed)
+        out["inbox_backlog"] = dict(self.inbox_backlog)
         if not math.isfinite(self.lease_margin):
             out["lease_margin"] = None
         return out
@@ -192,8 +196,12 @@ async def health_report(cluster: Cluster, within: float) -> HealthReport:
     failover: bool | None = None
     hosted: dict[str, str] = {}
     refused: dict[str, str] = {}
+    backlog: dict[str, int] = {}
     if runtime is not None:
         hosted = {agent_id: h.status for agent_id, h in sorted(runtime.hosted.items())}
+        for agent_id, h in sorted(runtime.hosted.items()):
+            if h.deliverer is not None:
+                backlog[agent_id] = h.deliverer.inbox_depth
         refused = dict(sorted(runtime.refused.items()))
         if refused:
             degraded.append(f"agents failed: {', '.join(refused)}")
@@ -221,6 +229,7 @@ async def health_report(cluster: Cluster, within: float) -> HealthReport:
         failover_leader=failover,
         agents_hosted=hosted,
         agents_failed=refused,
+        inbox_backlog=backlog,
     )
 
 

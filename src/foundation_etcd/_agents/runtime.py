@@ -122,6 +122,7 @@ class _Hosted:
     stop: anyio.Event = field(default_factory=anyio.Event)
     incarnation: int = 0
     status: str = "starting"
+    deliverer: Deliverer | None = None  # its ``inbox_depth`` is the health's backlog
 
 
 class NodeRuntime:
@@ -382,7 +383,7 @@ class NodeRuntime:
                 ks.agent_state(agent_id),
                 self._transport,
             )
-            deliverer = self._deliverer(ctx, agent, restored)
+            deliverer = hosted.deliverer = self._deliverer(ctx, agent, restored)
             if deliverer is not None:
                 object.__setattr__(ctx, "_handling", deliverer.handling)
             await call_hook(agent, "on_start", ctx)

@@ -51,6 +51,7 @@ Attrs = dict[str, str]
 # bucket boundaries, seconds: keepalive round trips are milliseconds, waits up to minutes
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _SLOW = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+_DEPTH = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
 _MARGIN = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -78,6 +79,7 @@ class Instruments:
     signals_redelivered: Counter
     signals_dead_lettered: Counter
     signal_latency: Histogram
+    inbox_depth: Histogram
 
 
 _provider: MeterProvider | None = None
@@ -163,6 +165,12 @@ def _create() -> Instruments:
             "foundation_etcd.signals.latency",
             "from the send (the sender's clock) to the committed handling",
             _SLOW,
+        ),
+        inbox_depth=h(
+            "foundation_etcd.signals.inbox_depth",
+            "{signal}",
+            "signals waiting in a hosted agent's inbox as it takes the next",
+            explicit_bucket_boundaries_advisory=list(_DEPTH),
         ),
     )
 
@@ -278,3 +286,8 @@ def signal_handled(tenant: str, node: str, attempt: int, sent_at: float) -> None
 def signal_dead_lettered(tenant: str, node: str) -> None:
     """A signal went to dead letters."""
     instruments().signals_dead_lettered.add(1, _attrs(tenant, node))
+
+
+def inbox_depth(tenant: str, node: str, depth: int) -> None:
+    """The signals waiting in a hosted agent's inbox as it takes the next one."""
+    instruments().inbox_depth.record(depth, _attrs(tenant, node))

@@ -43,6 +43,7 @@ class Twin:
 
 _SIGNAL_METHODS = _fe.Cluster.__mro__[1]  # the Cluster's signal methods (a private base)
 _CONSENSUS_METHODS = _fe.Cluster.__mro__[2]  # shared state, transactions, counters, barriers
+_OPERATOR_METHODS = _fe.Cluster.__mro__[3]  # cordon, drain and the listings
 
 TWINS: tuple[Twin, ...] = (
     Twin(_ll.Transport, "_transport", _ll.Transport),
@@ -62,6 +63,7 @@ TWINS: tuple[Twin, ...] = (
     Twin(_fe.Barrier, "_consensus", _fe.Barrier),
     Twin(_fe.DoubleBarrier, "_consensus", _fe.DoubleBarrier),
     Twin(_CONSENSUS_METHODS, "_consensus", _fe.Cluster, "ConsensusMethods"),
+    Twin(_OPERATOR_METHODS, "_cluster", _fe.Cluster, "OperatorMethods"),
     Twin(_fe.Cluster, "_cluster", _fe.Cluster),
     Twin(_fe.HostedAgent, "_cluster", _fe.HostedAgent),
 )

@@ -1,0 +1,148 @@
+"""Output of the command line: aligned tables or stable JSON, once or watched (``-w``).
+
+Every listing is a :class:`Listing`: a ``kind``, the store revision it was read at, and
+items that are JSON objects with fixed field names (documented in ``docs/operations.md``).
+``-o table`` prints the columns aligned under a header; ``-o json`` prints::
+
+    {"kind": "NodeList", "revision": 42, "items": [{...}, ...]}
+
+With ``-w`` the listing is read again whenever etcd's revision moves (checked twice a
+second) and printed again when it changed: as a table after a ``# revision R at T`` line,
+as JSON one compact document per line (JSON Lines), until Ctrl-C.
+
+Like the command-line modules, it uses the public API only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import anyio
+
+from foundation_etcd import lowlevel
+
+__all__ = ["WATCH_POLL", "Listing", "add_output", "render", "show", "table"]
+
+WATCH_POLL = 0.5  # seconds between revision checks of ``-w``
+
+
+@dataclass
+class Listing:
+    """One listing: what ``-o json`` prints, and how ``-o table`` lays it out.
+
+    Attributes:
+        kind: the JSON ``kind`` (``NodeList``, ...).
+        columns: ``(header, field)`` pairs of the table, in order.
+        items: the JSON objects, one per row.
+        revision: the store revision the listing was read at (0: not from one read).
+        extra: more top-level JSON fields.
+        sections: a listing of listings (``Status``): its JSON has a field per section
+            (the section's items) instead of ``items``, its table a block per section.
+        title: a line printed above the table.
+    """
+
+    kind: str
+    columns: Sequence[tuple[str, str]]
+    items: list[dict[str, Any]]
+    revision: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    sections: dict[str, Listing] = field(default_factory=dict)
+    title: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON document: ``kind``, ``revision``, ``items`` and any extra fields."""
+        out: dict[str, Any] = {"kind": self.kind, "revision": self.revision}
+        if self.sections:
+            out.update({name: part.items for name, part in self.sections.items()})
+        else:
+            out["items"] = self.items
+        return {**out, **self.extra}
+
+    def rows(self) -> list[list[str]]:
+        """The table's cells, as text."""
+        return [[_cell(item.get(f)) for _, f in self.columns] for item in self.items]
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "" or value == [] or value == {}:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in sorted(value.items()))
+    if isinstance(value, list | tuple | set | frozenset):
+        return ",".join(str(v) for v in value)
+    return " ".join(str(value).split())  # one line per row
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO | None = None) -> None:
+    """Print rows aligned under the header (the last column unpadded)."""
+    out = out or sys.stdout
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]).rstrip(), file=out)
+
+
+def render(listing: Listing, output: str, *, compact: bool = False) -> str:
+    """The text ``-o output`` prints for ``listing``."""
+    if output == "json":
+        if compact:
+            return json.dumps(listing.as_json(), separators=(",", ":"), sort_keys=True, default=str)
+        return json.dumps(listing.as_json(), indent=2, sort_keys=True, default=str)
+    buf = io.StringIO()
+    if listing.title:
+        print(listing.title, file=buf)
+    if listing.sections:
+        for name, part in listing.sections.items():
+            print(f"\n{name.upper().replace('_', ' ')} ({part.title or len(part.items)})", file=buf)
+            if part.items:
+                table([h for h, _ in part.columns], part.rows(), out=buf)
+    else:
+        table([h for h, _ in listing.columns], listing.rows(), out=buf)
+    return buf.getvalue().rstrip("\n")
+
+
+def add_output(cmd: argparse.ArgumentParser, *, watch: bool = True) -> None:
+    """Add ``-o/--output table|json`` (and ``-w/--watch``) to a listing command."""
+    cmd.add_argument(
+        "-o", "--output", choices=("table", "json"), default="table", help="default: table"
+    )
+    if watch:
+        cmd.add_argument(
+            "-w", "--watch", action="store_true", help="print again on every change (Ctrl-C ends)"
+        )
+
+
+async def show(
+    transport: lowlevel.Transport,
+    args: argparse.Namespace,
+    build: Callable[[], Awaitable[Listing]],
+) -> int:
+    """Print ``build()`` once, or, with ``-w``, again each time it changes (until Ctrl-C)."""
+    output = getattr(args, "output", "table")
+    if not getattr(args, "watch", False):
+        print(render(await build(), output), flush=True)
+        return 0
+    seen_rev = -1
+    last = ""
+    while True:
+        rev = (await transport.status()).revision
+        if rev != seen_rev:
+            seen_rev = rev
+            listing = await build()
+            text = render(listing, output, compact=True)
+            if text != last:
+                last = text
+                if output == "table":
+                    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                    print(f"# revision {listing.revision or rev} at {stamp}")
+                print(text, flush=True)
+        await anyio.sleep(WATCH_POLL)
