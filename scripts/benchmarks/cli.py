@@ -26,6 +26,7 @@ from benchmarks.election import section_election
 from benchmarks.harness import FULL, QUICK, Bench, Row, Section
 from benchmarks.keepalive import section_keepalive
 from benchmarks.kv import section_kv
+from benchmarks.metrics_cost import section_metrics
 from benchmarks.quotas import section_quotas
 from benchmarks.raw import rpc
 from benchmarks.registry import section_registry
@@ -60,6 +61,7 @@ SECTIONS = [
     Section("runtime", "Runtime: spawn and failover", section_runtime),
     Section("signals", "Signals: send, call, throughput, many agents", section_signals),
     Section("consensus", "Consensus: shared state, transactions, counters", section_consensus),
+    Section("metrics", "Metrics cost: the OpenTelemetry SDK installed", section_metrics),
 ]
 
 Done = list[tuple[Section, list[Row], float]]

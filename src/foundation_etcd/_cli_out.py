@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,7 +29,7 @@ import anyio
 
 from foundation_etcd import lowlevel
 
-__all__ = ["WATCH_POLL", "Listing", "add_output", "render", "show", "table"]
+__all__ = ["WATCH_POLL", "Listing", "add_output", "render", "setup_logging", "show", "table"]
 
 WATCH_POLL = 0.5  # seconds between revision checks of ``-w``
 
@@ -146,3 +147,19 @@ async def show(
                     print(f"# revision {listing.revision or rev} at {stamp}")
                 print(text, flush=True)
         await anyio.sleep(WATCH_POLL)
+
+
+def setup_logging(verbosity: int) -> None:
+    """``-v``: the library's logs on stderr with UTC timestamps (``-vv``: debug too).
+
+    One format for the command line and the demo: ``2026-12-01T18:02:57.123Z INFO name: msg``.
+    """
+    if verbosity <= 0:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    fmt = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s")
+    fmt.datefmt, fmt.converter = "%Y-%m-%dT%H:%M:%S", time.gmtime
+    handler.setFormatter(fmt)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)

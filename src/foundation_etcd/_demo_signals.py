@@ -23,6 +23,7 @@ import anyio
 
 import foundation_etcd as fe
 
+from ._cli_out import table
 from ._demo_conductor import Demo, say
 
 __all__ = ["Tally", "act_signals"]
@@ -139,14 +140,13 @@ async def act_signals(demo: Demo, tg: Any, cluster: Any) -> None:
         for a in agents:  # a call waits behind the signals sent before it (FIFO)
             results[a] = await cluster.call(a, "tally")
     print()
-    print(f"{'agent':<8} {'before':<8} {'after':<8} {'sent':>5} {'counted':>7} {'again'}")
+    rows = []
     for a in agents:
         node = moved[a]["node"] if a in moved else home[a]
         again_of = ", ".join(f"{s} (attempt {n})" for s, n in results[a]["again"].items())
-        print(
-            f"{a:<8} {home[a]:<8} {node:<8} {len(accepted[a]):>5} "
-            f"{len(results[a]['seen']):>7} {again_of or '-'}"
-        )
+        counted = str(len(results[a]["seen"]))
+        rows.append([a, home[a], node, str(len(accepted[a])), counted, again_of or "-"])
+    table(["AGENT", "BEFORE", "AFTER", "SENT", "COUNTED", "AGAIN"], rows)  # the CLI's tables
     print()
     exact = [a for a in agents if results[a]["seen"] == accepted[a]]
     demo.check(

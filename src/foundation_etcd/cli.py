@@ -54,7 +54,6 @@ import logging
 import re
 import signal
 import sys
-import time
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
@@ -74,7 +73,7 @@ from . import (
     connect,
     validate_id,
 )
-from ._cli_out import add_output
+from ._cli_out import add_output, setup_logging
 from ._core.amounts import MAX_AMOUNT, check_capacity, check_limit
 from .cli_audit import add_commands as add_audit_commands
 from .cli_health import add_health_options, start_health
@@ -381,19 +380,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _logging(verbosity: int) -> None:
-    """``-v``: the library's logs on stderr, with UTC timestamps (``-vv``: debug too)."""
-    if verbosity <= 0:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    fmt = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s")
-    fmt.datefmt, fmt.converter = "%Y-%m-%dT%H:%M:%S", time.gmtime
-    handler.setFormatter(fmt)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
-
-
 def _leaves(exc: BaseException) -> list[BaseException]:
     """The exceptions inside (nested) exception groups, or ``exc`` itself."""
     if isinstance(exc, BaseExceptionGroup):
@@ -416,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = top.parse_args(argv)  # bad usage exits here, with status 2, before any I/O
     command: argparse.ArgumentParser = getattr(args, "parser", top)
     warnings.simplefilter("ignore", UnsafeEtcdVersionWarning)
-    _logging(args.verbose)
+    setup_logging(args.verbose)
     try:
         cfg = _config(args)
     except ConfigurationError as exc:

@@ -47,6 +47,7 @@ from . import (
     clustered,
     connect,
 )
+from ._cli_out import setup_logging, table
 from ._demo_conductor import Demo, say
 from ._demo_signals import act_signals
 
@@ -290,17 +291,23 @@ async def _act_failover(demo: Demo, cluster: Any) -> None:
     except IncarnationLostError:
         demo.check(True, f"old incarnation {before[a0].incarnation} of {a0}: write refused")
     print()
-    print(
-        f"{'agent':<9} {'critical':<8} {'before':<7} {'after':<7} {'state':<8} "
-        f"{'saved':>6} {'restored':>8} {'restart s':>9}"
-    )
+    rows = []
     for a in on_victim:
         r = restarts.get(a)
-        print(
-            f"{a:<9} {before[a].critical!s:<8} {victim:<7} {after[a].node_id or '-':<7} "
-            f"{after[a].state:<8} {saved_before[a]!s:>6} {r['value'] if r else '-'!s:>8} "
-            f"{(r['t'] - killed) if r else float('nan'):>9.2f}"
+        rows.append(
+            [
+                a,
+                "yes" if before[a].critical else "no",
+                victim,
+                after[a].node_id or "-",
+                after[a].state,
+                str(saved_before[a]),
+                str(r["value"]) if r else "-",
+                f"{r['t'] - killed:.2f}" if r else "-",
+            ]
         )
+    header = ["AGENT", "CRITICAL", "BEFORE", "AFTER", "STATE", "SAVED", "RESTORED"]
+    table([*header, "RESTART S"], rows)  # the command line's tables
     print()
     for a in on_victim:
         if before[a].critical:
@@ -373,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument("--namespace", required=True)
     node.add_argument("--cpu", type=int, default=4)
     node.add_argument("--no-serve", dest="serve", action="store_false")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="library logs")
     args = parser.parse_args(argv)
+    setup_logging(args.verbose)  # the command line's format: UTC timestamps on stderr
     if args.cmd == "node":
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         with contextlib.suppress(KeyboardInterrupt, SystemExit):
