@@ -271,3 +271,39 @@ async def test_agent_and_signal_metrics(etcd_config: Config, reader: InMemoryMet
     assert total(reader, "foundation_etcd.agents.started", node="stay") == 2
     assert total(reader, "foundation_etcd.agents.failed_over", tenant=tenant) == 1
     check_attributes(reader)
+
+
+async def test_prometheus_exposition_on_the_callers_registry(etcd_config: Config) -> None:
+    """``foundation_etcd.prometheus.expose``: scraped text parses, counts match the script."""
+    import prometheus_client
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from foundation_etcd.prometheus import expose
+
+    registry = prometheus_client.CollectorRegistry()
+    provider = expose(registry)
+    metrics.use_provider(provider)
+    try:
+        with anyio.fail_after(20):
+            async with connect(etcd_config, node_id="prom") as c:
+                for _ in range(3):
+                    async with c.lock("scraped").acquire():
+                        pass
+        text = prometheus_client.generate_latest(registry).decode()
+    finally:
+        metrics.use_provider(None)
+        provider.shutdown()
+    assert prometheus_client.generate_latest(prometheus_client.REGISTRY).find(b"foundation") < 0
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    acquired = families["foundation_etcd_ownership_acquired"]
+    assert acquired.type == "counter"
+    (sample,) = [s for s in acquired.samples if s.name.endswith("_total")]
+    assert sample.value == 3
+    assert sample.labels == {"kind": "lock", "name": "scraped", "tenant": "default"}
+    wait = families["foundation_etcd_ownership_wait_seconds"]
+    assert wait.type == "histogram"
+    count = [s for s in wait.samples if s.name.endswith("_count")]
+    inf = [s for s in wait.samples if s.name.endswith("_bucket") and s.labels["le"] == "+Inf"]
+    assert [s.value for s in count] == [3] and [s.value for s in inf] == [3]
+    buckets = [s.value for s in wait.samples if s.name.endswith("_bucket")]
+    assert buckets == sorted(buckets)  # cumulative
