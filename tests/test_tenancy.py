@@ -139,6 +139,28 @@ async def test_create_is_idempotent_and_grants_exactly_the_tenant_keys(
             assert "c1" not in {x.tenant for x in await tenants.list()}
             assert (await tenants.delete("c1")).role_deleted is False
             await admin.user_delete("carol2")
+            # each change is in the tenant's audit log, in order; calls that changed nothing
+            # are not; no password anywhere
+            log = fe.AuditLog(t, ks, actor="test")
+            records = await log.records()
+            assert [r.kind for r in records] == [
+                "tenant-create",
+                "tenant-create",  # the lost permission granted again
+                "tenant-grant",
+                "tenant-revoke",
+                "tenant-delete",
+            ]
+            assert records[0].details == {
+                "role": "foundation/ns-t/c1",
+                "user": "carol",
+                "permissions_granted": 4,
+                "user_created": True,
+            }
+            assert records[1].details["permissions_granted"] == 1
+            assert records[-1].details["users_deleted"] == ["carol"]
+            assert all(r.actor == "tenants:root" for r in records)
+            assert not any("secret" in str(r.details) for r in records)
+            assert (await log.verify()).ok
 
 
 async def test_bad_input_fails_before_anything_is_sent(auth_server: EtcdServer) -> None:
@@ -500,13 +522,16 @@ async def test_delete_keeps_the_keys_unless_asked(auth_server: EtcdServer) -> No
             with pytest.raises(AuthError):
                 async with open_transport(cfg):
                     raise AssertionError("a deleted user logged in")
-            assert len((await t.get_prefix(d.prefix)).kvs) == 1
+            audit = d.key("audit")
+            kept = [kv.key for kv in (await t.get_prefix(d.prefix)).kvs]
+            assert [k for k in kept if not k.startswith(audit)] == [d.state("s")]
             assert len((await t.get_prefix(d.quotas_prefix())).kvs) == 2
             # created again, then deleted with its keys: a tenant's prefix and its quotas only
             await tenants.create("d1", "dora", password="d")
             other = await t.get_prefix(Keyspace(NS, "b").prefix)
+            mine = len((await t.get_prefix(d.prefix)).kvs) + 2  # with its audit records
             done = await tenants.delete("d1", delete_keys=True)
-            assert done == fe.TenantDeletion(True, ("dora",), 3)
+            assert done == fe.TenantDeletion(True, ("dora",), mine)
             assert (await t.get_prefix(d.prefix)).kvs == []
             assert (await t.get_prefix(d.quotas_prefix())).kvs == []
             assert (await t.get_prefix(Keyspace(NS, "b").prefix)).kvs == other.kvs
@@ -576,6 +601,7 @@ async def test_cli_tenant_commands(auth_server: EtcdServer) -> None:
         assert out.returncode == 2 and "invalid tenant 'bad/id'" in out.stderr
         out = await anyio.to_thread.run_sync(lambda: run("tenant", "delete", "e1", "--delete-keys"))
         assert out.returncode == 0, out.stderr
-        assert "users deleted: erin" in out.stdout and "keys deleted: 1" in out.stdout
+        # its key k, and the audit head and record of its creation
+        assert "users deleted: erin" in out.stdout and "keys deleted: 3" in out.stdout
         async with as_root(auth_server) as t:
             assert await fe.Tenants(t).get("e1") is None

@@ -25,6 +25,10 @@ Guarantees:
       (never ``root``), and the tenant's keys only when asked (``delete_keys=True``), in
       one transaction.
     * A refusal for want of admin rights is an :class:`AuthError` that says so.
+    * Every change (a role or user created, a grant, a revoke, a delete) is appended to
+      the tenant's audit log (``tenant-create``, ``-grant``, ``-revoke``, ``-delete``;
+      best effort, never a password); a call that changed nothing appends nothing. A
+      tenant deleted with its keys takes its log with it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from .._core.keys import Keyspace, prefix_end, validate_id
 from .._core.kv import DeleteResult, Op
 from .._transport import Transport
 from .._transport._auth import AuthAdmin, KeyPermission, PermissionKind
+from .audit import AuditLog
 
 __all__ = [
     "ROLE_PREFIX",
@@ -222,14 +227,19 @@ class Tenants:
         name = _check_user(role if user is None else user)
         _check_password(password, no_password)
         with _AdminRefusal():
-            await self._admin.role_add(role)
+            added = await self._admin.role_add(role)
             have = await self._admin.role_get(role) or []
+            granted = 0
             for perm in self.permissions(tenant):
                 if perm not in have:
                     await self._admin.role_grant(role, perm)
-            await self._grant(role, name, password, no_password)
+                    granted += 1
+            made, gave = await self._grant(role, name, password, no_password)
             info = await self.get(tenant)
         assert info is not None
+        if added or granted or made or gave:
+            details = {"role": role, "user": name, "permissions_granted": granted}
+            await self._note(tenant, "tenant-create", details | {"user_created": made})
         return info
 
     async def grant(
@@ -255,13 +265,26 @@ class Tenants:
                 raise ConfigurationError(
                     "tenant", f"tenant {tenant!r} of namespace {self.namespace!r} is not created"
                 )
-            await self._grant(role, name, password, no_password)
+            made, gave = await self._grant(role, name, password, no_password)
             info = await self.get(tenant)
         assert info is not None
+        if gave:
+            await self._note(
+                tenant, "tenant-grant", {"role": role, "user": name, "user_created": made}
+            )
         return info
 
-    async def _grant(self, role: str, user: str, password: str | None, no_password: bool) -> None:
+    async def _note(self, tenant: str, kind: str, details: dict[str, object]) -> None:
+        """Record a change in the tenant's audit log (best effort; never a password)."""
+        actor = f"tenants:{self._transport.config.user or 'admin'}"
+        await AuditLog(self._transport, self.keyspace(tenant), actor=actor).note(kind, details)
+
+    async def _grant(
+        self, role: str, user: str, password: str | None, no_password: bool
+    ) -> tuple[bool, bool]:
+        """Grant ``role`` to ``user``: (whether the user was created, whether granted now)."""
         roles = await self._admin.user_get(user)
+        made = False
         if roles is None:
             if password is None and not no_password:
                 raise ConfigurationError(
@@ -271,9 +294,11 @@ class Tenants:
                     "or --no-password)",
                 )
             await self._admin.user_add(user, password)
-            roles = []
-        if role not in roles:
-            await self._admin.user_grant_role(user, role)
+            roles, made = [], True
+        if role in roles:
+            return made, False
+        await self._admin.user_grant_role(user, role)
+        return made, True
 
     async def revoke(self, tenant: str, user: str) -> bool:
         """Take the tenant's role from ``user`` (the user stays); ``False`` if it had none.
@@ -285,7 +310,10 @@ class Tenants:
         role = self.role(tenant)
         name = _check_user(user)
         with _AdminRefusal():
-            return await self._admin.user_revoke_role(name, role)
+            revoked = await self._admin.user_revoke_role(name, role)
+        if revoked:
+            await self._note(tenant, "tenant-revoke", {"role": role, "user": name})
+        return revoked
 
     async def get(self, tenant: str) -> TenantInfo | None:
         """The tenant's role, users and permissions; ``None`` when it is not created."""
@@ -334,6 +362,8 @@ class Tenants:
                 alone = user != "root" and await self._admin.user_get(user) == []
                 if alone and await self._admin.user_delete(user):
                     deleted.append(user)
+            if existed and not delete_keys:  # with its keys, its log goes too
+                await self._note(tenant, "tenant-delete", {"role": role, "users_deleted": deleted})
             keys = 0
             if delete_keys:
                 res = await self._transport.txn(
