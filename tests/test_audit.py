@@ -284,9 +284,19 @@ class Worker:
         raise RuntimeError("poison")
 
 
-async def test_cluster_decisions_are_recorded(etcd_config: Config) -> None:
+async def test_cluster_decisions_are_recorded(etcd_config: Config, tmp_path: Path) -> None:
+    """Every decision kind is recorded, each signed with the configured key."""
     classes = {"audit-worker": Worker}
-    cfg = etcd_config.with_options(signal_max_attempts=1)
+    key = Ed25519PrivateKey.generate()
+    pem = tmp_path / "audit-key.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cfg = etcd_config.with_options(signal_max_attempts=1, audit_signing_key=pem)
     with anyio.fail_after(60):
         async with connect(cfg, node_id="aa") as a, anyio.create_task_group() as tg:
             tg.start_soon(lambda: a.serve(classes))  # campaigns: a "leader" record
@@ -317,8 +327,29 @@ async def test_cluster_decisions_are_recorded(etcd_config: Config) -> None:
             assert by_kind["failover"].details["to"] == "aa"
             assert by_kind["limit"].details == {"resource": "gpu", "limit": 2}
             assert by_kind["leader"].actor == "aa"
-            assert (await log.verify()).ok
+            assert all(r.sig is not None for r in recs)  # Config.audit_signing_key
+            assert (await log.verify([key.public_key()])).ok
             tg.cancel_scope.cancel()
+
+
+async def test_a_bad_signing_key_fails_at_connect(etcd_config: Config, tmp_path: Path) -> None:
+    with pytest.raises(fe.ConfigurationError, match="audit_signing_key.*cannot read"):
+        etcd_config.with_options(audit_signing_key=tmp_path / "missing.pem")
+    bad = tmp_path / "bad.pem"
+    bad.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    cfg = etcd_config.with_options(audit_signing_key=bad)
+
+    async def revision() -> int:
+        async with open_transport(etcd_config) as t:
+            return await t.revision()
+
+    before = await revision()
+    with pytest.raises(fe.ConfigurationError, match="audit_signing_key: cannot load it"):
+        async with connect(cfg, node_id="bad-key"):
+            raise AssertionError("connected with a bad signing key")
+    assert await revision() == before  # refused before anything was written
+    env = {"FOUNDATION_ETCD_AUDIT_SIGNING_KEY": str(bad)}
+    assert Config.from_env(env).audit_signing_key == bad
 
 
 async def _has(kinds, kind: str) -> bool:

@@ -36,6 +36,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from .._coord.audit import signing_key_file
 from .._coord.doorbells import Doorbells
 from .._coord.election import Election
 from .._coord.lock import Lock
@@ -369,10 +370,13 @@ async def connect(
         EtcdUnavailableError: etcd cannot be reached.
         NodeExistsError: another live process announces ``node_id``.
         InvalidIdError, ValueError: bad ids or capacities (before anything is sent).
+        ConfigurationError: ``config.audit_signing_key`` is no Ed25519 private key.
     """
     require_asyncio("foundation_etcd.connect")
     config = config or Config.from_env()
     node_id = validate_id(node_id or f"{socket.gethostname()}-{os.getpid()}", "node id")
+    if config.audit_signing_key is not None:
+        signing_key_file(config.audit_signing_key)  # a bad key fails here, not at a record
     value = node_value(node_id, capacity or {}, capabilities, address, hosts_agents)
     async with AsyncExitStack() as stack:
         transport = await stack.enter_async_context(open_transport(config))

@@ -35,12 +35,14 @@ Guarantees:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -87,6 +89,20 @@ def _ed25519() -> Any:
     return ed25519
 
 
+@functools.lru_cache(maxsize=8)
+def signing_key_file(path: Path) -> Ed25519PrivateKey:
+    """The Ed25519 private key in file ``path`` (PEM or 32 raw bytes), loaded once.
+
+    Raises:
+        ConfigurationError: unreadable, or not an unencrypted Ed25519 private key.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError("audit_signing_key", f"cannot read {str(path)!r}") from exc
+    return load_signing_key(data)
+
+
 def load_signing_key(data: bytes, password: bytes | None = None) -> Ed25519PrivateKey:
     """An Ed25519 private key from PEM (or 32 raw bytes).
 
@@ -104,9 +120,9 @@ def load_signing_key(data: bytes, password: bytes | None = None) -> Ed25519Priva
             else serialization.load_pem_private_key(data, password)
         )
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise ConfigurationError("audit signing key", f"cannot load it: {exc}") from None
+        raise ConfigurationError("audit_signing_key", f"cannot load it: {exc}") from None
     if not isinstance(key, ed.Ed25519PrivateKey):
-        raise ConfigurationError("audit signing key", "not an Ed25519 private key")
+        raise ConfigurationError("audit_signing_key", "not an Ed25519 private key")
     private: Ed25519PrivateKey = key
     return private
 
@@ -188,12 +204,17 @@ class AuditLog:
             transport: the etcd transport.
             keyspace: the tenant's key layout.
             actor: who writes (the node id), stored in each record.
-            signing_key: an Ed25519 private key signing each record, or ``None``.
+            signing_key: an Ed25519 private key signing each record; by default the one
+                of ``Config.audit_signing_key``, if set.
+
+        Raises:
+            ConfigurationError: the configured key file is not an Ed25519 private key.
         """
         self._t = transport
         self._ks = keyspace
         self.actor = actor
-        self.signing_key = signing_key
+        path = transport.config.audit_signing_key
+        self.signing_key = signing_key or (None if path is None else signing_key_file(path))
         self._head: tuple[int, str, int] | None = None  # seq, hash, head key's mod revision
 
     def _parse_head(self, kv: KeyValue | None) -> tuple[int, str, int]:

@@ -123,6 +123,9 @@ class Config:
         signal_max_attempts: failed deliveries after which a signal goes to dead letters.
         signal_retention: seconds a handled signal's id is remembered (a send with the same
             id within it is a duplicate and delivers nothing), and a call's reply kept.
+        audit_signing_key: a file holding the Ed25519 private key (PEM, unencrypted, or
+            its 32 raw bytes) that signs every audit record this process writes; needs
+            the ``cryptography`` package. ``connect`` loads it, so a bad key fails there.
     """
 
     endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
@@ -146,6 +149,7 @@ class Config:
     signal_inbox_limit: int = 1000
     signal_max_attempts: int = 5
     signal_retention: float = 86400.0
+    audit_signing_key: Path | None = None
 
     def __post_init__(self) -> None:
         raw = self.endpoints
@@ -209,6 +213,16 @@ class Config:
             object.__setattr__(self, name, _count(name, getattr(self, name), low, high))
         if self.signal_retention < 60:
             raise ConfigurationError("signal_retention", "must be at least 60 s")
+        if self.audit_signing_key is not None:
+            key = Path(self.audit_signing_key)
+            try:
+                size = len(key.read_bytes())
+            except OSError as exc:
+                why = f"cannot read {str(key)!r}: {exc.strerror}"
+                raise ConfigurationError("audit_signing_key", why) from exc
+            if size == 0:
+                raise ConfigurationError("audit_signing_key", f"{str(key)!r} is empty")
+            object.__setattr__(self, "audit_signing_key", key)
 
     @property
     def keyspace(self) -> Keyspace:
@@ -277,7 +291,7 @@ class Config:
             text = env.get(ENV_PREFIX + f.name.upper())
             if text is None or text == "":
                 continue
-            if f.name in ("ca_cert", "client_cert", "client_key"):
+            if f.name in ("ca_cert", "client_cert", "client_key", "audit_signing_key"):
                 values[f.name] = Path(text)
             elif f.name == "endpoints":
                 values[f.name] = tuple(e for e in text.split(",") if e.strip())
