@@ -333,7 +333,7 @@ async def test_cluster_decisions_are_recorded(etcd_config: Config, tmp_path: Pat
 
 
 async def test_a_bad_signing_key_fails_at_connect(etcd_config: Config, tmp_path: Path) -> None:
-    with pytest.raises(fe.ConfigurationError, match="audit_signing_key.*cannot read"):
+    with pytest.raises(fe.ConfigurationError, match=r"audit_signing_key.*cannot read"):
         etcd_config.with_options(audit_signing_key=tmp_path / "missing.pem")
     bad = tmp_path / "bad.pem"
     bad.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
