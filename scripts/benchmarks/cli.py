@@ -21,6 +21,7 @@ import grpc.aio
 from etcd3aio import _protobuf as pb
 
 import foundation_etcd
+from benchmarks.auth import section_auth
 from benchmarks.consensus import section_consensus
 from benchmarks.election import section_election
 from benchmarks.harness import FULL, QUICK, Bench, Row, Section
@@ -62,6 +63,7 @@ SECTIONS = [
     Section("signals", "Signals: send, call, throughput, many agents", section_signals),
     Section("consensus", "Consensus: shared state, transactions, counters", section_consensus),
     Section("metrics", "Metrics cost: the OpenTelemetry SDK installed", section_metrics),
+    Section("auth", "Auth cost: register as a tenant user, by keys on the lease", section_auth),
 ]
 
 Done = list[tuple[Section, list[Row], float]]

@@ -333,6 +333,7 @@ def connect(
         EtcdUnavailableError: etcd cannot be reached.
         NodeExistsError: another live process announces ``node_id``.
         InvalidIdError, ValueError: bad ids or capacities (before anything is sent).
+        ConfigurationError: ``config.audit_signing_key`` is no Ed25519 private key.
     """
     return Connection(
         lambda: _fe.connect(
