@@ -10,8 +10,7 @@ invalidates them), one with TLS and ``--client-cert-auth`` (a certificate's CN i
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
+import contextlib
 import json
 import os
 import subprocess
@@ -28,7 +27,7 @@ import foundation_etcd as fe
 from foundation_etcd import AuthError, Config, ConfigurationError, InvalidIdError, connect
 from foundation_etcd._transport._auth import AuthAdmin
 from foundation_etcd.lowlevel import Keyspace, Op, Transport, open_transport, open_view
-from foundation_etcd.testing import EtcdServer, TlsFiles, wait_until
+from foundation_etcd.testing import EtcdServer, make_pki, start_auth_etcd, wait_until
 
 pytestmark = pytest.mark.etcd
 
@@ -38,28 +37,16 @@ ROOT_PASSWORD = "root-secret"
 PASSWORDS = {"a": "a-secret", "b": "b-secret"}
 
 
-async def _bootstrap(server: EtcdServer) -> None:
-    """Root user, root role, tenants a and b, then auth on (as an operator would)."""
-    async with open_transport(Config(endpoints=(server.endpoint,), namespace=NS)) as t:
-        admin = AuthAdmin(t)
-        await admin.user_add("root", ROOT_PASSWORD)
-        await admin.role_add("root")
-        await admin.user_grant_role("root", "root")
-        await admin.enable()
-    async with open_transport(root_config(server)) as t:
-        for tenant, password in PASSWORDS.items():
-            await fe.Tenants(t).create(tenant, password=password)
-
-
 @pytest.fixture(scope="module")
 def auth_server() -> Iterator[EtcdServer]:
-    server = EtcdServer("tenancy")
+    """Auth on, root, tenants a and b: the public harness's ``start_auth_etcd``."""
+    auth = start_auth_etcd(
+        "tenancy", namespace=NS, tenants=PASSWORDS, root_password=ROOT_PASSWORD
+    )
     try:
-        server.start()
-        anyio.run(_bootstrap, server)
-        yield server
+        yield auth.server
     finally:
-        server.close()
+        auth.server.close()
 
 
 def root_config(server: EtcdServer, tenant: str = "a") -> Config:
@@ -385,23 +372,31 @@ async def test_tenants_keep_working_while_others_are_provisioned_with_jwt_tokens
     key = tmp_path / "jwt.key"
     key.write_text("a-shared-secret-for-hs256-signing")
     token = f"jwt,sign-method=HS256,priv-key={key},ttl=10m"
-    with EtcdServer("tenancy-jwt", extra_args=("--auth-token", token)) as server:
-        with anyio.fail_after(30):
-            await _bootstrap(server)
-            cfg = tenant_config(server, "a")
-            async with (
-                open_transport(root_config(server)) as root,
-                connect(cfg, node_id="jwt-node") as c,
-                open_view(c.transport, c.keyspace.key("seen", "")) as view,
-            ):
-                await fe.Tenants(root).create("jwt-other", password="x")  # an RBAC change
-                put = await c.transport.put(c.keyspace.key("seen", "k"), b"1")
-                assert await c.transport.get(c.keyspace.key("seen", "k")) is not None
-                kv = await view.wait_for_key(c.keyspace.key("seen", "k"), put.revision)
-                assert kv is not None
-                await fe.Tenants(root).delete("jwt-other")
-                async with c.lock("l").acquire() as held:
-                    await held.put(c.keyspace.key("owner"), b"jwt-node")
+    auth = await anyio.to_thread.run_sync(
+        lambda: start_auth_etcd(
+            "tenancy-jwt",
+            namespace=NS,
+            tenants=PASSWORDS,
+            root_password=ROOT_PASSWORD,
+            extra_args=("--auth-token", token),
+        )
+    )
+    server = auth.server
+    with contextlib.closing(server), anyio.fail_after(30):
+        cfg = tenant_config(server, "a")
+        async with (
+            open_transport(root_config(server)) as root,
+            connect(cfg, node_id="jwt-node") as c,
+            open_view(c.transport, c.keyspace.key("seen", "")) as view,
+        ):
+            await fe.Tenants(root).create("jwt-other", password="x")  # an RBAC change
+            put = await c.transport.put(c.keyspace.key("seen", "k"), b"1")
+            assert await c.transport.get(c.keyspace.key("seen", "k")) is not None
+            kv = await view.wait_for_key(c.keyspace.key("seen", "k"), put.revision)
+            assert kv is not None
+            await fe.Tenants(root).delete("jwt-other")
+            async with c.lock("l").acquire() as held:
+                await held.put(c.keyspace.key("owner"), b"jwt-node")
 
 
 # -- client-certificate users ----------------------------------------------------------------
@@ -409,74 +404,17 @@ async def test_tenants_keep_working_while_others_are_provisioned_with_jwt_tokens
 CERT_USER = "tenant-cert"  # the client certificate's CN: etcd's user with --client-cert-auth
 
 
-def _make_pki(d: Path) -> dict[str, Path]:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate for ``CERT_USER``."""
-    x509 = pytest.importorskip("cryptography.x509")
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-
-    def name(cn: str) -> Any:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    def issue(cn: str, signer: Any, issuer: Any, key: Any, ca: bool = False) -> Any:
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(name(cn))
-            .issuer_name(issuer)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if not ca:
-            usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            b = b.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-            ip = x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))
-            b = b.add_extension(x509.SubjectAlternativeName([ip]), critical=False)
-        return b.sign(signer, hashes.SHA256())
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = issue("tenancy-ca", ca_key, name("tenancy-ca"), ca_key, ca=True)
-    out = {"ca": d / "ca.pem"}
-    out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    for label, cn in (("server", "server"), ("client", CERT_USER)):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = issue(cn, ca_key, ca.subject, key)
-        out[label] = d / f"{label}.pem"
-        out[label].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        out[f"{label}_key"] = d / f"{label}.key"
-        out[f"{label}_key"].write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    return out
-
-
 async def test_client_certificate_user_without_password(tmp_path: Path) -> None:
-    pki = _make_pki(tmp_path)
-    tls = TlsFiles(
-        ca=pki["ca"],
-        cert=pki["server"],
-        key=pki["server_key"],
-        client_cert_auth=True,
-        client_cert=pki["client"],
-        client_key=pki["client_key"],
-    )
-    with EtcdServer("tenancy-tls", tls=tls) as server:
+    pki = make_pki(tmp_path, users=[CERT_USER])  # the public harness's certificates
+    cert, key = pki.client(CERT_USER)
+    with EtcdServer("tenancy-tls", tls=pki.tls_files(client_cert_auth=True)) as server:
         base: dict[str, Any] = {
             "endpoints": (server.client_url,),
             "namespace": NS,
             "tenant": "certs",
-            "ca_cert": pki["ca"],
-            "client_cert": pki["client"],
-            "client_key": pki["client_key"],
+            "ca_cert": pki.ca,
+            "client_cert": cert,
+            "client_key": key,
             "ttl": 3.0,
         }
         with anyio.fail_after(30):

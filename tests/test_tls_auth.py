@@ -1,15 +1,14 @@
 """TLS (with client certificates) and etcd authentication against real etcd servers.
 
-Certificates are made for the test in Python with ``cryptography`` (the ``test`` extra): a
-CA, a server certificate for ``127.0.0.1`` and ``localhost``, a client certificate, and a
-second CA that signed neither. Users and roles are set up with ``etcdctl``, shipped next to
+Certificates are the plugin's ``etcd_pki`` (made in Python with ``cryptography`` by
+``foundation_etcd.testing.make_pki``): a CA, a server certificate for ``127.0.0.1`` and
+``localhost``, a client certificate, and a second CA that signed neither; the TLS server is
+the plugin's ``etcd_tls_server``. Users and roles are set up with ``etcdctl``, shipped next to
 etcd.
 """
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import subprocess
 import time
@@ -19,10 +18,6 @@ from pathlib import Path
 
 import anyio
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from foundation_etcd import (
     AuthError,
@@ -33,9 +28,10 @@ from foundation_etcd import (
     QuotaExceededError,
     connect,
     open_session,
+    testing,
 )
 from foundation_etcd.lowlevel import Keyspace, Transport, open_transport, open_view
-from foundation_etcd.testing import EtcdServer, TlsFiles, find_etcd_binary, wait_until
+from foundation_etcd.testing import EtcdServer, find_etcd_binary, wait_until
 from foundation_etcd.testing.plugin import unique_namespace
 
 pytestmark = pytest.mark.etcd
@@ -46,10 +42,8 @@ ROOT_PASSWORD = "root-secret"
 ALICE_PASSWORD = "alice-secret"
 
 
-# -- certificates -----------------------------------------------------------------------------
+# -- certificates: the public harness's (etcd_pki, etcd_tls_server) ---------------------------
 
-VALIDITY = datetime.timedelta(days=2)
-SERVER_NAMES = (x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")), x509.DNSName("localhost"))
 CLIENT_USER = "client"  # the CN: the user etcd's --client-cert-auth takes it for, with auth on
 
 
@@ -63,132 +57,17 @@ class Pki:
     other_ca: Path  # a CA that signed nothing the server presents
 
 
-@dataclass(frozen=True)
-class _Issuer:
-    cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
-
-
-def _write(d: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
-    """Write ``name.pem`` (the certificate) and ``name.key`` (its key, unencrypted PKCS#8)."""
-    (d / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    (d / f"{name}.key").touch(mode=0o600)
-    (d / f"{name}.key").write_bytes(key_pem)
-
-
-def _builder(common_name: str, key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))  # a little clock skew
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-    )
-
-
-def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
-    # no keyEncipherment: an EC key signs (ECDHE), it never encrypts a key (RFC 5480)
-    return x509.KeyUsage(
-        digital_signature=not cert_sign,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=cert_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-def _make_ca(d: Path, name: str) -> _Issuer:
-    """A self-signed CA named ``name``, written to ``name.pem`` and ``name.key``."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        _builder(name, key)
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    _write(d, name, cert, key)
-    return _Issuer(cert, key)
-
-
-def _make_leaf(
-    d: Path,
-    ca: _Issuer,
-    name: str,
-    *,
-    common_name: str,
-    usages: tuple[x509.ObjectIdentifier, ...],
-    names: tuple[x509.GeneralName, ...] = (),
-) -> None:
-    """A certificate for ``common_name`` signed by ``ca``, written to ``name.pem``/``.key``."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    ca_ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    builder = (
-        _builder(common_name, key)
-        .issuer_name(ca.cert.subject)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), False
-        )
-    )
-    if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName(list(names)), False)
-    _write(d, name, builder.sign(ca.key, hashes.SHA256()), key)
+@pytest.fixture(scope="module")
+def pki(etcd_pki: testing.Pki) -> Pki:
+    """The plugin's session certificates, made in Python (``make_pki``)."""
+    cert, key = etcd_pki.client(CLIENT_USER)
+    return Pki(etcd_pki.ca, etcd_pki.server_cert, etcd_pki.server_key, cert, key, etcd_pki.other_ca)
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    d = tmp_path_factory.mktemp("pki")
-    ca = _make_ca(d, "ca")
-    _make_ca(d, "other-ca")
-    # etcd presents the server certificate to clients and, as a client, to itself (the
-    # grpc-gateway), hence clientAuth beside serverAuth
-    _make_leaf(
-        d, ca, "server", common_name="server", names=SERVER_NAMES,
-        usages=(ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
-    )  # fmt: skip
-    _make_leaf(d, ca, "client", common_name=CLIENT_USER, usages=(ExtendedKeyUsageOID.CLIENT_AUTH,))
-    return Pki(
-        ca=d / "ca.pem",
-        server_cert=d / "server.pem",
-        server_key=d / "server.key",
-        client_cert=d / "client.pem",
-        client_key=d / "client.key",
-        other_ca=d / "other-ca.pem",
-    )
-
-
-@pytest.fixture(scope="module")
-def tls_server(pki: Pki) -> Iterator[EtcdServer]:
-    """One etcd that serves clients over TLS and requires a client certificate."""
-    tls = TlsFiles(
-        ca=pki.ca,
-        cert=pki.server_cert,
-        key=pki.server_key,
-        client_cert_auth=True,
-        client_cert=pki.client_cert,
-        client_key=pki.client_key,
-    )
-    server = EtcdServer("tls", tls=tls)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
+def tls_server(etcd_tls_server: EtcdServer) -> EtcdServer:
+    """The plugin's etcd behind TLS that requires a client certificate."""
+    return etcd_tls_server
 
 
 def _tls_config(

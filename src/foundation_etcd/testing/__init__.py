@@ -10,7 +10,8 @@ once the package is installed. The classes here can also be used on their own::
 This package root only re-exports; the implementation lives in private modules, one
 concept each: ``_errors``, ``_discovery`` (the etcd binary), ``_ports``, ``_processes``
 (children bounded by the test run), ``_tls``, ``_http`` (health and status requests),
-``_server``, ``_cluster``, ``_proxy`` (with ``_sockets``) and ``_waiting``. Every class
+``_server``, ``_cluster``, ``_proxy`` (with ``_sockets``), ``_pki`` (test certificates),
+``_auth`` (an etcd with auth on and tenants) and ``_waiting``. Every class
 and function exported here names this package as its ``__module__``, the path to import it
 from.
 """
@@ -22,9 +23,11 @@ from typing import TYPE_CHECKING
 from typing import Any as _Any
 
 if TYPE_CHECKING:  # for type checkers; at run time each name loads on first use
+    from ._auth import AuthEtcd, start_auth_etcd
     from ._cluster import EtcdCluster, EtcdClusterFactory
     from ._discovery import BIN_ENV, find_etcd_binary
     from ._errors import EtcdHarnessError, EtcdNotFoundError, EtcdStartError
+    from ._pki import Pki, make_pki
     from ._ports import free_ports
     from ._proxy import FaultProxy, FaultProxyFactory, ProxyMode, ProxyStatistics
     from ._server import EtcdServer, EtcdServerFactory
@@ -33,6 +36,7 @@ if TYPE_CHECKING:  # for type checkers; at run time each name loads on first use
 
 __all__ = [
     "BIN_ENV",
+    "AuthEtcd",
     "EtcdCluster",
     "EtcdClusterFactory",
     "EtcdHarnessError",
@@ -42,11 +46,14 @@ __all__ = [
     "EtcdStartError",
     "FaultProxy",
     "FaultProxyFactory",
+    "Pki",
     "ProxyMode",
     "ProxyStatistics",
     "TlsFiles",
     "find_etcd_binary",
     "free_ports",
+    "make_pki",
+    "start_auth_etcd",
     "wait_until",
 ]
 
@@ -54,9 +61,11 @@ __all__ = [
 # every project where foundation-etcd is installed, so nothing is imported before it is
 # used; the imports under TYPE_CHECKING above say the same for type checkers.
 _SOURCES = {
+    "._auth": "AuthEtcd start_auth_etcd",
     "._cluster": "EtcdCluster EtcdClusterFactory",
     "._discovery": "BIN_ENV find_etcd_binary",
     "._errors": "EtcdHarnessError EtcdNotFoundError EtcdStartError",
+    "._pki": "Pki make_pki",
     "._ports": "free_ports",
     "._proxy": "FaultProxy FaultProxyFactory ProxyMode ProxyStatistics",
     "._server": "EtcdServer EtcdServerFactory",

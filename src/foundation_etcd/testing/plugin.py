@@ -16,6 +16,10 @@ Fixtures:
 * ``etcd_namespace`` (function) — a namespace unique to the test.
 * ``etcd_config`` (function) — a :class:`foundation_etcd.Config` for ``etcd_endpoints`` and
   ``etcd_namespace``, with ``ttl=3.0``.
+* ``etcd_pki`` (session) — test certificates made in Python (:func:`make_pki`).
+* ``etcd_tls_server`` (session) — a private etcd behind TLS with client-certificate auth.
+* ``etcd_auth`` (session) — a private etcd with auth on, ``root``, and tenants ``a`` and
+  ``b`` provisioned (:class:`AuthEtcd`).
 
 Everything a fixture starts is stopped when its scope ends. When a test fails, the last
 60 lines of the log of every etcd server it used are attached to its report.
@@ -34,19 +38,24 @@ import pytest
 if TYPE_CHECKING:
     from foundation_etcd import Config
 
+    from ._auth import AuthEtcd
     from ._cluster import EtcdCluster, EtcdClusterFactory
+    from ._pki import Pki
     from ._proxy import FaultProxy, FaultProxyFactory
     from ._server import EtcdServer, EtcdServerFactory
 
 __all__ = [
     "ENDPOINTS_ENV",
+    "etcd_auth",
     "etcd_cluster",
     "etcd_cluster_factory",
     "etcd_config",
     "etcd_endpoints",
     "etcd_factory",
     "etcd_namespace",
+    "etcd_pki",
     "etcd_server",
+    "etcd_tls_server",
     "fault_proxy_factory",
     "unique_namespace",
 ]
@@ -221,6 +230,53 @@ def fault_proxy_factory() -> Iterator[FaultProxyFactory]:
 
     yield factory
     _close_all([p.close for p in proxies])
+
+
+@pytest.fixture(scope="session")
+def etcd_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """Test certificates made in Python (``make_pki``), for the session.
+
+    A CA, a server certificate for ``127.0.0.1`` and ``localhost``, a client certificate for
+    user ``client``, and a CA that signed nothing.
+    """
+    from . import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("etcd-pki"))
+
+
+@pytest.fixture(scope="session")
+def etcd_tls_server(request: pytest.FixtureRequest, etcd_pki: Pki) -> Iterator[EtcdServer]:
+    """A private etcd behind TLS that requires a client certificate, for the session.
+
+    Clients need a certificate signed by ``etcd_pki.ca`` (``--client-cert-auth``):
+    ``cert, key = etcd_pki.client("client")`` then ``Config(endpoints=(server.client_url,),
+    ca_cert=etcd_pki.ca, client_cert=cert, client_key=key)``.
+    """
+    from . import EtcdServer
+
+    server = EtcdServer("tls", tls=etcd_pki.tls_files(client_cert_auth=True))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def etcd_auth() -> Iterator[AuthEtcd]:
+    """A private etcd with authentication on and two tenants, for the session.
+
+    ``root`` and tenants ``a`` and ``b`` of namespace ``tenants`` are provisioned
+    (``start_auth_etcd``): ``etcd_auth.tenant_config("a")`` works as tenant a's own user,
+    ``etcd_auth.root_config()`` as root.
+    """
+    from . import start_auth_etcd
+
+    auth = start_auth_etcd()
+    try:
+        yield auth
+    finally:
+        auth.server.close()
 
 
 @pytest.fixture
