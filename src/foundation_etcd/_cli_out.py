@@ -1,7 +1,7 @@
 """Output of the command line: aligned tables or stable JSON, once or watched (``-w``).
 
 Every listing is a :class:`Listing`: a ``kind``, the store revision it was read at, and
-items that are JSON objects with fixed field names (documented in ``docs/operations.md``).
+items that are JSON objects with fixed field names (documented in ``docs/cli.md``).
 ``-o table`` prints the columns aligned under a header; ``-o json`` prints::
 
     {"kind": "NodeList", "revision": 42, "items": [{...}, ...]}

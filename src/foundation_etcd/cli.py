@@ -27,7 +27,7 @@
     audit list [-o table|json] [-w] | audit verify     verify exits 1 on a problem
 
 ``-o json`` prints ``{"kind": K, "revision": R, "items": [...]}`` (``_cli_out``; each kind's
-fields are in docs/operations.md); ``-w`` prints the listing again whenever it changes,
+fields are in docs/cli.md); ``-w`` prints the listing again whenever it changes,
 until Ctrl-C, which ends any command quietly (exit 130).
 
 Settings not given as flags come from ``FOUNDATION_ETCD_*`` variables.

@@ -11,7 +11,7 @@
     quotas                   every resource with a limit: limit, used, queued
 
 Each takes ``-o table|json`` and ``-w`` (see ``_cli_out``): the JSON of each kind is listed
-in ``docs/operations.md``. Registered by :mod:`foundation_etcd.cli` (:func:`add_commands`);
+in ``docs/cli.md``. Registered by :mod:`foundation_etcd.cli` (:func:`add_commands`);
 uses only the public API. A listing connects without hosting agents and changes nothing in
 etcd but its own short-lived node key and lease (removed when it exits).
 """
