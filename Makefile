@@ -18,7 +18,7 @@ demo: $(VENV)/.installed
 ## make test: lint, type-check, build the docs, and the whole test suite against real etcd
 test: $(VENV)/.installed lint typecheck docs-check
 	$(PY) -m pytest -n 2 tests   # single-etcd tests, two workers (each its own etcd)
-	$(PY) -m pytest -n 2 --dist loadgroup integration  # two at a time; never two nemeses
+	$(PY) -m pytest -n 3 --dist loadgroup integration  # three at a time (most wait on TTLs); never two nemeses
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check src tests integration scripts examples docs/griffe_rst.py
