@@ -27,6 +27,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import weakref
 from collections.abc import AsyncIterator, Sequence
@@ -246,6 +247,7 @@ async def _wait_turn(
 
 
 _MONITOR_DELAY = 0.05  # seconds before an owner's key is watched (see _monitor)
+_SPAWNING: set[asyncio.Task[None]] = set()
 
 
 async def _monitor(
@@ -253,12 +255,11 @@ async def _monitor(
 ) -> None:
     """End the ownership when the own key is deleted or replaced; runs until ``scope`` ends.
 
-    The watch opens after a short delay, from the revision the ownership began at: a
-    deletion in between is replayed from etcd's history, so nothing is missed, and a lock
-    held for less than the delay costs no watch stream at all.
+    Started by a timer after a short delay (:func:`_watch_later`); the watch opens from the
+    revision the ownership began at: a deletion in between is replayed from etcd's history,
+    so nothing is missed, and a lock held for less than the delay costs no task and no watch.
     """
     with scope:
-        await anyio.sleep(_MONITOR_DELAY)
         while True:
             await wait_deleted(transport, ownership.key, from_revision)
             try:
@@ -271,6 +272,32 @@ async def _monitor(
                 ownership._end("own key deleted")
                 return
             from_revision = kv.mod_revision  # the watch could not tell (compaction)
+
+
+def _watch_later(
+    session: Session,
+    transport: Transport,
+    ownership: Ownership,
+    from_revision: int,
+    scope: anyio.CancelScope,
+) -> asyncio.TimerHandle:
+    """Start :func:`_monitor` in the session's task group in ``_MONITOR_DELAY`` seconds.
+
+    A loop timer, not a sleeping task: cancelling it at release costs nothing.
+    """
+    loop = asyncio.get_running_loop()
+
+    async def spawn() -> None:  # a task: anyio spawns only from one, not from a callback
+        if not session.closed and not scope.cancel_called:
+            session.start_background(_monitor, transport, ownership, from_revision, scope)
+
+    def start() -> None:
+        if not session.closed and not scope.cancel_called:
+            task = loop.create_task(spawn())
+            _SPAWNING.add(task)  # held until done (the loop keeps only weak references)
+            task.add_done_callback(_SPAWNING.discard)
+
+    return loop.call_later(_MONITOR_DELAY, start)
 
 
 async def _take_if_free(
@@ -350,12 +377,13 @@ async def owned(
                     kind._metric_kind, name, session.config.tenant, started
                 )
                 monitor = anyio.CancelScope()
-                session.start_background(_monitor, transport, ownership, token, monitor)
+                timer = _watch_later(session, transport, ownership, token, monitor)
                 try:
                     yield ownership
                 finally:
                     # resign at once; the monitor ends in the session's task group
                     ownership._state.scope = None
+                    timer.cancel()
                     monitor.cancel()
                     done, token = token, 0
                     await _resign(transport, key, done, timeout)
