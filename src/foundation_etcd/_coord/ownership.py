@@ -274,30 +274,54 @@ async def _monitor(
             from_revision = kv.mod_revision  # the watch could not tell (compaction)
 
 
+class _Watch:
+    """The monitor of one ownership: a loop timer until it starts, then a task (see below)."""
+
+    __slots__ = ("handle", "scope", "started")
+
+    def __init__(self, scope: anyio.CancelScope) -> None:
+        self.scope = scope
+        self.started = False
+        self.handle: asyncio.TimerHandle | None = None
+
+    def stop(self) -> None:
+        """Cancel the timer, and the monitor if it started.
+
+        A scope's cancel formats the current task's repr into its reason: not worth paying
+        for a monitor that never ran.
+        """
+        if self.handle is not None:
+            self.handle.cancel()
+        if self.started:
+            self.scope.cancel()
+
+
 def _watch_later(
     session: Session,
     transport: Transport,
     ownership: Ownership,
     from_revision: int,
-    scope: anyio.CancelScope,
-) -> asyncio.TimerHandle:
+) -> _Watch:
     """Start :func:`_monitor` in the session's task group in ``_MONITOR_DELAY`` seconds.
 
-    A loop timer, not a sleeping task: cancelling it at release costs nothing.
+    A loop timer, not a sleeping task: stopping it at release costs nothing.
     """
     loop = asyncio.get_running_loop()
+    watch = _Watch(anyio.CancelScope())
 
     async def spawn() -> None:  # a task: anyio spawns only from one, not from a callback
-        if not session.closed and not scope.cancel_called:
-            session.start_background(_monitor, transport, ownership, from_revision, scope)
+        if not session.closed and not watch.scope.cancel_called:
+            session.start_background(_monitor, transport, ownership, from_revision, watch.scope)
 
     def start() -> None:
-        if not session.closed and not scope.cancel_called:
+        if not session.closed:
+            watch.started = True
             task = loop.create_task(spawn())
             _SPAWNING.add(task)  # held until done (the loop keeps only weak references)
             task.add_done_callback(_SPAWNING.discard)
 
-    return loop.call_later(_MONITOR_DELAY, start)
+    watch.handle = loop.call_later(_MONITOR_DELAY, start)
+    return watch
 
 
 async def _take_if_free(
@@ -376,15 +400,13 @@ async def owned(
                 ownership._state.attrs = metrics.ownership_acquired(
                     kind._metric_kind, name, session.config.tenant, started
                 )
-                monitor = anyio.CancelScope()
-                timer = _watch_later(session, transport, ownership, token, monitor)
+                watch = _watch_later(session, transport, ownership, token)
                 try:
                     yield ownership
                 finally:
                     # resign at once; the monitor ends in the session's task group
                     ownership._state.scope = None
-                    timer.cancel()
-                    monitor.cancel()
+                    watch.stop()
                     done, token = token, 0
                     await _resign(transport, key, done, timeout)
             if body.cancelled_caught and ownership is not None and ownership.lost:
