@@ -40,9 +40,12 @@ PEER_REQUIREMENT = "python3-etcd3==0.13.0"
 WARM_UP = 20
 
 
-def peer_python() -> Path | None:
-    """A venv with python3-etcd3, seeing this interpreter's grpcio and protobuf behind it."""
-    venv = PEER_ROOT / "python3-etcd3"
+def peer_python(requirement: str = PEER_REQUIREMENT) -> Path | None:
+    """A venv with ``requirement`` (python3-etcd3 by default), installed ``--no-deps``.
+
+    It sees this interpreter's grpcio and protobuf behind its own site-packages.
+    """
+    venv = PEER_ROOT / requirement.partition("==")[0]
     python = venv / "bin" / "python"
     if (venv / ".installed").exists():
         return python
@@ -60,11 +63,11 @@ def peer_python() -> Path | None:
         lines = "".join(f"import site; site.addsitedir({p!r})\n" for p in ours)
         (Path(purelib) / "_bench_parent.pth").write_text(lines)
         subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--no-deps", PEER_REQUIREMENT],
+            [str(python), "-m", "pip", "install", "--quiet", "--no-deps", requirement],
             check=True,
         )
     except (OSError, subprocess.CalledProcessError) as exc:
-        print(f"python3-etcd3 not installable: {exc}", file=sys.stderr)
+        print(f"{requirement} not installable: {exc}", file=sys.stderr)
         return None
     (venv / ".installed").touch()
     return python

@@ -16,6 +16,8 @@ SCRIPTS = Path(__file__).resolve().parent.parent
 NODE_SCRIPT = SCRIPTS / "bench_node.py"
 LEADER_SCRIPT = SCRIPTS / "bench_leader.py"
 ETCD3_LOCK_SCRIPT = SCRIPTS / "bench_etcd3_lock.py"
+AETCD_LOCK_SCRIPT = SCRIPTS / "bench_aetcd_lock.py"
+AETCD_REQUIREMENT = "aetcd==1.0.0"
 QUOTA_WORKER_SCRIPT = SCRIPTS / "bench_quota_worker.py"
 
 

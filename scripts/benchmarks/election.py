@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,6 +16,8 @@ import grpc.aio
 from etcd3aio import _protobuf as pb
 
 from benchmarks.children import (
+    AETCD_LOCK_SCRIPT,
+    AETCD_REQUIREMENT,
     CHILD_TIMEOUT,
     ETCD3_LOCK_SCRIPT,
     LEADER_SCRIPT,
@@ -239,6 +242,7 @@ async def section_election(bench: Bench) -> list[Row]:
         rows += await election_failover(bench)
         # (f) python3-etcd3, in its own interpreter
         rows.append(await python_etcd3_lock(bench))
+        rows.append(await aetcd_lock(bench))
     finally:
         gateway.close()
         await channel_b.close()
@@ -312,18 +316,30 @@ async def python_etcd3_lock(bench: Bench) -> Row:
     The venv is ``scripts/bench_sync.py``'s (python3-etcd3 0.13 cannot share an interpreter
     with etcd3aio's protos); it is made once under /tmp, offline from pip's cache if need be.
     """
-    from bench_sync import PEER_REQUIREMENT, peer_python
+    from bench_sync import PEER_REQUIREMENT
 
-    label = f"{PEER_REQUIREMENT} Lock acquire + release (own process and venv)"
-    python = await asyncio.to_thread(peer_python)
+    return await peer_lock(bench, PEER_REQUIREMENT, ETCD3_LOCK_SCRIPT, "etcd3")
+
+
+async def aetcd_lock(bench: Bench) -> Row:
+    """Aetcd's Lock acquire + release (a lease grant and two Txns), in its own venv."""
+    return await peer_lock(bench, AETCD_REQUIREMENT, AETCD_LOCK_SCRIPT, "aetcd")
+
+
+async def peer_lock(bench: Bench, requirement: str, script: Path, tag: str) -> Row:
+    """Another client's lock cycle, timed by ``script`` in a venv with ``requirement``."""
+    from bench_sync import peer_python
+
+    label = f"{requirement} Lock acquire + release (own process and venv)"
+    python = await asyncio.to_thread(peer_python, requirement)
     if python is None:
-        return Figure(label, None, None, "", 0, note=f"{PEER_REQUIREMENT} not installable here")
+        return Figure(label, None, None, "", 0, note=f"{requirement} not installable here")
     host, _, port = bench.endpoint.rpartition(":")
-    name = f"bench-{bench.run_id}-etcd3"
+    name = f"bench-{bench.run_id}-{tag}"
     n = bench.settings.coord_ops * bench.settings.rounds
     proc = await asyncio.create_subprocess_exec(
         str(python),
-        str(ETCD3_LOCK_SCRIPT),
+        str(script),
         host,
         port,
         name,
