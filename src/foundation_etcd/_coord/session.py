@@ -48,7 +48,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .._core import metrics
-from .._core.background import background_tasks
+from .._core.background import background_tasks, loop_time
 from .._core.config import Config
 from .._core.errors import (
     AmbiguousResultError,
@@ -101,7 +101,7 @@ class Lease:
 
     def remaining(self) -> float:
         """Seconds until the local safe deadline (negative once past it)."""
-        return self.deadline - anyio.current_time()
+        return self.deadline - loop_time()
 
     def ensure_alive(self) -> None:
         """Raise unless the lease is alive and before its deadline (no I/O).
@@ -110,7 +110,7 @@ class Lease:
             LeaseLostError: the lease is lost or past its safe deadline (it is then marked
                 lost, and its guarded scopes cancelled).
         """
-        if not self.lost and anyio.current_time() >= self.deadline:
+        if not self.lost and loop_time() >= self.deadline:
             self._fire("safe deadline passed")
         if self.lost:
             raise LeaseLostError(self.id, self.lost_reason)

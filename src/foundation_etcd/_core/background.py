@@ -14,13 +14,14 @@ ending the body, and bounded so that an unreachable etcd cannot hold the exit fo
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
 from anyio.abc import TaskGroup
 
-__all__ = ["background_tasks", "cleanup_scope"]
+__all__ = ["background_tasks", "cleanup_scope", "loop_time"]
 
 
 @asynccontextmanager
@@ -41,10 +42,19 @@ async def background_tasks() -> AsyncIterator[TaskGroup]:
         raise body_error
 
 
+def loop_time() -> float:
+    """The event loop's clock: ``anyio.current_time()`` on asyncio, without its backend lookup.
+
+    The library runs on asyncio only (``require_asyncio``); hot paths read the clock several
+    times per request.
+    """
+    return asyncio.get_running_loop().time()
+
+
 def cleanup_scope(limit: float) -> anyio.CancelScope:
     """A scope for cleanup: shielded from outer cancellation, and over after ``limit`` seconds.
 
     Args:
         limit: how long the cleanup may take; past it the scope's body is cancelled.
     """
-    return anyio.CancelScope(shield=True, deadline=anyio.current_time() + limit)
+    return anyio.CancelScope(shield=True, deadline=loop_time() + limit)

@@ -17,6 +17,7 @@ import anyio.lowlevel
 import grpc
 import grpc.aio
 
+from .._core.background import loop_time
 from .._core.config import Config
 from .._core.errors import (
     AmbiguousResultError,
@@ -181,12 +182,12 @@ class Transport:
         await self._channel.close()
 
     async def _unary(self, method: Any, req: Any, operation: str, *, write: bool) -> Any:
-        deadline = anyio.current_time() + self._timeout
+        deadline = loop_time() + self._timeout
         backoff = 0.05
         try:
             while True:
                 try:
-                    left = deadline - anyio.current_time()
+                    left = deadline - loop_time()
                     return await method(req, timeout=max(left, 0.001), metadata=self._metadata)
                 except grpc.aio.AioRpcError as exc:
                     # refused before sending (every member down, or the channel still in
@@ -195,7 +196,7 @@ class Transport:
                     # refused by a transient server state (leader changed, no leader, too
                     # many requests) is tried again too; anything else is decided below
                     again = _not_sent(exc) or (not write and _transient_read(exc))
-                    if not again or anyio.current_time() + backoff >= deadline:
+                    if not again or loop_time() + backoff >= deadline:
                         raise
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 0.5)
