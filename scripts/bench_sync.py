@@ -27,7 +27,7 @@ import sys
 import sysconfig
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
@@ -68,6 +68,26 @@ def peer_python(requirement: str = PEER_REQUIREMENT) -> Path | None:
         )
     except (OSError, subprocess.CalledProcessError) as exc:
         print(f"{requirement} not installable: {exc}", file=sys.stderr)
+        return None
+    (venv / ".installed").touch()
+    return python
+
+
+def standalone_python(name: str, requirements: Sequence[str]) -> Path | None:
+    """A venv of its own with ``requirements`` and their dependencies (nothing of ours).
+
+    For peers whose dependencies would clash with this environment (tooz pulls oslo.*).
+    Made once under ``PEER_ROOT``; ``None`` (and a message) when pip cannot install them.
+    """
+    venv = PEER_ROOT / name
+    python = venv / "bin" / "python"
+    if (venv / ".installed").exists():
+        return python
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *requirements], check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"{' '.join(requirements)} not installable: {exc}", file=sys.stderr)
         return None
     (venv / ".installed").touch()
     return python

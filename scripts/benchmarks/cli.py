@@ -56,7 +56,7 @@ SECTIONS = [
     Section("keepalive", "Lease keepalive and Session", section_keepalive),
     Section("watch", "Put to watch event", section_watch),
     Section("registry", "Registry (issue 3)", section_registry),
-    Section("tooz", "tooz group join", section_tooz),
+    Section("tooz", "tooz: lock and group join (etcd3gw driver)", section_tooz),
     Section("election", "Election and locks", section_election),
     Section("quotas", "Quotas", section_quotas),
     Section("runtime", "Runtime: spawn and failover", section_runtime),
