@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import foundation_etcd as fe
 from foundation_etcd import Config, connect
-from foundation_etcd._coord.audit import AuditLog, load_public_key, load_signing_key
+from foundation_etcd._coord.audit import AuditLog
+from foundation_etcd._coord.audit_keys import load_public_key, load_signing_key
 from foundation_etcd._core.records import AuditRecord
 from foundation_etcd.lowlevel import open_transport
 from foundation_etcd.testing import wait_until

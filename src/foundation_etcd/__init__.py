@@ -39,13 +39,8 @@ if TYPE_CHECKING:  # for type checkers; at run time each name loads on first use
     from ._agents.runtime import AgentRunContext
     from ._agents.scheduler import AgentRef, AgentStatus
     from ._agents.signals import PublishResult, SendResult
-    from ._coord.audit import (
-        AuditLog,
-        AuditProblem,
-        VerifyReport,
-        load_public_key,
-        load_signing_key,
-    )
+    from ._coord.audit import AuditLog, AuditProblem, VerifyReport
+    from ._coord.audit_keys import load_public_key, load_signing_key
     from ._coord.barriers import Barrier, DoubleBarrier
     from ._coord.counters import CounterStatistics, ShardedCounter
     from ._coord.election import Election, Leadership
@@ -234,7 +229,8 @@ _SOURCES: dict[str, str] = {
     "._agents.runtime": "AgentRunContext",
     "._agents.scheduler": "AgentRef AgentStatus",
     "._agents.signals": "PublishResult SendResult",
-    "._coord.audit": "AuditLog AuditProblem VerifyReport load_public_key load_signing_key",
+    "._coord.audit": "AuditLog AuditProblem VerifyReport",
+    "._coord.audit_keys": "load_public_key load_signing_key",
     "._coord.barriers": "Barrier DoubleBarrier",
     "._coord.counters": "CounterStatistics ShardedCounter",
     "._coord.election": "Election Leadership",

@@ -36,7 +36,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from .._coord.audit import signing_key_file
+from .._coord.audit_keys import signing_key_file
 from .._coord.doorbells import Doorbells
 from .._coord.election import Election
 from .._coord.lock import Lock

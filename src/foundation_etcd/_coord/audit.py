@@ -19,9 +19,10 @@ Guarantees:
       reordered records (a record stored under another seq's key), a head that points at a
       record that is not the last, a missing or bad signature when public keys are given.
     * **Signatures** (optional): with a ``signing_key`` (Ed25519, the ``cryptography``
-      package, imported only then) each record's ``sig`` signs the same canonical bytes
-      that are hashed. A hash chain alone shows partial edits; a writer with etcd access
-      can rewrite the whole chain from some record on, which only signatures (or a head
+      package, imported only then; keys are loaded and signatures checked in
+      ``audit_keys``) each record's ``sig`` signs the same canonical bytes that are
+      hashed. A hash chain alone shows partial edits; a writer with etcd access can
+      rewrite the whole chain from some record on, which only signatures (or a head
       hash kept elsewhere) reveal.
     * **Bounded retention**: :meth:`AuditLog.trim` appends a ``checkpoint`` record carrying
       the seq and hash of the last record it removes, and deletes the older records, in
@@ -35,23 +36,22 @@ Guarantees:
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from .._core import codec as _codec
-from .._core.errors import AmbiguousResultError, ConfigurationError, TransactionConflictError
+from .._core.errors import AmbiguousResultError, TransactionConflictError
 from .._core.keys import Keyspace, prefix_end
 from .._core.kv import AnyOp, Compare, KeyValue, Op
 from .._core.records import AUDIT_GENESIS, AuditRecord
+from .audit_keys import signed_by, signing_key_file
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -61,94 +61,13 @@ if TYPE_CHECKING:
 
     from .._transport import Transport
 
-__all__ = [
-    "AuditLog",
-    "AuditProblem",
-    "AuditRecord",
-    "VerifyReport",
-    "load_public_key",
-    "load_signing_key",
-]
+__all__ = ["AuditLog", "AuditProblem", "AuditRecord", "VerifyReport"]
 
 log = logging.getLogger("foundation_etcd.audit")
 
 _PAGE = 500
 _MAX_ATTEMPTS = 64  # appends that lost the head to other writers before giving up
 CHECKPOINT = "checkpoint"
-
-
-def _ed25519() -> Any:
-    try:
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-    except ImportError:
-        raise ConfigurationError(
-            "audit signing key",
-            "signing or verifying audit records needs the 'cryptography' package "
-            "(pip install cryptography)",
-        ) from None
-    return ed25519
-
-
-@functools.lru_cache(maxsize=8)
-def signing_key_file(path: Path) -> Ed25519PrivateKey:
-    """The Ed25519 private key in file ``path`` (PEM or 32 raw bytes), loaded once.
-
-    Raises:
-        ConfigurationError: unreadable, or not an unencrypted Ed25519 private key.
-    """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigurationError("audit_signing_key", f"cannot read {str(path)!r}") from exc
-    return load_signing_key(data)
-
-
-def load_signing_key(data: bytes, password: bytes | None = None) -> Ed25519PrivateKey:
-    """An Ed25519 private key from PEM (or 32 raw bytes).
-
-    Raises:
-        ConfigurationError: ``cryptography`` is not installed, or not an Ed25519 key.
-    """
-    ed = _ed25519()
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        key = (
-            ed.Ed25519PrivateKey.from_private_bytes(data)
-            if len(data) == 32
-            else serialization.load_pem_private_key(data, password)
-        )
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise ConfigurationError("audit_signing_key", f"cannot load it: {exc}") from None
-    if not isinstance(key, ed.Ed25519PrivateKey):
-        raise ConfigurationError("audit_signing_key", "not an Ed25519 private key")
-    private: Ed25519PrivateKey = key
-    return private
-
-
-def load_public_key(data: bytes) -> Ed25519PublicKey:
-    """An Ed25519 public key from PEM (or 32 raw bytes).
-
-    Raises:
-        ConfigurationError: ``cryptography`` is not installed, or not an Ed25519 key.
-    """
-    ed = _ed25519()
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        key = (
-            ed.Ed25519PublicKey.from_public_bytes(data)
-            if len(data) == 32
-            else serialization.load_pem_public_key(data)
-        )
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise ConfigurationError("audit public key", f"cannot load it: {exc}") from None
-    if not isinstance(key, ed.Ed25519PublicKey):
-        raise ConfigurationError("audit public key", "not an Ed25519 public key")
-    public: Ed25519PublicKey = key
-    return public
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,7 +300,7 @@ class AuditLog:
             if rec is not None and rec.seq != key_seq:
                 msg = f"the record stored as seq {key_seq} says it is seq {rec.seq}"
                 problems.append(AuditProblem(key_seq, "reordered", msg))
-            if rec is not None and public_keys is not None and not _signed(rec, public_keys):
+            if rec is not None and public_keys is not None and not signed_by(rec, public_keys):
                 what = "unsigned" if rec.sig is None else "signature does not verify"
                 problems.append(AuditProblem(key_seq, "signature", f"{what} with a given key"))
             recs.append((key_seq, rec))
@@ -438,21 +357,3 @@ def _seq_of(ks: Keyspace, kv: KeyValue) -> int:
 def _checkpoint(rec: AuditRecord) -> bool:
     through, digest = rec.details.get("through"), rec.details.get("hash")
     return rec.kind == CHECKPOINT and type(through) is int and isinstance(digest, str)
-
-
-def _signed(rec: AuditRecord, keys: Sequence[Ed25519PublicKey]) -> bool:
-    if rec.sig is None:
-        return False
-    try:
-        sig = bytes.fromhex(rec.sig)
-    except ValueError:
-        return False
-    from cryptography.exceptions import InvalidSignature
-
-    for key in keys:
-        try:
-            key.verify(sig, rec.canonical())
-            return True
-        except InvalidSignature:
-            continue
-    return False
