@@ -1,4 +1,8 @@
-"""Argument types shared by the command-line modules: checked before anything is sent.
+"""What the command-line modules share: argument types, the node id, the errors they print.
+
+Argument types check a value before anything is sent; ``client_id`` is the node id an
+observer connects as; ``fail`` and ``usage_error`` print the one-line runtime error (exit 1)
+and the usage error (exit 2).
 
 Like the command-line modules, it uses the public API only.
 """
@@ -6,11 +10,16 @@ Like the command-line modules, it uses the public API only.
 from __future__ import annotations
 
 import argparse
+import os
+import socket
+import sys
 from collections.abc import Callable
 
 import foundation_etcd as fe
 
-__all__ = ["id_type"]
+__all__ = ["PROG", "client_id", "fail", "id_type", "usage_error"]
+
+PROG = "foundation-etcd"
 
 
 def id_type(kind: str) -> Callable[[str], str]:
@@ -27,3 +36,22 @@ def id_type(kind: str) -> Callable[[str], str]:
 
     check.__name__ = kind  # argparse names the type in its message
     return check
+
+
+def client_id() -> str:
+    """The node id a command-line process connects as (it never hosts agents)."""
+    return f"cli-{socket.gethostname()}-{os.getpid()}"
+
+
+def fail(message: object) -> int:
+    """Print ``foundation-etcd: <message>`` on one line of stderr; return exit status 1."""
+    print(f"{PROG}: {' '.join(str(message).splitlines())}", file=sys.stderr)
+    return 1
+
+
+def usage_error(args: argparse.Namespace, message: str) -> int:
+    """A usage error found after parsing (as ``argparse`` prints one): exit status 2."""
+    parser: argparse.ArgumentParser = args.parser
+    parser.print_usage(sys.stderr)
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    return 2

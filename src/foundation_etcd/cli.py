@@ -66,25 +66,22 @@ from . import (
     Config,
     ConfigurationError,
     FoundationEtcdError,
-    InvalidIdError,
     UnsafeEtcdVersionWarning,
     __version__,
     agent_classes,
     connect,
-    validate_id,
 )
+from ._cli_args import PROG, client_id, fail, id_type
 from ._cli_out import add_output, setup_logging
 from ._core.amounts import MAX_AMOUNT, check_capacity, check_limit
 from .cli_audit import add_commands as add_audit_commands
 from .cli_health import add_health_options, start_health
 from .cli_listings import add_commands as add_listing_commands
-from .cli_listings import client_id
 from .cli_signals import add_commands as add_signal_commands
 from .cli_tenant import add_commands as add_tenant_commands
 
 __all__ = ["main"]
 
-PROG = "foundation-etcd"
 log = logging.getLogger("foundation_etcd.cli")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _MAX_DIGITS = len(str(MAX_AMOUNT)) + 1
@@ -99,19 +96,6 @@ class _Failure(Exception):
 
 
 # argument types: the library's own rules, applied before anything is sent -----------------
-def _id_type(kind: str) -> Callable[[str], str]:
-    """An argparse type that accepts a valid id (``validate_id``) of ``kind``."""
-
-    def check(value: str) -> str:
-        try:
-            return validate_id(value, kind)
-        except InvalidIdError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    check.__name__ = kind
-    return check
-
-
 def _integer(text: str, what: str, rule: Callable[..., int]) -> int:
     """Parse a decimal integer and check it with ``rule`` (``check_limit``...)."""
     text = text.strip()
@@ -131,7 +115,7 @@ def _capacity(item: str) -> tuple[str, int]:
     name, sep, amount = item.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"capacity must be NAME=INT, not {item!r}")
-    resource = _id_type("resource")(name)
+    resource = id_type("resource")(name)
     return resource, _integer(amount, f"capacity {resource!r}", check_capacity)
 
 
@@ -300,8 +284,8 @@ def _global_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     keep: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS, "help": argparse.SUPPRESS}
     g = p.add_argument_group("global options") if top else p
     g.add_argument("--endpoints", **({"help": "etcd endpoints, comma-separated"} | keep))
-    g.add_argument("--namespace", type=_id_type("namespace"), **keep)
-    g.add_argument("--tenant", type=_id_type("tenant"), **keep)
+    g.add_argument("--namespace", type=id_type("namespace"), **keep)
+    g.add_argument("--tenant", type=id_type("tenant"), **keep)
     verbose: dict[str, Any] = {"help": "log to stderr, timestamped (-v: info, -vv: debug)"}
     verbose["default"] = 0
     g.add_argument("-v", "--verbose", action="count", **(verbose | keep))
@@ -339,7 +323,7 @@ def _parser() -> argparse.ArgumentParser:
         dest="node_command", required=True
     )
     run = node.add_parser("run", help="host agents")
-    run.add_argument("--id", required=True, type=_id_type("node id"))
+    run.add_argument("--id", required=True, type=id_type("node id"))
     run.add_argument(
         "--agents",
         required=True,
@@ -348,7 +332,7 @@ def _parser() -> argparse.ArgumentParser:
         help="modules defining @clustered classes",
     )
     run.add_argument("--capacity", action="append", default=[], type=_capacity, metavar="NAME=INT")
-    run.add_argument("--capability", action="append", default=[], type=_id_type("capability"))
+    run.add_argument("--capability", action="append", default=[], type=id_type("capability"))
     run.add_argument("--no-scheduler", action="store_true")
     add_health_options(run)
     run.set_defaults(fn=_node_run, parser=run)
@@ -358,16 +342,16 @@ def _parser() -> argparse.ArgumentParser:
         ("uncordon", _node_cordon, "let placement choose a node again"),
     ):
         cmd = node.add_parser(name, help=text)
-        cmd.add_argument("node", type=_id_type("node id"), metavar="NODE")
+        cmd.add_argument("node", type=id_type("node id"), metavar="NODE")
         cmd.set_defaults(fn=fn, parser=cmd)
     q = sub.add_parser("quota", help="set or show one quota limit").add_subparsers(
         dest="quota_command", required=True
     )
     qset = q.add_parser("set", help="set the tenant's limit of a resource")
-    qset.add_argument("resource", type=_id_type("resource"), metavar="RESOURCE")
+    qset.add_argument("resource", type=id_type("resource"), metavar="RESOURCE")
     qset.add_argument("limit", type=_limit, metavar="LIMIT", help="an integer >= 0")
     qshow = q.add_parser("show", help="the tenant's limit and usage of a resource")
-    qshow.add_argument("resource", type=_id_type("resource"), metavar="RESOURCE")
+    qshow.add_argument("resource", type=id_type("resource"), metavar="RESOURCE")
     for cmd in (qset, qshow):
         add_output(cmd, watch=False)
         cmd.set_defaults(fn=_quota, parser=cmd)
@@ -387,11 +371,6 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def _fail(message: object) -> int:
-    print(f"{PROG}: {' '.join(str(message).splitlines())}", file=sys.stderr)
-    return 1
-
-
 def _usage(parser: argparse.ArgumentParser, message: str) -> NoReturn:
     parser.error(message)  # prints the usage and the message; exits with status 2
 
@@ -408,9 +387,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         if exc.field in ("endpoints", "namespace", "tenant") and getattr(args, exc.field):
             _usage(top, f"argument --{exc.field}: {str(exc).removeprefix(exc.field + ': ')}")
-        return _fail(exc)  # from a FOUNDATION_ETCD_* variable
+        return fail(exc)  # from a FOUNDATION_ETCD_* variable
     except FoundationEtcdError as exc:
-        return _fail(exc)
+        return fail(exc)
     try:
         if args.fn is _node_run:
             args.classes = _import_agents(args.agents)
@@ -426,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
         if all(isinstance(e, FoundationEtcdError | _Failure) for e in leaves):
             for e in leaves:
-                _fail(e)
+                fail(e)
             return 1
         raise
 

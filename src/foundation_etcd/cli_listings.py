@@ -19,21 +19,15 @@ etcd but its own short-lived node key and lease (removed when it exits).
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import foundation_etcd as fe
 
+from ._cli_args import client_id
 from ._cli_out import Listing, add_output, show
 
-__all__ = ["add_commands", "client_id"]
-
-
-def client_id() -> str:
-    """The node id a command-line process connects as (never hosts agents)."""
-    return f"cli-{socket.gethostname()}-{os.getpid()}"
+__all__ = ["add_commands"]
 
 
 def _text(value: bytes) -> str:

@@ -28,10 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
-import socket
-import sys
 import time
 import uuid
 from contextlib import AbstractAsyncContextManager
@@ -41,12 +38,11 @@ import anyio
 
 import foundation_etcd as fe
 
-from ._cli_args import id_type
+from ._cli_args import PROG, client_id, fail, id_type, usage_error
 from ._cli_out import Listing, add_output, show
 
 __all__ = ["add_commands"]
 
-PROG = "foundation-etcd"
 _TYPE = re.compile(r"[A-Za-z0-9._:/-]{1,256}")  # the library's rule for a signal type
 _MAX_LIMIT = 1_000_000
 _MAX_TIMEOUT = 86400.0
@@ -102,26 +98,9 @@ def _timeout(text: str) -> float:
 
 
 # helpers ------------------------------------------------------------------------------------
-def _client_id() -> str:
-    return f"cli-{socket.gethostname()}-{os.getpid()}"
-
-
 def _connect(cfg: fe.Config) -> AbstractAsyncContextManager[fe.Cluster]:
     """Join as an observer: placement never chooses this process."""
-    return fe.connect(cfg, node_id=_client_id(), hosts_agents=False)
-
-
-def _fail(message: object) -> int:
-    print(f"{PROG}: {' '.join(str(message).splitlines())}", file=sys.stderr)
-    return 1
-
-
-def _usage(args: argparse.Namespace, message: str) -> int:
-    """A usage error found after parsing (as ``argparse`` prints one): exit status 2."""
-    parser: argparse.ArgumentParser = args.parser
-    parser.print_usage(sys.stderr)
-    print(f"{parser.prog}: error: {message}", file=sys.stderr)
-    return 2
+    return fe.connect(cfg, node_id=client_id(), hosts_agents=False)
 
 
 def _too_large(cfg: fe.Config, agent_id: str, type: str, data: Any, sid: str) -> str | None:
@@ -129,7 +108,7 @@ def _too_large(cfg: fe.Config, agent_id: str, type: str, data: Any, sid: str) ->
     envelope = {
         "id": sid,
         "type": type,
-        "source": _client_id(),
+        "source": client_id(),
         "subject": agent_id,
         "time": time.time(),
         "data": data,
@@ -168,7 +147,7 @@ def _unknown(agent_id: str) -> str:
 async def _inbox(cfg: fe.Config, args: argparse.Namespace) -> int:
     async with _connect(cfg) as c:
         if not await _known(c, args.agent):
-            return _fail(_unknown(args.agent))
+            return fail(_unknown(args.agent))
 
         async def build() -> Listing:
             rev = await c.transport.revision()
@@ -196,7 +175,7 @@ async def _inbox(cfg: fe.Config, args: argparse.Namespace) -> int:
 async def _dead(cfg: fe.Config, args: argparse.Namespace) -> int:
     async with _connect(cfg) as c:
         if args.agent is not None and not await _known(c, args.agent):
-            return _fail(_unknown(args.agent))
+            return fail(_unknown(args.agent))
 
         async def build() -> Listing:
             rev = await c.transport.revision()
@@ -226,12 +205,12 @@ async def _redrive(cfg: fe.Config, args: argparse.Namespace) -> int:
         try:
             r = await c.redrive(agent, sid)
         except fe.AgentNotFoundError:
-            return _fail(f"cannot redrive {sid!r}: {_unknown(agent)}")
+            return fail(f"cannot redrive {sid!r}: {_unknown(agent)}")
         except fe.InboxFullError as exc:
-            return _fail(f"cannot redrive {sid!r}: {exc}; the dead letter stays")
+            return fail(f"cannot redrive {sid!r}: {exc}; the dead letter stays")
         except KeyError:
             why = "" if await _known(c, agent) else f" ({_unknown(agent)})"
-            return _fail(f"no dead letter {sid!r} for agent {agent!r}{why}")
+            return fail(f"no dead letter {sid!r} for agent {agent!r}{why}")
         print(f"dead letter {sid} sent again to {agent} (revision {r.revision}, attempts reset)")
     return 0
 
@@ -240,12 +219,12 @@ async def _send(cfg: fe.Config, args: argparse.Namespace) -> int:
     agent, sid = args.agent, args.id or uuid.uuid4().hex
     why = _too_large(cfg, agent, args.type, args.data, sid)
     if why is not None:
-        return _usage(args, f"argument --data: {why}")
+        return usage_error(args, f"argument --data: {why}")
     async with _connect(cfg) as c:
         try:
             r = await c.send(agent, args.type, args.data, signal_id=sid)
         except fe.AmbiguousResultError as exc:
-            return _fail(
+            return fail(
                 f"{exc}; signal {sid} may have been sent: `{PROG} signals send {agent} "
                 f"{args.type} --id {sid}` again sends it at most once"
             )
@@ -262,19 +241,19 @@ async def _call(cfg: fe.Config, args: argparse.Namespace) -> int:
     payload = {"action": action, "args": args.args or {}}
     why = _too_large(cfg, agent, "foundation.call", payload, cid)
     if why is not None:
-        return _usage(args, f"argument --args: {why}")
+        return usage_error(args, f"argument --args: {why}")
     async with _connect(cfg) as c:
         try:
             with anyio.fail_after(args.timeout):
                 result = await c.call(agent, action, args.args, call_id=cid)
         except TimeoutError:  # CallTimeoutError, or the deadline before the call was sent
-            return _fail(
+            return fail(
                 f"call {cid} of {agent}.{action}: no reply within {args.timeout:g}s; the action "
                 f"may still run (`{PROG} call {agent} {action} --id {cid}` waits for its one "
                 "outcome, never a second run)"
             )
         except fe.ActionError as exc:
-            return _fail(f"{agent}.{action} raised {exc.error_type}: {exc.error_message}")
+            return fail(f"{agent}.{action} raised {exc.error_type}: {exc.error_message}")
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import foundation_etcd as fe
 
-from ._cli_args import id_type
+from ._cli_args import id_type, usage_error
 from ._cli_out import Listing, add_output, show
 from .lowlevel import open_transport, prefix_end
 
@@ -67,19 +67,11 @@ class _NoPassword(Exception):
     """``--password-stdin`` found an empty first line."""
 
 
-def _usage(args: argparse.Namespace, message: str) -> int:
-    """A usage error found after parsing (as ``argparse`` prints one): exit status 2."""
-    parser: argparse.ArgumentParser = args.parser
-    parser.print_usage(sys.stderr)
-    print(f"{parser.prog}: error: {message}", file=sys.stderr)
-    return 2
-
-
 def _read_password(args: argparse.Namespace) -> tuple[str | None, int]:
     try:
         return _password(args), 0
     except _NoPassword:
-        return None, _usage(args, "argument --password-stdin: no password on standard input")
+        return None, usage_error(args, "argument --password-stdin: no password on standard input")
 
 
 def _text(key: bytes) -> str:
