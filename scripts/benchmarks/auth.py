@@ -7,9 +7,10 @@ registration. So ``Registry.register`` (one create-if-absent transaction with th
 may slow down as a node hosts more agents.
 
 Two private etcds of the same flags, started here: one with auth off, one with auth on, a
-``root`` user and tenant ``bench`` provisioned by ``Tenants``; the library connects to the
-second as the tenant's own user (not an admin). For each population (10, 1,000, 5,000 keys
-on the lease) both sessions are filled to it (32 registrations at a time), then
+``root`` user and tenant ``bench`` provisioned (``foundation_etcd.testing.start_auth_etcd``);
+the library connects to the second as the tenant's own user (not an admin). For each
+population (10, 1,000, 5,000 keys on the lease) both sessions are filled to it (32
+registrations at a time), then
 ``register`` + ``unregister`` pairs run in alternating rounds on both (the population stays
 put); the sample is the ``register`` alone. "raw" is auth off, "library" auth on: the ratio
 is the cost of auth at that population.
@@ -17,6 +18,7 @@ is the cost of auth at that population.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -25,40 +27,32 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import foundation_etcd as fe
 from benchmarks.harness import Bench, Case, Latency, Row, Step, concurrently, run_rounds
 from foundation_etcd import Config, connect
-from foundation_etcd._transport._auth import AuthAdmin
-from foundation_etcd.lowlevel import open_transport
-from foundation_etcd.testing import EtcdServer
+from foundation_etcd.testing import AuthEtcd, EtcdServer, start_auth_etcd
 
 POPULATIONS = (10, 1_000, 5_000)
 ROOT_PASSWORD = "bench-root"
 TENANT_PASSWORD = "bench-tenant"
 
 
-async def _auth_on(server: EtcdServer, namespace: str) -> Config:
-    """Turn auth on with a root user, provision tenant ``bench``; its user's config."""
-    base = Config(endpoints=(server.endpoint,), namespace=namespace, tenant="bench")
-    async with open_transport(base) as t:
-        admin = AuthAdmin(t)
-        await admin.user_add("root", ROOT_PASSWORD)
-        await admin.role_add("root")
-        await admin.user_grant_role("root", "root")
-        await admin.enable()
-    root = base.with_options(user="root", password=ROOT_PASSWORD)
-    async with open_transport(root) as t:
-        info = await fe.Tenants(t).create("bench", password=TENANT_PASSWORD)
-    return base.with_options(user=info.role, password=TENANT_PASSWORD)
-
-
 @asynccontextmanager
-async def _servers() -> AsyncIterator[tuple[EtcdServer, EtcdServer]]:
-    off, on = EtcdServer("bench-auth-off"), EtcdServer("bench-auth-on")
+async def _servers(namespace: str) -> AsyncIterator[tuple[EtcdServer, AuthEtcd]]:
+    """Auth off, and auth on with tenant ``bench`` provisioned (the test harness's helper)."""
+    off = EtcdServer("bench-auth-off")
+    on: AuthEtcd | None = None
     try:
         off.start()
-        on.start()
+        on = await asyncio.to_thread(
+            start_auth_etcd,
+            "bench-auth-on",
+            namespace=namespace,
+            tenants={"bench": TENANT_PASSWORD},
+            root_password=ROOT_PASSWORD,
+        )
         yield off, on
     finally:
         off.close()
-        on.close()
+        if on is not None:
+            on.server.close()
 
 
 async def section_auth(bench: Bench) -> list[Row]:
@@ -66,8 +60,8 @@ async def section_auth(bench: Bench) -> list[Row]:
     s = bench.settings
     namespace = bench.namespace("auth")
     rows: list[Row] = []
-    async with _servers() as (off, on), AsyncExitStack() as stack:
-        cfg_on = await _auth_on(on, namespace)
+    async with _servers(namespace) as (off, on), AsyncExitStack() as stack:
+        cfg_on = on.tenant_config("bench")
         cfg_off = Config(endpoints=(off.endpoint,), namespace=namespace, tenant="bench")
         plain = await stack.enter_async_context(connect(cfg_off, node_id="bench-auth"))
         authed = await stack.enter_async_context(connect(cfg_on, node_id="bench-auth"))
