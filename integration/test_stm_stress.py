@@ -459,9 +459,15 @@ async def test_transfers_with_kills_keep_a_consistent_history(
                     print(f"  +{victim.killed_at - load_start:5.1f}s SIGKILL {victim.log.node}")
                 await anyio.sleep(max(0.0, load_start + LOAD_SECONDS - anyio.current_time()))
 
+                # a replacement may still be starting on a loaded machine: it joins the load
+                # (and has a report to make) before the stop
+                joined = await board.wait(
+                    lambda: all(s.log.ready or s.done.is_set() for s in live), READY_TIMEOUT
+                )
                 # stop: every task finishes its transfer in flight and reports
                 load_seconds = anyio.current_time() - load_start
                 for s in live:
+                    assert joined and s.log.ready, f"{s.log.node} not ready:\n{s.tail()}"
                     assert not s.done.is_set(), f"{s.log.node} died:\n{s.tail()}"
                     s.process.send_signal(signal.SIGTERM)
                 stopped = await board.wait(
