@@ -99,6 +99,7 @@ async def test_create_is_idempotent_and_grants_exactly_the_tenant_keys(
                 ("readwrite", b"/ns-t/c1/", b"/ns-t/c10"),
                 ("read", b"/ns-t/_system/quotas/c1/", b"/ns-t/_system/quotas/c10"),
                 ("readwrite", ks.quota_queues_prefix(), b"/ns-t/_system/quotas/c1/queue0"),
+                ("read", b"/ns-t/_system/signers/c1/", b"/ns-t/_system/signers/c10"),
                 ("read", b"\0", b""),
             }
             assert info.missing == () and info.extra == ()
@@ -140,7 +141,7 @@ async def test_create_is_idempotent_and_grants_exactly_the_tenant_keys(
             assert records[0].details == {
                 "role": "foundation/ns-t/c1",
                 "user": "carol",
-                "permissions_granted": 4,
+                "permissions_granted": 5,
                 "user_created": True,
             }
             assert records[1].details["permissions_granted"] == 1
@@ -520,7 +521,7 @@ async def test_cli_tenant_commands(auth_server: EtcdServer) -> None:
         assert out.returncode == 0, out.stderr
         made = json.loads(out.stdout)
         assert made["role"] == "foundation/ns-t/e1" and made["users"] == ["erin"]
-        assert made["missing"] == [] and len(made["permissions"]) == 4
+        assert made["missing"] == [] and len(made["permissions"]) == 5
         cfg = Config(endpoints=(auth_server.endpoint,), namespace=NS, tenant="e1",
                      user="erin", password="e-secret")  # fmt: skip
         async with open_transport(cfg) as t:

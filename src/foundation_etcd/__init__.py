@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # for type checkers; at run time each name loads on first use
     from ._agents.delivery import SignalContext
     from ._agents.health import HealthReport
     from ._agents.registry import AgentChange, AgentInfo, Registration, Registry
+    from ._agents.rotation import ReencryptReport
     from ._agents.runtime import AgentRunContext
     from ._agents.scheduler import AgentRef, AgentStatus
     from ._agents.signals import PublishResult, SendResult
@@ -49,6 +50,7 @@ if TYPE_CHECKING:  # for type checkers; at run time each name loads on first use
     from ._coord.quotas import Quotas, QuotaUsage, Reservation
     from ._coord.session import Lease, Session, SessionStatistics, open_session
     from ._coord.shared_state import SharedState, Versioned
+    from ._coord.signers import SignerInfo
     from ._coord.stm import Isolation, TransactStatistics, Tx
     from ._coord.tenancy import KeyPermission, TenantDeletion, TenantInfo, Tenants
     from ._coord.watch import ChangeKind
@@ -65,6 +67,7 @@ if TYPE_CHECKING:  # for type checkers; at run time each name loads on first use
         CompactedError,
         ConfigurationError,
         ConflictError,
+        DecryptionError,
         EtcdError,
         EtcdServerError,
         EtcdUnavailableError,
@@ -98,6 +101,7 @@ if TYPE_CHECKING:  # for type checkers; at run time each name loads on first use
     from ._core.keys import validate_id
     from ._core.placement import NodeLoad, PlacementRequest, PlacementStrategy
     from ._core.records import AuditRecord
+    from ._core.sealing import EncryptionKey, Keyring
     from ._core.signals import Signal
     from ._transport import UnsafeEtcdVersionWarning
 
@@ -132,8 +136,10 @@ __all__ = [
     "ConflictError",
     "CounterStatistics",
     "DeadLetter",
+    "DecryptionError",
     "DoubleBarrier",
     "Election",
+    "EncryptionKey",
     "EtcdError",
     "EtcdServerError",
     "EtcdUnavailableError",
@@ -146,6 +152,7 @@ __all__ = [
     "InvalidReservationError",
     "Isolation",
     "KeyPermission",
+    "Keyring",
     "Leadership",
     "LeadershipLostError",
     "Lease",
@@ -173,6 +180,7 @@ __all__ = [
     "QuotaExceededError",
     "QuotaUsage",
     "Quotas",
+    "ReencryptReport",
     "Registration",
     "Registry",
     "RequestTooLargeError",
@@ -189,6 +197,7 @@ __all__ = [
     "Signal",
     "SignalContext",
     "SignalError",
+    "SignerInfo",
     "TenantDeletion",
     "TenantInfo",
     "Tenants",
@@ -226,6 +235,7 @@ _SOURCES: dict[str, str] = {
     "._agents.delivery": "SignalContext",
     "._agents.health": "HealthReport",
     "._agents.registry": "AgentChange AgentInfo Registration Registry",
+    "._agents.rotation": "ReencryptReport",
     "._agents.runtime": "AgentRunContext",
     "._agents.scheduler": "AgentRef AgentStatus",
     "._agents.signals": "PublishResult SendResult",
@@ -239,6 +249,7 @@ _SOURCES: dict[str, str] = {
     "._coord.quotas": "Quotas QuotaUsage Reservation",
     "._coord.session": "Lease Session SessionStatistics open_session",
     "._coord.shared_state": "SharedState Versioned",
+    "._coord.signers": "SignerInfo",
     "._coord.stm": "Isolation TransactStatistics Tx",
     "._coord.tenancy": "KeyPermission TenantDeletion TenantInfo Tenants",
     "._coord.watch": "ChangeKind",
@@ -246,7 +257,7 @@ _SOURCES: dict[str, str] = {
     "._core.errors": (
         "ActionError AgentExistsError AgentNotFoundError AmbiguousResultError "
         "AsyncioRequiredError AuthError BarrierError CallTimeoutError "
-        "CompactedError ConfigurationError ConflictError EtcdError "
+        "CompactedError ConfigurationError ConflictError DecryptionError EtcdError "
         "EtcdServerError EtcdUnavailableError FoundationEtcdError InboxFullError "
         "IncarnationLostError InvalidIdError InvalidReservationError "
         "LeadershipLostError LeaseLostError LeaseNotFoundError LockBusyError "
@@ -259,6 +270,7 @@ _SOURCES: dict[str, str] = {
     "._core.keys": "validate_id",
     "._core.placement": "NodeLoad PlacementRequest PlacementStrategy",
     "._core.records": "AuditRecord",
+    "._core.sealing": "EncryptionKey Keyring",
     "._core.signals": "Signal",
     "._transport": "UnsafeEtcdVersionWarning",
 }

@@ -24,6 +24,8 @@
                                             run an action; its JSON result
     tools                                   the spawned agents' actions as tool definitions
     tenant create|list|grant|revoke|delete  tenants' etcd roles and users (``cli_tenant``)
+    tenant trust|untrust|signers, encryption keygen|rotate, signing keygen
+                                            keys of signed signals and encryption (``cli_keys``)
     audit list [-o table|json] [-w] | audit verify     verify exits 1 on a problem
 
 ``-o json`` prints ``{"kind": K, "revision": R, "items": [...]}`` (``_cli_out``; each kind's
@@ -76,6 +78,7 @@ from ._cli_out import add_output, setup_logging
 from ._core.amounts import MAX_AMOUNT, check_capacity, check_limit
 from .cli_audit import add_commands as add_audit_commands
 from .cli_health import add_health_options, start_health
+from .cli_keys import add_commands as add_key_commands
 from .cli_listings import add_commands as add_listing_commands
 from .cli_signals import add_commands as add_signal_commands
 from .cli_tenant import add_commands as add_tenant_commands
@@ -356,7 +359,7 @@ def _parser() -> argparse.ArgumentParser:
         add_output(cmd, watch=False)
         cmd.set_defaults(fn=_quota, parser=cmd)
     add_signal_commands(sub)
-    add_tenant_commands(sub)
+    add_key_commands(sub, add_tenant_commands(sub))
     add_audit_commands(sub)
     for child in _subparsers(p):
         _global_options(child, top=False)

@@ -10,6 +10,7 @@
     tenant revoke TENANT USER               take the tenant's role from a user
     tenant delete TENANT [--delete-keys]    delete the role and the users it leaves
                                             without a role; the keys only if asked
+    tenant trust|untrust|signers ...        the keys that sign its signals (``cli_keys``)
 
 Registered by :mod:`foundation_etcd.cli` (:func:`add_commands`), with its options and exit
 statuses; run with the credentials of ``root`` or of a user granted etcd's ``root`` role
@@ -189,8 +190,10 @@ def _password_options(cmd: argparse.ArgumentParser) -> None:
     )
 
 
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``tenant`` and its subcommands to the CLI's subcommands (``sub``)."""
+def add_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """Add ``tenant`` and its subcommands to the CLI's subcommands (``sub``); return them."""
     tenant = id_type("tenant")
     t = sub.add_parser("tenant", help="provision tenants: etcd roles and users").add_subparsers(
         dest="tenant_command", required=True
@@ -219,3 +222,4 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--delete-keys", action="store_true", help="also delete every key of the tenant"
     )
     delete.set_defaults(fn=_delete, parser=delete)
+    return t

@@ -101,6 +101,8 @@ PUBLIC = {
     "load_signing_key",
     # tenant provisioning (an operator's)
     "Tenants", "TenantInfo", "TenantDeletion", "KeyPermission",
+    # encryption at rest
+    "Keyring", "EncryptionKey", "ReencryptReport", "DecryptionError", "SignerInfo",
     # the error tree
     "FoundationEtcdError", "ConfigurationError", "InvalidIdError", "RequestTooLargeError",
     "TooManyOperationsError", "EtcdError", "EtcdUnavailableError", "NoLeaderError",

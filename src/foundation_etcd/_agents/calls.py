@@ -25,6 +25,7 @@ from .._core.keys import validate_id
 from .._core.kv import KeyValue
 from .._core.signals import new_signal_id
 from .dead_letters import dead_letter_of
+from .protection import open_reply
 from .signals import CALL_TYPE, Signals
 
 __all__ = ["call"]
@@ -83,7 +84,10 @@ async def _reply(
             arrived.extend(kv for kv in [await s.transport.get(dead_key)] if kv is not None)
         for kv in arrived:
             if kv.key == done_key:
-                return _reply_of(agent_id, action, kv)
+                done = _codec.decode(kv.value)
+                ks, sid = s.keyspace, done_key.rsplit(b"/", 1)[-1].decode()
+                reply = open_reply(s.config.keyring, ks, agent_id, sid, done)
+                return _reply_of(agent_id, action, reply)
             letter = dead_letter_of(s.keyspace, kv)
             raise ActionError(agent_id, action, "DeadLetter", letter.reason)
         missed = False
@@ -119,10 +123,8 @@ def _error_type(name: str) -> type[ActionError]:
     return made
 
 
-def _reply_of(agent_id: str, action: str, kv: KeyValue) -> Any:
-    """The result in a done record, or the action's error raised."""
-    d = _codec.decode(kv.value)
-    reply = d.get("reply")
+def _reply_of(agent_id: str, action: str, reply: Any) -> Any:
+    """The result in a done record's reply, or the action's error raised."""
     if not isinstance(reply, dict):
         raise ActionError(agent_id, action, "NoReply", "the signal was handled without a reply")
     if "error" in reply:

@@ -30,6 +30,7 @@ from .._coord.quota_view import QuotaView
 from .._core.keys import Keyspace, validate_id
 from .._core.kv import KeyValue, Op
 from .._transport import Transport
+from .rotation import ReencryptReport, reencrypt
 
 if TYPE_CHECKING:
     from .drain import Drain
@@ -109,6 +110,34 @@ class OperatorMethods:
                 cordoned; the agents before that one were moved).
         """
         return await self._drain.drain(node_id, progress=progress)
+
+    async def reencrypt(
+        self,
+        *,
+        progress: Callable[[ReencryptReport, str], None] | None = None,
+        dry_run: bool = False,
+    ) -> ReencryptReport:
+        """Seal every agent checkpoint, signal payload and reply under the newest key.
+
+        The newest key is the first of ``Config.encryption``; plaintext values are sealed
+        too. Safe while the cluster works: each value is rewritten only if unchanged since
+        read (see ``rotation.py``). Run it after making a new key the first on every
+        process; then the old key can be dropped.
+
+        Args:
+            progress: called after each page as ``progress(report, what)``.
+            dry_run: count what would be rewritten, write nothing.
+
+        Returns:
+            The counts, and the values that did not decrypt (left as they are).
+
+        Raises:
+            ConfigurationError: this process has no encryption keys.
+        """
+        keyring = self.transport.config.keyring
+        return await reencrypt(
+            self.transport, self.keyspace, keyring, progress=progress, dry_run=dry_run
+        )
 
     async def cordon(self, node_id: str) -> bool:
         """Place no new agent on ``node_id`` (its agents keep running), until uncordoned.

@@ -8,16 +8,24 @@ transaction that also deletes it, admitted like a send (the inbox bound holds).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from .._core import codec as _codec
-from .._core.errors import AgentNotFoundError, InboxFullError, SerializationError
+from .._core.errors import (
+    AgentNotFoundError,
+    EtcdError,
+    InboxFullError,
+    RequestTooLargeError,
+    SerializationError,
+)
 from .._core.keys import Keyspace, prefix_end
 from .._core.kv import Compare, KeyValue, Op
+from .._core.sealing import Keyring
 from .._core.signals import Signal, decode_signal, encode_signal
 from .signals import SEND_ATTEMPTS, SendResult, Signals, admission, probe
 
-__all__ = ["DeadLetter", "dead_letter_of", "dead_letters", "inbox", "redrive"]
+__all__ = ["DeadLetter", "dead_letter_of", "dead_letters", "encode_letter", "inbox", "redrive"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,13 +41,36 @@ class DeadLetter:
     revision: int
 
 
-def dead_letter_of(ks: Keyspace, kv: KeyValue) -> DeadLetter:
-    """Decode a dead letter (never raises: an unreadable one is shown as such)."""
+def encode_letter(value: bytes, signal: Signal | None, reason: str, attempts: int) -> bytes:
+    """A dead letter's value: the signal, the reason, when, after how many attempts.
+
+    The signal is kept as stored (a sealed payload stays sealed, a signature stays); one
+    that could not be decoded is kept as the start of its raw ``value``.
+    """
+    letter = {
+        "signal": None if signal is None else _codec.decode(encode_signal(signal, 2**21)),
+        "raw": None if signal is not None else value[:4096].decode(errors="replace"),
+        "reason": reason,
+        "at": time.time(),
+        "attempts": attempts,
+    }
+    try:
+        return _codec.encode(letter, "dead letter", 2**21)
+    except (SerializationError, RequestTooLargeError, EtcdError):
+        return _codec.encode({"reason": reason, "at": time.time()}, "dead letter", 4096)
+
+
+def dead_letter_of(ks: Keyspace, kv: KeyValue, keyring: Keyring | None = None) -> DeadLetter:
+    """Decode a dead letter (never raises: an unreadable one is shown as such).
+
+    A sealed payload is opened with ``keyring`` (its ``data`` is None when it cannot be).
+    """
     rest = kv.key[len(ks.dead_letters_prefix()) :].decode(errors="replace")
     agent_id, _, signal_id = rest.partition("/")
     try:
         d = _codec.decode(kv.value)
-        stored = decode_signal(_codec.encode(d.get("signal"), "signal", 2**21))
+        raw = _codec.encode(d.get("signal"), "signal", 2**21)
+        stored = decode_signal(raw, keyring=keyring, context=ks.prefix)
         return DeadLetter(
             agent_id,
             None if stored is None else stored.signal,
@@ -63,7 +94,9 @@ async def inbox(s: Signals, agent_id: str, *, limit: int = 1000) -> list[Signal]
     )
     out = []
     for kv in res.kvs:
-        stored = decode_signal(kv.value, kv.create_revision)
+        stored = decode_signal(
+            kv.value, kv.create_revision, keyring=s.config.keyring, context=s.keyspace.prefix
+        )
         if stored is not None:
             out.append(stored.signal.with_attempt(stored.failures + 1, kv.create_revision, None))
     return out
@@ -73,7 +106,7 @@ async def dead_letters(s: Signals, agent_id: str | None = None) -> list[DeadLett
     """The dead letters of one agent or of all (a linearizable read)."""
     prefix = s.keyspace.dead_letters_prefix(agent_id)
     res = await s.transport.get_prefix(prefix)
-    return [dead_letter_of(s.keyspace, kv) for kv in res.kvs]
+    return [dead_letter_of(s.keyspace, kv, s.config.keyring) for kv in res.kvs]
 
 
 async def redrive(s: Signals, agent_id: str, signal_id: str) -> SendResult:

@@ -55,9 +55,9 @@ from .._coord.audit import AuditLog
 from .._coord.doorbells import Doorbells
 from .._core import codec as _codec
 from .._core import metrics
+from .._core.checkpoints import encode_state
 from .._core.errors import (
     AmbiguousResultError,
-    EtcdError,
     EtcdUnavailableError,
     IncarnationLostError,
     InvalidIdError,
@@ -67,10 +67,10 @@ from .._core.errors import (
 )
 from .._core.keys import Keyspace, prefix_end, validate_id
 from .._core.kv import AnyOp, Compare, KeyValue, Op, TxnOp, TxnResult
-from .._core.records import encode_state
 from .._core.signals import Signal, decode_signal, encode_signal
 from .._transport import Transport
 from .agent import AgentContext, call_hook, in_thread, is_async_callable
+from .dead_letters import encode_letter
 from .handlers import (
     ActionFailed,
     RetentionLease,
@@ -79,6 +79,7 @@ from .handlers import (
     done_by,
     run_action,
 )
+from .protection import Trust, seal_reply
 from .signals import CALL_TYPE
 
 __all__ = ["Deliverer", "RetentionLease", "SignalContext"]
@@ -124,6 +125,8 @@ class Deliverer:
         self.dirty = False
         self._marker: dict[str, Any] = {}
         self.handled = 0
+        self._trust = Trust.of(transport, keyspace)
+        self._keyring = config.keyring
 
     # the loop ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -200,7 +203,9 @@ class Deliverer:
         )
 
     async def _deliver(self, kv: KeyValue, after: KeyValue | None) -> None:
-        stored = decode_signal(kv.value, kv.create_revision)
+        stored = decode_signal(
+            kv.value, kv.create_revision, keyring=self._keyring, context=self._ks.prefix
+        )
         if stored is None:
             await self._dead(kv, None, "undecodable", 0)
             return
@@ -208,6 +213,13 @@ class Deliverer:
         key_id = kv.key[len(self._ks.inbox_prefix(self._id)) :].decode(errors="replace")
         if signal.id != key_id or signal.subject != self._id:  # not written by ``send``
             await self._dead(kv, None, "envelope does not match its key", 0)
+            return
+        cfg = self._cfg  # a refused signal (protection.py) never reaches the handler
+        refused = await self._trust.refusal(
+            stored, required=cfg.require_signed_signals, retention=cfg.signal_retention
+        )
+        if refused is not None:
+            await self._dead(kv, signal, refused, 0)
             return
         attempt, unmarked = self._attempt(kv, stored.failures)
         if signal.deadline is not None and time.time() > signal.deadline:
@@ -306,7 +318,8 @@ class Deliverer:
         """The done record: dedupe for the id and the reply, under the retention lease."""
         done: dict[str, Any] = {"at": time.time(), "inc": self._inc, "rev": kv.create_revision}
         if reply is not None:
-            done["reply"] = reply
+            limit = self._cfg.signal_max_bytes
+            done |= seal_reply(self._cfg.keyring, self._ks, signal, reply, limit)
         value = _codec.encode(done, "reply", self._cfg.signal_max_bytes + 1024)
         lease = await self._retention.get()
         return Op.put(self._ks.signal_done(self._id, signal.id), value, lease=lease)
@@ -330,7 +343,8 @@ class Deliverer:
         ks, ident = self._ks, self._id
         ops: list[AnyOp] = [Op.delete(kv.key), Op.put(ks.signals_acked(ident), b"")]
         if keep:
-            ops.append(Op.put(ks.agent_state(ident), encode_state(self._inc, state)))
+            value = encode_state(self._inc, state, self._cfg.keyring, ks.agent_state(ident))
+            ops.append(Op.put(ks.agent_state(ident), value))
         if after is not None:  # the next signal is marked started by this commit
             nxt = decode_signal(after.value)
             ops.append(self._mark(after, (nxt.failures if nxt else 0) + 1))
@@ -415,17 +429,7 @@ class Deliverer:
             validate_id(sid, "signal id")
         except InvalidIdError:  # a key no sender wrote: filed under a name derived from it
             sid = "invalid-" + hashlib.sha256(kv.key).hexdigest()[:24]
-        letter = {
-            "signal": None if signal is None else _codec.decode(encode_signal(signal, 2**21)),
-            "raw": None if signal is not None else kv.value[:4096].decode(errors="replace"),
-            "reason": reason,
-            "at": time.time(),
-            "attempts": attempts,
-        }
-        try:
-            value = _codec.encode(letter, "dead letter", 2**21)
-        except (SerializationError, RequestTooLargeError, EtcdError):
-            value = _codec.encode({"reason": reason, "at": time.time()}, "dead letter", 4096)
+        value = encode_letter(kv.value, signal, reason, attempts)
         res = await self._t.txn(
             self._fence(kv),
             [

@@ -39,6 +39,7 @@ import anyio
 from .._coord.waits import wait_deleted
 from .._core import metrics
 from .._core.background import background_tasks, cleanup_scope
+from .._core.checkpoints import decode_state, encode_state
 from .._core.errors import (
     AgentExistsError,
     AgentNotFoundError,
@@ -51,9 +52,7 @@ from .._core.records import (
     AgentSpec,
     AssignmentStatus,
     decode_assignment,
-    decode_state,
     encode_assignment,
-    encode_state,
 )
 from .._transport import Transport
 from .agent import AgentContext, RestartPolicy, agent_classes, call_hook, cluster_spec
@@ -98,9 +97,9 @@ class AgentRunContext(AgentContext):
             IncarnationLostError: this incarnation is no longer live; nothing written.
             SerializationError, RequestTooLargeError: bad state (nothing written).
         """
-        data = encode_state(self.incarnation, state)
         # the runtime hands its transport in; a context made by hand uses its cluster's
         transport: Transport = self._transport or self.cluster.transport
+        data = encode_state(self.incarnation, state, transport.config.keyring, self._state_key)
         guard = [Compare.create_revision(self._live_key) == self.incarnation]
         if self._handling is None:
             res = await transport.txn(guard, [Op.put(self._state_key, data)])
@@ -369,7 +368,7 @@ class NodeRuntime:
         graceful = False
         try:
             kv = await self._transport.get(ks.agent_state(agent_id))
-            restored = decode_state(kv)
+            restored = decode_state(kv, self._transport.config.keyring)
             agent = cls(**spec.args)
             if restored is not None:
                 await call_hook(agent, "restore_state", restored)

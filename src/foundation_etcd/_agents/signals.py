@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .._coord.doorbells import Doorbells
@@ -58,9 +58,11 @@ from .._core.signals import (
     encode_signal,
     new_signal_id,
     patterns_of,
+    signed_bytes,
     topic_matches,
     validate_topic,
 )
+from .._core.signing import load_signer
 
 __all__ = ["CALL_TYPE", "PublishResult", "SendResult", "Signals", "admission", "probe"]
 
@@ -140,6 +142,8 @@ class Signals:
         self._source = source
         self.bells = doorbells
         self._windows: dict[str, tuple[int, int]] = {}
+        cfg = self._cfg
+        self._signer = None if cfg.signing_key is None else load_signer(cfg.signing_key)
 
     # sending -------------------------------------------------------------------------------
     def envelope(
@@ -176,8 +180,15 @@ class Signals:
             parent=parent,
             topic=topic,
             reply=reply,
+            signer=None if self._signer is None else self._signer.key_id,
         )
-        return signal, encode_signal(signal, self._cfg.signal_max_bytes)
+        context = self._ks.prefix
+        if self._signer is not None:  # over the plaintext: re-encryption keeps it valid
+            signature = self._signer.sign(signed_bytes(signal, context))
+            signal = replace(signal, signature=signature)
+        keyring = self._cfg.keyring
+        value = encode_signal(signal, self._cfg.signal_max_bytes, keyring=keyring, context=context)
+        return signal, value
 
     def window(self, agent_id: str) -> tuple[int, int]:
         """The ``(sent, acked)`` counter versions last learnt for ``agent_id``."""

@@ -9,10 +9,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .._core.errors import ConfigurationError
 from .._core.records import AuditRecord
+from .._core.signing import load_private_key
+from .._core.signing import load_public_key as _load_public_key
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -21,18 +23,6 @@ if TYPE_CHECKING:
     )
 
 __all__ = ["load_public_key", "load_signing_key", "signed_by", "signing_key_file"]
-
-
-def _ed25519() -> Any:
-    try:
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-    except ImportError:
-        raise ConfigurationError(
-            "audit signing key",
-            "signing or verifying audit records needs the 'cryptography' package "
-            "(pip install cryptography)",
-        ) from None
-    return ed25519
 
 
 @functools.lru_cache(maxsize=8)
@@ -55,22 +45,7 @@ def load_signing_key(data: bytes, password: bytes | None = None) -> Ed25519Priva
     Raises:
         ConfigurationError: ``cryptography`` is not installed, or not an Ed25519 key.
     """
-    ed = _ed25519()
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        key = (
-            ed.Ed25519PrivateKey.from_private_bytes(data)
-            if len(data) == 32
-            else serialization.load_pem_private_key(data, password)
-        )
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise ConfigurationError("audit_signing_key", f"cannot load it: {exc}") from None
-    if not isinstance(key, ed.Ed25519PrivateKey):
-        raise ConfigurationError("audit_signing_key", "not an Ed25519 private key")
-    private: Ed25519PrivateKey = key
-    return private
+    return load_private_key(data, "audit_signing_key", password)
 
 
 def load_public_key(data: bytes) -> Ed25519PublicKey:
@@ -79,22 +54,7 @@ def load_public_key(data: bytes) -> Ed25519PublicKey:
     Raises:
         ConfigurationError: ``cryptography`` is not installed, or not an Ed25519 key.
     """
-    ed = _ed25519()
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        key = (
-            ed.Ed25519PublicKey.from_public_bytes(data)
-            if len(data) == 32
-            else serialization.load_pem_public_key(data)
-        )
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise ConfigurationError("audit public key", f"cannot load it: {exc}") from None
-    if not isinstance(key, ed.Ed25519PublicKey):
-        raise ConfigurationError("audit public key", "not an Ed25519 public key")
-    public: Ed25519PublicKey = key
-    return public
+    return _load_public_key(data, "audit public key")
 
 
 def signed_by(rec: AuditRecord, keys: Sequence[Ed25519PublicKey]) -> bool:

@@ -7,6 +7,8 @@ the library needs to work as that tenant (:meth:`Tenants.permissions`):
 * ``readwrite`` on the tenant prefix ``/{namespace}/{tenant}/``;
 * ``read`` on its quota prefix ``/{namespace}/_system/quotas/{tenant}/`` (its limits);
 * ``readwrite`` on that prefix's ``queue/`` (its reservations);
+* ``read`` on ``/{namespace}/_system/signers/{tenant}/`` (the keys it trusts to sign
+  signals; only an administrator adds them, :meth:`Tenants.trust`);
 * ``read`` on the one key ``"\0"``, which nothing writes: ``Transport.revision`` reads the
   store revision by counting it.
 
@@ -43,6 +45,7 @@ from .._core.kv import DeleteResult, Op
 from .._transport import Transport
 from .._transport._auth import AuthAdmin, KeyPermission, PermissionKind
 from .audit import AuditLog
+from .signers import TrustMethods
 
 __all__ = [
     "ROLE_PREFIX",
@@ -93,6 +96,7 @@ def tenant_permissions(keyspace: Keyspace) -> tuple[KeyPermission, ...]:
         prefix("readwrite", keyspace.prefix),
         prefix("read", keyspace.quotas_prefix()),
         prefix("readwrite", keyspace.quota_queues_prefix()),
+        prefix("read", keyspace.signers_prefix()),
         KeyPermission("read", REVISION_KEY),
     )
 
@@ -160,8 +164,11 @@ class TenantDeletion:
     keys_deleted: int
 
 
-class Tenants:
+class Tenants(TrustMethods):
     """Create, list, grant, revoke and delete the tenants of one namespace.
+
+    Also trust the keys that sign a tenant's signals (``trust``, ``untrust``,
+    ``signers``: ``signers.py``).
 
     Every method needs etcd's ``root`` role once authentication is on: ``transport`` is
     logged in as ``root`` or as a user granted the ``root`` role.

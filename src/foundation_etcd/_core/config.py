@@ -26,10 +26,14 @@ from typing import Any
 
 from .errors import ConfigurationError
 from .keys import Keyspace, validate_id
+from .sealing import Keyring
+from .signing import load_signer
 
 __all__ = ["Config"]
 
 ENV_PREFIX = "FOUNDATION_ETCD_"
+_PATHS = ("ca_cert", "client_cert", "client_key", "audit_signing_key", "encryption", "signing_key")
+_FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 _MIN_TTL = 2.0  # etcd never grants less than about 2 s with default election timing
 
 
@@ -126,6 +130,15 @@ class Config:
         audit_signing_key: a file holding the Ed25519 private key (PEM, unencrypted, or
             its 32 raw bytes) that signs every audit record this process writes; needs
             the ``cryptography`` package. ``connect`` loads it, so a bad key fails there.
+        encryption: the keyring that encrypts agent state checkpoints, signal payloads
+            and replies (AES-256-GCM): a key file (see ``docs/security.md``) or a
+            :class:`~foundation_etcd.Keyring`. Plaintext values stay readable. Give every
+            process of a tenant the same keys; needs ``cryptography``.
+        signing_key: a file holding this process's Ed25519 private key (PEM or 32 raw
+            bytes): every signal it sends or emits is signed with it, under the key id
+            ``Tenants.trust`` printed for its public key. Loaded (checked) here.
+        require_signed_signals: dead-letter every signal that is not signed by a key the
+            tenant trusts, instead of only the wrongly signed ones.
     """
 
     endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
@@ -150,6 +163,9 @@ class Config:
     signal_max_attempts: int = 5
     signal_retention: float = 86400.0
     audit_signing_key: Path | None = None
+    encryption: Keyring | Path | None = None
+    signing_key: Path | None = None
+    require_signed_signals: bool = False
 
     def __post_init__(self) -> None:
         raw = self.endpoints
@@ -223,11 +239,28 @@ class Config:
             if size == 0:
                 raise ConfigurationError("audit_signing_key", f"{str(key)!r} is empty")
             object.__setattr__(self, "audit_signing_key", key)
+        if isinstance(self.encryption, str | Path):
+            object.__setattr__(self, "encryption", Keyring.from_file(self.encryption))
+        elif self.encryption is not None and not isinstance(self.encryption, Keyring):
+            why = f"must be a key file or a Keyring, not {type(self.encryption).__name__}"
+            raise ConfigurationError("encryption", why)
+        if self.signing_key is not None:
+            object.__setattr__(self, "signing_key", Path(self.signing_key))
+            load_signer(self.signing_key)  # a bad key fails here, not at the first send
+        if not isinstance(self.require_signed_signals, bool):
+            why = f"must be True or False, not {self.require_signed_signals!r}"
+            raise ConfigurationError("require_signed_signals", why)
 
     @property
     def keyspace(self) -> Keyspace:
         """The key layout of this namespace and tenant."""
         return Keyspace(self.namespace, self.tenant)
+
+    @property
+    def keyring(self) -> Keyring | None:
+        """The encryption keyring (``encryption`` once loaded), or ``None``."""
+        assert not isinstance(self.encryption, Path)
+        return self.encryption
 
     @property
     def tls(self) -> bool:
@@ -291,8 +324,15 @@ class Config:
             text = env.get(ENV_PREFIX + f.name.upper())
             if text is None or text == "":
                 continue
-            if f.name in ("ca_cert", "client_cert", "client_key", "audit_signing_key"):
+            if f.name in _PATHS:
                 values[f.name] = Path(text)
+            elif f.name == "require_signed_signals":
+                flag = text.strip().lower()
+                if flag not in _FLAGS:
+                    raise ConfigurationError(
+                        f.name, f"{ENV_PREFIX + f.name.upper()}={text!r} is not true or false"
+                    )
+                values[f.name] = _FLAGS[flag]
             elif f.name == "endpoints":
                 values[f.name] = tuple(e for e in text.split(",") if e.strip())
             elif f.name in ("namespace", "tenant", "server_name", "user", "password"):

@@ -254,6 +254,18 @@ class Keyspace:
         """Prefix of the tenant's limits (``{this}{resource}``)."""
         return self.quotas_prefix() + b"limits/"
 
+    # signed signals ----------------------------------------------------------------------
+    def signers_prefix(self) -> bytes:
+        """Prefix of the tenant's trusted signing keys: ``/{ns}/_system/signers/{tenant}/``.
+
+        Readable, not writable, by the tenant's role: only an administrator trusts a key.
+        """
+        return self.system_prefix + f"signers/{self.tenant}/".encode()
+
+    def signer(self, key_id: str) -> bytes:
+        """One trusted public key of the tenant, by its id."""
+        return self.signers_prefix() + validate_id(key_id, "signing key id").encode()
+
     # node capacity and cordons -------------------------------------------------------------
     def node_reservations_prefix(self) -> bytes:
         """Prefix of every node's reservations (``{this}{node}/{agent}``)."""

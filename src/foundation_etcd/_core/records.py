@@ -53,12 +53,10 @@ __all__ = [
     "NodeInfo",
     "decode_assignment",
     "decode_node_reservation",
-    "decode_state",
     "encode_assignment",
     "encode_cordon",
     "encode_node_reservation",
     "encode_registration",
-    "encode_state",
     "node_value",
     "parse_node",
     "parse_registration",
@@ -347,28 +345,6 @@ def decode_node_reservation(value: bytes) -> dict[str, int]:
 def encode_cordon(by_node: str) -> bytes:
     """A cordon's value: who set it and when (its existence is what counts)."""
     return _codec.encode({"by": by_node, "at": time.time()}, "cordon", MAX_CORDON_BYTES)
-
-
-# agents/state/{id} ---------------------------------------------------------------------------
-def encode_state(incarnation: int, state: Any) -> bytes:
-    """An agent's checkpoint, stamped with the incarnation that wrote it.
-
-    Raises:
-        SerializationError: ``state`` is not JSON.
-        RequestTooLargeError: over :data:`MAX_STATE_BYTES`.
-    """
-    return _codec.encode(
-        {"incarnation": incarnation, "state": state, "at": time.time()},
-        "agent state",
-        MAX_STATE_BYTES,
-    )
-
-
-def decode_state(kv: KeyValue | None) -> Any:
-    """The state in a checkpoint, ``None`` when there is none."""
-    if kv is None:
-        return None
-    return _codec.decode(kv.value).get("state")
 
 
 # audit/records/{seq} -------------------------------------------------------------------------

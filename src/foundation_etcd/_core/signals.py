@@ -19,6 +19,8 @@ Guarantees:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import time
 import uuid
@@ -28,8 +30,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import codec as _codec
-from .errors import InvalidIdError, SerializationError
+from .errors import DecryptionError, InvalidIdError, SerializationError
 from .keys import validate_id
+from .sealing import Keyring
 
 __all__ = [
     "MAX_PATTERNS",
@@ -37,6 +40,8 @@ __all__ = [
     "decode_signal",
     "encode_signal",
     "new_signal_id",
+    "signal_location",
+    "signed_bytes",
     "topic_matches",
     "validate_pattern",
     "validate_topic",
@@ -159,6 +164,11 @@ class Signal:
         reply: whether a caller waits for a reply (``cluster.call``).
         revision: the etcd revision at which it entered the inbox (0 before).
         last_error: why the previous attempt failed, if it did.
+        signer: the id of the Ed25519 key that signed it (``None``: unsigned); a handler
+            only ever sees a signature the tenant trusts and that verified.
+        sealed: the payload as stored when it is encrypted (base64; ``data`` is the
+            plaintext); a re-encoded signal (a retry, a dead letter) keeps it.
+        signature: the base64 signature by ``signer``, over :func:`signed_bytes`.
     """
 
     id: str
@@ -175,6 +185,9 @@ class Signal:
     reply: bool = False
     revision: int = 0
     last_error: str | None = None
+    signer: str | None = None
+    sealed: str | None = field(default=None, repr=False, compare=False)
+    signature: str | None = field(default=None, repr=False, compare=False)
 
     def to_cloudevent(self) -> dict[str, Any]:
         """The signal as a CloudEvents 1.0 JSON object (extensions in lower case)."""
@@ -197,6 +210,8 @@ class Signal:
             event["parent"] = self.parent
         if self.topic is not None:
             event["topic"] = self.topic
+        if self.signer is not None:
+            event["signer"] = self.signer
         return event
 
     def with_attempt(self, attempt: int, revision: int, last_error: str | None) -> Signal:
@@ -219,8 +234,48 @@ def _check_trace(trace: object) -> dict[str, str] | None:
     return out
 
 
+def signal_location(context: bytes, subject: str, signal_id: str) -> bytes:
+    """Where a signal's payload is sealed for: its tenant prefix, agent and id.
+
+    Not its inbox key: the same sealed payload moves to dead letters and back.
+    """
+    return context + f"signal/{subject}/{signal_id}".encode()
+
+
+def signed_bytes(signal: Signal, context: bytes) -> bytes:
+    """What a signature covers: the tenant prefix and every field the sender set.
+
+    The delivery bookkeeping (attempt, failures, backoff, last error) is not covered: the
+    delivering node rewrites it. The plaintext payload is covered, so re-encrypting under
+    another key keeps the signature valid; the subject and id are, so a signal copied to
+    another agent or renamed does not verify.
+    """
+    body = {
+        "tenant": context.decode(),
+        "id": signal.id,
+        "type": signal.type,
+        "source": signal.source,
+        "subject": signal.subject,
+        "time": signal.time,
+        "data": signal.data,
+        "trace": dict(signal.trace) if signal.trace else None,
+        "deadline": signal.deadline,
+        "parent": signal.parent,
+        "topic": signal.topic,
+        "reply": signal.reply,
+        "signer": signal.signer,
+    }
+    return b"foundation-etcd signal v1\n" + _codec.encode(body, "signal", 2**22)
+
+
 def encode_signal(
-    signal: Signal, limit: int, *, failures: int = 0, not_before: float = 0.0
+    signal: Signal,
+    limit: int,
+    *,
+    failures: int = 0,
+    not_before: float = 0.0,
+    keyring: Keyring | None = None,
+    context: bytes = b"",
 ) -> bytes:
     """Encode a signal for its inbox, validating it first (nothing is sent on error).
 
@@ -229,6 +284,9 @@ def encode_signal(
         limit: the largest encoding allowed (``Config.signal_max_bytes``).
         failures: failed deliveries so far (the delivering node rewrites it).
         not_before: do not deliver before this time (backoff after a failure).
+        keyring: seal the payload under its primary key, bound to
+            :func:`signal_location` (a signal whose ``sealed`` is set keeps it).
+        context: the tenant prefix (``Keyspace.prefix``), for the location.
 
     Raises:
         InvalidIdError: a bad id, type, subject or topic.
@@ -248,8 +306,17 @@ def encode_signal(
         "source": signal.source,
         "subject": signal.subject,
         "time": signal.time,
-        "data": signal.data,
     }
+    if signal.sealed is not None:
+        value["sealed"] = signal.sealed
+    elif keyring is not None:
+        plain = _codec.encode(signal.data, "signal", limit)
+        where = signal_location(context, signal.subject, signal.id)
+        value["sealed"] = base64.b64encode(keyring.seal(plain, where)).decode()
+    else:
+        value["data"] = signal.data
+    if signal.signature is not None:
+        value["sig"] = {"key": signal.signer, "value": signal.signature}
     trace = _check_trace(signal.trace)
     if trace:
         value["trace"] = trace
@@ -273,21 +340,50 @@ class Stored:
     signal: Signal
     failures: int = 0
     not_before: float = 0.0
+    error: str | None = None  # why the payload could not be read (then ``data`` is None)
 
 
-def decode_signal(value: bytes, revision: int = 0) -> Stored | None:
-    """Decode an inbox value; ``None`` when the library would not have written it."""
+def _unseal(d: dict[str, Any], keyring: Keyring | None, context: bytes) -> tuple[Any, str | None]:
+    """The payload of a decoded value, and why it is unreadable (``None``: readable)."""
+    if "sealed" not in d:
+        return d.get("data"), None
+    if keyring is None:
+        return None, "the payload is encrypted and this process has no encryption keys"
+    where = signal_location(context, str(d["subject"]), str(d["id"]))
+    try:
+        sealed = base64.b64decode(str(d["sealed"]), validate=True)
+        return _codec.decode(keyring.open(sealed, where)), None
+    except DecryptionError as exc:
+        return None, str(exc)
+    except (ValueError, binascii.Error) as exc:
+        return None, f"the sealed payload is malformed: {exc}"
+
+
+def decode_signal(
+    value: bytes, revision: int = 0, *, keyring: Keyring | None = None, context: bytes = b""
+) -> Stored | None:
+    """Decode an inbox value; ``None`` when the library would not have written it.
+
+    An encrypted payload is opened with ``keyring`` (bound to the signal's location under
+    ``context``); when it cannot be, the result's ``error`` says why and ``data`` is None.
+    """
     try:
         d = _codec.decode(value)
         if not isinstance(d, dict):
             return None
         trace = d.get("trace")
+        sig = d.get("sig")
+        if sig is not None and not (
+            isinstance(sig, dict) and isinstance(sig.get("key"), str) and "value" in sig
+        ):
+            return None
+        data, error = _unseal(d, keyring, context)
         signal = Signal(
             id=validate_id(d["id"], "signal id"),
             type=validate_type(d["type"]),
             source=str(d.get("source", "")),
             subject=validate_id(d["subject"], "agent id"),
-            data=d.get("data"),
+            data=data,
             time=float(d.get("time", 0.0)),
             trace=_check_trace(trace) if trace is not None else None,
             deadline=None if d.get("deadline") is None else float(d["deadline"]),
@@ -296,9 +392,12 @@ def decode_signal(value: bytes, revision: int = 0) -> Stored | None:
             reply=bool(d.get("reply", False)),
             revision=revision,
             last_error=None if d.get("last_error") is None else str(d["last_error"]),
+            signer=None if sig is None else sig["key"],
+            sealed=None if d.get("sealed") is None else str(d["sealed"]),
+            signature=None if sig is None else str(sig["value"]),
         )
         failures = int(d.get("failures", 0))
-        return Stored(signal, max(0, failures), float(d.get("not_before", 0.0)))
+        return Stored(signal, max(0, failures), float(d.get("not_before", 0.0)), error)
     except (ValueError, TypeError, KeyError, RecursionError, InvalidIdError, SerializationError):
         return None
 

@@ -56,6 +56,31 @@ class OperatorMethods(SyncWrapper[_fe.Cluster]):
         """
         return self._portal.call(lambda: self._obj.drain(node_id, progress=progress))
 
+    def reencrypt(
+        self,
+        *,
+        progress: Callable[[_fe.ReencryptReport, str], None] | None = None,
+        dry_run: bool = False,
+    ) -> _fe.ReencryptReport:
+        """Seal every agent checkpoint, signal payload and reply under the newest key.
+
+        The newest key is the first of ``Config.encryption``; plaintext values are sealed
+        too. Safe while the cluster works: each value is rewritten only if unchanged since
+        read (see ``rotation.py``). Run it after making a new key the first on every
+        process; then the old key can be dropped.
+
+        Args:
+            progress: called after each page as ``progress(report, what)``.
+            dry_run: count what would be rewritten, write nothing.
+
+        Returns:
+            The counts, and the values that did not decrypt (left as they are).
+
+        Raises:
+            ConfigurationError: this process has no encryption keys.
+        """
+        return self._portal.call(lambda: self._obj.reencrypt(progress=progress, dry_run=dry_run))
+
     def cordon(self, node_id: str) -> bool:
         """Place no new agent on ``node_id`` (its agents keep running), until uncordoned.
 

@@ -32,6 +32,7 @@ gRPC errors are translated into this tree in the transport module and nowhere el
     │   ├── QuotaExceededError               reserve_nowait found no room now
     │   └── InvalidReservationError (ValueError)  bad amounts, unknown resource, over limit
     ├── SerializationError (TypeError)       a payload that cannot be encoded as JSON
+    ├── DecryptionError                      an encrypted value that does not decrypt here
     ├── AgentExistsError                     an agent id is already registered and live
     ├── AgentNotFoundError (KeyError)        no such agent, or not registered by this process
     ├── NodeExistsError                      a node id is already announced by a live process
@@ -76,6 +77,7 @@ from ._features import (
     AgentExistsError,
     AgentNotFoundError,
     CallTimeoutError,
+    DecryptionError,
     InboxFullError,
     IncarnationLostError,
     InvalidReservationError,
@@ -104,6 +106,7 @@ __all__ = [
     "CompactedError",
     "ConfigurationError",
     "ConflictError",
+    "DecryptionError",
     "EtcdError",
     "EtcdServerError",
     "EtcdUnavailableError",

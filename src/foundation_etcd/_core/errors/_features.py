@@ -190,6 +190,20 @@ class IncarnationLostError(OwnershipLostError):
     """An agent incarnation is no longer the live one; its state write was refused."""
 
 
+class DecryptionError(FoundationEtcdError):
+    """A stored value is encrypted and does not decrypt where it was read.
+
+    Raised (or, for a signal, its reason in dead letters) when the value names a key id
+    that is not configured, was copied from another etcd key (its authenticated data binds
+    it to where it was written), or was changed. Attributes: ``location`` (the etcd key
+    or signal it was read at) and ``key_id`` (the id it names, ``None`` when unreadable).
+    """
+
+    def __init__(self, location: str, reason: str, key_id: str | None = None) -> None:
+        super().__init__(f"value at {location} does not decrypt: {reason}")
+        self.location, self.key_id = location, key_id
+
+
 class SignalError(FoundationEtcdError):
     """Base of the errors of signals and actions."""
 
