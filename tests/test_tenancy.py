@@ -333,6 +333,54 @@ async def test_only_an_admin_sets_a_tenants_limit(auth_server: EtcdServer) -> No
             assert await adm.quotas.get_limit("cpu") == 5
 
 
+async def test_signed_sealed_signals_under_tenant_users_and_only_an_admin_trusts(
+    auth_server: EtcdServer, tmp_path: Path
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private = Ed25519PrivateKey.generate()
+    pem = tmp_path / "a.pem"
+    pem.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public = private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    ring = fe.Keyring([fe.EncryptionKey("k1", bytes(range(32)))])
+    cfg = tenant_config(auth_server, "a").with_options(
+        signing_key=pem, require_signed_signals=True, encryption=ring
+    )
+    with anyio.fail_after(40):
+        for who, tenant in (("a", "a"), ("a", "b"), ("b", "a")):  # not for itself, nor others
+            async with open_transport(tenant_config(auth_server, who)) as t:
+                before = await store_revision(auth_server)
+                with pytest.raises(AuthError):
+                    await fe.Tenants(t).trust(tenant, public)
+                assert await store_revision(auth_server) == before
+        async with open_transport(tenant_config(auth_server, "b", as_tenant="a")) as t:
+            with pytest.raises(AuthError):  # b cannot even read a's trusted keys
+                await t.get_prefix(Keyspace(NS, "a").signers_prefix())
+        async with as_root(auth_server) as t:
+            key_id = await fe.Tenants(t).trust("a", public, label="tenant a")
+        async with connect(cfg, node_id="na-signed") as c, anyio.create_task_group() as tg:
+            tg.start_soon(c.serve)
+            await c.spawn(Adder, "signed-adder")
+            await c.send("signed-adder", "count", {"n": 7}, signal_id="s1")
+            assert await c.call("signed-adder", "add", {"n": 0}) == 7  # verified, decrypted
+            raw = await c.transport.get(c.keyspace.agent_state("signed-adder"))
+            assert raw is not None and raw.value.startswith(b"fe:enc:aesgcm:v1:k1:")
+            assert await c.dead_letters("signed-adder") == []
+            await c.despawn("signed-adder")
+            tg.cancel_scope.cancel()
+        async with as_root(auth_server) as t:
+            assert await fe.Tenants(t).untrust("a", key_id)
+
+
 async def test_leases_are_shared_across_tenants(auth_server: EtcdServer) -> None:
     # what etcd does not confine (docs/security.md): pinned here so that a change shows
     a_ks, b_ks = Keyspace(NS, "a"), Keyspace(NS, "b")
