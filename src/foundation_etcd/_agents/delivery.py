@@ -215,12 +215,12 @@ class Deliverer:
             await self._dead(kv, None, "envelope does not match its key", 0)
             return
         cfg = self._cfg  # a refused signal (protection.py) never reaches the handler
-        refused = await self._trust.refusal(
-            stored, required=cfg.require_signed_signals, retention=cfg.signal_retention
-        )
-        if refused is not None:
-            await self._dead(kv, signal, refused, 0)
-            return
+        if stored.error or signal.signature or cfg.require_signed_signals:  # else nothing to check
+            refused = await self._trust.refusal(
+                stored, required=cfg.require_signed_signals, retention=cfg.signal_retention
+            )
+            if refused is not None:
+                return await self._dead(kv, signal, refused, 0)
         attempt, unmarked = self._attempt(kv, stored.failures)
         if signal.deadline is not None and time.time() > signal.deadline:
             await self._dead(kv, signal, "expired", attempt - 1)
@@ -318,8 +318,8 @@ class Deliverer:
         """The done record: dedupe for the id and the reply, under the retention lease."""
         done: dict[str, Any] = {"at": time.time(), "inc": self._inc, "rev": kv.create_revision}
         if reply is not None:
-            limit = self._cfg.signal_max_bytes
-            done |= seal_reply(self._cfg.keyring, self._ks, signal, reply, limit)
+            limit, ring = self._cfg.signal_max_bytes, self._keyring
+            done |= seal_reply(ring, self._ks, self._id, signal.id, reply, limit)
         value = _codec.encode(done, "reply", self._cfg.signal_max_bytes + 1024)
         lease = await self._retention.get()
         return Op.put(self._ks.signal_done(self._id, signal.id), value, lease=lease)
@@ -343,7 +343,7 @@ class Deliverer:
         ks, ident = self._ks, self._id
         ops: list[AnyOp] = [Op.delete(kv.key), Op.put(ks.signals_acked(ident), b"")]
         if keep:
-            value = encode_state(self._inc, state, self._cfg.keyring, ks.agent_state(ident))
+            value = encode_state(self._inc, state, self._keyring, ks.agent_state(ident))
             ops.append(Op.put(ks.agent_state(ident), value))
         if after is not None:  # the next signal is marked started by this commit
             nxt = decode_signal(after.value)

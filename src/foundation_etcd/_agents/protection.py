@@ -40,14 +40,14 @@ from .._core import codec as _codec
 from .._core.errors import ConfigurationError, DecryptionError
 from .._core.keys import Keyspace
 from .._core.sealing import Keyring
-from .._core.signals import Signal, Stored, signal_location, signed_bytes
+from .._core.signals import Stored, signal_location, signed_bytes
 from .._core.signing import load_public_key, verify
 from .._transport import Transport
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-__all__ = ["TRUST_TTL", "Trust", "open_reply", "seal_reply"]
+__all__ = ["TRUST_TTL", "Trust", "open_reply", "reply_location", "seal_reply"]
 
 TRUST_TTL = 5.0
 _REPLY = b"#reply"
@@ -115,14 +115,13 @@ class Trust:
 
 
 def seal_reply(
-    keyring: Keyring | None, ks: Keyspace, signal: Signal, reply: Any, limit: int
+    keyring: Keyring | None, ks: Keyspace, agent_id: str, signal_id: str, reply: Any, limit: int
 ) -> dict[str, Any]:
-    """The done record's reply field(s): ``{"reply": ...}`` or, with keys, ``{"sealed": ...}``."""
+    """The done record's reply field: ``{"reply": ...}`` or, with keys, ``{"sealed": ...}``."""
     if keyring is None:
         return {"reply": reply}
     plain = _codec.encode(reply, "reply", limit)
-    where = signal_location(ks.prefix, signal.subject, signal.id) + _REPLY
-    return {"sealed": base64.b64encode(keyring.seal(plain, where)).decode()}
+    return {"sealed": keyring.seal_text(plain, reply_location(ks, agent_id, signal_id))}
 
 
 def open_reply(
@@ -135,11 +134,12 @@ def open_reply(
     """
     if not isinstance(done, dict) or "sealed" not in done:
         return done.get("reply") if isinstance(done, dict) else None
-    where = signal_location(ks.prefix, agent_id, signal_id) + _REPLY
+    where = reply_location(ks, agent_id, signal_id)
     if keyring is None:
         raise DecryptionError(where.decode(), "the reply is encrypted and this process has no keys")
-    try:
-        sealed = base64.b64decode(str(done["sealed"]), validate=True)
-    except ValueError:
-        raise DecryptionError(where.decode(), "malformed sealed reply") from None
-    return _codec.decode(keyring.open(sealed, where))
+    return _codec.decode(keyring.open_text(done["sealed"], where))
+
+
+def reply_location(ks: Keyspace, agent_id: str, signal_id: str) -> bytes:
+    """Where a call's reply is sealed for: its signal's location and ``#reply``."""
+    return signal_location(ks.prefix, agent_id, signal_id) + _REPLY

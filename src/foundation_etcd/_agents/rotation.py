@@ -21,19 +21,17 @@ On lease loss: it holds no lease; interrupted, it is simply run again.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 from .._core import codec as _codec
 from .._core.errors import ConfigurationError, DecryptionError
 from .._core.keys import Keyspace, prefix_end
 from .._core.kv import Compare, KeyValue, Op
 from .._core.sealing import Keyring, is_sealed
-from .._core.signals import signal_location
+from .._core.signals import decode_signal, encode_signal
 from .._transport import Transport
+from .protection import open_reply, seal_reply
 
 __all__ = ["ReencryptReport", "reencrypt"]
 
@@ -62,26 +60,28 @@ class ReencryptReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _reseal_blob(ring: Keyring, text: object, where: bytes) -> str | None:
-    """A sealed field again under the primary key; ``None`` when it is already."""
-    sealed = base64.b64decode(str(text), validate=True)
-    if ring.key_of(sealed) == ring.primary:
+def _reseal_signal(ring: Keyring, ks: Keyspace, value: bytes) -> bytes | None:
+    """An encoded signal with its payload sealed under the primary key; ``None`` if it is.
+
+    Decoded and encoded again by the signal codec itself, so every field (the signature,
+    the delivery bookkeeping) is kept as it is.
+    """
+    stored = decode_signal(value, keyring=ring, context=ks.prefix)
+    if stored is None:
+        raise ValueError("not a signal the library writes")
+    if stored.error is not None:
+        raise ValueError(stored.error)
+    signal = stored.signal
+    if signal.sealed is not None and ring.is_current(signal.sealed):
         return None
-    return base64.b64encode(ring.seal(ring.open(sealed, where), where)).decode()
-
-
-def _reseal_signal(ring: Keyring, ks: Keyspace, d: dict[str, Any]) -> bool:
-    """Seal a decoded signal's payload under the primary key in place; whether it changed."""
-    where = signal_location(ks.prefix, str(d["subject"]), str(d["id"]))
-    if "sealed" in d:
-        new = _reseal_blob(ring, d["sealed"], where)
-        if new is None:
-            return False
-        d["sealed"] = new
-        return True
-    plain = _codec.encode(d.pop("data", None), "signal", 2**21)
-    d["sealed"] = base64.b64encode(ring.seal(plain, where)).decode()
-    return True
+    return encode_signal(
+        replace(signal, sealed=None),
+        2**21,
+        failures=stored.failures,
+        not_before=stored.not_before,
+        keyring=ring,
+        context=ks.prefix,
+    )
 
 
 def _rewrite(ring: Keyring, ks: Keyspace, kind: str, kv: KeyValue) -> bytes | None:
@@ -94,29 +94,29 @@ def _rewrite(ring: Keyring, ks: Keyspace, kind: str, kv: KeyValue) -> bytes | No
         if is_sealed(kv.value) and ring.key_of(kv.value) == ring.primary:
             return None
         return ring.seal(ring.open(kv.value, kv.key), kv.key)
+    if kind == "inbox":
+        return _reseal_signal(ring, ks, kv.value)
     d = _codec.decode(kv.value)
     if not isinstance(d, dict):
         raise ValueError("not a record the library writes")
-    if kind == "inbox":
-        changed = _reseal_signal(ring, ks, d)
-    elif kind == "dead":
+    if kind == "dead":
         inner = d.get("signal")
-        changed = isinstance(inner, dict) and _reseal_signal(ring, ks, inner)
+        if not isinstance(inner, dict):
+            return None  # kept raw: nothing sealed in it
+        new = _reseal_signal(ring, ks, _codec.encode(inner, "signal", 2**21))
+        if new is None:
+            return None
+        d["signal"] = _codec.decode(new)
     else:  # done: the reply of a call, if any
+        if "sealed" not in d and "reply" not in d:
+            return None
         agent, _, sid = kv.key[len(ks.key("signals", "done", "")) :].decode().partition("/")
-        where = signal_location(ks.prefix, agent, sid) + b"#reply"
-        if "sealed" in d:
-            new = _reseal_blob(ring, d["sealed"], where)
-            changed = new is not None
-            if new is not None:
-                d["sealed"] = new
-        elif "reply" in d:
-            plain = _codec.encode(d.pop("reply"), "reply", 2**21)
-            d["sealed"] = base64.b64encode(ring.seal(plain, where)).decode()
-            changed = True
-        else:
-            changed = False
-    return _codec.encode(d, kind, 2**22) if changed else None
+        if "sealed" in d and ring.is_current(d["sealed"]):
+            return None
+        reply = open_reply(ring, ks, agent, sid, d)
+        d.pop("reply", None)
+        d |= seal_reply(ring, ks, agent, sid, reply, 2**21)
+    return _codec.encode(d, kind, 2**22)
 
 
 async def reencrypt(
@@ -180,7 +180,7 @@ async def _one(
             return
         try:
             value = _rewrite(ring, ks, kind, current)
-        except (DecryptionError, ValueError, KeyError, TypeError, binascii.Error) as exc:
+        except (DecryptionError, ValueError, KeyError, TypeError) as exc:
             report.failed.append((current.key.decode(errors="replace"), str(exc)))
             return
         if value is None or dry_run:

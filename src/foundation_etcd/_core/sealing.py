@@ -196,6 +196,29 @@ class Keyring:
         )
         return PREFIX + kid + b":" + nonce + ct
 
+    def seal_text(self, plaintext: bytes, location: bytes) -> str:
+        """:meth:`seal`, as base64 text (how a sealed field sits in a JSON record)."""
+        return base64.b64encode(self.seal(plaintext, location)).decode()
+
+    def open_text(self, text: object, location: bytes) -> bytes:
+        """:meth:`open` of a sealed field in base64 text.
+
+        Raises:
+            DecryptionError: not base64, or as :meth:`open`.
+        """
+        try:
+            sealed = base64.b64decode(str(text), validate=True)
+        except binascii.Error:
+            raise DecryptionError(location.decode(errors="replace"), "not base64") from None
+        return self.open(sealed, location)
+
+    def is_current(self, text: object) -> bool:
+        """Whether a sealed field (base64 text) is sealed under the primary key."""
+        try:
+            return self.key_of(base64.b64decode(str(text), validate=True)) == self.primary
+        except binascii.Error:
+            return False
+
     def key_of(self, value: bytes) -> str | None:
         """The key id a sealed value names; ``None`` for plaintext or a malformed value."""
         if not is_sealed(value):

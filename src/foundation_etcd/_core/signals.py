@@ -19,8 +19,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 import time
 import uuid
@@ -311,8 +309,9 @@ def encode_signal(
         value["sealed"] = signal.sealed
     elif keyring is not None:
         plain = _codec.encode(signal.data, "signal", limit)
-        where = signal_location(context, signal.subject, signal.id)
-        value["sealed"] = base64.b64encode(keyring.seal(plain, where)).decode()
+        value["sealed"] = keyring.seal_text(
+            plain, signal_location(context, signal.subject, signal.id)
+        )
     else:
         value["data"] = signal.data
     if signal.signature is not None:
@@ -351,12 +350,11 @@ def _unseal(d: dict[str, Any], keyring: Keyring | None, context: bytes) -> tuple
         return None, "the payload is encrypted and this process has no encryption keys"
     where = signal_location(context, str(d["subject"]), str(d["id"]))
     try:
-        sealed = base64.b64decode(str(d["sealed"]), validate=True)
-        return _codec.decode(keyring.open(sealed, where)), None
+        return _codec.decode(keyring.open_text(d["sealed"], where)), None
     except DecryptionError as exc:
         return None, str(exc)
-    except (ValueError, binascii.Error) as exc:
-        return None, f"the sealed payload is malformed: {exc}"
+    except ValueError as exc:
+        return None, f"the sealed payload is not JSON: {exc}"
 
 
 def decode_signal(

@@ -50,6 +50,27 @@ def _ed25519(what: str) -> Any:
     return ed25519
 
 
+def _load(data: bytes, what: str, private: bool, password: bytes | None = None) -> Any:
+    """An Ed25519 key (private or public) from PEM or its 32 raw bytes."""
+    ed = _ed25519(what)
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    kind = ed.Ed25519PrivateKey if private else ed.Ed25519PublicKey
+    try:
+        if len(data) == 32:
+            key = kind.from_private_bytes(data) if private else kind.from_public_bytes(data)
+        elif private:
+            key = serialization.load_pem_private_key(data, password)
+        else:
+            key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ConfigurationError(what, f"cannot load it: {exc}") from None
+    if not isinstance(key, kind):
+        raise ConfigurationError(what, f"not an Ed25519 {'private' if private else 'public'} key")
+    return key
+
+
 def load_private_key(
     data: bytes, what: str = "signing_key", password: bytes | None = None
 ) -> Ed25519PrivateKey:
@@ -58,21 +79,7 @@ def load_private_key(
     Raises:
         ConfigurationError: ``cryptography`` is not installed, or not an Ed25519 key.
     """
-    ed = _ed25519(what)
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        key = (
-            ed.Ed25519PrivateKey.from_private_bytes(data)
-            if len(data) == 32
-            else serialization.load_pem_private_key(data, password)
-        )
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise ConfigurationError(what, f"cannot load it: {exc}") from None
-    if not isinstance(key, ed.Ed25519PrivateKey):
-        raise ConfigurationError(what, "not an Ed25519 private key")
-    private: Ed25519PrivateKey = key
+    private: Ed25519PrivateKey = _load(data, what, True, password)
     return private
 
 
@@ -82,21 +89,7 @@ def load_public_key(data: bytes, what: str = "public key") -> Ed25519PublicKey:
     Raises:
         ConfigurationError: ``cryptography`` is not installed, or not an Ed25519 key.
     """
-    ed = _ed25519(what)
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        key = (
-            ed.Ed25519PublicKey.from_public_bytes(data)
-            if len(data) == 32
-            else serialization.load_pem_public_key(data)
-        )
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise ConfigurationError(what, f"cannot load it: {exc}") from None
-    if not isinstance(key, ed.Ed25519PublicKey):
-        raise ConfigurationError(what, "not an Ed25519 public key")
-    public: Ed25519PublicKey = key
+    public: Ed25519PublicKey = _load(data, what, False)
     return public
 
 
