@@ -170,3 +170,34 @@ async def test_on_stop_runs_once_when_the_view_closes(etcd_config: Config) -> No
         assert stops == ["stopped"]
         with pytest.raises(anyio.ClosedResourceError):
             await view.wait_for_key(etcd_config.keyspace.prefix + b"stop/k", 1)
+
+
+async def test_a_shared_view_opened_while_etcd_is_paused_opens_once_it_answers(
+    etcd_factory, etcd_namespace: str
+) -> None:
+    """A first list that meets the request deadline (a paused member) is tried again."""
+    from foundation_etcd._coord.views import SharedViews
+
+    server = etcd_factory()
+    cfg = Config(endpoints=(server.endpoint,), namespace=etcd_namespace, request_timeout=0.5)
+    prefix = cfg.keyspace.key("paused-view", "")
+    with anyio.fail_after(30):
+        async with open_transport(cfg) as t, anyio.create_task_group() as tg:
+            await t.put(prefix + b"k", b"v")
+            views = SharedViews(t, tg)
+            server.pause()  # holds the connection open, answers nothing
+            opened = anyio.Event()
+            got: list[WatchedView] = []
+
+            async def open_it() -> None:
+                got.append(await views(prefix))
+                opened.set()
+
+            tg.start_soon(open_it)
+            with anyio.move_on_after(1.5):  # three request deadlines: still not opened
+                await opened.wait()
+            assert not opened.is_set()
+            server.resume()
+            await opened.wait()
+            assert got[0].get(prefix + b"k") is not None
+            tg.cancel_scope.cancel()

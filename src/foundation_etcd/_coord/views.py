@@ -6,17 +6,28 @@ Guarantees:
     * Every view runs in the task group given at construction and is closed with it.
     * Views that were opened elsewhere can be adopted (:meth:`SharedViews.adopt`), so that a
       prefix is never watched twice.
+    * Opening rides out etcd faults: these views are opened by a process that is already
+      connected (its session proves etcd is there), so a first list that fails because a
+      member does not answer (paused, killed, cut off: the read meets the request deadline)
+      is tried again with jittered backoff until it succeeds. Only a refusal
+      (:class:`AuthError`) is raised to the caller.
 """
 
 from __future__ import annotations
 
+import logging
+import random
+
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from .._core.errors import AuthError, EtcdError
 from .._transport import Transport
 from .watch import WatchedView, open_view
 
 __all__ = ["SharedViews"]
+
+log = logging.getLogger("foundation_etcd.watch")
 
 
 class SharedViews:
@@ -53,6 +64,16 @@ class SharedViews:
         self._views.setdefault(prefix, view)
 
     async def _run(self, prefix: bytes, *, task_status: TaskStatus[WatchedView]) -> None:
-        async with open_view(self._transport, prefix) as view:
-            task_status.started(view)
-            await anyio.sleep_forever()
+        delay, started = 0.05, False
+        while True:
+            try:
+                async with open_view(self._transport, prefix) as view:
+                    started = True
+                    task_status.started(view)
+                    await anyio.sleep_forever()
+            except EtcdError as exc:
+                if started or isinstance(exc, AuthError):
+                    raise
+                log.info("view of %r: first list failed (%s); trying again", prefix, exc)
+                await anyio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 1.0)
