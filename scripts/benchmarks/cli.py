@@ -28,6 +28,7 @@ from benchmarks.harness import FULL, QUICK, Bench, Row, Section
 from benchmarks.keepalive import section_keepalive
 from benchmarks.kv import section_kv
 from benchmarks.metrics_cost import section_metrics
+from benchmarks.protection import section_protection
 from benchmarks.quotas import section_quotas
 from benchmarks.raw import rpc
 from benchmarks.registry import section_registry
@@ -64,6 +65,7 @@ SECTIONS = [
     Section("consensus", "Consensus: shared state, transactions, counters", section_consensus),
     Section("metrics", "Metrics cost: the OpenTelemetry SDK installed", section_metrics),
     Section("auth", "Auth cost: register as a tenant user, by keys on the lease", section_auth),
+    Section("protection", "Encryption and signed signals: what they cost", section_protection),
 ]
 
 Done = list[tuple[Section, list[Row], float]]
