@@ -343,9 +343,7 @@ class Stored:
 
 
 def _unseal(d: dict[str, Any], keyring: Keyring | None, context: bytes) -> tuple[Any, str | None]:
-    """The payload of a decoded value, and why it is unreadable (``None``: readable)."""
-    if "sealed" not in d:
-        return d.get("data"), None
+    """The sealed payload of a decoded value, and why it is unreadable (``None``: readable)."""
     if keyring is None:
         return None, "the payload is encrypted and this process has no encryption keys"
     where = signal_location(context, str(d["subject"]), str(d["id"]))
@@ -375,7 +373,7 @@ def decode_signal(
             isinstance(sig, dict) and isinstance(sig.get("key"), str) and "value" in sig
         ):
             return None
-        data, error = _unseal(d, keyring, context)
+        data, error = (d.get("data"), None) if "sealed" not in d else _unseal(d, keyring, context)
         signal = Signal(
             id=validate_id(d["id"], "signal id"),
             type=validate_type(d["type"]),
