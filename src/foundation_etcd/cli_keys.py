@@ -12,7 +12,8 @@
     tenant trust TENANT PUBLIC_KEY_FILE [--label TEXT]
                                            trust a public key to sign the tenant's signals
     tenant untrust TENANT KEY_ID           stop trusting it
-    tenant signers TENANT [-o table|json]  the keys the tenant trusts
+    tenant signers TENANT [-o table|json] [-w]
+                                           the keys the tenant trusts
 
 Registered by :mod:`foundation_etcd.cli`. ``rotate`` runs as the tenant (its user may),
 ``trust``/``untrust`` need etcd's root role. Exit 2 before anything is sent for a bad id or
@@ -33,7 +34,7 @@ import foundation_etcd as fe
 
 from ._agents.rotation import reencrypt
 from ._cli_args import id_type, usage_error
-from ._cli_out import add_output
+from ._cli_out import Listing, add_output, show
 from ._core.sealing import new_key
 from ._core.signing import key_id_of, load_public_key
 from .lowlevel import open_transport
@@ -145,15 +146,14 @@ async def _untrust(cfg: fe.Config, args: argparse.Namespace) -> int:
 
 async def _signers(cfg: fe.Config, args: argparse.Namespace) -> int:
     async with open_transport(cfg) as t:
-        found = await fe.Tenants(t).signers(args.tenant)
-    items = [{"key_id": s.key_id, "label": s.label, "added": s.added} for s in found]
-    if args.output == "json":
-        print(json.dumps({"kind": "SignerList", "items": items}, indent=2))
-    else:
-        print(f"{'KEY ID':<30} LABEL")
-        for s in found:
-            print(f"{s.key_id:<30} {s.label or '-'}")
-    return 0
+
+        async def build() -> Listing:
+            rev = await t.revision()
+            found = await fe.Tenants(t).signers(args.tenant)
+            items = [{"key_id": s.key_id, "label": s.label, "added": s.added} for s in found]
+            return Listing("SignerList", [("KEY ID", "key_id"), ("LABEL", "label")], items, rev)
+
+        return await show(t, args, build)
 
 
 def add_commands(
@@ -187,5 +187,5 @@ def add_commands(
     untrust.set_defaults(fn=_untrust, parser=untrust)
     signers = tenant.add_parser("signers", help="the keys a tenant trusts")
     signers.add_argument("tenant", type=tenant_id, metavar="TENANT")
-    add_output(signers, watch=False)
+    add_output(signers)
     signers.set_defaults(fn=_signers, parser=signers)
