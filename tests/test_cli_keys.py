@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import subprocess
 from pathlib import Path
 
 import anyio
 import pytest
 
 import foundation_etcd as fe
-from foundation_etcd.cli import main
 from foundation_etcd.lowlevel import open_transport
-
-
-def cli_in_process(endpoints: list[str], namespace: str, *args: str) -> subprocess.CompletedProcess:
-    """``main()`` in this thread (these commands read only ``FOUNDATION_ETCD_ENCRYPTION``)."""
-    argv = ["--endpoints", ",".join(endpoints), "--namespace", namespace, *args]
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exc:  # argparse's usage errors
-            code = int(exc.code or 0)
-    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+from test_cli import cli_in_process  # tests/ is on sys.path (pytest's rootdir import mode)
 
 pytestmark = pytest.mark.etcd
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from foundation_etcd._core.signals import Signal, signed_bytes
 from foundation_etcd._core.signing import load_signer
 from foundation_etcd.lowlevel import open_transport
 from foundation_etcd.testing import wait_until
+from test_encryption import node  # tests/ is on sys.path (pytest's rootdir import mode)
 
 pytestmark = pytest.mark.etcd
 
@@ -58,14 +57,6 @@ def public_pem(path: Path) -> bytes:
     return load_signer(path).public_key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-
-
-@asynccontextmanager
-async def node(cfg: Config, node_id: str) -> AsyncIterator[fe.Cluster]:
-    async with connect(cfg, node_id=node_id) as c, anyio.create_task_group() as tg:
-        tg.start_soon(c.serve)
-        yield c
-        tg.cancel_scope.cancel()
 
 
 async def seen(c: fe.Cluster, agent_id: str) -> list[list[Any]]:
