@@ -276,3 +276,24 @@ async def test_rotation_under_load_from_plaintext_loses_nothing(etcd_config: Con
 
 async def _all_seen(c: fe.Cluster, agent_id: str, ids: list[str]) -> bool:
     return await seen(c, agent_id) == ids
+
+
+@pytest.mark.etcd
+async def test_rotation_counts_a_done_record_whose_lease_ended_as_vanished(
+    etcd_config: Config,
+) -> None:
+    from foundation_etcd._agents.rotation import ReencryptReport, _one
+
+    ring = fe.Keyring([new_key("k1")])
+    ks = etcd_config.keyspace
+    key = ks.signal_done("a", "s1")
+    with anyio.fail_after(20):
+        async with open_transport(etcd_config) as t:
+            lease = await t.lease_grant(60)
+            await t.put(key, b'{"at":0,"inc":1,"rev":1,"reply":{"result":1}}', lease=lease.id)
+            kv = await t.get(key)
+            assert kv is not None
+            await t.lease_revoke(lease.id)  # ends between read and write: the compare fails
+            report = ReencryptReport("k1")
+            await _one(t, ring, ks, "done", kv, report, False)
+            assert (report.vanished, report.rewritten, report.failed) == (1, 0, [])
