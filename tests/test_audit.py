@@ -211,6 +211,7 @@ def run_writers(endpoints: list[str], namespace: str, writers: int, each: int) -
                 p.wait()
 
 
+@pytest.mark.once
 async def test_concurrent_writers_form_one_chain(
     etcd_config: Config, etcd_endpoints: list[str], etcd_namespace: str
 ) -> None:
@@ -243,6 +244,7 @@ def cli(endpoints: list[str], namespace: str, *args: str) -> subprocess.Complete
     )
 
 
+@pytest.mark.once
 async def test_cli_list_and_verify(
     etcd_config: Config, etcd_endpoints: list[str], etcd_namespace: str, tmp_path: Path
 ) -> None:

@@ -297,6 +297,7 @@ async def test_five_sessions_never_pass_early(etcd_config: Config) -> None:
         assert (await t.get_prefix(prefix + b"w/")).kvs == []
 
 
+@pytest.mark.once
 @pytest.mark.parametrize("n", [3, 5])
 async def test_thousand_rounds_no_spurious_pass(etcd_config: Config, n: int) -> None:
     rounds = 1000 if n == 3 else 100

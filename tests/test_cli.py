@@ -124,6 +124,7 @@ def start_node(endpoints: list[str], namespace: str, name: str) -> subprocess.Po
     )
 
 
+@pytest.mark.once
 async def test_node_run_agents_drain_quota(
     etcd_endpoints: list[str], etcd_namespace: str, etcd_config: Config
 ) -> None:
@@ -175,6 +176,7 @@ async def test_node_run_agents_drain_quota(
             p.stderr.close()
 
 
+@pytest.mark.once
 def test_bad_endpoint_is_a_clear_error(etcd_namespace: str) -> None:
     out = cli(["127.0.0.1:1"], etcd_namespace, "nodes", check=False)
     assert out.returncode == 1
@@ -272,6 +274,7 @@ async def test_agents_module_in_the_current_directory_only_suggests_pythonpath(
 
 
 # runtime errors: exit 1, one line, no traceback ------------------------------------------------
+@pytest.mark.once
 async def test_runtime_errors_are_one_line(
     etcd_endpoints: list[str], etcd_namespace: str, tmp_path: Path
 ) -> None:
@@ -300,6 +303,7 @@ async def test_runtime_errors_are_one_line(
 
 
 # cordon and uncordon ------------------------------------------------------------------------
+@pytest.mark.once
 async def test_cordon_and_uncordon(
     etcd_endpoints: list[str], etcd_namespace: str, etcd_config: Config
 ) -> None:
@@ -406,6 +410,7 @@ def test_cli_signal_type_rule_is_the_library_rule() -> None:
         assert ours == library, sample
 
 
+@pytest.mark.once
 async def test_signals_send_inbox_call_tools_dead_letters_redrive(
     etcd_endpoints: list[str], etcd_namespace: str, etcd_config: Config
 ) -> None:
@@ -562,6 +567,7 @@ async def test_signals_send_inbox_call_tools_dead_letters_redrive(
         tg.cancel_scope.cancel()
 
 
+@pytest.mark.once
 async def test_signal_usage_examples_in_docs_print_what_they_show(
     etcd_endpoints: list[str], etcd_namespace: str
 ) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.etcd
+pytestmark = [pytest.mark.etcd, pytest.mark.once]
 
 WORKER = Path(__file__).with_name("coexistence_worker.py")
 

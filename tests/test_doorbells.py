@@ -38,6 +38,7 @@ async def collect_until(bell: Bell, revision: int) -> list[WatchEvent]:
     return got
 
 
+@pytest.mark.once
 async def test_thousand_bells_on_one_stream(etcd_config: Config) -> None:
     n = 1000
     inbox = etcd_config.keyspace.key("inbox/")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.etcd
+pytestmark = [pytest.mark.etcd, pytest.mark.once]
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECT = {

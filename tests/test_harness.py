@@ -273,6 +273,7 @@ def test_etcd_dies_with_a_killed_parent(tmp_path: Path) -> None:
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
+@pytest.mark.once
 @pytest.mark.etcd
 def test_failed_test_report_has_etcd_log(tmp_path: Path) -> None:
     (tmp_path / "test_inner.py").write_text(

@@ -216,6 +216,7 @@ def start_node(endpoints: list[str], namespace: str, name: str, port: int) -> su
     )
 
 
+@pytest.mark.once
 async def test_node_run_serves_health_and_leadership_moves_when_killed(
     etcd_endpoints: list[str], etcd_namespace: str
 ) -> None:

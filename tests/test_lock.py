@@ -94,6 +94,7 @@ async def test_fenced_write_after_loss(etcd_config: Config) -> None:
         assert (await a.transport.get(k)).value == b"1"
 
 
+@pytest.mark.once
 async def test_thousand_cycles_leak_no_lease(etcd_config: Config) -> None:
     async with sessions_of(etcd_config, 1) as (a,):
         before = set(await a.transport.lease_ids())

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 pytest_plugins = ["pytester"]
-pytestmark = pytest.mark.etcd
+pytestmark = [pytest.mark.etcd, pytest.mark.once]
 
 USER_TESTS = textwrap.dedent(
     '''

@@ -8,7 +8,7 @@ import pytest
 
 from foundation_etcd import Config, connect
 
-pytestmark = pytest.mark.etcd
+pytestmark = [pytest.mark.etcd, pytest.mark.once]
 
 N = 10_000
 

@@ -306,6 +306,7 @@ class Tiny:
         self.n += 1
 
 
+@pytest.mark.once
 async def test_one_node_serves_many_agents_on_one_watch_stream(etcd_config: Config) -> None:
     count = 300  # 1,000 in scripts/bench.py --only signals (spawning them is the slow part)
     async with connect(etcd_config, node_id="big") as c, anyio.create_task_group() as tg:

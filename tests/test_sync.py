@@ -36,6 +36,7 @@ def _wait_until(predicate, limit: float, step: float = 0.02) -> None:
 
 
 # locks -------------------------------------------------------------------------------------
+@pytest.mark.once
 def test_lock_mutual_exclusion_across_processes(
     etcd_endpoints: list[str], etcd_namespace: str
 ) -> None:

@@ -548,6 +548,7 @@ def cli(
     )  # fmt: skip
 
 
+@pytest.mark.once
 async def test_cli_tenant_commands(auth_server: EtcdServer) -> None:
     def run(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         return cli(auth_server, *args, **kw)

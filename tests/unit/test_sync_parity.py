@@ -11,6 +11,7 @@ also pass: the checked-in modules are what it writes now.
 import contextlib
 import dataclasses
 import functools
+import importlib.util
 import inspect
 import subprocess
 import sys
@@ -129,6 +130,8 @@ def test_returned_async_objects_come_back_as_twins() -> None:
 
 
 def test_generated_modules_are_current() -> None:
+    if importlib.util.find_spec("ruff") is None:
+        pytest.skip("ruff (a dev dependency, the generator formats with it) is not installed")
     res = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gen_sync.py"), "--check"],
         capture_output=True,
