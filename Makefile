@@ -15,10 +15,16 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) -m foundation_etcd.demo
 
-## make test: lint, type-check, build the docs, and the whole test suite against real etcd
-test: $(VENV)/.installed lint typecheck docs-check
+## make test: lint, type-check, build the docs, and the whole test suite against real etcd;
+## the sdist's own single-etcd tests on every other Python 3.11+ on the machine
+# The other Pythons' runs (scripts/test_pythons.py) start first, in the background at nice 5,
+# and are collected last: they end if this make does.
+test: $(VENV)/.installed
+	$(PY) scripts/test_pythons.py start --owner $$PPID
+	@$(MAKE) --no-print-directory lint typecheck docs-check
 	$(PY) -m pytest -n 2 tests   # single-etcd tests, two workers (each its own etcd)
 	$(PY) -m pytest -n 3 --dist loadgroup integration  # three at a time (most wait on TTLs); never two nemeses
+	$(PY) scripts/test_pythons.py wait
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check src tests integration scripts examples docs/griffe_rst.py
@@ -50,4 +56,4 @@ bench: $(VENV)/.installed
 	$(PY) scripts/bench.py --write docs/benchmarks.md
 
 clean:
-	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .test-pythons

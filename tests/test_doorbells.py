@@ -68,7 +68,8 @@ async def test_thousand_bells_on_one_stream(etcd_config: Config) -> None:
         for i in range(n):
             assert [e.kv.key for e in got[i]] == [mine[i] + b"m1", mine[i] + b"m2"]
             assert got[i][0].revision < got[i][1].revision
-            assert ring[i].revision == got[i][1].revision
+            # at least its last event: a progress notification (every 1 s here) moves it on
+            assert ring[i].revision >= got[i][1].revision
         assert bells.reconnects == 0 and bells.connected
         # nothing else arrived: one more put to each of two inboxes reaches only those
         r = (await t.put(mine[7] + b"m3", b"z")).revision

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from .._core.keys import Keyspace, prefix_end
 from .._core.kv import AnyOp, Compare, KeyValue, Op
 from .._core.records import AUDIT_GENESIS, AuditRecord
 from .audit_keys import signed_by, signing_key_file
+from .stm import _backoff
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -161,9 +161,7 @@ class AuditLog:
         (``None`` returned when there is nothing to remove).
         """
         prefix = self._ks.audit_records_prefix()
-        for attempt in range(_MAX_ATTEMPTS):
-            if attempt:  # lost the head to another writer: jittered, growing backoff
-                await anyio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
             if self._head is None:
                 self._head = await self._read_head()
             seq, digest, head_rev = self._head
@@ -205,7 +203,11 @@ class AuditLog:
             if res.succeeded:
                 self._head = (rec.seq, rec.digest, res.revision)
                 return rec
+            # lost the head: retry at once from the head read back, or (from the third
+            # conflict) after a jittered pause and a fresh read, as transactions do
             self._head = self._parse_head(res.range(0).first)
+            if attempt < _MAX_ATTEMPTS and await _backoff(attempt):
+                self._head = None
         raise TransactionConflictError("audit append", _MAX_ATTEMPTS, [self._ks.audit_head()])
 
     async def append(self, kind: str, details: Mapping[str, Any] | None = None) -> AuditRecord:
