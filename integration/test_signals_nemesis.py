@@ -164,6 +164,20 @@ class Fleet:
                 proc.worker.proc.kill()
 
 
+async def stuck_report(proc: Proc) -> str:
+    """What a node that does not come up is doing: its asyncio tasks' stacks and stderr.
+
+    The node prints its tasks on SIGUSR1 (``signal_node``); it is then killed, so that its
+    stderr can be read to the end.
+    """
+    if proc.worker.proc.poll() is None:
+        proc.worker.signal(signal.SIGUSR1)
+        await anyio.sleep(1.0)
+        proc.worker.signal(signal.SIGKILL)
+    err = await anyio.to_thread.run_sync(proc.worker.proc.stderr.read)
+    return f"{proc.name} stderr (tasks dumped on SIGUSR1):\n{err.decode(errors='replace')[-6000:]}"
+
+
 async def wait_stopped(pid: int) -> None:
     """Wait until the kernel shows ``pid`` stopped: SIGSTOP is asynchronous."""
 
@@ -247,7 +261,12 @@ class Nemesis:
         self._generation[slot] += 1
         fresh = self.fleet.node(f"{slot}.{self._generation[slot]}")
         self.slots[slot] = fresh
-        await self.fleet.wait(lambda: bool(self.fleet.of("ready", fresh)), 20, f"{fresh.name} up")
+        try:
+            await self.fleet.wait(
+                lambda: bool(self.fleet.of("ready", fresh)), 20, f"{fresh.name} up"
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{await stuck_report(fresh)}") from None
         self.note(f"started {fresh.name}")
 
     async def pause(self, slot: str, seconds: float) -> None:

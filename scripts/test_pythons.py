@@ -8,7 +8,7 @@ under test is the installed one. Those runs leave out the tests marked ``once``:
 Python processes or virtual environments, or are scale tests, and the code they reach is the
 code the other tests run in process.
 
-``make test`` starts the runs in the background first (``start``, at ``nice`` 5, so they take
+``make test`` starts the runs in the background first (``start``, at ``nice`` 10, so they take
 what the main suite leaves of a 2-core machine) and collects them last (``wait``): together
 the suites finish in under ten minutes. A background run ends when its owner (the ``make``
 that started it) is gone. With no command, the runs go in the foreground.
@@ -50,7 +50,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / ".test-pythons"  # what a background run writes: its logs and results
 OLDEST = (3, 11)
-NICE = 5
+NICE = 10
 PROBE = "import platform, sys; print(platform.python_implementation(), *sys.version_info[:2])"
 WHERE = "import foundation_etcd, sys; print(foundation_etcd.__file__, sys.prefix)"
 STEP_TIMEOUT = 900.0
@@ -137,9 +137,12 @@ class Runner:
         with log.open("ab") as out:
             out.write(f"$ {' '.join(cmd)}\n".encode())
             out.flush()
+            # a process group of its own (to kill it whole), in the same session: with the
+            # kernel's autogroup scheduling, a new session would also be a new CPU group,
+            # and the nice level would then weigh nothing against the main suite
             proc = subprocess.Popen(
                 cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                process_group=0,
             )  # fmt: skip
             with self._lock:
                 self._procs.add(proc)
@@ -278,7 +281,7 @@ def start(owner: int, extra: list[str]) -> int:
     with (STATE / "background.log").open("wb") as out:
         subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=lambda: os.nice(NICE),
+            process_group=0, preexec_fn=lambda: os.nice(NICE),
         )  # fmt: skip
     print(f"test_pythons: started in the background at nice {NICE}; 'wait' collects them")
     return 0

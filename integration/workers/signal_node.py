@@ -29,10 +29,15 @@ work and went on (it then tries to commit, as a possibly stale incarnation);
 from __future__ import annotations
 
 import argparse
+import asyncio
+import gc
+import inspect
 import json
 import logging
 import os
 import random
+import signal
+import sys
 import time
 import warnings
 from typing import Any
@@ -150,9 +155,28 @@ def _on_event(name: str, **fields: Any) -> None:
     say(name, **fields)
 
 
+def _dump_tasks() -> None:
+    """SIGUSR1: where every suspended coroutine of the library is, on stderr.
+
+    The test asks for it when a node does not come up; the await chains of asyncio tasks
+    stop at async generators, so every suspended coroutine and async generator is listed.
+    """
+    for task in asyncio.all_tasks():
+        print(f"task {task.get_name()}: {task.get_coro()!r}", file=sys.stderr)
+    for obj in gc.get_objects():
+        if not (inspect.iscoroutine(obj) or inspect.isasyncgen(obj)):
+            continue
+        frame = obj.cr_frame if inspect.iscoroutine(obj) else obj.ag_frame
+        if frame is not None and "foundation_etcd" in frame.f_code.co_filename:
+            code = frame.f_code
+            print(f"  {code.co_filename}:{frame.f_lineno} {code.co_name}", file=sys.stderr)
+    sys.stderr.flush()
+
+
 async def run_node(args: argparse.Namespace) -> None:
     global NODE
     NODE = args.node_id
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _dump_tasks)
     cfg = fe.Config(
         endpoints=tuple(args.endpoints.split(",")), namespace=args.namespace, ttl=float(args.ttl)
     )
