@@ -17,8 +17,8 @@ demo: $(VENV)/.installed
 
 ## make test: lint, type-check, build the docs, and the whole test suite against real etcd;
 ## the sdist's own single-etcd tests on every other Python 3.11+ on the machine
-# The other Pythons' runs (scripts/test_pythons.py) start first, in the background at nice 10,
-# and are collected last: they end if this make does.
+# The other Pythons' venvs (scripts/test_pythons.py) are made in the background at nice 10
+# while the checks and the main suite run (they stop if this make does); their tests run last.
 test: $(VENV)/.installed
 	$(PY) scripts/test_pythons.py start --owner $$PPID
 	@$(MAKE) --no-print-directory lint typecheck docs-check

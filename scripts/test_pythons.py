@@ -8,10 +8,13 @@ under test is the installed one. Those runs leave out the tests marked ``once``:
 Python processes or virtual environments, or are scale tests, and the code they reach is the
 code the other tests run in process.
 
-``make test`` starts the runs in the background first (``start``, at ``nice`` 10, so they take
-what the main suite leaves of a 2-core machine) and collects them last (``wait``): together
-the suites finish in under ten minutes. A background run ends when its owner (the ``make``
-that started it) is gone. With no command, the runs go in the foreground.
+``make test`` starts the preparation in the background first (``start``: the sdist built, a
+venv per interpreter made and the sdist installed into it, at ``nice`` 10 while the checks
+and the main suite run) and runs the tests last, in the foreground (``wait``), all
+interpreters at once. The tests do not run beside the main suite: sharing a 2-core machine
+with it, timing tests of both failed (a session's keepalive, a watch's promptness). A
+background preparation ends when its owner (the ``make`` that started it) is gone. With no
+command, everything runs in the foreground.
 
 Interpreters are looked for as ``python3.11`` ... ``python3.19`` on ``PATH`` and as
 ``$PYENV_ROOT/versions/*/bin/python3`` (a pyenv shim that does not run is skipped); one per
@@ -25,7 +28,7 @@ Usage::
 
     python scripts/test_pythons.py [--list] [-- PYTEST-ARGS...]
     python scripts/test_pythons.py start [--owner PID]
-    python scripts/test_pythons.py wait
+    python scripts/test_pythons.py wait [-- PYTEST-ARGS...]
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ PROBE = "import platform, sys; print(platform.python_implementation(), *sys.vers
 WHERE = "import foundation_etcd, sys; print(foundation_etcd.__file__, sys.prefix)"
 STEP_TIMEOUT = 900.0
 WAIT_TIMEOUT = 1800.0
-PYTEST = ["-m", "pytest", "-n", "2", "-m", "not once", "-p", "no:cacheprovider", "tests"]
+PYTEST = ["-m", "pytest", "-n", "3", "-m", "not once", "-p", "no:cacheprovider", "tests"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,17 @@ class Outcome:
     name: str
     ok: bool
     summary: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An interpreter's venv with the sdist installed, or why it could not be made."""
+
+    name: str
+    python: str  # the venv's interpreter ("" when the install failed)
+    tree: str  # the unpacked sdist, where its tests run
+    error: str
     seconds: float
 
 
@@ -186,8 +200,8 @@ class Runner:
             tar.extractall(self.work, filter="data")
         return sdist, self.work / sdist.name.removesuffix(".tar.gz")
 
-    def run(self, it: Interpreter, sdist: Path, tree: Path, extra: list[str]) -> Outcome:
-        """Install the sdist for one interpreter, then run its tests (no ``once`` ones)."""
+    def prepare(self, it: Interpreter, sdist: Path, tree: Path) -> Prepared:
+        """Make the interpreter's venv and install the sdist into it (with ``test``)."""
         start = time.monotonic()
         log = self.logs / f"python-{it.name}.log"
         venv = self.work / f"venv-{it.name}"
@@ -198,12 +212,24 @@ class Runner:
             module, prefix = self.step([python, "-c", WHERE], tree, log).split()
             if not Path(module).is_relative_to(prefix):
                 raise StepFailed(f"foundation_etcd came from {module}, not the new environment")
-            output = self.step([python, *PYTEST, *extra], tree, log)
+        except StepFailed as exc:
+            return Prepared(it.name, "", str(tree), f"install: {exc}", time.monotonic() - start)
+        return Prepared(it.name, python, str(tree), "", time.monotonic() - start)
+
+    def test(self, ready: Prepared, extra: list[str]) -> Outcome:
+        """Run the sdist's tests (no ``once`` ones) on a prepared interpreter."""
+        if ready.error:
+            return Outcome(ready.name, False, ready.error, ready.seconds)
+        start = time.monotonic()
+        log = self.logs / f"python-{ready.name}.log"
+        try:
+            output = self.step([ready.python, *PYTEST, *extra], Path(ready.tree), log)
         except StepFailed as exc:
             with log.open("a", encoding="utf-8") as out:
                 out.write(f"\n{exc}\n")
-            return Outcome(it.name, False, str(exc), time.monotonic() - start)
-        return Outcome(it.name, True, summary(output), time.monotonic() - start)
+            return Outcome(ready.name, False, str(exc), ready.seconds + time.monotonic() - start)
+        seconds = ready.seconds + time.monotonic() - start
+        return Outcome(ready.name, True, summary(output), seconds)
 
 
 def summary(output: str) -> str:
@@ -223,27 +249,33 @@ def alive(pid: int) -> bool:
     return True
 
 
-def run_all(others: list[Interpreter], logs: Path, extra: list[str], owner: int) -> list[Outcome]:
-    """Build the sdist, then install and test it on every interpreter at once."""
-    with tempfile.TemporaryDirectory(prefix="fe-pythons-") as tmp:
-        runner = Runner(Path(tmp), logs)
-        if owner:
+def prepare_all(others: list[Interpreter], runner: Runner, owner: int) -> list[Prepared]:
+    """Build the sdist, then make every interpreter's venv at once."""
+    if owner:
 
-            def watch_owner() -> None:
-                while not runner.stop.wait(1.0):
-                    if not alive(owner):
-                        runner.kill_all()
+        def watch_owner() -> None:
+            while not runner.stop.wait(1.0):
+                if not alive(owner):
+                    runner.kill_all()
 
-            threading.Thread(target=watch_owner, daemon=True).start()
+        threading.Thread(target=watch_owner, daemon=True).start()
+    try:
+        sdist, tree = runner.build_sdist()
+    except StepFailed as exc:
+        text = (runner.logs / "sdist.log").read_text(encoding="utf-8", errors="replace")
+        return [Prepared(it.name, "", "", f"sdist: {exc}\n{text}", 0.0) for it in others]
+    with ThreadPoolExecutor(max_workers=len(others)) as pool:
+        return list(pool.map(lambda it: runner.prepare(it, sdist, tree), others))
+
+
+def test_all(ready: list[Prepared], runner: Runner, extra: list[str]) -> list[Outcome]:
+    """Run every prepared interpreter's tests at once."""
+    with ThreadPoolExecutor(max_workers=max(1, len(ready))) as pool:
         try:
-            sdist, tree = runner.build_sdist()
-        except StepFailed as exc:
-            text = (logs / "sdist.log").read_text(encoding="utf-8", errors="replace")
-            return [Outcome("sdist", False, f"building the sdist: {exc}\n{text}", 0.0)]
-        with ThreadPoolExecutor(max_workers=len(others)) as pool:
-            outcomes = list(pool.map(lambda it: runner.run(it, sdist, tree, extra), others))
-        runner.stop.set()
-        return outcomes
+            return list(pool.map(lambda r: runner.test(r, extra), ready))
+        except KeyboardInterrupt:
+            runner.kill_all()
+            raise
 
 
 def report(outcomes: list[Outcome], logs: Path) -> int:
@@ -267,80 +299,93 @@ def announce(others: list[Interpreter]) -> None:
         print(f"python {it.name} ({it.path}): the sdist's tests/ -m 'not once'", flush=True)
 
 
-def start(owner: int, extra: list[str]) -> int:
-    """Start the runs in a background process of their own; returns at once."""
+def start(owner: int) -> int:
+    """Start the preparation in a background process of its own; returns at once."""
     others = discover()
     announce(others)
     shutil.rmtree(STATE, ignore_errors=True)
     STATE.mkdir()
     (STATE / "plan.json").write_text(json.dumps([asdict(it) for it in others]), encoding="utf-8")
     if not others:
-        (STATE / "results.json").write_text("[]", encoding="utf-8")
+        (STATE / "prepared.json").write_text("[]", encoding="utf-8")
         return 0
-    cmd = [sys.executable, __file__, "_background", "--owner", str(owner), "--", *extra]
+    cmd = [sys.executable, __file__, "_prepare", "--owner", str(owner)]
     with (STATE / "background.log").open("wb") as out:
+        # same session as make (a group of its own): see Runner.step
         subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             process_group=0, preexec_fn=lambda: os.nice(NICE),
         )  # fmt: skip
-    print(f"test_pythons: started in the background at nice {NICE}; 'wait' collects them")
+    print(f"test_pythons: preparing in the background at nice {NICE}; 'wait' runs the tests")
     return 0
 
 
-def background(owner: int, extra: list[str]) -> int:
-    """The background process: run everything, then write ``results.json``."""
+def background(owner: int) -> int:
+    """The background process: prepare every venv, then write ``prepared.json``."""
     plan = json.loads((STATE / "plan.json").read_text(encoding="utf-8"))
     others = [Interpreter(p["path"], tuple(p["version"])) for p in plan]
-    outcomes = run_all(others, STATE, extra, owner)
-    tmp = STATE / "results.json.tmp"
-    tmp.write_text(json.dumps([asdict(o) for o in outcomes]), encoding="utf-8")
-    tmp.replace(STATE / "results.json")
+    work = Path(tempfile.mkdtemp(prefix="fe-pythons-"))
+    (STATE / "work").write_text(str(work), encoding="utf-8")
+    ready = prepare_all(others, Runner(work, STATE), owner)
+    tmp = STATE / "prepared.json.tmp"
+    tmp.write_text(json.dumps([asdict(r) for r in ready]), encoding="utf-8")
+    tmp.replace(STATE / "prepared.json")
     return 0
 
 
-def wait() -> int:
-    """Wait for the background runs, print their results; 1 if any failed."""
-    results = STATE / "results.json"
+def wait(extra: list[str]) -> int:
+    """Wait for the preparation, run the tests in the foreground; 1 if any failed."""
+    prepared = STATE / "prepared.json"
     if not (STATE / "plan.json").exists():
         print("test_pythons: nothing was started ('start' first)", file=sys.stderr)
         return 2
     deadline = time.monotonic() + WAIT_TIMEOUT
     said = time.monotonic()
-    while not results.exists():
+    while not prepared.exists():
         if time.monotonic() > deadline:
-            print(f"test_pythons: no result in {WAIT_TIMEOUT:.0f} s", file=sys.stderr)
+            print(f"test_pythons: not prepared in {WAIT_TIMEOUT:.0f} s", file=sys.stderr)
             return 1
         if time.monotonic() - said >= 30:
-            running = sorted(p.name for p in STATE.glob("python-*.log"))
-            print(f"test_pythons: still running ({', '.join(running) or 'building'})", flush=True)
+            print("test_pythons: still installing", flush=True)
             said = time.monotonic()
         time.sleep(0.5)
-    outcomes = [Outcome(**o) for o in json.loads(results.read_text(encoding="utf-8"))]
-    return report(outcomes, STATE)
+    ready = [Prepared(**r) for r in json.loads(prepared.read_text(encoding="utf-8"))]
+    if not ready:
+        print("test_pythons: no other CPython 3.11+ found; nothing to run")
+        return 0
+    names = ", ".join(r.name for r in ready)
+    print(f"test_pythons: the sdist's tests on python {names}, at once", flush=True)
+    work = Path((STATE / "work").read_text(encoding="utf-8"))
+    try:
+        return report(test_all(ready, Runner(work, STATE), extra), STATE)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run it."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("command", nargs="?", default="run",
-                        choices=["run", "start", "wait", "_background"])  # fmt: skip
+                        choices=["run", "start", "wait", "_prepare"])  # fmt: skip
     parser.add_argument("--list", action="store_true", help="print what would run, run nothing")
     parser.add_argument("--owner", type=int, default=0, help="stop when this process is gone")
     argv = sys.argv[1:] if argv is None else argv
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: len(argv) - len(extra) - (1 if "--" in argv else 0)])
     if args.command == "start":
-        return start(args.owner, extra)
+        return start(args.owner)
     if args.command == "wait":
-        return wait()
-    if args.command == "_background":
-        return background(args.owner, extra)
+        return wait(extra)
+    if args.command == "_prepare":
+        return background(args.owner)
     others = discover()
     announce(others)
     if args.list or not others:
         return 0
-    with tempfile.TemporaryDirectory(prefix="fe-pythons-logs-") as logs:
-        return report(run_all(others, Path(logs), extra, 0), Path(logs))
+    with tempfile.TemporaryDirectory(prefix="fe-pythons-") as tmp:
+        runner = Runner(Path(tmp), Path(tmp))
+        ready = prepare_all(others, runner, 0)
+        return report(test_all(ready, runner, extra), Path(tmp))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Every code block of README.md and docs/ runs as written, or is marked a fragment.
+"""Every code block of README.md, PYPI.md and docs/ runs as written, or is a fragment.
 
-Discovery covers README.md and every docs/**/*.md (a page added later is picked up with no
-change here). What is done with a fenced block depends on its language tag:
+Discovery covers README.md, PYPI.md (the package index's page) and every docs/**/*.md (a
+page added later is picked up with no change here). What is done with a fenced block
+depends on its language tag:
 
 * ``python`` (and ``py``, ``python3``): a complete program. It is written to a file and run
   as a script in a subprocess, with ``FOUNDATION_ETCD_ENDPOINTS`` and
@@ -61,7 +62,7 @@ class Block:
 
 
 def _markdown_files() -> list[Path]:
-    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    return [ROOT / "README.md", ROOT / "PYPI.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 def parse_blocks(path: str, text: str) -> list[Block]:

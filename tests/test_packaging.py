@@ -59,6 +59,7 @@ def test_sdist_carries_tests_docs_examples_scripts(dists: tuple[Path, Path]) -> 
     for expected in (
         "LICENSE",
         "README.md",
+        "PYPI.md",
         "Makefile",
         "pyproject.toml",
         "MANIFEST.in",
@@ -106,6 +107,13 @@ def test_wheel_holds_only_the_package(dists: tuple[Path, Path]) -> None:
         "Programming Language :: Python :: 3.13",
     ):
         assert expected in classifiers, expected
+    # the index's page is PYPI.md: it says how to install and where the docs are, and
+    # names no make target or repository path that a reader there cannot open
+    description = metadata.get_payload()
+    assert metadata["Description-Content-Type"] == "text/markdown"
+    assert description == (ROOT / "PYPI.md").read_text(encoding="utf-8")
+    assert "pip install foundation-etcd" in description
+    assert "make " not in description and "](docs/" not in description
     requires = metadata.get_all("Requires-Dist") or []
     assert not [r for r in requires if r.startswith("etcd3aio") and "extra" not in r]
     assert "foundation_etcd = foundation_etcd.testing.plugin" in entry_points
