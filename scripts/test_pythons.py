@@ -54,6 +54,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from foundation_etcd.testing._processes import _pid_alive as alive
+
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / ".test-pythons"  # what a background run writes: its logs and results
 OLDEST = (3, 11)
@@ -62,10 +64,12 @@ PROBE = "import platform, sys; print(platform.python_implementation(), *sys.vers
 WHERE = "import foundation_etcd, sys; print(foundation_etcd.__file__, sys.prefix)"
 STEP_TIMEOUT = 900.0
 WAIT_TIMEOUT = 1800.0
-PYTEST = ["-m", "pytest", "-n", "3", "-p", "no:cacheprovider"]
+PYTEST = ["-m", "pytest", "-p", "no:cacheprovider"]
 SELECTIONS = {  # --tests: what runs on each other interpreter
-    "unit": ["tests/unit"],  # make test: the pure code, no etcd
-    "single-etcd": ["-m", "not once", "tests"],  # make test-pythons: all of tests/ but `once`
+    # make test: the pure code, no etcd; in one process (8 s; xdist workers cost 40 s here)
+    "unit": ["-n", "0", "tests/unit"],
+    # make test-pythons: all of tests/ but the `once` tests
+    "single-etcd": ["-n", "3", "-m", "not once", "tests"],
 }
 
 
@@ -246,17 +250,6 @@ def summary(output: str) -> str:
     """Pytest's last line (``723 passed, 3 skipped in 108.58s``), without its rule."""
     lines = [line for line in output.splitlines() if line.strip()]
     return lines[-1].strip("= ") if lines else "(no output)"
-
-
-def alive(pid: int) -> bool:
-    """Whether process ``pid`` still exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def prepare_all(others: list[Interpreter], runner: Runner, owner: int) -> list[Prepared]:
