@@ -165,10 +165,10 @@ class Fleet:
 
 
 async def stuck_report(proc: Proc) -> str:
-    """What a node that does not come up is doing: its asyncio tasks' stacks and stderr.
+    """Where a node that does not come up is stuck, and its stderr.
 
-    The node prints its tasks on SIGUSR1 (``signal_node``); it is then killed, so that its
-    stderr can be read to the end.
+    On SIGUSR1 the node prints its suspended coroutines (``signal_node``); it is then
+    killed, so that its stderr can be read to the end.
     """
     if proc.worker.proc.poll() is None:
         proc.worker.signal(signal.SIGUSR1)
