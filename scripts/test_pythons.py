@@ -8,7 +8,8 @@ under test is the installed one. Which tests (``--tests``):
 
 * ``single-etcd`` (the default; ``make test-pythons``): ``tests/`` without the tests marked
   ``once`` (they start Python processes or virtual environments, or are scale tests; the
-  code they reach is the code the other tests run in process). About 2.5 minutes here.
+  code they reach is the code the other tests run in process). About 3 minutes here,
+  installs included.
 * ``unit`` (``make test``): ``tests/unit``, the pure code. On a 2-core machine the
   ``single-etcd`` selection takes ``make test`` to about 12 minutes, past its 10.
 
