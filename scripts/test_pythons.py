@@ -17,9 +17,9 @@ under test is the installed one. Which tests (``--tests``):
 venv per interpreter made and the sdist installed into it, at ``nice`` 10 while the checks
 and the main suite run) and runs the tests last, in the foreground (``wait``), all
 interpreters at once. The tests do not run beside the main suite: sharing a 2-core machine
-with it, timing tests of both failed (a session's keepalive, a watch's promptness). A
-background preparation ends when its owner (the ``make`` that started it) is gone. With no
-command, everything runs in the foreground.
+with it, timing tests of both failed (a session's keepalive, a watch's promptness). When
+its owner (the ``make`` that started it) is gone, the background process stops what it runs
+and removes the venvs. With no command, everything runs in the foreground.
 
 Interpreters are looked for as ``python3.11`` ... ``python3.19`` on ``PATH`` and as
 ``$PYENV_ROOT/versions/*/bin/python3`` (a pyenv shim that does not run is skipped); one per
@@ -185,7 +185,7 @@ class Runner:
                     self._procs.discard(proc)
             out.write(data)
         if self.stop.is_set():
-            raise StepFailed("stopped: the make that started this run has ended")
+            raise StepFailed("stopped (interrupted, or the make that started it has ended)")
         if proc.returncode != 0:
             raise StepFailed(f"exited {proc.returncode}")
         return data.decode(errors="replace")
@@ -325,15 +325,24 @@ def start(owner: int) -> int:
 
 
 def background(owner: int) -> int:
-    """The background process: prepare every venv, then write ``prepared.json``."""
+    """The background process: prepare every venv, write ``prepared.json``, clean up.
+
+    The venvs (``work``) are removed once the owner is gone, whether its ``wait`` ran the
+    tests or the make failed before it.
+    """
     plan = json.loads((STATE / "plan.json").read_text(encoding="utf-8"))
     others = [Interpreter(p["path"], tuple(p["version"])) for p in plan]
     work = Path(tempfile.mkdtemp(prefix="fe-pythons-"))
     (STATE / "work").write_text(str(work), encoding="utf-8")
-    ready = prepare_all(others, Runner(work, STATE), owner)
-    tmp = STATE / "prepared.json.tmp"
-    tmp.write_text(json.dumps([asdict(r) for r in ready]), encoding="utf-8")
-    tmp.replace(STATE / "prepared.json")
+    try:
+        ready = prepare_all(others, Runner(work, STATE), owner)
+        tmp = STATE / "prepared.json.tmp"
+        tmp.write_text(json.dumps([asdict(r) for r in ready]), encoding="utf-8")
+        tmp.replace(STATE / "prepared.json")
+        while owner and alive(owner):
+            time.sleep(1.0)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
@@ -359,11 +368,8 @@ def wait(extra: list[str]) -> int:
         return 0
     names = ", ".join(r.name for r in ready)
     print(f"test_pythons: {' '.join(extra)} of the sdist on python {names}, at once", flush=True)
-    work = Path((STATE / "work").read_text(encoding="utf-8"))
-    try:
-        return report(test_all(ready, Runner(work, STATE), extra), STATE)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    work = Path((STATE / "work").read_text(encoding="utf-8"))  # removed by the background
+    return report(test_all(ready, Runner(work, STATE), extra), STATE)
 
 
 def main(argv: list[str] | None = None) -> int:
