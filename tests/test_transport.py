@@ -170,6 +170,43 @@ async def test_blackholed_write_is_ambiguous_read_is_unavailable(
         proxy.pass_()
 
 
+async def test_watch_write_not_taken_gives_the_stream_up(
+    etcd_endpoints: list[str], fault_proxy_factory, etcd_namespace: str
+) -> None:
+    """A write HTTP/2 flow control holds back must not hang the stream's tasks forever.
+
+    Through a blackhole, the connection's send window (64 KiB) fills and is never opened
+    again: from then on every write on every stream of the connection waits, the small
+    progress request of a view's liveness check too.
+    """
+    proxy = fault_proxy_factory(etcd_endpoints[0])
+    cfg = Config(endpoints=(proxy.endpoint,), namespace=etcd_namespace, request_timeout=1.0)
+    async with open_transport(cfg) as t:
+        quiet, filler = t.open_watch(), t.open_watch()
+        try:
+            for stream in (quiet, filler):
+                await stream.create(b"/a", b"/b", 0)
+                assert (await stream.read()).created
+            proxy.blackhole()
+            with anyio.fail_after(10):
+                with pytest.raises(EtcdUnavailableError, match="not taken in 1s") as info:
+                    for _ in range(100):  # 3 MB: far more than any window
+                        await filler.create(b"/k" + b"x" * 30_000, None, 0)
+                assert not isinstance(info.value, AmbiguousResultError)
+                with pytest.raises(EtcdUnavailableError):
+                    await filler.read()  # given up: closed
+                # the other stream's small writes fill what is left of the window; the
+                # caller's own, shorter deadline is then still a TimeoutError
+                with pytest.raises(TimeoutError):
+                    for _ in range(10_000):  # 180 kB
+                        with anyio.fail_after(0.3):
+                            await quiet.request_progress()
+        finally:
+            quiet.close()
+            filler.close()
+        proxy.pass_()
+
+
 async def test_write_to_dead_server_is_not_applied(etcd_factory, etcd_namespace: str) -> None:
     server = etcd_factory()
     cfg = Config(endpoints=(server.endpoint,), namespace=etcd_namespace, request_timeout=2.0)

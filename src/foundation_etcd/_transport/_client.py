@@ -418,8 +418,9 @@ class Transport:
 
     # watch and maintenance -----------------------------------------------------------------
     def open_watch(self) -> WatchStream:
-        """Open a watch stream (``hasleader``: etcd cancels it when it loses its leader)."""
-        return WatchStream(self._watch.Watch(metadata=self._metadata))
+        """Open a watch stream (``hasleader``); a write stuck ``request_timeout`` closes it."""
+        call = self._watch.Watch(metadata=self._metadata)
+        return WatchStream(call, self.config.request_timeout)
 
     async def status(self) -> Status:
         """Ask the member the channel is connected to for its status."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import anyio
 import grpc
 import grpc.aio
 
@@ -64,10 +65,19 @@ class WatchStream:
     be unique on the stream). etcd handles the requests of a stream in the order they were
     written and answers the creates in that order, so creates can be pipelined without
     waiting for each answer. Only one task may write at a time, and one read at a time.
+
+    A write gRPC has not taken within ``write_timeout`` closes the stream and raises
+    :class:`EtcdUnavailableError`: a stream stuck that way would otherwise hang its reader
+    and the writer that watches over it (the one that asks for progress) together.
+
+    Args:
+        call: the gRPC stream-stream call.
+        write_timeout: seconds one write may take before the stream is given up.
     """
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, write_timeout: float) -> None:
         self._call = call
+        self._write_timeout = write_timeout
 
     async def create(
         self,
@@ -124,14 +134,20 @@ class WatchStream:
         await self._write(_rpc.WatchRequest(progress_request=_rpc.WatchProgressRequest()))
 
     async def _write(self, req: Any) -> None:
-        try:
-            await self._call.write(req)
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, "watch", write=False) from exc
-        except (asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
-            raise EtcdUnavailableError(f"watch: stream finished ({exc})") from exc
-        except asyncio.CancelledError:
-            raise await _cancelled("watch") from None
+        with anyio.move_on_after(self._write_timeout) as scope:
+            try:
+                await self._call.write(req)
+            except grpc.aio.AioRpcError as exc:
+                raise _translate(exc, "watch", write=False) from exc
+            except (asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
+                raise EtcdUnavailableError(f"watch: stream finished ({exc})") from exc
+            except asyncio.CancelledError:
+                raise await _cancelled("watch") from None
+        if scope.cancelled_caught:
+            self.close()
+            raise EtcdUnavailableError(
+                f"watch: a write was not taken in {self._write_timeout:g}s; stream closed"
+            )
 
     async def read(self) -> WatchResponse:
         """Wait for the next message.
