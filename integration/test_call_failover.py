@@ -380,6 +380,9 @@ async def test_call_whose_agent_fails_over_mid_call_takes_effect_once(
     assert state["state"] == {"count": 1}
     for rev, marker, marker_live in h.get("markers", []):
         assert marker["inc"] == marker_live, (rev, marker, marker_live)
-    assert [m["attempt"] for _, m, _ in h["markers"]] == [1, 2], h["markers"]
+    # started markers: attempt 1 on n1, 2 on n2; then the standing one of n2's commit
+    assert [m["attempt"] for _, m, _ in h["markers"] if "rev" in m] == [1, 2], h["markers"]
+    standing = [(rev, m) for rev, m, _ in h["markers"] if "rev" not in m]
+    assert standing == [(done_rev, {"after": h["inbox_puts"][0], "inc": new, "attempt": 0})]
     if fault == "sigstop":
         assert resumed - faulted > TTL

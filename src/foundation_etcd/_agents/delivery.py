@@ -10,6 +10,7 @@ inbox entry's ``mod_revision``, that
 * deletes the inbox entry and bumps the agent's ``acked`` counter,
 * puts the agent's new state checkpoint (``get_state()``),
 * puts the done record (dedupe for the id, and the reply of a call),
+* puts the *started* marker the next signal needs, if any (``attempts``),
 * puts the signals the handler emitted with ``ctx.send`` (the outbox), each in a nested
   transaction that skips it if that id is already there.
 
@@ -70,6 +71,7 @@ from .._core.kv import AnyOp, Compare, KeyValue, Op, TxnOp, TxnResult
 from .._core.signals import Signal, decode_signal, encode_signal
 from .._transport import Transport
 from .agent import AgentContext, call_hook, in_thread, is_async_callable
+from .attempts import attempt_of, covers_next, explicit, standing
 from .dead_letters import encode_letter
 from .handlers import (
     ActionFailed,
@@ -186,21 +188,12 @@ class Deliverer:
             bell.close()
 
     # one signal ----------------------------------------------------------------------------
-    def _attempt(self, kv: KeyValue, failures: int) -> tuple[int, bool]:
-        """The attempt number of the head signal, and whether it must be marked first."""
-        m = self._marker
-        marked = m.get("attempt")
-        if m.get("rev") == kv.create_revision and isinstance(marked, int) and marked > 0:
-            if m.get("inc") == self._inc:
-                return marked, False
-            return max(marked + 1, failures + 1), True
-        return failures + 1, True
-
-    def _mark(self, kv: KeyValue, attempt: int) -> AnyOp:
-        self._marker = {"rev": kv.create_revision, "inc": self._inc, "attempt": attempt}
-        return Op.put(
-            self._ks.signal_inflight(self._id), _codec.encode(self._marker, "marker", 1024)
-        )
+    def _mark(self, kv: KeyValue | None, attempt: int, after: int = 0) -> AnyOp:
+        """The marker op (``attempts``): ``kv`` started as ``attempt``; ``None``: standing."""
+        inc = self._inc
+        m = explicit(kv.create_revision, inc, attempt) if kv else standing(after, inc)
+        self._marker = m
+        return Op.put(self._ks.signal_inflight(self._id), _codec.encode(m, "marker", 1024))
 
     async def _deliver(self, kv: KeyValue, after: KeyValue | None) -> None:
         stored = decode_signal(
@@ -221,7 +214,7 @@ class Deliverer:
             )
             if refused is not None:
                 return await self._dead(kv, signal, refused, 0)
-        attempt, unmarked = self._attempt(kv, stored.failures)
+        attempt, unmarked = attempt_of(self._marker, kv.create_revision, stored.failures, self._inc)
         if signal.deadline is not None and time.time() > signal.deadline:
             await self._dead(kv, signal, "expired", attempt - 1)
             return
@@ -348,6 +341,8 @@ class Deliverer:
         if after is not None:  # the next signal is marked started by this commit
             nxt = decode_signal(after.value)
             ops.append(self._mark(after, (nxt.failures if nxt else 0) + 1))
+        elif not covers_next(self._marker, self._inc):  # the next head needs no marker Txn
+            ops.append(self._mark(None, 0, kv.create_revision))
         for emitted, value in outbox:
             t, eid = emitted.subject, emitted.id
             ops.append(
@@ -399,6 +394,7 @@ class Deliverer:
             if done is not None and done_by(done) == (self._inc, kv.create_revision):
                 return  # the first attempt committed
             await self._restore()
+            self._marker = {}  # what this commit would have marked is not in etcd
             raise _Undone
 
     async def _failed(self, kv: KeyValue, failures: int, attempt: int, error: str) -> None:
