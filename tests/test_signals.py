@@ -208,6 +208,50 @@ async def test_call_results_errors_and_outbox_across_nodes(etcd_config: Config) 
             await wait_until(forwarded)
 
 
+async def test_calls_share_one_pair_of_watches_per_agent(
+    etcd_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls to an agent wait on its two shared prefix watches, closed once idle."""
+    monkeypatch.setattr("foundation_etcd._agents.replies.IDLE", 0.3)
+    strict = etcd_config.with_options(require_signed_signals=True)  # refuses a's calls
+    async with two_nodes(etcd_config) as (a, b), connect(strict, node_id="sc") as c:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(c.serve)
+            await a.spawn(Counter, "c8", placement="pinned:sb")
+            await a.spawn(Counter, "c9", placement="pinned:sb")
+            await a.spawn(Counter, "c10", placement="pinned:sc")
+            replies, bells = a.signals.replies, a.doorbells
+            assert bells is not None
+            before = len(bells)
+            with anyio.fail_after(20):
+                assert await a.call("c8", "add", {"n": 1}) == 1  # a desk for c8
+                assert len(replies) == 1 and len(bells) == before + 2
+                results: dict[str, list[Any]] = {"many": [], "twin": []}
+
+                async def one(kind: str, call_id: str | None) -> None:
+                    results[kind].append(await a.call("c8", "add", {"n": 1}, call_id=call_id))
+
+                async with anyio.create_task_group() as calls:
+                    for _ in range(5):
+                        calls.start_soon(one, "many", None)
+                    for _ in range(2):  # the same id twice at once: one run, one outcome
+                        calls.start_soon(one, "twin", "twin")
+                outcomes = sorted(results["many"] + results["twin"][:1])
+                assert outcomes == [2, 3, 4, 5, 6, 7] and len(set(results["twin"])) == 1
+                assert len(replies) == 1 and len(bells) == before + 2  # still the one desk
+                assert await b.call("c9", "add", {"n": 3}) == 3  # b's own desks
+                assert len(replies) == 1
+                with pytest.raises(fe.ActionError) as dead:  # a dead letter, on the dead watch
+                    await a.call("c10", "add", {"n": 1})
+                assert dead.value.error_type == "DeadLetter"
+                assert len(replies) == 2
+                # idle: both desks close, and their watches with them
+                await wait_until(lambda: len(replies) == 0 and len(bells) == before)
+                assert await a.call("c8", "add", {"n": 0}) == 7  # a desk again
+                assert (await state_of(a, "c8"))["total"] == 7
+            tg.cancel_scope.cancel()
+
+
 async def test_call_timeout_says_may_still_run(etcd_config: Config) -> None:
     async with connect(etcd_config, node_id="idle") as c:
         await c.spawn(Counter, "c6")  # nobody serves it

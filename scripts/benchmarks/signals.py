@@ -195,8 +195,8 @@ def slow_share(samples: Sequence[float]) -> str:
     """The share of calls over ``SLOW_CALL`` seconds (the machine's noise, mostly)."""
     share = sum(x > SLOW_CALL for x in samples) / max(1, len(samples))
     return (
-        f"{share:.0%} took over {SLOW_CALL * 1000:.0f} ms (the reply watches are made from "
-        "now, before the send: etcd serves a watch from the past every 100 ms)"
+        f"{share:.0%} took over {SLOW_CALL * 1000:.0f} ms (the machine's noise, or a pause "
+        "of the interpreter: garbage collection, another process)"
     )
 
 
@@ -301,7 +301,7 @@ async def latencies_and_throughput(bench: Bench) -> list[Row]:
                     lib_ev,
                     goal=SEND_GOAL,
                     note="library: the send Txn, its inbox event on the node's doorbell "
-                    "stream, the in-flight marker Txn (a second round trip), the handler",
+                    "stream, the handler (no marker Txn: the last ack left a standing marker)",
                 ),
                 Latency(
                     "send() call alone, same sends; raw: put round trip, same puts",
@@ -315,8 +315,8 @@ async def latencies_and_throughput(bench: Bench) -> list[Row]:
                     labels["local"],
                     *results[labels["local"]],
                     goal=CALL_GOAL,
-                    note="send Txn, inbox event, marker Txn, action, ack Txn, done-record "
-                    "event; sender and host share this interpreter; "
+                    note="send Txn, inbox event, action, ack Txn, done-record event on the "
+                    "agent's shared reply watch; sender and host share this interpreter; "
                     + slow_share(results[labels["local"]][1]),
                 ),
                 Latency(

@@ -18,7 +18,6 @@ from typing import Any
 
 import anyio
 
-from .._coord.doorbells import Bell
 from .._core import codec as _codec
 from .._core.errors import ActionError, CallTimeoutError, SerializationError
 from .._core.keys import validate_id
@@ -47,61 +46,36 @@ async def call(
     payload = {"action": action, "args": dict(args or {})}
     ks = s.keyspace
     done_key, dead_key = ks.signal_done(agent_id, cid), ks.dead_letter(agent_id, cid)
-    # watches from *now*, made before the send: etcd serves a watch that starts in the past
-    # from its sync loop (up to 100 ms late), one that starts now at once
-    done_bell = s.bells.watch(done_key, None, -1, no_delete=True)
-    dead_bell = s.bells.watch(dead_key, None, -1, no_delete=True)
     try:
-        sent = await s.send(agent_id, CALL_TYPE, payload, signal_id=cid, reply=True)
-        created = max(await done_bell.ready(), await dead_bell.ready())
-        # a watch created after the send may have missed the reply: read it once then
-        look_first = sent.duplicate or created > sent.revision
-        return await _reply(s, agent_id, action, (done_bell, dead_bell), look_first)
+        # registered before the send: the agent's shared watches (see ``replies``)
+        with s.replies.expect(agent_id, cid) as (desk, waiter):
+            sent = await s.send(agent_id, CALL_TYPE, payload, signal_id=cid, reply=True)
+            # watches created after the send may have missed the reply: read it once then
+            look = sent.duplicate or await desk.ready() > sent.revision
+            while True:
+                if look:  # read the two keys; if neither is there yet, wait
+                    look = False
+                    done, dead = await s.transport.get(done_key), await s.transport.get(dead_key)
+                    kvs = [kv for kv in (done, dead) if kv is not None]
+                else:
+                    kvs, look = await waiter.wait()
+                if kvs:
+                    return _outcome(s, agent_id, action, kvs[0], done_key)
     except anyio.get_cancelled_exc_class():
         if anyio.current_effective_deadline() <= anyio.current_time():
             # the caller's deadline (anyio.fail_after): say the action may still run
             raise CallTimeoutError(agent_id, action, cid) from None
         raise
-    finally:
-        done_bell.close()
-        dead_bell.close()
 
 
-async def _reply(
-    s: Signals, agent_id: str, action: str, bells: tuple[Bell, Bell], look_first: bool
-) -> Any:
-    """Wait for the call's done record (or dead letter) on its two bells.
-
-    Nothing is read from etcd unless ``look_first`` or a bell says it missed events.
-    """
-    done_bell, dead_bell = bells
-    done_key, dead_key = done_bell.key, dead_bell.key
-    arrived: list[KeyValue] = []
-    missed = look_first
-    while True:
-        if missed:
-            arrived.extend(kv for kv in [await s.transport.get(done_key)] if kv is not None)
-            arrived.extend(kv for kv in [await s.transport.get(dead_key)] if kv is not None)
-        for kv in arrived:
-            if kv.key == done_key:
-                done = _codec.decode(kv.value)
-                ks, sid = s.keyspace, done_key.rsplit(b"/", 1)[-1].decode()
-                reply = open_reply(s.config.keyring, ks, agent_id, sid, done)
-                return _reply_of(agent_id, action, reply)
-            letter = dead_letter_of(s.keyspace, kv)
-            raise ActionError(agent_id, action, "DeadLetter", letter.reason)
-        missed = False
-        async with anyio.create_task_group() as tg:
-
-            async def ring(bell: Bell) -> None:
-                nonlocal missed
-                events = await bell.wait()
-                arrived.extend(ev.kv for ev in events)
-                missed = missed or bell.missed or not events
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(ring, done_bell)
-            tg.start_soon(ring, dead_bell)
+def _outcome(s: Signals, agent_id: str, action: str, kv: KeyValue, done_key: bytes) -> Any:
+    """The result a done record holds (or its error raised); a dead letter's error raised."""
+    if kv.key == done_key:
+        done = _codec.decode(kv.value)
+        ks, sid = s.keyspace, done_key.rsplit(b"/", 1)[-1].decode()
+        return _reply_of(agent_id, action, open_reply(s.config.keyring, ks, agent_id, sid, done))
+    letter = dead_letter_of(s.keyspace, kv)
+    raise ActionError(agent_id, action, "DeadLetter", letter.reason)
 
 
 _ERROR_TYPES: dict[str, type[ActionError]] = {}

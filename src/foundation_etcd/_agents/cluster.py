@@ -61,6 +61,7 @@ from .failover import Failover
 from .health import HealthReport, health_report
 from .membership import Membership, NodeChange, NodeInfo, node_value
 from .registry import Registration, Registry
+from .replies import Replies
 from .runtime import NodeRuntime
 from .scheduler import AgentRef, AgentStatus, Scheduler
 from .signals import Signals
@@ -398,6 +399,11 @@ async def connect(
         views.adopt(config.keyspace.nodes_prefix(), node_view)
         views.adopt(config.keyspace.agents_live_prefix(), agents_view)
         cluster._views = views
-        cluster.doorbells = await stack.enter_async_context(Doorbells.open(transport))
-        cluster._signals = Signals(session, config.keyspace, node_id, doorbells=cluster.doorbells)
+        bells = cluster.doorbells = await stack.enter_async_context(Doorbells.open(transport))
+        replies = Replies(
+            bells, config.keyspace, await stack.enter_async_context(background_tasks())
+        )
+        cluster._signals = Signals(
+            session, config.keyspace, node_id, doorbells=bells, replies=replies
+        )
         yield cluster

@@ -7,7 +7,7 @@ Keys (under the tenant prefix)::
     signals/acked/{agent}              version = signals ever taken out (handled or dead)
     signals/done/{agent}/{signal_id}   handled: the dedupe record and the reply   (retention lease)
     signals/dead/{agent}/{signal_id}   given up on, with the reason               (no lease)
-    signals/inflight/{agent}           the signal its hosts started last, and the attempt
+    signals/inflight/{agent}           the signal its hosts started last (``attempts.py``)
     signals/subs/{agent}               the agent's topic patterns
 
 Guarantees:
@@ -26,7 +26,8 @@ Guarantees:
       dead letters are admitted the same way; a handler's emits (its outbox) are admitted
       past the bound (refusing them would block the parent for ever, see ``delivery.py``).
     * Input is checked before anything is sent (ids, type, JSON payload, size).
-    * ``call`` (``calls.py``) waits for the reply record the handling transaction writes;
+    * ``call`` (``calls.py``) waits for the reply record the handling transaction writes
+      (on watches shared by the calls to one agent, ``replies.py``);
       the caller's deadline (``anyio.fail_after``) raises :class:`CallTimeoutError`: the
       action may still run, once, and calling again with the same ``call_id`` waits for
       that one outcome.
@@ -63,6 +64,7 @@ from .._core.signals import (
     validate_topic,
 )
 from .._core.signing import load_signer
+from .replies import Replies
 
 __all__ = ["CALL_TYPE", "PublishResult", "SendResult", "Signals", "admission", "probe"]
 
@@ -126,7 +128,13 @@ class Signals:
     """Send side of signals for one cluster. Use through :class:`Cluster`."""
 
     def __init__(
-        self, session: Session, keyspace: Keyspace, source: str, *, doorbells: Doorbells
+        self,
+        session: Session,
+        keyspace: Keyspace,
+        source: str,
+        *,
+        doorbells: Doorbells,
+        replies: Replies,
     ) -> None:
         """Build it.
 
@@ -134,13 +142,15 @@ class Signals:
             session: this process's session (its transport and configuration).
             keyspace: the key layout.
             source: what signals sent from here name as their source (the node id).
-            doorbells: this process's multiplexed watch stream (call replies).
+            doorbells: this process's multiplexed watch stream.
+            replies: where calls wait for their replies (on ``doorbells``).
         """
         self.transport = self._t = session.transport
         self.config = self._cfg = session.config
         self.keyspace = self._ks = keyspace
         self._source = source
         self.bells = doorbells
+        self.replies = replies
         self._windows: dict[str, tuple[int, int]] = {}
         cfg = self._cfg
         self._signer = None if cfg.signing_key is None else load_signer(cfg.signing_key)
