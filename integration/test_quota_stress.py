@@ -493,8 +493,14 @@ async def test_quota_stress_with_kills(
                         await anyio.sleep(delay)
                         i = rng.randrange(WORKERS)
                         victim = live[i]
-                        assert not victim.done.is_set(), (
-                            f"{victim.node} died: {victim.exit_message}"
+                        # a replacement still starting (a loaded machine) is killed once it
+                        # is up: the checker holds every killed worker to its announcement
+                        up = await board.wait(
+                            lambda v=victim: bool(v.of("ready")) or v.done.is_set(),
+                            READY_TIMEOUT,
+                        )
+                        assert up and not victim.done.is_set(), (
+                            f"{victim.node} died or never came up: {victim.exit_message}"
                         )
                         victim.killed_at = time.time()
                         victim.worker.signal(signal.SIGKILL)

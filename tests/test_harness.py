@@ -294,6 +294,53 @@ def test_failed_test_report_has_etcd_log(tmp_path: Path) -> None:
 # -- a cluster ------------------------------------------------------------------------------
 
 
+def _member_ids(cluster: EtcdCluster) -> dict[str, str]:
+    """Client URL -> member id, as a running member lists them."""
+    members = _gateway(cluster.member(0), "/v3/cluster/member/list", {})["members"]
+    assert isinstance(members, list)
+    return {str(x["clientURLs"][0]): str(x["ID"]) for x in members}
+
+
+def _revisions(cluster: EtcdCluster) -> list[int]:
+    out = []
+    for m in cluster.members:
+        header = _gateway(m, "/v3/maintenance/status", {})["header"]
+        assert isinstance(header, dict)
+        out.append(int(header["revision"]))
+    return out
+
+
+@pytest.mark.etcd
+@pytest.mark.fault
+def test_a_killed_member_of_an_unsafe_etcd_comes_back_fresh(etcd_cluster: EtcdCluster) -> None:
+    """etcd 3.5.0-3.5.2 (issue 13766): a killed member is replaced, not restarted with its data."""
+    unsafe = etcd_cluster.server_version() in ("3.5.0", "3.5.1", "3.5.2")
+    first = etcd_cluster.member(0)
+    for _ in range(20):  # something to catch up on
+        _gateway(first, "/v3/kv/put", {"key": "a2V5", "value": "dg=="})
+    before = _member_ids(etcd_cluster)
+    victim = etcd_cluster.member(1)
+    etcd_cluster.kill(1)
+    etcd_cluster.restart(1)
+    etcd_cluster.wait_healthy(15)
+    after = _member_ids(etcd_cluster)
+    assert sorted(after) == sorted(before)  # the same three endpoints
+    changed = {url for url in after if after[url] != before[url]}
+    assert changed == ({victim.client_url} if unsafe else set())
+    _until(lambda: len(set(_revisions(etcd_cluster))) == 1, 10, "the members agreeing")
+    # a graceful stop (or fresh=False) keeps the member and its data
+    victim.stop()
+    etcd_cluster.restart(1)
+    etcd_cluster.kill(2)
+    etcd_cluster.restart(2, fresh=False)
+    etcd_cluster.wait_healthy(15)
+    assert _member_ids(etcd_cluster) == after
+    etcd_cluster.restart(0, fresh=True)  # on any version
+    etcd_cluster.wait_healthy(15)
+    assert _member_ids(etcd_cluster)[first.client_url] != after[first.client_url]
+    _until(lambda: len(set(_revisions(etcd_cluster))) == 1, 10, "the members agreeing")
+
+
 @pytest.mark.etcd
 @pytest.mark.fault
 def test_cluster_leader_failover(etcd_cluster: EtcdCluster) -> None:
