@@ -252,6 +252,72 @@ async def test_calls_share_one_pair_of_watches_per_agent(
             tg.cancel_scope.cancel()
 
 
+@fe.clustered("sig-slow")
+class Slow:
+    """An action that takes its time: a fault can land while it runs."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def get_state(self) -> int:
+        return self.n
+
+    def restore_state(self, state: int) -> None:
+        self.n = state
+
+    @fe.action
+    async def bump(self, seconds: float) -> int:
+        """Wait ``seconds``, add one, return the count."""
+        await anyio.sleep(seconds)
+        self.n += 1
+        return self.n
+
+
+async def test_a_call_whose_reply_was_compacted_while_cut_off_reads_it(
+    etcd_config: Config, etcd_endpoints: list[str], fault_proxy_factory: Any
+) -> None:
+    """The caller is cut off while the reply commits, and etcd compacts past it meanwhile.
+
+    Its shared reply watch cannot resume from where it was (compacted): the doorbells say
+    changes may have been missed, and the waiting call reads its keys instead.
+    """
+    proxy = fault_proxy_factory(etcd_endpoints[0])
+    cut = etcd_config.with_options(endpoints=(proxy.endpoint,), request_timeout=2.0)
+    async with two_nodes(etcd_config) as (a, _b), connect(cut, node_id="cut") as c:
+        await a.spawn(Slow, "sl", placement="pinned:sb")
+        with anyio.fail_after(40):
+            assert await c.call("sl", "bump", {"seconds": 0}) == 1  # c's desk is open
+            bells = c.doorbells
+            assert bells is not None
+            before = bells.reconnects
+            result: list[int] = []
+
+            async def slow_call() -> None:
+                result.append(await c.call("sl", "bump", {"seconds": 2.0}, call_id="late"))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(slow_call)
+
+                async def started() -> bool:  # the send committed: the call is in the inbox
+                    return await a.inbox("sl") != []
+
+                await wait_until(started)
+                proxy.blackhole()
+
+                async def replied() -> bool:
+                    done = a.keyspace.signal_done("sl", "late")
+                    return await a.transport.get(done) is not None
+
+                await wait_until(replied)
+                for i in range(5):  # later revisions, then compact past the reply
+                    await a.transport.put(a.keyspace.key(f"filler-{i}"), b"x")
+                await a.transport.compact(await a.transport.revision())
+                proxy.pass_()
+            assert result == [2]
+            assert bells.reconnects > before  # the stream was replaced, the watch re-made
+            assert await c.call("sl", "bump", {"seconds": 0}) == 3  # the desk still works
+
+
 async def test_call_timeout_says_may_still_run(etcd_config: Config) -> None:
     async with connect(etcd_config, node_id="idle") as c:
         await c.spawn(Counter, "c6")  # nobody serves it
