@@ -252,27 +252,6 @@ async def test_calls_share_one_pair_of_watches_per_agent(
             tg.cancel_scope.cancel()
 
 
-@fe.clustered("sig-slow")
-class Slow:
-    """An action that takes its time: a fault can land while it runs."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def get_state(self) -> int:
-        return self.n
-
-    def restore_state(self, state: int) -> None:
-        self.n = state
-
-    @fe.action
-    async def bump(self, seconds: float) -> int:
-        """Wait ``seconds``, add one, return the count."""
-        await anyio.sleep(seconds)
-        self.n += 1
-        return self.n
-
-
 async def test_a_call_whose_reply_was_compacted_while_cut_off_reads_it(
     etcd_config: Config, etcd_endpoints: list[str], fault_proxy_factory: Any
 ) -> None:
@@ -284,7 +263,7 @@ async def test_a_call_whose_reply_was_compacted_while_cut_off_reads_it(
     proxy = fault_proxy_factory(etcd_endpoints[0])
     cut = etcd_config.with_options(endpoints=(proxy.endpoint,), request_timeout=2.0)
     async with two_nodes(etcd_config) as (a, _b), connect(cut, node_id="cut") as c:
-        await a.spawn(Slow, "sl", placement="pinned:sb")
+        await a.spawn(Tiny, "sl", placement="pinned:sb")
         with anyio.fail_after(40):
             assert await c.call("sl", "bump", {"seconds": 0}) == 1  # c's desk is open
             bells = c.doorbells
@@ -411,6 +390,13 @@ class Tiny:
 
     def restore_state(self, state: int) -> None:
         self.n = state
+
+    @fe.action
+    async def bump(self, seconds: float) -> int:
+        """Wait ``seconds`` (a fault can land meanwhile), add one, return the count."""
+        await anyio.sleep(seconds)
+        self.n += 1
+        return self.n
 
     def handle_signal(self, signal: fe.Signal, ctx: fe.SignalContext) -> None:
         self.n += 1
