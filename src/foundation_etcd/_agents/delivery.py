@@ -68,7 +68,7 @@ from .._core.errors import (
 )
 from .._core.keys import Keyspace, prefix_end, validate_id
 from .._core.kv import AnyOp, Compare, KeyValue, Op, TxnOp, TxnResult
-from .._core.signals import Signal, decode_signal, encode_signal
+from .._core.signals import Signal, Stored, decode_signal, encode_signal
 from .._transport import Transport
 from .agent import AgentContext, call_hook, in_thread, is_async_callable
 from .attempts import attempt_of, covers_next, explicit, standing
@@ -124,11 +124,10 @@ class Deliverer:
         self._stateful = callable(getattr(agent, "get_state", None))
         self.inbox_depth = 0  # signals waiting when the last one was taken (health, metrics)
         self.handling = anyio.Lock()  # held while a handler's effects are uncommitted
-        self.dirty = False
+        self.dirty, self.handled = False, 0
         self._marker: dict[str, Any] = {}
-        self.handled = 0
-        self._trust = Trust.of(transport, keyspace)
-        self._keyring = config.keyring
+        self._ahead: tuple[KeyValue, Stored | None] | None = None  # see _decode
+        self._trust, self._keyring = Trust.of(transport, keyspace), config.keyring
 
     # the loop ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -190,15 +189,20 @@ class Deliverer:
     # one signal ----------------------------------------------------------------------------
     def _mark(self, kv: KeyValue | None, attempt: int, after: int = 0) -> AnyOp:
         """The marker op (``attempts``): ``kv`` started as ``attempt``; ``None``: standing."""
-        inc = self._inc
-        m = explicit(kv.create_revision, inc, attempt) if kv else standing(after, inc)
+        m = explicit(kv.create_revision, self._inc, attempt) if kv else standing(after, self._inc)
         self._marker = m
         return Op.put(self._ks.signal_inflight(self._id), _codec.encode(m, "marker", 1024))
 
+    def _decode(self, kv: KeyValue) -> Stored | None:
+        """The entry decoded, once: the ack that marks the next head decodes it for it."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] is kv:
+            return ahead[1]
+        ring, ctx = self._keyring, self._ks.prefix
+        return decode_signal(kv.value, kv.create_revision, keyring=ring, context=ctx)
+
     async def _deliver(self, kv: KeyValue, after: KeyValue | None) -> None:
-        stored = decode_signal(
-            kv.value, kv.create_revision, keyring=self._keyring, context=self._ks.prefix
-        )
+        stored = self._decode(kv)
         if stored is None:
             await self._dead(kv, None, "undecodable", 0)
             return
@@ -339,7 +343,8 @@ class Deliverer:
             value = encode_state(self._inc, state, self._keyring, ks.agent_state(ident))
             ops.append(Op.put(ks.agent_state(ident), value))
         if after is not None:  # the next signal is marked started by this commit
-            nxt = decode_signal(after.value)
+            nxt = self._decode(after)
+            self._ahead = (after, nxt)  # the queue's next entry: delivered as it was read
             ops.append(self._mark(after, (nxt.failures if nxt else 0) + 1))
         elif not covers_next(self._marker, self._inc):  # the next head needs no marker Txn
             ops.append(self._mark(None, 0, kv.create_revision))
@@ -398,11 +403,10 @@ class Deliverer:
             raise _Undone
 
     async def _failed(self, kv: KeyValue, failures: int, attempt: int, error: str) -> None:
+        stored = decode_signal(kv.value)
         if attempt >= self._cfg.signal_max_attempts:
-            stored = decode_signal(kv.value)
             await self._dead(kv, stored.signal if stored else None, error, attempt)
             return
-        stored = decode_signal(kv.value)
         assert stored is not None
         backoff = min(_BACKOFF_CAP, 0.1 * 2 ** (attempt - 1))
         signal = stored.signal.with_attempt(attempt, 0, error[:1000])
