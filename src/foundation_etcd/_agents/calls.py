@@ -60,7 +60,7 @@ async def call(
                 else:
                     kvs, look = await waiter.wait()
                 if kvs:
-                    return _outcome(s, agent_id, action, kvs[0], done_key)
+                    return _outcome(s, agent_id, action, cid, kvs[0])
     except anyio.get_cancelled_exc_class():
         if anyio.current_effective_deadline() <= anyio.current_time():
             # the caller's deadline (anyio.fail_after): say the action may still run
@@ -68,13 +68,13 @@ async def call(
         raise
 
 
-def _outcome(s: Signals, agent_id: str, action: str, kv: KeyValue, done_key: bytes) -> Any:
+def _outcome(s: Signals, agent_id: str, action: str, cid: str, kv: KeyValue) -> Any:
     """The result a done record holds (or its error raised); a dead letter's error raised."""
-    if kv.key == done_key:
+    ks = s.keyspace
+    if kv.key.startswith(ks.signals_done_prefix(agent_id)):
         done = _codec.decode(kv.value)
-        ks, sid = s.keyspace, done_key.rsplit(b"/", 1)[-1].decode()
-        return _reply_of(agent_id, action, open_reply(s.config.keyring, ks, agent_id, sid, done))
-    letter = dead_letter_of(s.keyspace, kv)
+        return _reply_of(agent_id, action, open_reply(s.config.keyring, ks, agent_id, cid, done))
+    letter = dead_letter_of(ks, kv)
     raise ActionError(agent_id, action, "DeadLetter", letter.reason)
 
 
