@@ -15,9 +15,11 @@ those common names are never called by the cluster by accident.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -221,7 +223,27 @@ def action(fn: F) -> F:
 
 
 def actions_of(cls: type) -> dict[str, Callable[..., Any]]:
-    """The actions of a class (its own and inherited), by name."""
+    """The actions of a class (its own and inherited), by name.
+
+    Read once per class (a call looks them up on every signal): methods added to a class
+    after its first signal are not seen.
+    """
+    try:
+        return dict(_ACTIONS[cls])
+    except (KeyError, TypeError):  # not read yet; or a class that cannot be weakly referenced
+        pass
+    out = _read_actions(cls)
+    with contextlib.suppress(TypeError):
+        _ACTIONS[cls] = out
+    return dict(out)
+
+
+_ACTIONS: weakref.WeakKeyDictionary[type, dict[str, Callable[..., Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _read_actions(cls: type) -> dict[str, Callable[..., Any]]:
     out: dict[str, Callable[..., Any]] = {}
     for klass in reversed(cls.__mro__):
         for name, value in vars(klass).items():

@@ -45,7 +45,6 @@ async def call(
     cid = new_signal_id() if call_id is None else validate_id(call_id, "call id")
     payload = {"action": action, "args": dict(args or {})}
     ks = s.keyspace
-    done_key, dead_key = ks.signal_done(agent_id, cid), ks.dead_letter(agent_id, cid)
     try:
         # registered before the send: the agent's shared watches (see ``replies``)
         with s.replies.expect(agent_id, cid) as (desk, waiter):
@@ -55,7 +54,8 @@ async def call(
             while True:
                 if look:  # read the two keys; if neither is there yet, wait
                     look = False
-                    done, dead = await s.transport.get(done_key), await s.transport.get(dead_key)
+                    done = await s.transport.get(ks.signal_done(agent_id, cid))
+                    dead = await s.transport.get(ks.dead_letter(agent_id, cid))
                     kvs = [kv for kv in (done, dead) if kv is not None]
                 else:
                     kvs, look = await waiter.wait()

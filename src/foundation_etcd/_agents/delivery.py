@@ -119,11 +119,14 @@ class Deliverer:
         self._bells, self._retention, self._envelope = doorbells, retention, envelope
         self._ctx, self._agent, self._event = ctx, agent, event
         self._id, self._inc = ctx.agent_id, ctx.incarnation
-        self._live = keyspace.agent_live(self._id)
+        ks, ident = keyspace, self._id  # the agent's own keys, built once
+        self._live, self._inbox = ks.agent_live(ident), ks.inbox_prefix(ident)
+        self._acked, self._state_key = ks.signals_acked(ident), ks.agent_state(ident)
+        self._inflight = ks.signal_inflight(ident)
         self._committed = restored  # the state as of the last commit (or the restore)
         self._stateful = callable(getattr(agent, "get_state", None))
         self.inbox_depth = 0  # signals waiting when the last one was taken (health, metrics)
-        self.handling = anyio.Lock()  # held while a handler's effects are uncommitted
+        self.handling = anyio.Lock(fast_acquire=True)  # held while effects are uncommitted
         self.dirty, self.handled = False, 0
         self._marker: dict[str, Any] = {}
         self._ahead: tuple[KeyValue, Stored | None] | None = None  # see _decode
@@ -136,11 +139,11 @@ class Deliverer:
         Raises:
             IncarnationLostError: a newer incarnation is live (or none): stop the agent.
         """
-        prefix = self._ks.inbox_prefix(self._id)
+        prefix = self._inbox
         if self._stateful:  # what a failed handler's effects are undone to
             state = await call_hook(self._agent, "get_state")
             self._committed = _codec.decode(_codec.encode(state, "agent state", 2**21))
-        marker = await self._t.get(self._ks.signal_inflight(self._id))
+        marker = await self._t.get(self._inflight)
         if marker is not None:
             read = decoded(marker.value)
             self._marker = read if isinstance(read, dict) else {}
@@ -191,7 +194,7 @@ class Deliverer:
         """The marker op (``attempts``): ``kv`` started as ``attempt``; ``None``: standing."""
         m = explicit(kv.create_revision, self._inc, attempt) if kv else standing(after, self._inc)
         self._marker = m
-        return Op.put(self._ks.signal_inflight(self._id), _codec.encode(m, "marker", 1024))
+        return Op.put(self._inflight, _codec.encode(m, "marker", 1024))
 
     def _decode(self, kv: KeyValue) -> Stored | None:
         """The entry decoded, once: the ack that marks the next head decodes it for it."""
@@ -207,7 +210,7 @@ class Deliverer:
             await self._dead(kv, None, "undecodable", 0)
             return
         signal = stored.signal
-        key_id = kv.key[len(self._ks.inbox_prefix(self._id)) :].decode(errors="replace")
+        key_id = kv.key[len(self._inbox) :].decode(errors="replace")
         if signal.id != key_id or signal.subject != self._id:  # not written by ``send``
             await self._dead(kv, None, "envelope does not match its key", 0)
             return
@@ -337,11 +340,11 @@ class Deliverer:
             SerializationError, RequestTooLargeError, TooManyOperationsError: the state or
                 the whole transaction cannot be sent.
         """
-        ks, ident = self._ks, self._id
-        ops: list[AnyOp] = [Op.delete(kv.key), Op.put(ks.signals_acked(ident), b"")]
+        ks = self._ks
+        ops: list[AnyOp] = [Op.delete(kv.key), Op.put(self._acked, b"")]
         if keep:
-            value = encode_state(self._inc, state, self._keyring, ks.agent_state(ident))
-            ops.append(Op.put(ks.agent_state(ident), value))
+            value = encode_state(self._inc, state, self._keyring, self._state_key)
+            ops.append(Op.put(self._state_key, value))
         if after is not None:  # the next signal is marked started by this commit
             nxt = self._decode(after)
             self._ahead = (after, nxt)  # the queue's next entry: delivered as it was read
@@ -424,19 +427,15 @@ class Deliverer:
         raise _Undone  # read the entry again (its new value and mod revision)
 
     async def _dead(self, kv: KeyValue, signal: Signal | None, reason: str, attempts: int) -> None:
-        sid = kv.key[len(self._ks.inbox_prefix(self._id)) :].decode(errors="replace")
+        sid = kv.key[len(self._inbox) :].decode(errors="replace")
         try:
             validate_id(sid, "signal id")
         except InvalidIdError:  # a key no sender wrote: filed under a name derived from it
             sid = "invalid-" + hashlib.sha256(kv.key).hexdigest()[:24]
         value = encode_letter(kv.value, signal, reason, attempts)
+        letter = Op.put(self._ks.dead_letter(self._id, sid), value)
         res = await self._t.txn(
-            self._fence(kv),
-            [
-                Op.delete(kv.key),
-                Op.put(self._ks.signals_acked(self._id), b""),
-                Op.put(self._ks.dead_letter(self._id, sid), value),
-            ],
+            self._fence(kv), [Op.delete(kv.key), Op.put(self._acked, b""), letter]
         )
         if not res.succeeded:
             live = await self._t.get(self._live)

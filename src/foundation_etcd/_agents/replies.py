@@ -25,6 +25,7 @@ On lease loss: nothing changes here; the watches are not tied to the session.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -49,7 +50,7 @@ class Waiter:
 
     def __init__(self, desk: Desk) -> None:
         self._desk = desk
-        self._event = anyio.Event()
+        self._event = asyncio.Event()  # (asyncio's: anyio's costs a backend lookup each)
         self.kvs: list[KeyValue] = []
         self.missed = False
 
@@ -68,12 +69,11 @@ class Waiter:
             if error is not None:
                 raise error
             if self.kvs or self.missed:
-                self._event = anyio.Event()
+                self._event.clear()
                 kvs, self.kvs = self.kvs, []
                 missed, self.missed = self.missed, False
                 return kvs, missed
             await self._event.wait()
-            self._event = anyio.Event()
 
 
 class Desk:
@@ -88,6 +88,9 @@ class Desk:
         self.error: AuthError | anyio.ClosedResourceError | None = None
         self.users = 0
         self.released = anyio.current_time()
+        # replies are routed by the doorbells' reader itself (no task between it and a call)
+        self.done.notify = lambda: self._route(self.done, self.done_prefix)
+        self.dead.notify = lambda: self._route(self.dead, self.dead_prefix)
 
     async def ready(self) -> int:
         """Wait until etcd created both watches; the higher of their creation revisions."""
@@ -99,35 +102,34 @@ class Desk:
                 w.missed = w.missed or missed
                 w._wake()
 
-    async def _pump(self, bell: Bell, prefix: bytes) -> None:
-        while True:
-            try:
-                events = await bell.wait()
-            except (AuthError, anyio.ClosedResourceError) as exc:
-                self.error = exc
-                self._wake_all()
-                return
-            if bell.missed:
-                self._wake_all(missed=True)
-                continue
-            for ev in events:
-                sid = ev.kv.key[len(prefix) :].decode(errors="replace")
-                for w in self.waiting.get(sid, ()):
-                    w.kvs.append(ev.kv)
-                    w._wake()
+    def _route(self, bell: Bell, prefix: bytes) -> None:
+        """Hand what ``bell`` has to the calls it is for (never raises: see ``Bell.notify``)."""
+        if self.error is not None:
+            return
+        try:
+            events = bell.take()
+        except (AuthError, anyio.ClosedResourceError) as exc:
+            self.error = exc
+            self._wake_all()
+            return
+        if events is None:
+            return
+        if bell.missed:
+            self._wake_all(missed=True)
+            return
+        for ev in events:
+            sid = ev.kv.key[len(prefix) :].decode(errors="replace")
+            for w in self.waiting.get(sid, ()):
+                w.kvs.append(ev.kv)
+                w._wake()
 
     async def run(self, replies: Replies, agent_id: str) -> None:
-        """Carry replies until the desk has been idle for ``IDLE`` seconds; then close it."""
+        """Keep the desk until it has been idle for ``IDLE`` seconds; then close it."""
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._pump, self.done, self.done_prefix)
-                tg.start_soon(self._pump, self.dead, self.dead_prefix)
-                while self.error is None:
-                    await anyio.sleep(IDLE)
-                    if self.users == 0 and anyio.current_time() - self.released >= IDLE:
-                        break
-                self._leave(replies, agent_id)  # before any await: no call joins it now
-                tg.cancel_scope.cancel()
+            while self.error is None:
+                await anyio.sleep(IDLE)
+                if self.users == 0 and anyio.current_time() - self.released >= IDLE:
+                    break
         finally:
             self._leave(replies, agent_id)
             self.done.close()

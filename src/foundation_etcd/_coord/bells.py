@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -36,7 +38,7 @@ class Bell:
         self._revision = after  # every change up to it has been handed over
         self._events: list[WatchEvent] = []
         self._rung = False
-        self._wakeup: anyio.Event | None = None
+        self._wakeup: asyncio.Event | None = None  # (anyio's costs a backend lookup each)
         self._closed = False
         self._error: AuthError | None = None
         # the watch on the current stream
@@ -48,6 +50,9 @@ class Bell:
         self._auth_retried = False
         self._ready = anyio.Event()
         self.created_revision = 0  # the header revision of the first create's answer
+        # called (in the doorbells' reader: it must not block or raise) whenever ``take``
+        # may have something new: events, a missed wake-up, an error or the close
+        self.notify: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Bell {self.key!r} revision={self._revision}>"
@@ -74,25 +79,37 @@ class Bell:
             AuthError: etcd refused the watch, also after a new login.
         """
         while True:
-            if self._error is not None:
-                raise self._error
-            if self._closed:
-                raise anyio.ClosedResourceError("the bell is closed")
-            if self._rung:
-                self._rung = False
-                self.missed = True
-                return []
-            if self._events:
-                events, self._events = self._events, []
-                self.missed = False
+            events = self.take()
+            if events is not None:
                 return events
             if self._wakeup is None:
-                self._wakeup = anyio.Event()
+                self._wakeup = asyncio.Event()
             await self._wakeup.wait()
+
+    def take(self) -> list[WatchEvent] | None:
+        """What :meth:`wait` would return now, without waiting: ``None`` if nothing yet.
+
+        Raises:
+            anyio.ClosedResourceError, AuthError: as :meth:`wait`.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise anyio.ClosedResourceError("the bell is closed")
+        if self._rung:
+            self._rung = False
+            self.missed = True
+            return []
+        if self._events:
+            events, self._events = self._events, []
+            self.missed = False
+            return events
+        return None
 
     async def ready(self) -> int:
         """Wait until etcd has created the watch; return the revision it was created at."""
-        await self._ready.wait()
+        if not self._ready.is_set():  # (waiting on a set event would still yield)
+            await self._ready.wait()
         return self.created_revision
 
     def close(self) -> None:
@@ -108,6 +125,8 @@ class Bell:
         if self._wakeup is not None:
             self._wakeup.set()
             self._wakeup = None
+        if self.notify is not None:
+            self.notify()
 
     def _deliver(self, events: list[WatchEvent]) -> None:
         fresh = [e for e in events if e.revision > self._revision]

@@ -9,6 +9,9 @@ from .errors import RequestTooLargeError, SerializationError
 
 __all__ = ["decode", "encode"]
 
+# one encoder for every call: ``json.dumps`` with these options builds a new one each time
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, sort_keys=True)
+
 
 def encode(value: Any, what: str, limit: int) -> bytes:
     """Encode ``value`` as compact JSON.
@@ -23,7 +26,7 @@ def encode(value: Any, what: str, limit: int) -> bytes:
         RequestTooLargeError: the encoding is larger than ``limit``.
     """
     try:
-        data = json.dumps(value, separators=(",", ":"), allow_nan=False, sort_keys=True).encode()
+        data = _ENCODER.encode(value).encode()
     except (TypeError, ValueError) as exc:
         raise SerializationError(what, str(exc)) from None
     if len(data) > limit:

@@ -26,7 +26,7 @@ Guarantees:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import InvalidIdError
 
@@ -36,6 +36,10 @@ MAX_ID_LENGTH = 128
 RESERVED_PREFIX = "_"  # ids never start with it: the library's own segments (``_system``) do
 SYSTEM_SEGMENT = "_system"
 _ID_RE = re.compile(r"[A-Za-z0-9._:-]+")
+
+
+_VALID: set[str] = set()  # ids seen valid (validity depends on the value alone)
+_VALID_MAX = 1 << 16  # then the set starts again
 
 
 def validate_id(value: object, kind: str = "id") -> str:
@@ -53,6 +57,8 @@ def validate_id(value: object, kind: str = "id") -> str:
             ``[A-Za-z0-9._:-]``, is ``.`` or ``..``, or starts with ``_`` (reserved for the
             library: a tenant named ``_system`` would own the system prefix).
     """
+    if type(value) is str and value in _VALID:  # the hot path: an id checked before
+        return value
     if not isinstance(value, str):
         raise InvalidIdError(kind, value, f"must be a str, not {type(value).__name__}")
     if not value:
@@ -71,6 +77,9 @@ def validate_id(value: object, kind: str = "id") -> str:
         raise InvalidIdError(
             kind, value, f"a leading {RESERVED_PREFIX!r} is reserved for the library's own keys"
         )
+    if len(_VALID) >= _VALID_MAX:
+        _VALID.clear()
+    _VALID.add(value)
     return value
 
 
@@ -142,15 +151,17 @@ class Keyspace:
 
     namespace: str = "foundation"
     tenant: str = "default"
+    _prefix: bytes = field(init=False, repr=False, compare=False)  # every key starts with it
 
     def __post_init__(self) -> None:
         validate_id(self.namespace, "namespace")
         validate_id(self.tenant, "tenant")
+        object.__setattr__(self, "_prefix", f"/{self.namespace}/{self.tenant}/".encode())
 
     @property
     def prefix(self) -> bytes:
         """The tenant's prefix, ``/{namespace}/{tenant}/``."""
-        return f"/{self.namespace}/{self.tenant}/".encode()
+        return self._prefix
 
     @property
     def system_prefix(self) -> bytes:
@@ -162,7 +173,7 @@ class Keyspace:
 
     def key(self, *parts: str) -> bytes:
         """Join ``parts`` under the tenant prefix (parts are not validated here)."""
-        return self.prefix + "/".join(parts).encode()
+        return self._prefix + "/".join(parts).encode()
 
     def relative(self, key: bytes) -> str:
         """Return ``key`` without the tenant prefix.

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import inspect
 import itertools
 import json
@@ -143,18 +144,35 @@ def check_arguments(
         TypeError: an unknown argument, a missing required one, or a parameter that
             cannot be a tool's (``*args``, ``**kwargs``, positional-only).
     """
-    name = _name(fn)
-    params = {param.name: param for param in _params(fn, skip_first)}
-    unknown = [key for key in arguments if key not in params]
+    if inspect.isfunction(fn):  # a plain function's parameters are read once
+        names, required = _names_cached(fn, skip_first)
+    else:  # a bound method or other callable: not kept alive by a cache
+        names, required = _names(fn, skip_first)
+    unknown = [key for key in arguments if key not in names]
     if unknown:
-        takes = ", ".join(map(repr, params)) or "no arguments"
+        takes = ", ".join(map(repr, names)) or "no arguments"
         raise TypeError(
-            f"{name}() got unknown argument(s) {', '.join(map(repr, unknown))}; it takes {takes}"
+            f"{_name(fn)}() got unknown argument(s) {', '.join(map(repr, unknown))}; "
+            f"it takes {takes}"
         )
-    missing = [n for n, p in params.items() if p.default is _P.empty and n not in arguments]
+    missing = [n for n in required if n not in arguments]
     if missing:
-        raise TypeError(f"{name}() is missing required argument(s) {', '.join(map(repr, missing))}")
+        raise TypeError(
+            f"{_name(fn)}() is missing required argument(s) {', '.join(map(repr, missing))}"
+        )
     return dict(arguments)
+
+
+def _names(fn: Callable[..., Any], skip_first: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The names a model may give ``fn``, and those of them that are required."""
+    params = _params(fn, skip_first)
+    return (
+        tuple(p.name for p in params),
+        tuple(p.name for p in params if p.default is _P.empty),
+    )
+
+
+_names_cached = functools.lru_cache(maxsize=1024)(_names)
 
 
 def _name(fn: Callable[..., Any]) -> str:
