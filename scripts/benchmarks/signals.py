@@ -5,7 +5,8 @@ Four measurements, each beside raw etcd requests in the same run:
 1. ``cluster.send`` until the hosted agent's ``handle_signal`` begins (agent hosted by a
    ``cluster.serve()`` in this process) against a raw put seen on an open raw Watch stream.
 2. ``cluster.call(agent, "echo", ...)`` round trip, agent hosted in this process and in a
-   node child process (``scripts/bench_signal_node.py``), against a raw Txn.
+   node child process (``scripts/bench_signal_node.py``), against a raw Txn; and once more
+   in this process for an agent whose ``get_state`` is a plain function (a worker thread).
 3. Signals handled per second with 64 in flight end to end (64 senders here, each to its
    own agent on a node child process, each sending again once its signal was handled)
    against raw puts per second with 64 in flight.
@@ -59,6 +60,9 @@ SLOW_CALL = 0.02  # seconds: calls slower than this are counted in the call rows
 class Sink:
     """Counts the signals it handles; ``echo`` and ``usage`` actions.
 
+    Its state hooks are ``async def``, as the docs advise for an agent whose state is cheap
+    to copy: they run on the event loop. :class:`PlainSink` measures plain ones.
+
     ``started``, when set (in this process only), is called with each signal's id as the
     first thing ``handle_signal`` does.
     """
@@ -68,11 +72,11 @@ class Sink:
     def __init__(self) -> None:
         self.count = 0
 
-    def get_state(self) -> dict[str, int]:
-        """The state checkpointed with every handling."""
+    async def get_state(self) -> dict[str, int]:
+        """The state checkpointed with every handling (``async def``: no worker thread)."""
         return {"count": self.count}
 
-    def restore_state(self, state: dict[str, int]) -> None:
+    async def restore_state(self, state: dict[str, int]) -> None:
         """Continue from a checkpoint (or undo a failed handling)."""
         self.count = int(state["count"])
 
@@ -92,6 +96,19 @@ class Sink:
     def usage(self) -> dict[str, float]:
         """The hosting process's CPU time (``time.process_time``) and resident set size."""
         return {"cpu": time.process_time(), "rss": float(rss_bytes())}
+
+
+@clustered("bench-plain-sink")
+class PlainSink(Sink):
+    """A :class:`Sink` whose state hooks are plain functions: each runs in a worker thread."""
+
+    def get_state(self) -> dict[str, int]:  # type: ignore[override]
+        """The state checkpointed with every handling (a worker thread's round trip)."""
+        return {"count": self.count}
+
+    def restore_state(self, state: dict[str, int]) -> None:  # type: ignore[override]
+        """Continue from a checkpoint (or undo a failed handling)."""
+        self.count = int(state["count"])
 
 
 class Stamps:
@@ -220,7 +237,7 @@ async def latencies_and_throughput(bench: Bench) -> list[Row]:
     loop = asyncio.get_running_loop()
     counter = itertools.count()
     stamps = Stamps()
-    local, remote_node = "sig-local", "bench-sig-remote"
+    local, plain, remote_node = "sig-local", "sig-plain", "bench-sig-remote"
     remote = [f"sig-remote-{i:02}" for i in range(CONCURRENCY)]
     raw_put: list[float] = []
     lib_send: list[float] = []
@@ -236,12 +253,16 @@ async def latencies_and_throughput(bench: Bench) -> list[Row]:
         ):
             tg.start_soon(
                 functools.partial(
-                    cluster.serve, {"bench-sink": Sink}, scheduler=False, on_event=stamps.on_event
+                    cluster.serve,
+                    {"bench-sink": Sink, "bench-plain-sink": PlainSink},
+                    scheduler=False,
+                    on_event=stamps.on_event,
                 )
             )
-            running = stamps.expect_running(local)
-            await cluster.spawn(Sink, local, placement="pinned:bench-sig-main")
-            await asyncio.wait_for(running, EVENT_TIMEOUT)
+            for agent_id, cls in ((local, Sink), (plain, PlainSink)):
+                running = stamps.expect_running(agent_id)
+                await cluster.spawn(cls, agent_id, placement="pinned:bench-sig-main")
+                await asyncio.wait_for(running, EVENT_TIMEOUT)
             bench.progress(f"spawning {len(remote)} agents on {remote_node}")
             await spawn_on(bench, cluster, proc, remote_node, remote)
 
@@ -274,6 +295,8 @@ async def latencies_and_throughput(bench: Bench) -> list[Row]:
                 "local": 'call(agent, "echo") round trip, agent hosted in this process; raw: Txn',
                 "remote": 'call(agent, "echo") round trip, agent hosted in another process; '
                 "raw: Txn",
+                "plain": 'call(agent, "echo") round trip, agent in this process with plain-def '
+                "get_state/restore_state; raw: Txn",
             }
             cases = [
                 Case(labels["send"], raw_event, lib_start),
@@ -287,6 +310,12 @@ async def latencies_and_throughput(bench: Bench) -> list[Row]:
                     labels["remote"],
                     clocked(raw_txn),
                     clocked(lambda: cluster.call(remote[0], "echo", {"text": "x"})),
+                    ops=s.coord_ops,
+                ),
+                Case(
+                    labels["plain"],
+                    clocked(raw_txn),
+                    clocked(lambda: cluster.call(plain, "echo", {"text": "x"})),
                     ops=s.coord_ops,
                 ),
             ]
@@ -325,6 +354,13 @@ async def latencies_and_throughput(bench: Bench) -> list[Row]:
                     goal=CALL_GOAL,
                     note="the agent on a node child process (scripts/bench_signal_node.py); "
                     + slow_share(results[labels["remote"]][1]),
+                ),
+                Latency(
+                    labels["plain"],
+                    *results[labels["plain"]],
+                    note="as the row before last, but get_state is a plain function: it "
+                    "runs in a worker thread after every handling (anyio.to_thread), so a "
+                    "blocking one cannot stall the loop; the rows above use async def hooks",
                 ),
                 Figure(
                     "send -> handling committed (on_event 'signal' after the ack Txn), "
