@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 __all__ = ["Bell"]
 
 FIRST_DELAY = 0.05  # seconds before the first retry (a new stream, a re-created watch)
+# a watch's permission refusals in a row, each followed by a new login, before the refusal is
+# taken as real: etcd refuses a JWT token issued before any change of users or roles, and a
+# burst of such changes (a tenant provisioned) can make the new token stale again at once
+AUTH_REFUSALS = 3
 
 
 class Bell:
@@ -47,7 +51,7 @@ class Bell:
         self._created = False  # etcd confirmed the create
         self._from_now = False  # re-create at the current revision (the start was compacted)
         self._delay = FIRST_DELAY  # before re-creating it after an unexpected cancel
-        self._auth_retried = False
+        self._auth_refusals = 0  # in a row, since its last create (AUTH_REFUSALS)
         self._ready = anyio.Event()
         self.created_revision = 0  # the header revision of the first create's answer
         # called (in the doorbells' reader: it must not block or raise) whenever ``take``

@@ -18,7 +18,8 @@ it hands its consumer the events since the last call, or says that some may be m
 4. A watch whose start was compacted is re-created from the current revision and its bell
    rung as *missed* once the new watch is in place. One cancelled for another reason is
    re-created from revision + 1 after a backoff (nothing lost, no ring); a permission
-   refusal is retried once on a new stream after a new login, then fails that bell alone.
+   refusal is retried on a new stream after a new login (``AUTH_REFUSALS`` in a row at most,
+   counted since the bell's last create), then fails that bell alone.
 5. A stream carrying watches and silent (no events, no progress) for ``silence`` seconds is
    asked for progress; silent ``silence`` more, it is broken (a SIGSTOPped member keeps the
    connection open and answers nothing): closed, and step 3 follows.
@@ -52,8 +53,8 @@ from anyio.abc import TaskGroup
 from .._core.background import background_tasks
 from .._core.errors import AuthError, EtcdError, EtcdUnavailableError
 from .._transport import Transport, WatchResponse, WatchStream
+from .bells import AUTH_REFUSALS, Bell
 from .bells import FIRST_DELAY as _FIRST_DELAY
-from .bells import Bell
 
 __all__ = ["Bell", "Doorbells"]
 
@@ -282,7 +283,7 @@ class Doorbells:
             return  # closed since; its cancel is on the way
         if resp.canceled:  # refused outright (etcd answers -1 as the id)
             return await self._on_canceled(conn, bell, resp)
-        bell._created, bell._auth_retried = True, False
+        bell._created, bell._auth_refusals = True, 0
         self.connected = True
         if not bell._ready.is_set():
             bell.created_revision = resp.revision
@@ -302,15 +303,15 @@ class Doorbells:
             bell._from_now = True
             self._recreate(bell)
         elif "permission denied" in reason or "auth" in reason:
-            if self._transport.config.user is None or bell._auth_retried:
+            if self._transport.config.user is None or bell._auth_refusals >= AUTH_REFUSALS:
                 return self._fail(bell, AuthError(f"watch refused: {reason}", details=reason))
-            bell._auth_retried = True  # the stream's token may have expired: log in again
+            bell._auth_refusals += 1  # the stream's token may be stale: log in again
             try:
                 await self._transport.refresh_auth()
             except AuthError as exc:
                 return self._fail(bell, exc)
             except EtcdError:
-                bell._auth_retried = False
+                bell._auth_refusals -= 1
                 raise
             raise EtcdUnavailableError("watch: reconnecting after a new login")
         else:

@@ -49,6 +49,7 @@ from .._core.errors import AuthError, EtcdError, FoundationEtcdError
 from .._core.keys import prefix_end
 from .._core.kv import EventType, KeyValue, WatchEvent
 from .._transport import Transport, WatchResponse, WatchStream
+from .bells import AUTH_REFUSALS, FIRST_DELAY
 from .progress import RECHECK, Pinger, unchanged_since
 
 __all__ = ["ChangeKind", "ViewChange", "WatchedView", "open_view"]
@@ -113,6 +114,7 @@ class WatchedView:
         self._closed = False
         self._stop_hooks: list[Callable[[], None]] = []
         self.connected = False
+        self._created = False  # the current stream's watch was created
         self.relists = 0
         self.restarts = 0
 
@@ -359,7 +361,7 @@ class WatchedView:
                 raise EtcdError(f"watch cancelled by etcd: {reason}")
             if resp.created:
                 self._watch_id = resp.watch_id
-                self.connected = True
+                self.connected = self._created = True
                 continue
             if resp.events:
                 self._apply_events(resp.events)
@@ -376,20 +378,23 @@ class WatchedView:
         await self._relist()
         task_status.started()
         delay = 0.05
-        auth_retried = False
+        refusals = 0  # permission refusals in a row (AUTH_REFUSALS)
         while True:
             try:
+                self._created = False
                 await self._stream_once(interval)
             except _Compacted:
                 at = self._applied + 1
                 log.info("watch on %r: revision %d compacted; listing again", self.prefix, at)
                 await self._relist_retrying()
             except AuthError as exc:
-                # a token etcd no longer knows (restart, expiry, another member) looks like
-                # a permission error: log in again once; a second refusal is a real one
-                if self.transport.config.user is not None and not auth_retried:
-                    auth_retried = True
+                # a token etcd no longer knows (restart, expiry, another member, a change of
+                # users or roles) looks like a permission error: log in again, a few times
+                # in a row (a burst of such changes), counted since the last created watch
+                refusals = 1 if self._created else refusals + 1
+                if self.transport.config.user is not None and refusals <= AUTH_REFUSALS:
                     try:
+                        await anyio.sleep(FIRST_DELAY * (refusals - 1))
                         await self.transport.refresh_auth()
                         continue
                     except EtcdError:
