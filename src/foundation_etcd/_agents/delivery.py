@@ -14,6 +14,9 @@ inbox entry's ``mod_revision``, that
 * puts the signals the handler emitted with ``ctx.send`` (the outbox), each in a nested
   transaction that skips it if that id is already there.
 
+The acknowledgements of a node's agents that commit at the same moment go to etcd together,
+each a nested transaction with its own compares (``_coord/coalesce.py``).
+
 Guarantees:
     * **Exactly-once effect on state.** A signal's effect on the checkpointed state and its
       emitted signals are committed together once, or not at all. A handler interrupted by
@@ -53,6 +56,7 @@ from typing import Any
 import anyio
 
 from .._coord.audit import AuditLog
+from .._coord.coalesce import Coalescer
 from .._coord.doorbells import Doorbells
 from .._core import codec as _codec
 from .._core import metrics
@@ -82,7 +86,7 @@ from .handlers import (
     run_action,
 )
 from .protection import Trust, seal_reply
-from .signals import CALL_TYPE
+from .signals import CALL_TYPE, fresh
 
 __all__ = ["Deliverer", "RetentionLease", "SignalContext"]
 
@@ -113,10 +117,12 @@ class Deliverer:
         agent: object,
         restored: Any,
         event: Callable[..., None],
+        acks: Coalescer | None = None,
     ) -> None:
         """Build it; :meth:`run` delivers (see the module docstring)."""
         self._t, self._ks, self._cfg = transport, keyspace, config
         self._bells, self._retention, self._envelope = doorbells, retention, envelope
+        self._acks = acks or Coalescer(transport)  # shared: other agents' acks go with this
         self._ctx, self._agent, self._event = ctx, agent, event
         self._id, self._inc = ctx.agent_id, ctx.incarnation
         ks, ident = keyspace, self._id  # the agent's own keys, built once
@@ -351,19 +357,10 @@ class Deliverer:
             ops.append(self._mark(after, (nxt.failures if nxt else 0) + 1))
         elif not covers_next(self._marker, self._inc):  # the next head needs no marker Txn
             ops.append(self._mark(None, 0, kv.create_revision))
-        for emitted, value in outbox:
+        for emitted, value in outbox:  # each skipped if its id is there already
             t, eid = emitted.subject, emitted.id
-            ops.append(
-                Op.txn(
-                    [
-                        Compare.create_revision(ks.agent_spec(t)) > 0,
-                        Compare.create_revision(ks.inbox(t, eid)) == 0,
-                        Compare.create_revision(ks.signal_done(t, eid)) == 0,
-                        Compare.create_revision(ks.dead_letter(t, eid)) == 0,
-                    ],
-                    [Op.put(ks.inbox(t, eid), value), Op.put(ks.signals_sent(t), b"")],
-                )
-            )
+            put = [Op.put(ks.inbox(t, eid), value), Op.put(ks.signals_sent(t), b"")]
+            ops.append(Op.txn(fresh(ks, t, eid, ks.agent_spec(t)), put))
         size = sum(len(getattr(op, "value", b"")) for op in ops) + sum(len(v) for _, v in outbox)
         if size > _MAX_ACK_BYTES:
             raise RequestTooLargeError(size, _MAX_ACK_BYTES, "acknowledgement (state + outbox)")
@@ -377,7 +374,7 @@ class Deliverer:
         delay = 0.05
         while True:
             try:
-                res = await self._t.txn(self._fence(kv), ops)
+                res = await self._acks.txn(self._fence(kv), ops)
             except (AmbiguousResultError, EtcdUnavailableError) as exc:
                 log.info("agent %s: ack of %s unsure (%s); retrying", self._id, signal.id, exc)
                 await anyio.sleep(delay)
@@ -386,11 +383,12 @@ class Deliverer:
             if res.succeeded:
                 for op, out in zip(ops, res.responses, strict=True):
                     if isinstance(out, TxnResult) and not out.succeeded and isinstance(op, TxnOp):
+                        key = getattr(op.success[0], "key", b"") if op.success else b""
                         log.warning(  # an emit to an agent not spawned, or a duplicate id
                             "agent %s: emit %r dropped by the commit of %s (target not "
                             "spawned, or that id exists already)",
                             self._id,
-                            getattr(op.success[0], "key", b"") if op.success else b"",
+                            key,
                             signal.id,
                         )
                         self._event("emit-dropped", agent=self._id, signal=signal.id)

@@ -17,6 +17,10 @@ Guarantees:
       new lease by themselves, with new incarnations. If another process took an id in
       between, that registration is dropped and reported (``Registry.conflicts``).
     * Metadata is JSON of at most 64 KiB, checked before anything is written.
+    * Registrations and removals made by many tasks at once are sent together, as nested
+      transactions of one (``_coord/coalesce.py``): each keeps its own compare and result,
+      and those sent together get the same revision (different keys, so incarnations of
+      different agents may be equal; one agent's stay distinct).
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from .._coord.coalesce import Coalescer
 from .._coord.session import Lease, Session
 from .._coord.watch import ChangeKind, ViewChange, WatchedView
 from .._core.errors import AgentExistsError, AgentNotFoundError, InvalidIdError, SerializationError
@@ -118,7 +123,6 @@ class _Owned:
     registration: Registration | None = None
     persistent: bool = True
     value: bytes = b""
-    changed: anyio.Event = field(default_factory=anyio.Event)
 
 
 class Registry:
@@ -131,8 +135,11 @@ class Registry:
         keyspace: Keyspace,
         node_id: str,
         view: WatchedView,
+        writes: Coalescer | None = None,
     ) -> None:
         self._t = transport
+        # registrations and removals from many tasks at once go together (coalesce.py)
+        self._writes = writes if writes is not None else Coalescer(transport)
         self._session = session
         self._ks = keyspace
         self._node_id = node_id
@@ -231,7 +238,7 @@ class Registry:
         key = self._ks.agent_live(agent_id)
         value = owned.value or self._value(owned.class_name, owned.capabilities, owned.meta)
         lease.ensure_alive()
-        res = await self._t.txn(
+        res = await self._writes.txn(
             [Compare.create_revision(key) == 0],
             [Op.put(key, value, lease=lease.id)],
             [Op.get(key)],
@@ -321,7 +328,7 @@ class Registry:
         reg = owned.registration
         if reg is None:
             return False
-        res = await self._t.txn([reg.guard], [Op.delete(reg.key)])
+        res = await self._writes.txn([reg.guard], [Op.delete(reg.key)])
         return res.succeeded
 
     async def update_meta(self, agent_id: str, meta: Mapping[str, Any]) -> Registration:

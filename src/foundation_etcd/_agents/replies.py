@@ -69,11 +69,11 @@ class Waiter:
             if error is not None:
                 raise error
             if self.kvs or self.missed:
-                self._event.clear()
                 kvs, self.kvs = self.kvs, []
                 missed, self.missed = self.missed, False
                 return kvs, missed
             await self._event.wait()
+            self._event.clear()  # what woke it is in kvs, missed or the desk's error
 
 
 class Desk:

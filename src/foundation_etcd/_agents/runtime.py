@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._coord.coalesce import Coalescer
 from .._coord.waits import wait_deleted
 from .._core import metrics
 from .._core.background import background_tasks, cleanup_scope
@@ -157,11 +158,10 @@ class NodeRuntime:
                 agent's signals are delivered to it (``delivery.py``).
             doorbells: the process's multiplexed watch stream (inbox wake-ups).
         """
-        self._session = session
-        self._signals = signals
-        self._doorbells = doorbells
+        self._session, self._signals, self._doorbells = session, signals, doorbells
         self._retention = RetentionLease(session.transport, session.config.signal_retention)
         self._transport = session.transport
+        self._acks = Coalescer(session.transport)  # many agents' acknowledgements go together
         self._ks = keyspace
         self._node_id = node_id
         self._scheduler = scheduler
@@ -183,6 +183,7 @@ class NodeRuntime:
             config=self._session.config,
             doorbells=self._doorbells,
             retention=self._retention,
+            acks=self._acks,
             envelope=self._signals.envelope,
             ctx=ctx,
             agent=agent,

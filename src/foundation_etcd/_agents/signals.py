@@ -112,6 +112,20 @@ def admission(
     return compares, [Op.put(ks.signals_sent(agent_id), b"", prev_kv=True)]
 
 
+def fresh(ks: Keyspace, agent_id: str, signal_id: str, target: bytes) -> list[Compare]:
+    """The compares that admit a new signal: ``target`` exists, the id is nowhere yet.
+
+    ``target`` is the agent's spec (spawned) or live key (registered); the id must not be in
+    the agent's inbox, done records or dead letters.
+    """
+    return [
+        Compare.create_revision(target) > 0,
+        Compare.create_revision(ks.inbox(agent_id, signal_id)) == 0,
+        Compare.create_revision(ks.signal_done(agent_id, signal_id)) == 0,
+        Compare.create_revision(ks.dead_letter(agent_id, signal_id)) == 0,
+    ]
+
+
 def probe(ks: Keyspace, agent_id: str, signal_id: str) -> list[AnyOp]:
     return [
         Op.get(ks.agent_spec(agent_id), keys_only=True),
@@ -238,13 +252,7 @@ class Signals:
         for _ in range(SEND_ATTEMPTS):
             bound, bump = admission(ks, agent_id, self.window(agent_id), limit)
             res = await self._t.txn(
-                [
-                    Compare.create_revision(target) > 0,
-                    Compare.create_revision(key) == 0,
-                    Compare.create_revision(ks.signal_done(agent_id, sid)) == 0,
-                    Compare.create_revision(ks.dead_letter(agent_id, sid)) == 0,
-                    *bound,
-                ],
+                [*fresh(ks, agent_id, sid, target), *bound],
                 [Op.put(key, value), *bump],
                 probe(ks, agent_id, sid),
             )
@@ -318,13 +326,7 @@ class Signals:
                 bound, bump = admission(self._ks, a, self.window(a), self._cfg.signal_inbox_limit)
                 nested.append(
                     Op.txn(
-                        [
-                            Compare.create_revision(self._ks.agent_spec(a)) > 0,
-                            Compare.create_revision(self._ks.inbox(a, sid)) == 0,
-                            Compare.create_revision(self._ks.signal_done(a, sid)) == 0,
-                            Compare.create_revision(self._ks.dead_letter(a, sid)) == 0,
-                            *bound,
-                        ],
+                        [*fresh(self._ks, a, sid, self._ks.agent_spec(a)), *bound],
                         [Op.put(self._ks.inbox(a, sid), value), *bump],
                         probe(self._ks, a, sid),
                     )
