@@ -16,7 +16,7 @@ demo: $(VENV)/.installed
 	$(PY) -m foundation_etcd.demo
 
 ## make test: lint, type-check, build the docs, and the whole test suite against real etcd;
-## the sdist's own unit tests on every other Python 3.11+ on the machine
+## the sdist's own single-etcd tests (tests/ but the `once` ones) on every other Python 3.11+
 # The other Pythons' venvs (scripts/test_pythons.py) are made in the background at nice 10
 # while the checks and the main suite run (they stop if this make does); their tests run last.
 test: $(VENV)/.installed
@@ -24,7 +24,7 @@ test: $(VENV)/.installed
 	@$(MAKE) --no-print-directory lint typecheck docs-check
 	$(PY) -m pytest -n 2 tests   # single-etcd tests, two workers (each its own etcd)
 	$(PY) -m pytest -n 3 --dist loadgroup integration  # three at a time (most wait on TTLs); never two nemeses
-	$(PY) scripts/test_pythons.py wait --tests unit
+	$(PY) scripts/test_pythons.py wait --tests single-etcd
 
 ## make test-pythons: the sdist's single-etcd tests (tests/ but the `once` ones) on every other Python 3.11+
 test-pythons: $(VENV)/.installed

@@ -6,12 +6,11 @@ project **from its sdist** into a new virtual environment outside the checkout (
 ``test`` extra) and runs the sdist's own tests there, from the unpacked sdist, so the code
 under test is the installed one. Which tests (``--tests``):
 
-* ``single-etcd`` (the default; ``make test-pythons``): ``tests/`` without the tests marked
-  ``once`` (they start Python processes or virtual environments, or are scale tests; the
-  code they reach is the code the other tests run in process). About 3 minutes here,
-  installs included.
-* ``unit`` (``make test``): ``tests/unit``, the pure code. On a 2-core machine the
-  ``single-etcd`` selection takes ``make test`` to about 12 minutes, past its 10.
+* ``single-etcd`` (the default; ``make test`` and ``make test-pythons``): ``tests/``
+  without the tests marked ``once`` (they start Python processes or virtual environments,
+  or are scale tests; the code they reach is the code the other tests run in process).
+  About 1.5 minutes for two interpreters at once here, installs not included.
+* ``unit``: ``tests/unit``, the pure code.
 
 ``make test`` starts the preparation in the background first (``start``: the sdist built, a
 venv per interpreter made and the sdist installed into it, at ``nice`` 10 while the checks
@@ -67,9 +66,9 @@ STEP_TIMEOUT = 900.0
 WAIT_TIMEOUT = 1800.0
 PYTEST = ["-m", "pytest", "-p", "no:cacheprovider"]
 SELECTIONS = {  # --tests: what runs on each other interpreter
-    # make test: the pure code, no etcd; in one process (8 s; xdist workers cost 40 s here)
+    # the pure code, no etcd; in one process (8 s; xdist workers cost 40 s here)
     "unit": ["-n", "0", "tests/unit"],
-    # make test-pythons: all of tests/ but the `once` tests
+    # make test and make test-pythons: all of tests/ but the `once` tests
     "single-etcd": ["-n", "3", "-m", "not once", "tests"],
 }
 
