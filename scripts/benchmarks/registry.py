@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import itertools
 import json
@@ -22,7 +23,7 @@ from benchmarks.harness import (
     run_rounds,
 )
 from benchmarks.raw import raw_create_txn, raw_lease
-from foundation_etcd import connect
+from foundation_etcd import Registry, connect
 from foundation_etcd.lowlevel import Compare, Op
 
 REGISTER_GOAL = 1.3  # registry.register p50 / raw create-if-absent Txn p50
@@ -205,6 +206,45 @@ async def section_registry(bench: Bench) -> list[Row]:
                     note="registry + view + owned registrations, one process",
                 )
             )
+            rows += await all_at_once(bench, reg, s.agents)
     finally:
         await bench.delete_prefix(f"/{cfg.namespace}/".encode())
     return rows
+
+
+async def all_at_once(bench: Bench, reg: Registry, count: int) -> list[Row]:
+    """``count`` register() calls started together, then as many unregister() calls."""
+    gc.collect()
+    names = [f"many-{i:05}" for i in range(count)]
+    writes = reg._writes  # the registry's Coalescer: how many requests carried them
+    before = writes.batches
+    bench.progress(f"{count:,} registrations at once")
+    t0 = time.perf_counter()
+    await asyncio.gather(
+        *(reg.register(n, capabilities=["many"], meta={"i": i}) for i, n in enumerate(names))
+    )
+    up = time.perf_counter() - t0
+    batches = writes.batches - before
+    t0 = time.perf_counter()
+    await asyncio.gather(*(reg.unregister(n) for n in names))
+    down = time.perf_counter() - t0
+    return [
+        Figure(
+            f"{count:,} agents registered from one process, every register() started at once",
+            None,
+            up,
+            "s",
+            count,
+            note=f"asyncio.gather; coalesced into {batches} transactions of nested ones "
+            f"(_coord/coalesce.py); {count / up:,.0f}/s; goal 1 s: "
+            + ("met" if up <= 1.0 else "missed"),
+        ),
+        Figure(
+            f"the same {count:,} unregistered at once",
+            None,
+            down,
+            "s",
+            count,
+            note=f"{count / down:,.0f}/s",
+        ),
+    ]

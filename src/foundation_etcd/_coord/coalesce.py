@@ -93,8 +93,10 @@ class Coalescer:
         failure: Sequence[AnyOp] = (),
     ) -> TxnResult:
         """Run a transaction as :meth:`Transport.txn` does; see the module docstring."""
-        shape = _shape(compare, success, failure)
-        if shape is None or (self._busy < self._limit and not self._queue):
+        shape = None
+        if (self._busy < self._limit and not self._queue) or (
+            shape := _shape(compare, success, failure)
+        ) is None:  # (a lone transaction is never looked into)
             self._busy += 1
             try:
                 return await self._t.txn(compare, success, failure)
