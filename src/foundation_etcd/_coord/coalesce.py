@@ -117,6 +117,8 @@ class Coalescer:
     def _kick(self) -> None:
         while self._queue and self._busy < self._limit:
             batch = self._take()
+            if not batch:  # every member left was cancelled
+                return
             self._busy += 1
             task = asyncio.get_running_loop().create_task(self._send(batch))
             self._tasks.add(task)
