@@ -35,6 +35,13 @@ async def t(etcd_config: Config):  # type: ignore[no-untyped-def]
         yield transport
 
 
+def gated(t: Transport) -> tuple[Counting, Coalescer]:
+    """One request on its way at a time, and the first held until ``gate`` is set."""
+    counting = Counting(t)
+    counting.gate = anyio.Event()
+    return counting, Coalescer(counting, in_flight=1)  # type: ignore[arg-type]
+
+
 def create(key: bytes, value: bytes = b"v") -> tuple[list[Compare], list[Op], list[Op]]:
     return [Compare.create_revision(key) == 0], [Op.put(key, value)], [Op.get(key)]
 
@@ -44,9 +51,7 @@ async def test_many_at_once_go_together_each_with_its_own_result(
 ) -> None:
     p = etcd_config.keyspace.prefix + b"co/"
     await t.put(p + b"k007", b"taken")  # this one's compare fails: it alone fails
-    counting = Counting(t)
-    co = Coalescer(counting, in_flight=1)  # type: ignore[arg-type]
-    counting.gate = anyio.Event()  # the first request waits: the rest queue behind it
+    counting, co = gated(t)  # the first request waits: the rest queue behind it
     results: dict[int, TxnResult] = {}
 
     async def one(i: int) -> None:
@@ -77,9 +82,7 @@ async def test_two_writes_of_one_key_never_share_a_batch(
     t: Transport, etcd_config: Config
 ) -> None:
     p = etcd_config.keyspace.prefix + b"dup/"
-    counting = Counting(t)
-    co = Coalescer(counting, in_flight=1)  # type: ignore[arg-type]
-    counting.gate = anyio.Event()
+    counting, co = gated(t)
     out: list[tuple[str, bool]] = []
 
     async def one(name: str, key: bytes) -> None:
@@ -101,9 +104,7 @@ async def test_two_writes_of_one_key_never_share_a_batch(
 
 async def test_a_member_etcd_refuses_fails_alone(t: Transport, etcd_config: Config) -> None:
     p = etcd_config.keyspace.prefix + b"bad/"
-    counting = Counting(t)
-    co = Coalescer(counting, in_flight=1)  # type: ignore[arg-type]
-    counting.gate = anyio.Event()
+    counting, co = gated(t)
     # one member etcd refuses whoever sends it: it puts one key in two nested transactions
     bad = ([], [Op.txn([], [Op.put(p + b"z", b"1")]), Op.txn([], [Op.put(p + b"z", b"2")])], [])
     errors: dict[str, BaseException] = {}
@@ -136,9 +137,7 @@ async def test_a_caller_cancelled_while_queued_is_never_sent(
     t: Transport, etcd_config: Config
 ) -> None:
     p = etcd_config.keyspace.prefix + b"cancel/"
-    counting = Counting(t)
-    co = Coalescer(counting, in_flight=1)  # type: ignore[arg-type]
-    counting.gate = anyio.Event()
+    counting, co = gated(t)
     done: list[str] = []
 
     async def one(name: str) -> None:
