@@ -9,7 +9,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from foundation_etcd import Config, EtcdServerError
+from foundation_etcd import Config, EtcdServerError, LeaseNotFoundError
 from foundation_etcd._coord.coalesce import Coalescer
 from foundation_etcd.lowlevel import Compare, Op, Transport, TxnResult, open_transport
 
@@ -78,9 +78,7 @@ async def test_many_at_once_go_together_each_with_its_own_result(
     assert len(revs) == len(counting.sent) - 1
 
 
-async def test_two_writes_of_one_key_never_share_a_batch(
-    t: Transport, etcd_config: Config
-) -> None:
+async def test_two_writes_of_one_key_never_share_a_batch(t: Transport, etcd_config: Config) -> None:
     p = etcd_config.keyspace.prefix + b"dup/"
     counting, co = gated(t)
     out: list[tuple[str, bool]] = []
@@ -131,6 +129,36 @@ async def test_a_member_etcd_refuses_fails_alone(t: Transport, etcd_config: Conf
     assert counting.sent == [1, 3, 1, 2, 1]
     keys = sorted(kv.key for kv in (await t.get_prefix(p)).kvs)
     assert keys == [p + b"first", p + b"ok-1", p + b"ok-2"]
+
+
+async def test_a_member_whose_lease_is_gone_fails_alone(t: Transport, etcd_config: Config) -> None:
+    p = etcd_config.keyspace.prefix + b"lease/"
+    gone = (await t.lease_grant(60)).id
+    await t.lease_revoke(gone)
+    counting, co = gated(t)
+    errors: dict[str, BaseException] = {}
+    done: list[str] = []
+
+    async def one(name: str, lease: int = 0) -> None:
+        key = p + name.encode()
+        try:
+            await co.txn([Compare.create_revision(key) == 0], [Op.put(key, b"v", lease=lease)])
+            done.append(name)
+        except LeaseNotFoundError as exc:
+            errors[name] = exc
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one, "first")
+        await anyio.wait_all_tasks_blocked()
+        for name in ("a", "b"):
+            tg.start_soon(one, name)
+        tg.start_soon(one, "expired", gone)
+        tg.start_soon(one, "c")
+        await anyio.wait_all_tasks_blocked()
+        counting.gate.set()
+    assert sorted(done) == ["a", "b", "c", "first"] and list(errors) == ["expired"]
+    assert counting.sent == [1, 4, 1, 1, 1, 1]  # the batch refused, then each alone
+    assert await t.get(p + b"expired") is None
 
 
 async def test_a_caller_cancelled_while_queued_is_never_sent(

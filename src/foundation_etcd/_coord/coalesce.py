@@ -18,9 +18,10 @@ Guarantees:
     * Errors mean what they mean for one transaction. A batch that was not applied
       (:class:`EtcdUnavailableError`) raises that in every member; one whose outcome is
       unknown raises :class:`AmbiguousResultError` in every member (resolve each by
-      re-reading, as always). A batch etcd refused for a reason of its own (a member that
-      breaks one of its rules, a permission) is sent again member by member, so each gets
-      its own answer and one bad member fails no other.
+      re-reading, as always). A batch etcd refused for what one member may have caused (a
+      rule it breaks, a permission, its lease gone) is sent again member by member, so each
+      gets its own answer and one bad member fails no other; one refused for etcd's own
+      state (too many requests, no space) raises that in every member.
     * A caller cancelled while it waits leaves the queue, and its transaction is not sent;
       one cancelled after its batch was sent is cancelled like a caller of
       :meth:`Transport.txn` (its transaction may have been applied).
@@ -40,8 +41,11 @@ from collections.abc import Sequence
 from .._core.errors import (
     AuthError,
     EtcdServerError,
+    LeaseNotFoundError,
+    NoSpaceError,
     RequestTooLargeError,
     TooManyOperationsError,
+    TooManyRequestsError,
 )
 from .._core.kv import AnyOp, Compare, DeleteOp, Op, PutOp, TxnOp, TxnResult
 from .._transport import MAX_REQUEST_BYTES, MAX_TXN_OPS, Transport
@@ -50,7 +54,16 @@ __all__ = ["Coalescer"]
 
 _BATCH_BYTES = MAX_REQUEST_BYTES // 3  # estimated: keys, values and a margin per operation
 _OP_BYTES = 32  # what an operation adds besides its key and value, at most (estimated)
-_RETRY_ALONE = (EtcdServerError, AuthError, RequestTooLargeError, TooManyOperationsError)
+# what one member may have caused (its lease gone, its permission, its rule broken): each
+# is sent again alone; an overloaded or full etcd refuses them all alike, alone as well
+_MEMBER_ERRORS = (
+    EtcdServerError,
+    AuthError,
+    LeaseNotFoundError,
+    RequestTooLargeError,
+    TooManyOperationsError,
+)
+_SHARED_ERRORS = (TooManyRequestsError, NoSpaceError)
 
 
 class _Member:
@@ -156,7 +169,11 @@ class Coalescer:
             ops = [Op.txn(m.compare, m.success, m.failure) for m in batch]
             try:
                 res = await self._t.txn([], ops)
-            except _RETRY_ALONE:
+            except _MEMBER_ERRORS as exc:
+                if isinstance(exc, _SHARED_ERRORS):
+                    for m in batch:
+                        _settle(m, exc)
+                    return
                 for m in batch:  # each gets its own answer
                     await self._alone(m)
                 return
