@@ -12,6 +12,7 @@ from .._core.errors import AuthError
 from .._core.kv import WatchEvent
 
 if TYPE_CHECKING:
+    from .._transport import Transport
     from .doorbells import Doorbells
 
 __all__ = ["Bell"]
@@ -21,6 +22,21 @@ FIRST_DELAY = 0.05  # seconds before the first retry (a new stream, a re-created
 # taken as real: etcd refuses a JWT token issued before any change of users or roles, and a
 # burst of such changes (a tenant provisioned) can make the new token stale again at once
 AUTH_REFUSALS = 3
+
+
+async def log_in_again(transport: Transport, refusals: int) -> bool:
+    """After a watch's ``refusals``-th permission refusal in a row: log in, and say retry.
+
+    ``False`` (the refusal is real) without a user or past :data:`AUTH_REFUSALS` refusals.
+
+    Raises:
+        AuthError: the new login was refused.
+        EtcdError: etcd could not be reached for it.
+    """
+    if transport.config.user is None or refusals > AUTH_REFUSALS:
+        return False
+    await transport.refresh_auth()
+    return True
 
 
 class Bell:

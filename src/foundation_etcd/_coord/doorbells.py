@@ -53,8 +53,8 @@ from anyio.abc import TaskGroup
 from .._core.background import background_tasks
 from .._core.errors import AuthError, EtcdError, EtcdUnavailableError
 from .._transport import Transport, WatchResponse, WatchStream
-from .bells import AUTH_REFUSALS, Bell
 from .bells import FIRST_DELAY as _FIRST_DELAY
+from .bells import Bell, log_in_again
 
 __all__ = ["Bell", "Doorbells"]
 
@@ -303,16 +303,16 @@ class Doorbells:
             bell._from_now = True
             self._recreate(bell)
         elif "permission denied" in reason or "auth" in reason:
-            if self._transport.config.user is None or bell._auth_refusals >= AUTH_REFUSALS:
-                return self._fail(bell, AuthError(f"watch refused: {reason}", details=reason))
             bell._auth_refusals += 1  # the stream's token may be stale: log in again
             try:
-                await self._transport.refresh_auth()
+                again = await log_in_again(self._transport, bell._auth_refusals)
             except AuthError as exc:
                 return self._fail(bell, exc)
             except EtcdError:
                 bell._auth_refusals -= 1
                 raise
+            if not again:
+                return self._fail(bell, AuthError(f"watch refused: {reason}", details=reason))
             raise EtcdUnavailableError("watch: reconnecting after a new login")
         else:
             log.warning("%r cancelled by etcd (%s); re-creating it", bell, reason)

@@ -29,6 +29,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import math
@@ -49,7 +50,7 @@ from .._core.errors import AuthError, EtcdError, FoundationEtcdError
 from .._core.keys import prefix_end
 from .._core.kv import EventType, KeyValue, WatchEvent
 from .._transport import Transport, WatchResponse, WatchStream
-from .bells import AUTH_REFUSALS, FIRST_DELAY
+from .bells import FIRST_DELAY, log_in_again
 from .progress import RECHECK, Pinger, unchanged_since
 
 __all__ = ["ChangeKind", "ViewChange", "WatchedView", "open_view"]
@@ -378,7 +379,7 @@ class WatchedView:
         await self._relist()
         task_status.started()
         delay = 0.05
-        refusals = 0  # permission refusals in a row (AUTH_REFUSALS)
+        refusals = 0  # permission refusals in a row (bells.AUTH_REFUSALS)
         while True:
             try:
                 self._created = False
@@ -389,16 +390,12 @@ class WatchedView:
                 await self._relist_retrying()
             except AuthError as exc:
                 # a token etcd no longer knows (restart, expiry, another member, a change of
-                # users or roles) looks like a permission error: log in again, a few times
-                # in a row (a burst of such changes), counted since the last created watch
+                # users or roles) looks like a permission error: log in again (bells.py)
                 refusals = 1 if self._created else refusals + 1
-                if self.transport.config.user is not None and refusals <= AUTH_REFUSALS:
-                    try:
-                        await anyio.sleep(FIRST_DELAY * (refusals - 1))
-                        await self.transport.refresh_auth()
+                with contextlib.suppress(EtcdError):
+                    await anyio.sleep(FIRST_DELAY * (refusals - 1))  # a burst of changes
+                    if await log_in_again(self.transport, refusals):
                         continue
-                    except EtcdError:
-                        pass
                 log.error("watch on %r stopped: %s", self.prefix, exc)
                 self._error = exc
                 self._advance(self._known)
