@@ -3,12 +3,15 @@
 Usage::
 
     python scripts/sim_sessions.py [--processes 8] [--sessions 125] [--agents 20]
-                                   [--idle 20] [--churn 20] [--rate 50] [--endpoints H:P]
+                                   [--idle 20] [--churn 20] [--rate 50] [--watch-agents]
+                                   [--endpoints H:P]
 
 Starts an etcd of its own (the test harness's, as ``make demo`` does) unless ``--endpoints``
 is given, then ``--processes`` child processes (this script with ``child``). Each child opens
 ``--sessions`` sessions (``connect``, one node id each, not hosting agents) and registers
-``--agents`` agents in each. Then, measured from here:
+``--agents`` agents in each. The sessions open no view of the agents
+(``connect(watch_agents=False)``: registering needs none) unless ``--watch-agents`` is given,
+when each keeps one, as a session that reads the registry does. Then, measured from here:
 
 * **idle** for ``--idle`` seconds: nothing is asked of the sessions;
 * **churn** for ``--churn`` seconds: each child unregisters and registers again ``--rate``
@@ -155,6 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     str(i),
                     str(args.sessions),
                     str(args.agents),
+                    "watch" if args.watch_agents else "lazy",
                 ]
                 children.append(
                     subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -189,6 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "processes": args.processes,
             "sessions": args.processes * args.sessions,
             "agents": args.processes * args.sessions * args.agents,
+            "agents_view_per_session": args.watch_agents,
             "startup_seconds": round(up, 1),
             "children_started": [s.get("seconds") for s in started],
             "idle": idle,
@@ -206,7 +211,7 @@ def emit(event: str, **fields: Any) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
 
 
-async def child(endpoint: str, index: int, sessions: int, agents: int) -> None:
+async def child(endpoint: str, index: int, sessions: int, agents: int, watch: bool) -> None:
     """Open the sessions, register the agents, then obey the parent's commands."""
     from foundation_etcd import Cluster, Config, connect
 
@@ -216,7 +221,9 @@ async def child(endpoint: str, index: int, sessions: int, agents: int) -> None:
         clusters: list[Cluster] = []
         for j in range(sessions):
             node = f"sim-{index}-{j}"
-            c = await stack.enter_async_context(connect(cfg, node_id=node, hosts_agents=False))
+            c = await stack.enter_async_context(
+                connect(cfg, node_id=node, hosts_agents=False, watch_agents=watch)
+            )
             await asyncio.gather(
                 *(c.registry.register(f"{node}-a{k}", capabilities=["sim"]) for k in range(agents))
             )
@@ -268,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     warnings.simplefilter("ignore")  # the harness's etcd version warning would clutter stderr
     if argv[:1] == ["child"]:
         endpoint, index, sessions, agents = argv[1], *map(int, argv[2:5])
-        asyncio.run(child(endpoint, index, sessions, agents))
+        asyncio.run(child(endpoint, index, sessions, agents, argv[5] == "watch"))
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--processes", type=int, default=8)
@@ -277,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--idle", type=float, default=20.0, help="seconds measured idle")
     p.add_argument("--churn", type=float, default=20.0, help="seconds measured under churn")
     p.add_argument("--rate", type=float, default=50.0, help="re-registrations per second, all")
+    p.add_argument(
+        "--watch-agents", action="store_true", help="every session keeps a view of the agents"
+    )
     p.add_argument("--endpoints", help="an existing etcd member (HOST:PORT)")
     args = p.parse_args(argv)
     for name in ("processes", "sessions", "agents"):

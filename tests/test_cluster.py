@@ -8,6 +8,7 @@ from foundation_etcd import (
     AgentNotFoundError,
     ChangeKind,
     Config,
+    ConfigurationError,
     InvalidIdError,
     NodeExistsError,
     RequestTooLargeError,
@@ -170,3 +171,73 @@ async def test_other_process_sees_registration_within_a_watch_round_trip(
             assert b.registry.get(f"r{i}").incarnation == reg.incarnation
         lat.sort()
         assert lat[len(lat) // 2] < 0.05, lat  # the watch event arrives about with the reply
+
+
+@clustered("lazy-view-test", resources={"cpu": 1})
+class LazyHosted:
+    def __init__(self) -> None:
+        self.started = anyio.Event()
+
+    async def on_start(self, ctx: AgentContext) -> None:
+        self.started.set()
+
+
+async def test_without_the_agents_view_registering_works_and_reads_say_why(
+    etcd_config: Config,
+) -> None:
+    prefix = etcd_config.keyspace.agents_live_prefix()
+    async with (
+        connect(etcd_config, node_id="lazy", watch_agents=False) as c,
+        connect(etcd_config, node_id="obs") as o,
+    ):
+        assert not c.registry.watching and prefix not in c.views.opened()
+        reg = await c.registry.register("lz1", capabilities=["q"])
+        await o.registry.wait_for(reg.incarnation)
+        assert o.registry.get("lz1").node_id == "lazy"
+        assert (await c.registry.lookup("lz1")).incarnation == reg.incarnation
+        for read in (lambda: c.registry.get("lz1"), c.registry.find, c.registry.all):
+            with pytest.raises(ConfigurationError, match="watch_agents=False"):
+                read()
+        with pytest.raises(ConfigurationError):
+            len(c.registry)
+        assert prefix not in c.views.opened()  # a refused read opened nothing
+        # a lost lease: the registration comes back under the new one, with no view
+        first = c.session.lease
+        await o.transport.lease_revoke(first.id)
+        with anyio.fail_after(etcd_config.ttl + 5):
+            await wait_until(
+                lambda: (
+                    "lz1" in c.registry.owned()
+                    and c.registry.owned()["lz1"].lease_id != first.id
+                )
+            )
+        assert not c.registry.watching
+        # opened on demand: the current state, then the events after it
+        await c.registry.open()
+        await c.registry.open()  # once
+        assert c.registry.watching and prefix in c.views.opened()
+        assert c.registry.get("lz1").incarnation == c.registry.owned()["lz1"].incarnation
+        reg2 = await o.registry.register("lz2", capabilities=["q"])
+        await c.registry.wait_for(reg2.incarnation)
+        assert [a.agent_id for a in c.registry.find("q")] == ["lz1", "lz2"]
+        assert len(c.registry) == 2
+
+
+async def test_without_the_agents_view_a_node_hosts_and_listings_open_it(
+    etcd_config: Config,
+) -> None:
+    lazy = connect(etcd_config, node_id="lazy-host", capacity={"cpu": 2}, watch_agents=False)
+    async with lazy as c:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(c.serve)
+            await c.spawn(LazyHosted, "lh1")
+            with anyio.fail_after(10):
+                await wait_until(
+                    lambda: c.runtime is not None
+                    and "lh1" in c.runtime.hosted
+                    and c.runtime.hosted["lh1"].status == "running"
+                )
+                statuses = {s.agent_id: s.state for s in await c.agents()}  # opens the view
+            assert statuses == {"lh1": "running"}
+            assert c.registry.watching and c.registry.get("lh1").node_id == "lazy-host"
+            tg.cancel_scope.cancel()

@@ -353,6 +353,7 @@ async def connect(
     capabilities: Iterable[str] = (),
     address: str = "",
     hosts_agents: bool = True,
+    watch_agents: bool = True,
 ) -> AsyncIterator[Cluster]:
     """Join the cluster: open a transport and a session, announce this node, load views.
 
@@ -364,6 +365,11 @@ async def connect(
         address: where this node can be reached, free-form.
         hosts_agents: whether placement may assign agents to this node (``False`` for
             tools and observers that never ``serve()``).
+        watch_agents: whether to open the registry's view of every live agent now
+            (memory and events O(agents of the tenant) in this process). With ``False``
+            registering needs no view, and the first ``await cluster.registry.open()``
+            (or ``cluster.agents()``, ``registry.watch()``) opens it; see
+            ``docs/concepts/membership.md``.
 
     Raises:
         AsyncioRequiredError: not called on asyncio (under trio, say): the transport is
@@ -391,13 +397,17 @@ async def connect(
         await node_view.wait_for(await membership.announce(session.lease))
         session.on_renewed(membership.reannounce)
         cluster._membership = membership
-        agents_view = await stack.enter_async_context(
-            open_view(transport, config.keyspace.agents_live_prefix())
-        )
-        cluster._registry = Registry(transport, session, config.keyspace, node_id, agents_view)
         views = SharedViews(transport, await stack.enter_async_context(background_tasks()))
         views.adopt(config.keyspace.nodes_prefix(), node_view)
-        views.adopt(config.keyspace.agents_live_prefix(), agents_view)
+        agents_view = None
+        if watch_agents:
+            agents_view = await stack.enter_async_context(
+                open_view(transport, config.keyspace.agents_live_prefix())
+            )
+            views.adopt(config.keyspace.agents_live_prefix(), agents_view)
+        cluster._registry = Registry(
+            transport, session, config.keyspace, node_id, agents_view, views=views
+        )
         cluster._views = views
         bells = cluster.doorbells = await stack.enter_async_context(Doorbells.open(transport))
         replies = Replies(

@@ -11,6 +11,11 @@ Guarantees:
       one TTL after its last keepalive.
     * Lookups by id or capability from memory (:meth:`Registry.get`, :meth:`Registry.find`)
       reflect the watched view; :meth:`Registry.lookup` is a linearizable read.
+    * The watched view is opened at ``connect`` unless ``connect(watch_agents=False)``;
+      then registering, unregistering and :meth:`Registry.lookup` need no view, the first
+      :meth:`Registry.open`, :meth:`Registry.wait_for` or :meth:`Registry.watch` opens it,
+      and reading from memory before that raises :class:`ConfigurationError` (never an
+      empty answer that looks true).
     * Unregister and metadata updates are guarded by the incarnation: a process never
       deletes or overwrites a registration it does not hold.
     * On session loss the registrations are cancelled with the lease and come back under the
@@ -26,7 +31,7 @@ Guarantees:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +42,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from .._coord.coalesce import Coalescer
 from .._coord.session import Lease, Session
 from .._coord.watch import ChangeKind, ViewChange, WatchedView
-from .._core.errors import AgentExistsError, AgentNotFoundError, InvalidIdError, SerializationError
+from .._core.errors import (
+    AgentExistsError,
+    AgentNotFoundError,
+    ConfigurationError,
+    InvalidIdError,
+    SerializationError,
+)
 from .._core.keys import Keyspace, validate_id
 from .._core.kv import Compare, KeyValue, Op
 from .._core.records import AgentInfo, encode_registration, parse_registration
@@ -134,8 +145,10 @@ class Registry:
         session: Session,
         keyspace: Keyspace,
         node_id: str,
-        view: WatchedView,
+        view: WatchedView | None,
         writes: Coalescer | None = None,
+        *,
+        views: Callable[[bytes], Awaitable[WatchedView]] | None = None,
     ) -> None:
         self._t = transport
         # registrations and removals from many tasks at once go together (coalesce.py)
@@ -143,16 +156,50 @@ class Registry:
         self._session = session
         self._ks = keyspace
         self._node_id = node_id
-        self._view = view
+        self._view: WatchedView | None = None
+        self._views_of = views
         self._prefix = keyspace.agents_live_prefix()
         self._agents: dict[str, AgentInfo] = {}
         self._by_capability: dict[str, set[str]] = {}
         self._owned: dict[str, _Owned] = {}
         self.conflicts: list[AgentExistsError] = []
+        if view is not None:
+            self._attach(view)
+        session.on_renewed(self._reregister_all)
+
+    # the view ------------------------------------------------------------------------------
+    def _attach(self, view: WatchedView) -> None:
+        self._view = view
         for kv in view.items().values():
             self._index(kv)
         view.on_change(self._on_change)
-        session.on_renewed(self._reregister_all)
+
+    @property
+    def watching(self) -> bool:
+        """Whether the agents view is open (reads from memory work)."""
+        return self._view is not None
+
+    async def open(self) -> None:
+        """Open the agents view (once) if ``connect(watch_agents=False)`` left it closed.
+
+        Raises:
+            ConfigurationError: this registry was built without a way to open its view.
+        """
+        if self._view is not None:
+            return
+        if self._views_of is None:
+            raise ConfigurationError("registry", "built without a way to open its agents view")
+        view = await self._views_of(self._prefix)
+        if self._view is None:  # another task may have attached it meanwhile
+            self._attach(view)
+
+    def _watched(self) -> None:
+        if self._view is None:
+            raise ConfigurationError(
+                "watch_agents",
+                "the agents view is not open (connect(..., watch_agents=False)): await "
+                "registry.open() first, or use registry.lookup() (a read from etcd)",
+            )
 
     # the in-memory index -------------------------------------------------------------------
     def _parse(self, kv: KeyValue) -> AgentInfo | None:
@@ -187,11 +234,23 @@ class Registry:
 
     # reading -------------------------------------------------------------------------------
     def get(self, agent_id: str) -> AgentInfo | None:
-        """The agent from the watched view (no I/O), or ``None``."""
+        """The agent from the watched view (no I/O), or ``None``.
+
+        Raises:
+            ConfigurationError: the view is not open (``connect(watch_agents=False)``).
+        """
+        if self._view is None:
+            self._watched()
         return self._agents.get(agent_id)
 
     def find(self, *capabilities: str) -> list[AgentInfo]:
-        """Agents having every one of ``capabilities``, from memory, sorted by id."""
+        """Agents having every one of ``capabilities``, from memory, sorted by id.
+
+        Raises:
+            ConfigurationError: the view is not open (``connect(watch_agents=False)``).
+        """
+        if self._view is None:
+            self._watched()
         if not capabilities:
             return sorted(self._agents.values(), key=lambda a: a.agent_id)
         sets = [self._by_capability.get(c, set()) for c in capabilities]
@@ -203,6 +262,7 @@ class Registry:
         return self.find()
 
     def __len__(self) -> int:
+        self._watched()
         return len(self._agents)
 
     async def lookup(self, agent_id: str) -> AgentInfo | None:
@@ -211,7 +271,10 @@ class Registry:
         return None if kv is None else self._parse(kv)
 
     async def wait_for(self, revision: int) -> None:
-        """Wait until the in-memory view reflects ``revision``."""
+        """Wait until the in-memory view reflects ``revision`` (opening it if closed)."""
+        if self._view is None:
+            await self.open()
+        assert self._view is not None
         await self._view.wait_for(revision)
 
     @asynccontextmanager
@@ -222,6 +285,8 @@ class Registry:
             info = self._parse(c.kv)
             return None if info is None else AgentChange(c.kind, info)
 
+        await self.open()
+        assert self._view is not None
         async with self._view.subscribe_converted(convert) as changes:
             yield changes
 

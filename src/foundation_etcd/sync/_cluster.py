@@ -340,6 +340,7 @@ def connect(
     capabilities: Iterable[str] = (),
     address: str = "",
     hosts_agents: bool = True,
+    watch_agents: bool = True,
 ) -> Connection[Cluster]:
     """Join the cluster: open a transport and a session, announce this node, load views.
 
@@ -351,6 +352,11 @@ def connect(
         address: where this node can be reached, free-form.
         hosts_agents: whether placement may assign agents to this node (``False`` for
             tools and observers that never ``serve()``).
+        watch_agents: whether to open the registry's view of every live agent now
+            (memory and events O(agents of the tenant) in this process). With ``False``
+            registering needs no view, and the first ``await cluster.registry.open()``
+            (or ``cluster.agents()``, ``registry.watch()``) opens it; see
+            ``docs/concepts/membership.md``.
 
     Raises:
         AsyncioRequiredError: not called on asyncio (under trio, say): the transport is
@@ -368,6 +374,7 @@ def connect(
             capabilities=capabilities,
             address=address,
             hosts_agents=hosts_agents,
+            watch_agents=watch_agents,
         ),
         Cluster,
     )

@@ -232,12 +232,33 @@ class Registry(SyncWrapper[_fe.Registry]):
 
     __slots__ = ()
 
+    @property
+    def watching(self) -> bool:
+        """Whether the agents view is open (reads from memory work)."""
+        return self._portal.run(lambda: self._obj.watching)
+
+    def open(self) -> None:
+        """Open the agents view (once) if ``connect(watch_agents=False)`` left it closed.
+
+        Raises:
+            ConfigurationError: this registry was built without a way to open its view.
+        """
+        self._portal.call(lambda: self._obj.open())
+
     def get(self, agent_id: str) -> _fe.AgentInfo | None:
-        """The agent from the watched view (no I/O), or ``None``."""
+        """The agent from the watched view (no I/O), or ``None``.
+
+        Raises:
+            ConfigurationError: the view is not open (``connect(watch_agents=False)``).
+        """
         return self._portal.run(lambda: self._obj.get(agent_id))
 
     def find(self, *capabilities: str) -> list[_fe.AgentInfo]:
-        """Agents having every one of ``capabilities``, from memory, sorted by id."""
+        """Agents having every one of ``capabilities``, from memory, sorted by id.
+
+        Raises:
+            ConfigurationError: the view is not open (``connect(watch_agents=False)``).
+        """
         return list(self._portal.run(lambda: self._obj.find(*capabilities)))
 
     def all(self) -> list[_fe.AgentInfo]:
@@ -249,7 +270,7 @@ class Registry(SyncWrapper[_fe.Registry]):
         return self._portal.call(lambda: self._obj.lookup(agent_id))
 
     def wait_for(self, revision: int) -> None:
-        """Wait until the in-memory view reflects ``revision``."""
+        """Wait until the in-memory view reflects ``revision`` (opening it if closed)."""
         self._portal.call(lambda: self._obj.wait_for(revision))
 
     def watch(self) -> AbstractContextManager[Receiver[list[_fe.AgentChange]]]:
