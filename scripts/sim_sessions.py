@@ -149,6 +149,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         children: list[subprocess.Popen[str]] = []
         try:
+            t0 = time.time()
+            started = []
+            # one child at a time: each new session's announcement reaches every session
+            # already up (the node view), so starting all at once is N^2 events in a burst
             for i in range(args.processes):
                 argv = [
                     sys.executable,
@@ -163,8 +167,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 children.append(
                     subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                 )
-            t0 = time.time()
-            started = [expect(c, "ready", READY_TIMEOUT) for c in children]
+                started.append(expect(children[-1], "ready", READY_TIMEOUT))
+                say(f"child {i} ready after {time.time() - t0:.1f} s")
             up = time.time() - t0
             say(f"all ready after {up:.1f} s")
             idle = measure(endpoint, children, args.idle)
@@ -202,6 +206,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "registrations_per_s_asked": args.rate,
                 "churned": sum(d.get("churned", 0) for d in done),
             },
+            # sessions whose lease was lost and granted again between ready and stop (a
+            # measurement with any is of a cluster in trouble, not at rest)
+            "leases_lost": sum(d.get("leases_lost", 0) for d in done),
         }
 
 
@@ -228,6 +235,7 @@ async def child(endpoint: str, index: int, sessions: int, agents: int, watch: bo
                 *(c.registry.register(f"{node}-a{k}", capabilities=["sim"]) for k in range(agents))
             )
             clusters.append(c)
+        leases = [c.session.lease.id for c in clusters]
         emit("ready", seconds=round(time.time() - t0, 1))
         churned = 0
         task: asyncio.Task[None] | None = None
@@ -257,7 +265,8 @@ async def child(endpoint: str, index: int, sessions: int, agents: int, watch: bo
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        emit("stopped", churned=churned)
+        lost = sum(c.session.lease.id != lease for c, lease in zip(clusters, leases, strict=True))
+        emit("stopped", churned=churned, leases_lost=lost)
 
 
 async def lines(stream: IO[str]) -> AsyncIterator[str]:
