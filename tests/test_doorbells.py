@@ -333,7 +333,7 @@ class ScriptedStream:
         self.feed, self._responses = anyio.create_memory_object_stream[WatchResponse](100)
         self.wrote = anyio.Event()
 
-    async def create(self, key, range_end, start_revision, *, watch_id=0, no_delete=False):
+    async def create(self, key, range_end, start_revision, *, watch_id=0, **filters):
         self.writes.append(("create", watch_id, start_revision))
         self.wrote.set()
 
