@@ -1,0 +1,138 @@
+"""The two traces of docs/design.md, measured: which modules an operation's code runs in.
+
+``sys.setprofile`` records every call into a ``foundation_etcd`` module while the operation
+runs, with the task it ran in. The expected sets below are the ones design.md lists: a
+module joining a path fails here first, so the document is changed with the code.
+"""
+
+import asyncio
+import sys
+from collections import defaultdict
+from types import FrameType
+from typing import Any
+
+import anyio
+import pytest
+
+from foundation_etcd import AgentRunContext, Config, clustered, connect
+
+pytestmark = pytest.mark.etcd
+
+# the stateful modules (neither ``_core``, which is pure, nor the transport) each path crosses
+SPAWN_PATH = {
+    # the call chain: spawn, placement, the assignment reaching the node, hosting, the hook
+    "_agents.cluster",
+    "_agents.scheduler",
+    "_coord.watch",
+    "_agents.runtime",
+    "_agents.agent",
+    # what the chain reads or builds on the way
+    "_agents.membership",  # the node view's loads
+    "_coord.views",  # the scheduler's views, opened once
+    "_coord.audit",  # the spawn decision's audit record
+    "_agents.registry",  # the hosted agent's registration (and the agents view's event)
+    "_coord.coalesce",  # the registration's write
+    "_coord.session",  # the lease guard of the registration
+    "_agents.delivery",  # the agent's deliverer, built before on_start
+    "_agents.protection",  # its signal checks (signing and sealing), built with it
+    "_coord.doorbells",  # its inbox's doorbell (when the stream runs before on_start)
+    "_agents.failover",  # a listener of the assignment view in every node
+}
+LOCK_PATH = {"_agents.cluster", "_coord.lock", "_coord.ownership", "_coord.session", "_coord.watch"}
+
+
+class Tracer:
+    """Modules called, per task, between :meth:`start` and :meth:`stop`.
+
+    A coroutine resumed (its awaited result arrived) reports a ``call`` again with the same
+    frame: only a frame's first ``call`` is a call.
+    """
+
+    def __init__(self) -> None:
+        self.by_task: dict[str, list[str]] = defaultdict(list)
+        self._frames: set[FrameType] = set()
+
+    def _profile(self, frame: FrameType, event: str, arg: Any) -> None:
+        if event != "call":
+            return
+        module = frame.f_globals.get("__name__", "")
+        if not module.startswith("foundation_etcd.") or frame in self._frames:
+            return
+        self._frames.add(frame)
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:
+            task = None
+        self.by_task[task.get_name() if task else "-"].append(module[len("foundation_etcd.") :])
+
+    def start(self) -> None:
+        sys.setprofile(self._profile)
+
+    def stop(self) -> None:
+        sys.setprofile(None)
+        self._frames.clear()
+
+    def stateful(self) -> set[str]:
+        return {
+            m
+            for calls in self.by_task.values()
+            for m in calls
+            if m.startswith(("_agents.", "_coord."))
+        }
+
+
+tracer = Tracer()
+
+
+started: dict[str, anyio.Event] = {}
+
+
+@clustered("trace-agent", resources={"cpu": 1})
+class Traced:
+    async def on_start(self, ctx: AgentRunContext) -> None:
+        tracer.stop()
+        started[ctx.agent_id].set()
+
+
+async def test_spawn_until_on_start(etcd_config: Config) -> None:
+    async with connect(etcd_config, node_id="tr", capacity={"cpu": 2}) as c:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(c.serve)
+            started.update({"warm-up": anyio.Event(), "traced": anyio.Event()})
+            await c.spawn(Traced, "warm-up")  # the views are opened once, before the trace
+            with anyio.fail_after(10):
+                await started["warm-up"].wait()
+            await c.despawn("warm-up")
+            tracer.by_task.clear()
+            me = asyncio.current_task()
+            assert me is not None
+            with anyio.fail_after(10):
+                tracer.start()
+                try:
+                    await c.spawn(Traced, "traced")
+                    await started["traced"].wait()  # on_start stops the tracer
+                finally:
+                    tracer.stop()
+            tg.cancel_scope.cancel()
+    spawn_calls = tracer.by_task[me.get_name()]
+    entered = spawn_calls.index("_agents.scheduler")
+    assert "_agents.cluster" not in spawn_calls[entered:], "spawn called back into Cluster"
+    crossed = tracer.stateful()
+    assert {"_agents.cluster", "_agents.scheduler", "_coord.watch", "_agents.runtime"} <= crossed
+    assert crossed <= SPAWN_PATH, sorted(crossed - SPAWN_PATH)
+
+
+async def test_lock_acquire(etcd_config: Config) -> None:
+    async with connect(etcd_config, node_id="tl") as c:
+        async with c.lock("traced").acquire():  # warm up
+            pass
+        tracer.by_task.clear()
+        tracer.start()
+        try:
+            async with c.lock("traced").acquire():
+                tracer.stop()
+        finally:
+            tracer.stop()
+    crossed = tracer.stateful()
+    assert {"_coord.lock", "_coord.ownership"} <= crossed
+    assert crossed <= LOCK_PATH, sorted(crossed - LOCK_PATH)
