@@ -299,7 +299,7 @@ def check_history(events: list[Seen], ks: Keyspace, slots: list[Slot]) -> Outcom
     for s in slots:
         for ev in s.of("admitted"):
             h = Held(
-                s.node, ev["rid"], ev["token"], ev["amounts"], max(ev["token"], ev["admitted_rev"])
+                s.node, ev["rid"], ev["token"], ev["amounts"], max(ev["token"], ev["view_rev"])
             )
             for pool in h.amounts:
                 key = ks.quota_queue_prefix(pool) + h.rid.encode()

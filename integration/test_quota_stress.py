@@ -209,7 +209,7 @@ def check_history(
     reports: list[tuple[int, str, str, dict]] = []
     for s in slots:
         for ev in s.of("admitted"):
-            learned = max(ev["token"], ev["admitted_rev"])
+            learned = max(ev["token"], ev["view_rev"])
             reports.append((learned, f"{ev['rid']}@{ev['token']}", s.node, ev))
     reports.sort(key=lambda r: r[0])
 
@@ -244,7 +244,7 @@ def check_history(
                 out.fail(
                     learned,
                     f"{rid} of {node} learned admitted at {learned} (token {ev['token']}, "
-                    f"found at {ev['admitted_rev']}) but the rule does not admit it there",
+                    f"view {ev['view_rev']}) but the rule does not admit it there",
                 )
             else:
                 held.add(rid)

@@ -46,8 +46,7 @@ async def main(argv: list[str]) -> None:
             cluster = await stack.enter_async_context(
                 connect(cfg, node_id=name, hosts_agents=False)
             )
-            async with cluster.quotas.reserve({"slots": 1}):  # warm up: the limits view
-                pass
+            await cluster.quotas.open_usage("slots")
 
             async def cycle(c: Any) -> None:
                 async with c.quotas.reserve({"slots": 1}):

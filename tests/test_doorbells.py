@@ -333,7 +333,7 @@ class ScriptedStream:
         self.feed, self._responses = anyio.create_memory_object_stream[WatchResponse](100)
         self.wrote = anyio.Event()
 
-    async def create(self, key, range_end, start_revision, *, watch_id=0, **filters):
+    async def create(self, key, range_end, start_revision, *, watch_id=0, no_delete=False):
         self.writes.append(("create", watch_id, start_revision))
         self.wrote.set()
 

@@ -10,9 +10,7 @@ Events (one JSON object per line, each with ``event`` and wall time ``t``):
   (``{node}:{task}:{seq}``), which the ``admitted`` event repeats.
 * ``admitted`` with ``rid``, ``token`` (create revision of its keys), ``amounts``,
   ``view_rev`` (the revision of the process's quota view right after admission, no I/O in
-  between), ``admitted_rev`` (the revision at which the library found it admitted:
-  ``Reservation.admitted_revision``) and ``status_rev`` (the store revision one round trip
-  later).
+  between) and ``status_rev`` (the store revision one round trip later).
 * ``released`` after the reservation's block has exited (its keys deleted).
 * ``error`` when a task fails; that task stops.
 * ``stopped`` after SIGTERM: no task starts a new reservation, the ones waiting are held and
@@ -75,7 +73,6 @@ async def run(cfg: Config, node_id: str, seed: str, tasks: int, stop: anyio.Even
                             token=r.token,
                             amounts=dict(r.amounts),
                             view_rev=view_rev,
-                            admitted_rev=r.admitted_revision,
                             status_rev=status_rev,
                         )
                         await anyio.sleep(hold)

@@ -130,13 +130,11 @@ class Cluster(SignalMethods, ConsensusMethods, OperatorMethods):
     def quotas(self) -> Quotas:
         """Quota accounting for this tenant (and this cluster's nodes' capacity)."""
         if self._quotas is None:
-            assert self.doorbells is not None
             self._quotas = Quotas(
                 self.session,
                 self.keyspace,
                 holder=self.node_id,
                 views=self.views,
-                doorbells=self.doorbells,
                 node_view=self.membership.view,
             )
         return self._quotas

@@ -46,25 +46,14 @@ class Bell:
         key: the watched key, or the start of the range.
         range_end: the end of the range (exclusive); ``None`` for ``key`` alone.
         no_delete: whether deletions are left out.
-        no_put: whether puts are left out.
-        prev_kv: whether each event carries the key as it was before the change.
         missed: whether the last :meth:`wait` returned because changes may have been missed.
     """
 
     def __init__(
-        self,
-        owner: Doorbells,
-        key: bytes,
-        range_end: bytes | None,
-        after: int,
-        no_delete: bool,
-        *,
-        no_put: bool = False,
-        prev_kv: bool = False,
+        self, owner: Doorbells, key: bytes, range_end: bytes | None, after: int, no_delete: bool
     ) -> None:
         self._owner = owner
         self.key, self.range_end, self.no_delete = key, range_end, no_delete
-        self.no_put, self.prev_kv = no_put, prev_kv
         self.missed = False
         self._revision = after  # every change up to it has been handed over
         self._events: list[WatchEvent] = []

@@ -26,8 +26,7 @@ it hands its consumer the events since the last call, or says that some may be m
 
 Guarantees:
     * :meth:`Bell.wait` returns events in revision order, each change at most once, only of
-      the bell's range and above its ``after_revision`` (no deletions with ``no_delete``,
-      no puts with ``no_put``).
+      the bell's range and above its ``after_revision`` (no deletions with ``no_delete``).
     * No change is lost silently: each is returned by ``wait``, or ``wait`` returns ``[]``
       with :attr:`Bell.missed` set (history compacted away) before any later event. Then
       re-read the range: later events have revisions above :attr:`Bell.revision` as it is
@@ -128,14 +127,7 @@ class Doorbells:
             yield bells
 
     def watch(
-        self,
-        key: bytes,
-        range_end: bytes | None,
-        after_revision: int,
-        *,
-        no_delete: bool = False,
-        no_put: bool = False,
-        prev_kv: bool = False,
+        self, key: bytes, range_end: bytes | None, after_revision: int, *, no_delete: bool = False
     ) -> Bell:
         """Register a watch of the changes after ``after_revision``; returns at once.
 
@@ -147,15 +139,13 @@ class Doorbells:
                 A watch from the past is served by etcd's slower sync loop (up to 100 ms
                 behind); one from now is not.
             no_delete: leave deletions out.
-            no_put: leave puts out.
-            prev_kv: carry each key as it was before the change (``WatchEvent.prev_kv``).
 
         Raises:
             anyio.ClosedResourceError: the doorbells have stopped.
         """
         if self._stopped:
             raise anyio.ClosedResourceError("the doorbells have stopped")
-        bell = Bell(self, key, range_end, after_revision, no_delete, no_put=no_put, prev_kv=prev_kv)
+        bell = Bell(self, key, range_end, after_revision, no_delete)
         self._bells[bell] = None
         self._recreate(bell)
         return bell
@@ -226,13 +216,7 @@ class Doorbells:
                     conn.sent += 1
                     start = 0 if bell._from_now else bell._revision + 1  # 0: after the current
                     await stream.create(
-                        bell.key,
-                        bell.range_end,
-                        start,
-                        watch_id=bell._id,
-                        no_delete=bell.no_delete,
-                        no_put=bell.no_put,
-                        prev_kv=bell.prev_kv,
+                        bell.key, bell.range_end, start, watch_id=bell._id, no_delete=bell.no_delete
                     )
                 if conn.want_progress:
                     conn.want_progress = False

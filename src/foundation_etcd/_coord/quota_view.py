@@ -1,29 +1,28 @@
-"""A process's view of one tenant's quota limits, and of its queues for usage.
+"""A process's watched view of one tenant's quota limits and queues, and the waiters on it.
 
-Two watched views, each opened on first use: the tenant's limits (``.../limits/{resource}``,
-a few keys that rarely change), which every reservation is judged against, and the queues
-(``.../queue/{pool}/...``), which only :meth:`QuotaView.usage` and its kin read: a process
-that reserves without asking for usage never watches a queue's every change (waiting
-reservations watch only the deletions of the pools they wait in: ``quota_waits.py``). The
-queue view is kept incrementally (one :class:`Queue` per pool). A node pool's limit (its
-announced capacity) comes from the node view, a third stream.
+A tenant's limits (``.../limits/{resource}``) and queues (``.../queue/{pool}/...``) share one
+prefix, so one watch sees both in revision order: the view is a real state of etcd after
+each batch of events, and a waiter found admitted there *is* admitted at that revision, with
+no confirming round trip. The view is kept incrementally (one :class:`Queue` per pool), so
+a waiting reservation is judged in memory. A node pool's limit (its announced capacity)
+comes from the node view, a different stream.
 
 Guarantees:
-    * Limits are as the limits view has them: every reservation compares the mod
-      revision of each limit it was judged against, so a limit that changed since is
-      seen by etcd, never acted on from memory.
-    * Listeners of limit changes (:meth:`QuotaView.on_limits`: waiting reservations) are
-      called on every change of a limit or of a node's announcement.
+    * Waiters wake on changes of the view (a release ahead of them, a raised limit, a node
+      announcement), never by polling; each change computes every touched pool's admitted
+      frontier once and wakes exactly the waiters now admitted. An append behind every
+      waiter wakes none. A removal from a queue (a release, or a crashed holder's lease expiring)
+      wakes the waiters it admits: the next in line.
+    * When the view stops (closed, or stopped by an error such as a permission refusal),
+      every waiter wakes and sees the error when it looks.
     * Applying a change never raises: a change skipped would be an entry missing from a
       queue.
-    * **Crafted entries never admit more here either**: usage counts each queue entry by
+    * **Crafted entries never admit more here either**: the view counts each queue entry by
       the one rule of :func:`~foundation_etcd._core.admission.entry_amount` (anything
       ``reserve`` would not have written is
       :data:`~foundation_etcd._core.amounts.BLOCKING`), and ignores keys in a queue no pool
       has (a bad pool name). Limits and node capacities read back follow the same rule: an
       invalid one is no limit (nothing admitted).
-    * Usage combines two streams: a limit and a queue seen at slightly different
-      revisions for a moment, never a state etcd did not pass through in each.
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .._core.admission import (
     EMPTY,
+    Pool,
     Queue,
     decode_or_none,
     entry_amount,
@@ -86,7 +86,7 @@ class QuotaUsage:
 
 
 class QuotaView:
-    """One tenant's quota limits, and its queues for usage, as this process sees them.
+    """One tenant's quota limits and queues as this process sees them, and who waits on them.
 
     Args:
         transport: the connection to catch up with etcd on.
@@ -96,8 +96,8 @@ class QuotaView:
 
     Attributes:
         queue_prefix: the prefix of the tenant's queues (``{queue_prefix}{pool}/{id}``).
-        limits_view: the watched view of the limits, once :meth:`open_limits` has run.
-        watched: the watched view of the queues, once :meth:`open` has run (usage).
+        watched: the watched view of limits and queues, once :meth:`open` has run.
+        waiters: reservation token to its pools and the event that wakes it.
     """
 
     def __init__(
@@ -112,9 +112,9 @@ class QuotaView:
         self._views_of = views
         self._node_view = node_view
         self._ks = keyspace
+        self._prefix = self._ks.quotas_prefix()
         self.queue_prefix = self._ks.quota_queues_prefix()
         self._limits_prefix = self._ks.quota_limits_prefix()
-        self.limits_view: WatchedView | None = None
         self.watched: WatchedView | None = None
         self._opening = anyio.Lock()
         self._queues: dict[str, Queue] = {}
@@ -123,91 +123,65 @@ class QuotaView:
         # node key -> (mod revision, capacity): a node pool parses an announcement once
         self._capacities: dict[bytes, tuple[int, Mapping[str, int] | None]] = {}
         self._changed: anyio.Event | None = None  # made when a usage watcher waits
-        self._limit_listeners: list[Callable[[], None]] = []
-        self._stop_listeners: list[Callable[[], None]] = []
+        self.waiters: dict[int, tuple[list[Pool], anyio.Event]] = {}
 
     async def wait_nodes(self, revision: int) -> None:
         """Wait until the node view (node capacity pools) reflects ``revision``."""
         if self._node_view is not None:
             await self._node_view.wait_for(revision)
 
-    def on_limits(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (it must not block or raise) after every change of a limit."""
-        self._limit_listeners.append(callback)
-
-    def on_stop(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` when the limits view stops (closed, or refused)."""
-        self._stop_listeners.append(callback)
-
-    # the views -----------------------------------------------------------------------------
-    async def open_limits(self) -> WatchedView:
-        """Open (once) the watched view of the tenant's limits, and follow it."""
-        if self.limits_view is not None:
-            return self.limits_view
-        async with self._opening:
-            if self.limits_view is None:
-                view = await self._views_of(self._limits_prefix)
-                now = view.items().values()
-                self._on_limits([ViewChange(ChangeKind.ADDED, kv.key, kv, 0) for kv in now])
-                view.on_change(self._on_limits)
-                view.on_stop(self._stopped)
-                if self._node_view is not None:  # node capacity: limits of node pools
-                    self._node_view.on_change(lambda _: self._limits_changed())
-                self.limits_view = view
-        return self.limits_view
-
+    # the view ------------------------------------------------------------------------------
     async def open(self) -> WatchedView:
-        """Open (once) the watched views of the limits and of the queues (for usage)."""
-        await self.open_limits()
-        if self.watched is None:
-            async with self._opening:
-                if self.watched is None:
-                    view = await self._views_of(self.queue_prefix)
-                    now = view.items().values()
-                    self._on_queues([ViewChange(ChangeKind.ADDED, kv.key, kv, 0) for kv in now])
-                    view.on_change(self._on_queues)
-                    self.watched = view
+        """Open (once) the watched view of the tenant's limits and queues, and follow it."""
+        async with self._opening:
+            if self.watched is None:
+                view = await self._views_of(self._prefix)
+                now = view.items().values()
+                self._on_change([ViewChange(ChangeKind.ADDED, kv.key, kv, 0) for kv in now])
+                view.on_change(self._on_change)
+                view.on_stop(self._wake_all)
+                if self._node_view is not None:  # node capacity: limits of node pools
+                    self._node_view.on_change(lambda _: self._wake())
+                self.watched = view
         return self.watched
 
-    def _on_limits(self, changes: list[ViewChange]) -> None:
-        lp = self._limits_prefix
-        for c in changes:
-            resource = c.key[len(lp) :].decode("utf-8", "replace")
-            if c.kind is ChangeKind.REMOVED:
-                self._limits.pop(resource, None)
-            else:
-                self._limits[resource] = (c.kv.mod_revision, self.parse_limit(c.kv))
-        self._limits_changed()
-
-    def _limits_changed(self) -> None:
-        self._notify_usage()
-        for callback in self._limit_listeners:
-            callback()
-
-    def _stopped(self) -> None:
-        for callback in self._stop_listeners:
-            callback()
-
-    def _on_queues(self, changes: list[ViewChange]) -> None:
-        qp = self.queue_prefix
+    def _on_change(self, changes: list[ViewChange]) -> None:
+        qp, lp = self.queue_prefix, self._limits_prefix
+        waiters = self.waiters
+        admits = False  # whether a change can admit a waiter (appends behind them cannot)
         # nothing here may raise: a change skipped would be an entry missing from a queue
         for c in changes:
             kv = c.kv
             key = kv.key
-            name = queue_pool(key, len(qp))
-            if name is None:
-                continue  # in no pool's queue: no reservation is judged against it
-            q = self._queues.get(name)
-            if c.kind is ChangeKind.REMOVED:
-                if q is not None:
-                    q.remove(key)
-                    if not q.revs:
-                        del self._queues[name]
-            else:
-                if q is None:
-                    q = self._queues[name] = Queue()
-                q.add(kv.create_revision, key, entry_amount(kv, name))
-        self._notify_usage()
+            if key.startswith(qp):
+                name = queue_pool(key, len(qp))
+                if name is None:
+                    continue  # in no pool's queue: no reservation is judged against it
+                q = self._queues.get(name)
+                if c.kind is ChangeKind.REMOVED:
+                    if q is not None:
+                        q.remove(key)
+                        if not q.revs:
+                            del self._queues[name]
+                    admits = True
+                else:
+                    if q is None:
+                        q = self._queues[name] = Queue()
+                    q.add(kv.create_revision, key, entry_amount(kv, name))
+                    # an append behind every waiter cannot admit one; a waiter's own key
+                    # or a rewritten amount can
+                    admits = admits or c.kind is ChangeKind.UPDATED or kv.create_revision in waiters
+            elif key.startswith(lp):
+                resource = key[len(lp) :].decode("utf-8", "replace")
+                if c.kind is ChangeKind.REMOVED:
+                    self._limits.pop(resource, None)
+                else:
+                    self._limits[resource] = (kv.mod_revision, self.parse_limit(kv))
+                admits = True
+        if admits:
+            self._wake()
+        else:
+            self._notify_usage()
 
     def _notify_usage(self) -> None:
         """Wake the ``watch_usage`` pumps (the event exists only while one waits)."""
@@ -223,12 +197,45 @@ class QuotaView:
             log.warning("ignoring malformed quota limit at %r", kv.key)
         return limit
 
-    def check(self) -> None:
-        """Raise the error that stopped the limits view, if one did."""
-        if self.limits_view is not None:
-            self.limits_view._check()
+    # waiters -------------------------------------------------------------------------------
+    async def sleep_until_admitted(self, pools: list[Pool], token: int) -> None:
+        """Sleep until a change of the view admits the reservation queued at ``token``.
 
-    # limits --------------------------------------------------------------------------------
+        Each view change computes the touched pools' frontiers once and wakes only the
+        waiters now admitted. A stopped view wakes every waiter: the caller looks again
+        (and sees the view's error).
+        """
+        admitted = anyio.Event()
+        self.waiters[token] = (pools, admitted)
+        try:
+            await admitted.wait()
+        finally:
+            self.waiters.pop(token, None)
+
+    def _wake(self) -> None:
+        """Wake the waiters that the view now admits (each pool's frontier computed once)."""
+        self._notify_usage()
+        if not self.waiters:
+            return
+        frontiers: dict[str, int] = {}
+        for token, (pools, admitted) in list(self.waiters.items()):
+            for p in pools:
+                f = frontiers.get(p.name)
+                if f is None:
+                    limit = self.current_limit(p.name, p.node)[0]
+                    q = self._queues.get(p.name, EMPTY)
+                    f = frontiers[p.name] = -1 if limit is None else q.frontier(limit)
+                if token > f:
+                    break
+            else:
+                admitted.set()
+
+    def _wake_all(self) -> None:
+        """Wake every waiter (the view stopped: they see its error when they look)."""
+        for _, admitted in self.waiters.values():
+            admitted.set()
+
+    # limits and queues ---------------------------------------------------------------------
     def _limit_key(self, resource: str) -> bytes:
         key = self._limit_keys.get(resource)
         if key is None:
@@ -253,16 +260,13 @@ class QuotaView:
         mod, limit = self._limits.get(pool, (0, None))
         return limit, self._limit_key(pool), mod
 
-    async def wait_limits(self, revision: int, node: bool) -> None:
-        """Wait until the limits (and, for node pools, the node view) reflect ``revision``."""
-        view = await self.open_limits()
-        await view.wait_for(revision)
-        if node:
-            await self.wait_nodes(revision)
+    def queue(self, pool: str) -> Queue:
+        """A pool's queue as the view has it (empty when it has no keys)."""
+        return self._queues.get(pool, EMPTY)
 
     # usage ---------------------------------------------------------------------------------
     def usage(self, resource: str, *, node: str | None = None) -> QuotaUsage:
-        """A pool's usage from this process's views (no I/O once they are open)."""
+        """A pool's usage from this process's view (no I/O once the view is open)."""
         pool = pool_name(resource, node)
         q = self._queues.get(pool, EMPTY)
         limit = None
@@ -274,11 +278,12 @@ class QuotaView:
         return QuotaUsage(pool, limit, used, queued, len(q.amounts), rev, malformed)
 
     async def open_usage(self, resource: str, *, node: str | None = None) -> QuotaUsage:
-        """Open the views if needed, catch up with etcd, and return a pool's usage."""
+        """Open the view if needed, catch up with etcd, and return a pool's usage."""
         view = await self.open()
         rev = (await self._transport.status()).revision
         await view.wait_for(rev)
-        await self.wait_limits(rev, node is not None)
+        if node is not None:
+            await self.wait_nodes(rev)
         return self.usage(resource, node=node)
 
     @asynccontextmanager

@@ -15,10 +15,8 @@ stays admitted. A tenant's limits live beside its queues, at ``.../limits/{resou
 * ``_coord.reservations``: the reserving protocol, one transaction that queues a reservation
   and decides it, then waits, under the session lease (admission, FIFO, bad input, crafted
   entries, lease loss);
-* ``_coord.quota_view``: the process's watched views of the tenant's limits and (for
-  usage) queues;
-* ``_coord.quota_waits``: waiting reservations, on deletions-only watches of the pools they
-  wait in, decided by one read.
+* ``_coord.quota_view``: the process's watched view of the tenant's limits and queues, the
+  wake-ups of waiting reservations, and usage.
 
 Guarantees:
     * :meth:`Quotas.set_limit` validates before it writes: a bad resource name or a
@@ -32,16 +30,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING
 
+import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .._core import codec as _codec
+from .._core.admission import Pool
 from .._core.amounts import check_limit
 from .._core.errors import InvalidReservationError
 from .._core.keys import validate_id
 from .audit import AuditLog
-from .doorbells import Doorbells
 from .quota_view import QuotaUsage, QuotaView
-from .quota_waits import QuotaWaits, Waiter
 from .reservations import Reservation, Reserver
 from .watch import WatchedView
 
@@ -62,7 +60,6 @@ class Quotas:
         *,
         holder: str,
         views: Callable[[bytes], Awaitable[WatchedView]],
-        doorbells: Doorbells,
         node_view: WatchedView | None = None,
     ) -> None:
         """Quotas of ``keyspace``'s tenant, reserved under ``session``'s lease.
@@ -72,26 +69,22 @@ class Quotas:
             keyspace: the tenant's key layout.
             holder: who reserves (the node id), written into each reservation.
             views: opens (or shares) the watched view of a prefix.
-            doorbells: the watch stream that carries waiting reservations' watches.
             node_view: the view of node announcements, for node capacity pools.
         """
         self._transport = session.transport
         self._ks = keyspace
         self._audit = AuditLog(self._transport, keyspace, actor=holder)
         self._quota_view = QuotaView(self._transport, keyspace, views=views, node_view=node_view)
-        self._waits = QuotaWaits(self._transport, doorbells, self._quota_view.queue_prefix)
-        self._quota_view.on_limits(self._waits.wake_all)
-        self._quota_view.on_stop(self._waits.wake_all)
-        self._reserver = Reserver(session, keyspace, self._quota_view, self._waits, holder=holder)
+        self._reserver = Reserver(session, keyspace, self._quota_view, holder=holder)
 
-    # white-box (tests): the usage view once open, and the reservations waiting
+    # white-box (tests): the watched view once open, and the reservations waiting on it
     @property
     def _view(self) -> WatchedView | None:
         return self._quota_view.watched
 
     @property
-    def _waiters(self) -> dict[int, Waiter]:
-        return self._waits.waiters
+    def _waiters(self) -> dict[int, tuple[list[Pool], anyio.Event]]:
+        return self._quota_view.waiters
 
     # limits --------------------------------------------------------------------------------
     async def set_limit(self, resource: str, limit: int) -> None:

@@ -5,11 +5,11 @@ the session lease), checks that the limits it judged against are unchanged (mod 
 and reads the first ``min(QUEUE_READ, limit)`` keys of each queue at that revision (amounts
 are at least 1, so a key behind the first ``limit`` keys cannot be admitted). The decision
 is exact at once: no retry under contention, no second round trip. A reservation that must
-wait, or whose queue was longer than what was read, waits for deletions ahead of it
-(:mod:`~foundation_etcd._coord.quota_waits`: a deletions-only watch of the pools it waits
-in) and is then decided by one read of its queues up to its own key; limits come from the
-limits view (:class:`~foundation_etcd._coord.quota_view.QuotaView`), and a node pool's
-(its announced capacity) from the node view, each compared by mod revision when judged.
+wait, or whose queue was longer than what was read, waits on the process's watched view
+(:class:`~foundation_etcd._coord.quota_view.QuotaView`), so the cost per reservation stays
+bounded by ``QUEUE_READ`` keys on the wire and by the queue position in memory. A node
+pool's limit (its announced capacity) comes from the node view, a different stream, so a
+node-pool waiter confirms it with one compare of the node key.
 
 Guarantees:
     * At any revision, a reservation newly admitted at that revision fits the pool's limit
@@ -30,12 +30,12 @@ Guarantees:
       ``amounts``, amounts for other pools only, a rewritten key) counts as
       :data:`~foundation_etcd._core.amounts.BLOCKING`, more than any limit: it is never
       admitted, and nothing queued behind it in that pool is admitted until it is deleted.
-      Both judges, the reserving transaction's read and a waiter's confirming read
-      (``quota_waits``), apply this one rule (``_core.admission``), and each entry still
-      counts at least 1, so a key behind the first ``limit`` keys is still never admitted.
-      Keys in a queue no pool has (a bad pool name) are ignored by both. ``reserve``
-      creates its keys create-only: a key of its name that another writer put first is
-      left alone and the reservation takes a fresh name.
+      Both judges, the reserving transaction's read (here) and the view (``quota_view``),
+      apply this one rule (``_core.admission``), and each entry still counts at least 1, so
+      a key behind the first ``limit`` keys is still never admitted. Keys in a queue no
+      pool has (a bad pool name) are ignored by both. ``reserve`` creates its keys
+      create-only: a key of its name that another writer put first is left alone and the
+      reservation takes a fresh name.
     * The body of ``reserve`` runs under the session lease: when the lease is lost the
       reservation is gone, so the body is cancelled (``LeaseLostError``).
 """
@@ -55,12 +55,12 @@ from .._core.background import cleanup_scope
 from .._core.errors import EtcdError, InvalidReservationError, QuotaExceededError
 from .._core.keys import pool_name, validate_id
 from .._core.kv import Compare, Op, RangeResult
-from .quota_waits import QuotaWaits, Waiter
 
 if TYPE_CHECKING:
     from .._core.keys import Keyspace
     from .quota_view import QuotaView
     from .session import Session
+    from .watch import WatchedView
 
 __all__ = ["Reservation", "Reserver"]
 
@@ -78,9 +78,6 @@ class Reservation:
         token: the create revision of its keys (its place in every queue, and its
             identity: unique, where the id is not).
         lease_id: the lease the keys live under.
-        admitted_revision: the revision at which etcd's state admitted it: ``token`` when
-            its own transaction did, else that of the read that found it admitted (it
-            stays admitted at every later revision while its keys exist).
     """
 
     reservation_id: str
@@ -88,7 +85,6 @@ class Reservation:
     keys: tuple[bytes, ...]
     token: int
     lease_id: int
-    admitted_revision: int = 0
 
     @property
     def guard(self) -> list[Compare]:
@@ -103,21 +99,13 @@ class Reserver:
         session: the session whose lease holds the reservations.
         keyspace: the tenant's key layout.
         quota_view: the process's view of the tenant's limits and queues.
-        waits: the waiting reservations and their pools' watches.
         holder: who reserves (the node id), written into each reservation.
     """
 
     def __init__(
-        self,
-        session: Session,
-        keyspace: Keyspace,
-        quota_view: QuotaView,
-        waits: QuotaWaits,
-        *,
-        holder: str,
+        self, session: Session, keyspace: Keyspace, quota_view: QuotaView, *, holder: str
     ) -> None:
         self._session = session
-        self._waits = waits
         self._transport = session.transport
         self._holder = holder
         self._ks = keyspace
@@ -154,16 +142,17 @@ class Reserver:
             pools.append(Pool(pool, amount, limit, key, mod, node))
         return pools
 
-    async def _check_caught_up(self, amounts: Mapping[str, int], node: str | None) -> list[Pool]:
+    async def _check_caught_up(
+        self, amounts: Mapping[str, int], node: str | None, view: WatchedView
+    ) -> list[Pool]:
         """Catch up with etcd, then ``_check`` for good (the view lacked a fitting limit)."""
         rev = await self._transport.revision()  # linearizable (a read: no txn)
-        await self._quota_view.wait_limits(rev, node is not None)
+        await view.wait_for(rev)
+        if node is not None:
+            await self._quota_view.wait_nodes(rev)
         pools = self._check(amounts, node)
         assert pools is not None
         return pools
-
-    def _limits(self, p: Pool) -> tuple[int | None, bytes, int]:
-        return self._quota_view.current_limit(p.name, p.node)
 
     # names and values ----------------------------------------------------------------------
     def _take_name(self, lease_id: int, *, fresh: bool = False) -> tuple[str, int]:
@@ -209,11 +198,10 @@ class Reserver:
         """
         started = metrics.now()
         quota_view = self._quota_view
-        if quota_view.limits_view is None:
-            await quota_view.open_limits()
+        view = quota_view.watched or await quota_view.open()
         transport = self._transport
         pools = self._check(amounts, node, final=False) or await self._check_caught_up(
-            amounts, node
+            amounts, node, view
         )
         lease = await self._session.wait_lease()
         rid, slot = self._take_name(lease.id)
@@ -255,22 +243,24 @@ class Reserver:
                         )
                         continue
                     # a limit changed since the view saw it: catch up and judge again
-                    await quota_view.wait_limits(res.revision, node is not None)
+                    await view.wait_for(res.revision)
+                    if node is not None:
+                        await quota_view.wait_nodes(res.revision)
                     pools = self._check(amounts, node, final=False) or await self._check_caught_up(
-                        amounts, node
+                        amounts, node, view
                     )
                 else:
                     raise EtcdError("limits or names kept changing; reservation not attempted")
-                reads = res.responses[len(keys) :]
-                admitted = self._admitted_from_reads(reads, pools, keys)
-                at = token
+                admitted = self._admitted_from_reads(res.responses[len(keys) :], pools, keys)
+                reservation = Reservation(
+                    rid, {p.name: p.amount for p in pools}, keys, token, lease.id
+                )
                 if admitted is not True:
                     if nowait and isinstance(admitted, QuotaExceededError):
                         raise admitted
-                    at = await self._wait_admitted(pools, token, keys, reads, nowait=nowait)
-                reservation = Reservation(
-                    rid, {p.name: p.amount for p in pools}, keys, token, lease.id, at
-                )
+                    if nowait:  # judge once the view has the own write (an event comes)
+                        await view.wait_for_key(keys[0], token)
+                    await self._wait_admitted(pools, token, nowait=nowait)
                 metrics.quota_admitted(self._ks.tenant, [p.name for p in pools], started)
                 yield reservation
         finally:
@@ -280,13 +270,8 @@ class Reserver:
                     try:
                         # without an answer the put may have been applied all the same
                         guard = [Compare.create_revision(k) == token for k in keys if token]
-                        handover = self._waits.handover_reads(pools, self._limits) if token else []
-                        done = await transport.txn(
-                            guard, [*(Op.delete(k) for k in keys), *handover]
-                        )
+                        await transport.txn(guard, [Op.delete(k) for k in keys])
                         released = True
-                        if handover and done.succeeded:  # waiters of this process behind it
-                            self._waits.released(pools, done.revision, done.responses[len(keys) :])
                     except EtcdError as exc:
                         log.warning(
                             "release of %s failed (%s); it expires with its lease", rid, exc
@@ -295,6 +280,18 @@ class Reserver:
                 self._names.append((lease.id, slot))  # its keys are gone: the name is free
 
     # admission -----------------------------------------------------------------------------
+    def _exceeded(self, pools: list[Pool], token: int) -> QuotaExceededError:
+        """The error for the first pool where the reservation (queued at ``token``) has no room."""
+        for p in pools:
+            limit = self._quota_view.current_limit(p.name, p.node)[0]
+            limit = p.limit if limit is None else limit
+            through = self._quota_view.queue(p.name).sum_through(token) or p.amount
+            if through > limit:  # a malformed entry ahead shows as the whole limit used
+                used = min(through - p.amount, limit)
+                return QuotaExceededError(p.name, requested=p.amount, used=used, limit=limit)
+        p = pools[0]
+        return QuotaExceededError(p.name, requested=p.amount, used=p.limit, limit=p.limit)
+
     def _admitted_from_reads(
         self, reads: Sequence[object], pools: list[Pool], keys: tuple[bytes, ...]
     ) -> bool | QuotaExceededError | None:
@@ -313,37 +310,35 @@ class Reserver:
                 refused = QuotaExceededError(p.name, requested=p.amount, used=used, limit=p.limit)
         return True if refused is None else refused
 
-    async def _wait_admitted(
-        self,
-        pools: list[Pool],
-        token: int,
-        keys: tuple[bytes, ...],
-        reads: Sequence[object],
-        *,
-        nowait: bool,
-    ) -> int:
-        """Wait until admitted (``quota_waits``); with ``nowait``, decide once or raise.
+    def _admitted_now(self, pools: list[Pool], token: int) -> bool:
+        for p in pools:
+            limit = self._quota_view.current_limit(p.name, p.node)[0]
+            through = self._quota_view.queue(p.name).sum_through(token)
+            if limit is None or through is None or through > limit:
+                return False
+        return True
 
-        Returns:
-            The revision at which a read found it admitted.
-        """
-        w = Waiter(token, pools, {p.name: k for p, k in zip(pools, keys, strict=True)})
-        for p, read in zip(pools, reads, strict=True):
-            assert isinstance(read, RangeResult)
-            # at its own revision every other key of the queue is ahead of it
-            w.count(p.name, read.kvs, token, read.count - 1)
-        nodes = any(p.node is not None for p in pools)
-
-        async def catch_up(revision: int) -> None:
-            await self._quota_view.wait_limits(revision, nodes)
-
-        if nowait:  # the queue was longer than the reserving read: read up to the own key
-            while True:
-                admitted, revision, refusal = await self._waits.confirm(w, self._limits)
-                if admitted:
-                    return revision
-                if admitted is False:
-                    assert refusal is not None
-                    raise refusal
-                await catch_up(revision)
-        return await self._waits.wait(w, self._limits, catch_up, self._quota_view.check)
+    async def _wait_admitted(self, pools: list[Pool], token: int, *, nowait: bool) -> None:
+        node_pools = [p for p in pools if p.node is not None]
+        quota_view = self._quota_view
+        view = quota_view.watched
+        assert view is not None
+        while True:
+            view._check()  # a view stopped by an error (permissions) raises it here
+            if self._admitted_now(pools, token):
+                if not node_pools:
+                    return  # limits and queues come from one stream: exact as seen
+                # a node's capacity comes from the node view, another stream: confirm that
+                # the capacity judged against is still current (one compare)
+                checks = [quota_view.current_limit(p.name, p.node) for p in node_pools]
+                ok = await self._transport.txn(
+                    [Compare.mod_revision(key) == mod for _, key, mod in checks], []
+                )
+                if ok.succeeded:
+                    return
+                await quota_view.wait_nodes(ok.revision)
+                continue
+            if nowait:
+                raise self._exceeded(pools, token)
+            # sleep until a change admits this reservation (or the view stops)
+            await quota_view.sleep_until_admitted(pools, token)

@@ -58,9 +58,6 @@ _CACHED_BYTES = 1024  # values parsed once per distinct value up to this size
 class Queue:
     """One pool's queue in create order: parallel lists, and each key's create revision.
 
-    Keys created at one revision (one transaction) are in key order, as a range read
-    returns them to be sorted, whether they arrived in a list or as events.
-
     Amounts are those of :func:`entry_amount`: a malformed entry is ``BLOCKING``.
     """
 
@@ -88,8 +85,6 @@ class Queue:
         elif old is not None:  # deleted and created again, seen as one change (a relist)
             self.remove(key)
         i = bisect.bisect_right(self.revs, rev)
-        while i and self.revs[i - 1] == rev and self.keys[i - 1] > key:
-            i -= 1  # keys created at one revision (one transaction) in key order, as a read
         self.revs.insert(i, rev)
         self.keys.insert(i, key)
         self.amounts.insert(i, amount)

@@ -236,8 +236,10 @@ class Keyspace:
     def quotas_prefix(self) -> bytes:
         """Prefix of the tenant's quota limits and queues: ``/{ns}/_system/quotas/{tenant}/``.
 
-        It lies outside the tenant prefix so that a tenant's role can read it all (limits
-        and queues) and write only ``queue/``.
+        Limits and queues share one prefix so that one watch sees both in revision order
+        (a waiter's admission is then exact in the view, without a confirming round trip);
+        it lies outside the tenant prefix so that a tenant's role can read it all and write
+        only ``queue/``.
         """
         return self.system_prefix + f"quotas/{self.tenant}/".encode()
 
