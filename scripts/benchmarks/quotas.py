@@ -27,6 +27,7 @@ QUOTA_LIMIT = 4
 QUOTA_WORKERS = (1, 4, 16)
 QUOTA_ROUNDS = 2  # alternating raw/library windows per worker count
 QUOTA_PROCESSES = 4  # child processes per side in the multi-process run
+QUOTA_SPREAD_GOAL = 2.0  # library / CAS counter ops/s, every worker its own process
 
 
 class CasCounter:
@@ -210,7 +211,12 @@ async def contend(bench: Bench, cfg: Config, counter: bytes, n: int, *, connecti
 
 
 async def contend_processes(
-    bench: Bench, cfg: Config, counter: bytes, procs: int, per_proc: int
+    bench: Bench,
+    cfg: Config,
+    counter: bytes,
+    procs: int,
+    per_proc: int,
+    goal: float = QUOTA_THROUGHPUT_GOAL,
 ) -> Figure:
     """``procs`` child processes of ``per_proc`` workers per side, alternating windows.
 
@@ -286,13 +292,13 @@ async def contend_processes(
     wall = QUOTA_ROUNDS * s.quota_window
     per_op = {k: requests[k] / max(1, done[k]) for k in done}
     ratio = done["lib"] / max(1, done["raw"])
-    verdict = "met" if ratio >= QUOTA_THROUGHPUT_GOAL else "missed"
+    verdict = "met" if ratio >= goal else "missed"
     note = (
         f"CAS: {cas['retries'] / max(1, cas['txns']):.0%} of {cas['txns']:,} txns retried, "
         f"{cas['waits']:,} waits for room; etcd KV requests per op: CAS {per_op['raw']:.1f}, "
         f"library {per_op['lib']:.1f}; the children's CPU: CAS {cpu['raw'] / wall:.0%}, "
         f"library {cpu['lib'] / wall:.0%}; {wall:g} s per side; "
-        f"goal >= {QUOTA_THROUGHPUT_GOAL:g}x the CAS counter: {verdict}"
+        f"goal >= {goal:g}x the CAS counter: {verdict}"
     )
     return Figure(
         f"reserve + release, {n} workers in {procs} processes ({per_proc} per process, one "
@@ -381,6 +387,8 @@ async def section_quotas(bench: Bench) -> list[Row]:
         # the same number of workers spread over processes, each with its own connection
         n = QUOTA_WORKERS[-1]
         rows.append(await contend_processes(bench, cfg, counter, QUOTA_PROCESSES, n // 4))
+        # every worker in a process of its own: each process's view sees every change
+        rows.append(await contend_processes(bench, cfg, counter, n, 1, QUOTA_SPREAD_GOAL))
         # every worker its own connection in this one process: each library connection has
         # its own view, so this interpreter handles every change once per worker
         rows.append(await contend(bench, cfg, counter, n, connections=n))
