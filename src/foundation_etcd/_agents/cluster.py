@@ -397,13 +397,14 @@ async def connect(
         await node_view.wait_for(await membership.announce(session.lease))
         session.on_renewed(membership.reannounce)
         cluster._membership = membership
-        views = SharedViews(transport, await stack.enter_async_context(background_tasks()))
-        views.adopt(config.keyspace.nodes_prefix(), node_view)
         agents_view = None
         if watch_agents:
             agents_view = await stack.enter_async_context(
                 open_view(transport, config.keyspace.agents_live_prefix())
             )
+        views = SharedViews(transport, await stack.enter_async_context(background_tasks()))
+        views.adopt(config.keyspace.nodes_prefix(), node_view)
+        if agents_view is not None:
             views.adopt(config.keyspace.agents_live_prefix(), agents_view)
         cluster._registry = Registry(
             transport, session, config.keyspace, node_id, agents_view, views=views
