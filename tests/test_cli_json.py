@@ -246,11 +246,22 @@ async def test_usage_and_runtime_errors_write_nothing(etcd_config: Config) -> No
     assert code == 0 and re.fullmatch(r"foundation-etcd \S+\n", out), out
 
 
+# The command line as a terminal's foreground job runs it: Ctrl-C (SIGINT) reaches it. A
+# shell that starts the test run in the background (``make test &``) has SIGINT ignored,
+# and a child inherits that (Python keeps an ignored SIGINT ignored), so it is set back
+# before the command starts.
+_FOREGROUND = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'foundation-etcd'; runpy.run_module('foundation_etcd.cli', "
+    "run_name='__main__', alter_sys=True)"
+)
+
+
 def _spawn(cfg: Config, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             sys.executable,
-            *("-m", "foundation_etcd.cli", *args),
+            *("-c", _FOREGROUND, *args),
             *("--endpoints", ",".join(cfg.endpoints), "--namespace", cfg.namespace),
         ],
         stdout=subprocess.PIPE,
