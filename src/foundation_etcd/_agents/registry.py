@@ -185,21 +185,25 @@ class Registry:
         Raises:
             ConfigurationError: this registry was built without a way to open its view.
         """
-        if self._view is not None:
-            return
-        if self._views_of is None:
-            raise ConfigurationError("registry", "built without a way to open its agents view")
-        view = await self._views_of(self._prefix)
-        if self._view is None:  # another task may have attached it meanwhile
-            self._attach(view)
+        await self._opened()
 
-    def _watched(self) -> None:
+    async def _opened(self) -> WatchedView:
         if self._view is None:
-            raise ConfigurationError(
-                "watch_agents",
-                "the agents view is not open (connect(..., watch_agents=False)): await "
-                "registry.open() first, or use registry.lookup() (a read from etcd)",
-            )
+            if self._views_of is None:
+                raise ConfigurationError("registry", "built without a way to open its agents view")
+            view = await self._views_of(self._prefix)
+            if self._view is None:  # another task may have attached it meanwhile
+                self._attach(view)
+        assert self._view is not None
+        return self._view
+
+    @staticmethod
+    def _unwatched() -> ConfigurationError:
+        return ConfigurationError(
+            "watch_agents",
+            "the agents view is not open (connect(..., watch_agents=False)): await "
+            "registry.open() first, or use registry.lookup() (a read from etcd)",
+        )
 
     # the in-memory index -------------------------------------------------------------------
     def _parse(self, kv: KeyValue) -> AgentInfo | None:
@@ -240,7 +244,7 @@ class Registry:
             ConfigurationError: the view is not open (``connect(watch_agents=False)``).
         """
         if self._view is None:
-            self._watched()
+            raise self._unwatched()
         return self._agents.get(agent_id)
 
     def find(self, *capabilities: str) -> list[AgentInfo]:
@@ -250,7 +254,7 @@ class Registry:
             ConfigurationError: the view is not open (``connect(watch_agents=False)``).
         """
         if self._view is None:
-            self._watched()
+            raise self._unwatched()
         if not capabilities:
             return sorted(self._agents.values(), key=lambda a: a.agent_id)
         sets = [self._by_capability.get(c, set()) for c in capabilities]
@@ -262,7 +266,8 @@ class Registry:
         return self.find()
 
     def __len__(self) -> int:
-        self._watched()
+        if self._view is None:
+            raise self._unwatched()
         return len(self._agents)
 
     async def lookup(self, agent_id: str) -> AgentInfo | None:
@@ -272,10 +277,7 @@ class Registry:
 
     async def wait_for(self, revision: int) -> None:
         """Wait until the in-memory view reflects ``revision`` (opening it if closed)."""
-        if self._view is None:
-            await self.open()
-        assert self._view is not None
-        await self._view.wait_for(revision)
+        await (self._view or await self._opened()).wait_for(revision)
 
     @asynccontextmanager
     async def watch(self) -> AsyncIterator[MemoryObjectReceiveStream[list[AgentChange]]]:
@@ -285,9 +287,8 @@ class Registry:
             info = self._parse(c.kv)
             return None if info is None else AgentChange(c.kind, info)
 
-        await self.open()
-        assert self._view is not None
-        async with self._view.subscribe_converted(convert) as changes:
+        view = await self._opened()
+        async with view.subscribe_converted(convert) as changes:
             yield changes
 
     # writing -------------------------------------------------------------------------------
