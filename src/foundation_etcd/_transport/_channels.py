@@ -18,9 +18,57 @@ import grpc.aio
 
 from .._core.config import Config
 from .._core.errors import EtcdUnavailableError
+from ._protos import make_stub
 from ._wire import MAX_REQUEST_BYTES
 
 MemberFactory = Callable[[int], grpc.aio.Channel]
+
+
+class MemberLeaseStubs:
+    """Lease stubs on channels of one endpoint each, opened on first use.
+
+    Args:
+        factory: opens the channel of an endpoint by index; ``None`` disables them.
+        endpoints: how many endpoints there are.
+        fallback: the shared channel's stub, for an endpoint whose name no longer resolves.
+    """
+
+    def __init__(self, factory: MemberFactory | None, endpoints: int, fallback: Any) -> None:
+        self._factory = factory
+        self._endpoints = endpoints
+        self._fallback = fallback
+        self._stubs: dict[int, Any] = {}
+        self._channels: list[grpc.aio.Channel] = []
+
+    @property
+    def enabled(self) -> bool:
+        """Whether streams can be pinned to one endpoint."""
+        return self._factory is not None
+
+    def prepare(self) -> None:
+        """Open every endpoint's channel now (a no-op with one endpoint)."""
+        if self._factory is not None and self._endpoints > 1:
+            for index in range(self._endpoints):
+                self.get(index)
+
+    def get(self, index: int) -> Any:
+        """The lease stub of endpoint ``index``, on that endpoint's own channel."""
+        stub = self._stubs.get(index)
+        if stub is None:
+            assert self._factory is not None
+            try:
+                channel = self._factory(index)
+            except OSError:  # its name no longer resolves: the shared channel will do
+                return self._fallback
+            channel.get_state(try_to_connect=True)
+            self._channels.append(channel)
+            stub = self._stubs[index] = make_stub(channel, "Lease")
+        return stub
+
+    async def close(self) -> None:
+        """Close the channels opened."""
+        for ch in self._channels:
+            await ch.close()
 
 
 def _addresses(endpoint: str) -> tuple[list[str], str | None]:

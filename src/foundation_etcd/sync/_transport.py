@@ -97,6 +97,9 @@ class Transport(SyncWrapper[_ll.Transport]):
     ) -> _ll.TxnResult:
         """Run a transaction: if every compare holds, ``success``, else ``failure``.
 
+        One that writes nothing is, on etcd 3.5.0-3.5.4, left to finish on the server
+        when the caller is cancelled (``_reads``: cancelling it there crashes etcd).
+
         Raises:
             TooManyOperationsError: before sending, over 128 operations in a branch.
             RequestTooLargeError: before sending, when the request exceeds 1.5 MiB.
