@@ -52,7 +52,7 @@ from anyio.abc import TaskGroup
 
 from .._core.background import background_tasks
 from .._core.errors import AuthError, EtcdError, EtcdUnavailableError
-from .._transport import Transport, WatchResponse, WatchStream
+from .._transport import Transport, WatchResponse, WatchStream, release_of
 from .bells import FIRST_DELAY as _FIRST_DELAY
 from .bells import Bell, log_in_again
 
@@ -65,8 +65,7 @@ _MAX_DELAY = 1.0
 
 def _trusts_progress(version: str) -> bool:
     """Whether etcd ``version`` answers a progress request only once every watch caught up."""
-    numbers = version.split("-")[0].split(".")[:3]
-    return all(n.isdigit() for n in numbers) and tuple(map(int, numbers)) >= (3, 5, 8)
+    return release_of(version) >= (3, 5, 8)
 
 
 class _Conn:

@@ -13,12 +13,16 @@ Guarantees:
     * Requests over etcd's limits (1.5 MiB, 128 operations) raise before they are sent.
     * Every request carries ``hasleader``: a member cut off from its raft leader refuses it
       at once (``NoLeaderError``, not applied) instead of letting it hang.
+    * On etcd 3.5.0-3.5.4 a transaction that writes nothing is never cancelled on the
+      server, where cancelling it crashes etcd (etcd#14110, ``_reads``): its caller leaves,
+      the request finishes.
     * HTTP/2 keepalive pings notice a blackholed connection; the channel then reconnects,
       to another endpoint when several are given.
 """
 
 from ._client import Transport, open_transport
 from ._loop import require_asyncio
+from ._reads import release_of
 from ._streams import KeepAliveStream, WatchStream
 from ._wire import (
     MAX_REQUEST_BYTES,
@@ -42,5 +46,6 @@ __all__ = [
     "WatchResponse",
     "WatchStream",
     "open_transport",
+    "release_of",
     "require_asyncio",
 ]

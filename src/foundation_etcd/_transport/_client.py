@@ -334,7 +334,7 @@ class Transport:
         """Run a transaction: if every compare holds, ``success``, else ``failure``.
 
         One that writes nothing is, on etcd 3.5.0-3.5.4, left to finish on the server
-        when the caller is cancelled (``_reads``: cancelling it there crashes etcd).
+        when the caller is cancelled: cancelling it there crashes etcd (etcd#14110).
 
         Raises:
             TooManyOperationsError: before sending, over 128 operations in a branch.

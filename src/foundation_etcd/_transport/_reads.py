@@ -18,10 +18,15 @@ from .._core.background import cleanup_scope
 from .._core.kv import AnyOp, RangeOp, TxnOp
 
 
+def release_of(version: str) -> tuple[int, ...]:
+    """``"3.5.1"`` (or ``"3.5.1-rc.0"``) as ``(3, 5, 1)``; ``()`` when it is not one."""
+    numbers = version.split("-")[0].split(".")[:3]
+    return tuple(map(int, numbers)) if all(n.isdigit() for n in numbers) else ()
+
+
 def cancel_crashes_reads(version: str) -> bool:
     """Whether etcd ``version`` panics on a read-only transaction cancelled while it ranges."""
-    parts = version.split(".")
-    return parts[:2] == ["3", "5"] and len(parts) > 2 and parts[2] in ("0", "1", "2", "3", "4")
+    return (3, 5, 0) <= release_of(version) < (3, 5, 5)
 
 
 def writes(ops: Sequence[AnyOp]) -> bool:
