@@ -93,3 +93,24 @@ async def test_control_without_the_guard_etcd_crashes(etcd_factory: EtcdServerFa
     assert proc is not None
     assert await anyio.to_thread.run_sync(proc.wait, 10) != 0  # it panicked
     assert "unexpected error during txn" in server.log_tail(2000)
+
+
+async def test_paused_server_caller_leaves_read_finishes(etcd_factory: EtcdServerFactory) -> None:
+    """A read sent to a paused (SIGSTOP) etcd: its caller leaves on time; resumed, etcd answers."""
+    server = etcd_factory()
+    config, _ = await _filled(server)
+    async with open_transport(config) as t:
+        assert t._reads is not None
+        server.pause()
+        try:
+            with anyio.fail_after(5):
+                with anyio.move_on_after(0.3) as scope:
+                    await t.txn([], [Op.get(b"/r/", prefix=True, keys_only=True)])
+            assert scope.cancelled_caught and t._reads._running
+        finally:
+            server.resume()
+        with anyio.fail_after(10):
+            await t._reads.settle(10)
+        assert not t._reads._running
+    assert server.is_healthy(timeout=2), server.log_tail()
+    assert "unexpected error during txn" not in server.log_tail(2000)
