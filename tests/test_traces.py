@@ -103,6 +103,13 @@ async def test_spawn_until_on_start(etcd_config: Config) -> None:
             with anyio.fail_after(10):
                 await started["warm-up"].wait()
             await c.despawn("warm-up")
+            # its hosting ends after despawn returns (on_stop, unregister, the incarnation's
+            # release): the trace starts once it has, or the release's modules join it.
+            # No event marks that end; the runtime's table of hosted agents does.
+            assert c.runtime is not None
+            with anyio.fail_after(10):
+                while "warm-up" in c.runtime.hosted:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
             tracer.by_task.clear()
             me = asyncio.current_task()
             assert me is not None
