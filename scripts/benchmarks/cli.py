@@ -44,6 +44,7 @@ from benchmarks.runtime import section_runtime
 from benchmarks.signals import section_signals
 from benchmarks.tooz import section_tooz
 from benchmarks.watch import section_watch
+from benchmarks.wire import section_wire
 from foundation_etcd import UnsafeEtcdVersionWarning
 
 DESCRIPTION = (
@@ -54,6 +55,7 @@ DESCRIPTION = (
 # with ``async def section_x(bench: Bench) -> list[Row]`` and a line here.
 SECTIONS = [
     Section("kv", "Key-value: Transport.get / put / txn", section_kv),
+    Section("wire", "Wire layers: one round trip in each Python gRPC stack", section_wire),
     Section("keepalive", "Lease keepalive and Session", section_keepalive),
     Section("watch", "Put to watch event", section_watch),
     Section("registry", "Registry (issue 3)", section_registry),
