@@ -30,7 +30,7 @@ Guarantees:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -78,8 +78,7 @@ class Election:
         self._session = session
         self._prefix = session.config.keyspace.election_prefix(name)
 
-    @asynccontextmanager
-    async def campaign(self, value: bytes | str = b"") -> AsyncIterator[Leadership]:
+    def campaign(self, value: bytes | str = b"") -> AbstractAsyncContextManager[Leadership]:
         """Wait to become leader; lead for the duration of the block; resign on exit.
 
         Bound the wait with ``anyio.fail_after``; a timed-out campaign leaves no candidacy.
@@ -88,10 +87,7 @@ class Election:
             LeaseLostError: the session lease was lost while campaigning.
             LeadershipLostError: leadership ended while the body ran (body cancelled).
         """
-        async with owned(
-            self._session, self.name, self._prefix, to_bytes(value), kind=Leadership
-        ) as leadership:
-            yield leadership
+        return owned(self._session, self.name, self._prefix, to_bytes(value), kind=Leadership)
 
     async def leader(self) -> OwnerInfo | None:
         """The current leader (a linearizable read), or ``None``."""

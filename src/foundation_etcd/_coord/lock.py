@@ -25,8 +25,7 @@ Guarantees:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -60,30 +59,24 @@ class Lock:
         self._session = session
         self._prefix = session.config.keyspace.lock_prefix(name)
 
-    @asynccontextmanager
-    async def acquire(self, value: bytes | str = b"") -> AsyncIterator[LockHandle]:
+    def acquire(self, value: bytes | str = b"") -> AbstractAsyncContextManager[LockHandle]:
         """Wait for the lock (FIFO), hold it for the block, release it on exit.
 
         Raises:
             LeaseLostError: the session lease was lost while waiting.
             LockLostError: the lock was lost while the body ran (body cancelled).
         """
-        async with owned(
-            self._session, self.name, self._prefix, to_bytes(value), kind=LockHandle
-        ) as handle:
-            yield handle
+        return owned(self._session, self.name, self._prefix, to_bytes(value), kind=LockHandle)
 
-    @asynccontextmanager
-    async def acquire_nowait(self, value: bytes | str = b"") -> AsyncIterator[LockHandle]:
+    def acquire_nowait(self, value: bytes | str = b"") -> AbstractAsyncContextManager[LockHandle]:
         """Take the lock only if nobody holds or waits for it; otherwise write nothing.
 
         Raises:
             LockBusyError: the lock is held or waited for (by this process or another).
         """
-        async with owned(
+        return owned(
             self._session, self.name, self._prefix, to_bytes(value), kind=LockHandle, nowait=True
-        ) as handle:
-            yield handle
+        )
 
     async def holder(self) -> OwnerInfo | None:
         """The current holder (a linearizable read), or ``None``."""

@@ -33,6 +33,7 @@ import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import ClassVar, TypeVar
 
 import anyio
@@ -45,7 +46,7 @@ from .._core.errors import (
     LockBusyError,
     OwnershipLostError,
 )
-from .._core.kv import AnyOp, Compare, KeyValue, Op, TxnResult
+from .._core.kv import AnyOp, Compare, KeyValue, Op, RangeOp, TxnResult
 from .._transport import Transport
 from .session import Lease, Session
 from .waits import wait_deleted
@@ -199,16 +200,24 @@ class Ownership:
         return (await self.txn((), [Op.delete(key, prefix=prefix)])).revision
 
 
+@lru_cache(maxsize=256)
+def _queue_ops(prefix: bytes, key: bytes) -> tuple[Compare, RangeOp, RangeOp]:
+    """The parts of the enqueue transaction that depend on the names only, built once.
+
+    Returns: "the own key is absent", a read of the queue's first key, a read of the own key.
+    """
+    first = Op.get(prefix, prefix=True, limit=1, sort_by_create=True)
+    return Compare.create_revision(key) == 0, first, Op.get(key)
+
+
 async def _enqueue(
     transport: Transport, prefix: bytes, key: bytes, value: bytes, lease: Lease
 ) -> tuple[int, KeyValue | None]:
     """Create the own key; return its create revision and the first key of the queue."""
-    first = Op.get(prefix, prefix=True, limit=1, sort_by_create=True)
+    absent, first, own_key = _queue_ops(prefix, key)
     lease.ensure_alive()
     res = await transport.txn(
-        [Compare.create_revision(key) == 0],
-        [Op.put(key, value, lease=lease.id), first],
-        [Op.get(key), first],
+        [absent], [Op.put(key, value, lease=lease.id), first], [own_key, first]
     )
     if res.succeeded:
         return res.revision, res.range(1).first
@@ -277,22 +286,24 @@ async def _monitor(
 class _Watch:
     """The monitor of one ownership: a loop timer until it starts, then a task (see below)."""
 
-    __slots__ = ("handle", "scope", "started")
+    __slots__ = ("handle", "scope", "stopped")
 
-    def __init__(self, scope: anyio.CancelScope) -> None:
-        self.scope = scope
-        self.started = False
+    def __init__(self) -> None:
+        self.stopped = False
         self.handle: asyncio.TimerHandle | None = None
+        self.scope: anyio.CancelScope | None = None  # made when the monitor starts
 
     def stop(self) -> None:
         """Cancel the timer, and the monitor if it started.
 
-        A scope's cancel formats the current task's repr into its reason: not worth paying
-        for a monitor that never ran.
+        The monitor's scope is made only when it starts: a lock held for less than the
+        delay makes none (a scope's cancel also formats the current task's repr into its
+        reason: not worth paying for a monitor that never ran).
         """
+        self.stopped = True
         if self.handle is not None:
             self.handle.cancel()
-        if self.started:
+        if self.scope is not None:
             self.scope.cancel()
 
 
@@ -307,15 +318,15 @@ def _watch_later(
     A loop timer, not a sleeping task: stopping it at release costs nothing.
     """
     loop = asyncio.get_running_loop()
-    watch = _Watch(anyio.CancelScope())
+    watch = _Watch()
 
     async def spawn() -> None:  # a task: anyio spawns only from one, not from a callback
-        if not session.closed and not watch.scope.cancel_called:
+        if not session.closed and not watch.stopped:
+            watch.scope = anyio.CancelScope()
             session.start_background(_monitor, transport, ownership, from_revision, watch.scope)
 
     def start() -> None:
         if not session.closed:
-            watch.started = True
             task = loop.create_task(spawn())
             _SPAWNING.add(task)  # held until done (the loop keeps only weak references)
             task.add_done_callback(_SPAWNING.discard)

@@ -93,7 +93,8 @@ class Transport:
         self._maint = make_stub(channel, "Maintenance")
         self._auth = make_stub(channel, "Auth")
         self._timeout = config.request_timeout
-        self._metadata: tuple[tuple[str, str], ...] = (("hasleader", "true"),)
+        # a Metadata, not a tuple: grpc.aio converts a tuple on every call (an ABC check)
+        self._metadata = grpc.aio.Metadata(("hasleader", "true"))
         self._members = MemberLeaseStubs(member_factory, len(config.endpoints), self._lease)
         self.server_version = ""
         self._reads: UncancelledReads | None = None  # on etcd 3.5.0-3.5.4 (etcd#14110)
@@ -166,7 +167,7 @@ class Transport:
             if isinstance(err, EtcdServerError) or "authentication failed" in (exc.details() or ""):
                 err = AuthError(f"authenticate: {exc.details()}", code=getattr(err, "code", None))
             raise err from exc
-        self._metadata = (("hasleader", "true"), ("token", str(resp.token)))
+        self._metadata = grpc.aio.Metadata(("hasleader", "true"), ("token", str(resp.token)))
 
     async def refresh_auth(self) -> None:
         """Log in again (a no-op without a user): streams opened afterwards use the new token.
