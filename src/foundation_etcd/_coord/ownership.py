@@ -39,7 +39,7 @@ from typing import ClassVar, TypeVar
 import anyio
 
 from .._core import metrics
-from .._core.background import cleanup_scope
+from .._core.background import cancel_scope, cleanup_scope
 from .._core.errors import (
     EtcdError,
     LeaseLostError,
@@ -322,7 +322,7 @@ def _watch_later(
 
     async def spawn() -> None:  # a task: anyio spawns only from one, not from a callback
         if not session.closed and not watch.stopped:
-            watch.scope = anyio.CancelScope()
+            watch.scope = cancel_scope()
             session.start_background(_monitor, transport, ownership, from_revision, watch.scope)
 
     def start() -> None:
@@ -397,7 +397,7 @@ async def owned(
         key = prefix + f"{lease.id:x}".encode()
         token = 0
         ownership: OwnerT | None = None
-        body = anyio.CancelScope()  # cancelled on lease loss (guard) or ownership end
+        body = cancel_scope()  # cancelled on lease loss (guard) or ownership end
         try:
             with lease.guard(body):
                 if nowait:

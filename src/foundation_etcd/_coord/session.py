@@ -48,7 +48,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .._core import metrics
-from .._core.background import background_tasks, loop_time
+from .._core.background import background_tasks, cancel_scope, loop_time
 from .._core.config import Config
 from .._core.errors import (
     AmbiguousResultError,
@@ -133,7 +133,7 @@ class Lease:
                 cancelled because the lease was lost.
         """
         self.ensure_alive()
-        scope = scope or anyio.CancelScope()
+        scope = scope or cancel_scope()
         with scope:
             self._scopes.add(scope)
             try:
