@@ -230,30 +230,43 @@ def _shape(
     batch's bytes.
     """
     writes: set[bytes] = set()
-    sizes = [0]
+    walked = _walk(compare, success, failure, writes)
+    if walked is None:
+        return None
+    cost, size = walked
+    if cost > MAX_TXN_OPS // 2 or size > _BATCH_BYTES // 4:
+        return None
+    return frozenset(writes), size, cost
 
-    def walk(cmp: Sequence[Compare], ok: Sequence[AnyOp], ko: Sequence[AnyOp]) -> int | None:
-        sizes[0] += sum(len(c.key) + _OP_BYTES for c in cmp)
-        deepest = 0
-        for op in (*ok, *ko):
+
+def _walk(
+    cmp: Sequence[Compare], ok: Sequence[AnyOp], ko: Sequence[AnyOp], writes: set[bytes]
+) -> tuple[int, int] | None:
+    """One transaction's cost and size, adding the keys it writes; ``None``: a range delete.
+
+    On every registration, release and acknowledgement sent while others are on their
+    way: plain loops, no closure (this was a sixth of the CPU of 10,000 registrations).
+    """
+    size = _OP_BYTES * len(cmp)
+    for c in cmp:
+        size += len(c.key)
+    deepest = 0
+    for branch in (ok, ko):
+        for op in branch:
             if isinstance(op, PutOp):
                 writes.add(op.key)
-                sizes[0] += len(op.key) + len(op.value) + _OP_BYTES
+                size += len(op.key) + len(op.value) + _OP_BYTES
             elif isinstance(op, DeleteOp):
                 if op.range_end is not None:
                     return None
                 writes.add(op.key)
-                sizes[0] += len(op.key) + _OP_BYTES
+                size += len(op.key) + _OP_BYTES
             elif isinstance(op, TxnOp):
-                inner = walk(op.compare, op.success, op.failure)
+                inner = _walk(op.compare, op.success, op.failure, writes)
                 if inner is None:
                     return None
-                deepest = max(deepest, inner)
+                deepest = max(deepest, inner[0])
+                size += inner[1]
             else:
-                sizes[0] += len(op.key) + _OP_BYTES
-        return max(len(cmp), len(ok), len(ko)) + deepest
-
-    cost = walk(compare, success, failure)
-    if cost is None or cost > MAX_TXN_OPS // 2 or sizes[0] > _BATCH_BYTES // 4:
-        return None
-    return frozenset(writes), sizes[0], cost
+                size += len(op.key) + _OP_BYTES
+    return max(len(cmp), len(ok), len(ko)) + deepest, size
