@@ -21,6 +21,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -253,8 +254,8 @@ class Config:
 
     @property
     def keyspace(self) -> Keyspace:
-        """The key layout of this namespace and tenant."""
-        return Keyspace(self.namespace, self.tenant)
+        """The key layout of this namespace and tenant (one shared, immutable object)."""
+        return _keyspace(self.namespace, self.tenant)
 
     @property
     def keyring(self) -> Keyring | None:
@@ -350,3 +351,9 @@ class Config:
                 raise ConfigurationError(name, "unknown setting")
         values.update(overrides)
         return cls(**values)
+
+
+@lru_cache(maxsize=64)
+def _keyspace(namespace: str, tenant: str) -> Keyspace:
+    # read on every lock, election and key built from a Config: made (and validated) once
+    return Keyspace(namespace, tenant)
