@@ -286,9 +286,13 @@ async def _monitor(
 class _Watch:
     """The monitor of one ownership: a loop timer until it starts, then a task (see below)."""
 
-    __slots__ = ("handle", "scope", "stopped")
+    __slots__ = ("_from", "_ownership", "_session", "_transport", "handle", "scope", "stopped")
 
-    def __init__(self) -> None:
+    def __init__(
+        self, session: Session, transport: Transport, ownership: Ownership, from_revision: int
+    ) -> None:
+        self._session, self._transport = session, transport
+        self._ownership, self._from = ownership, from_revision
         self.stopped = False
         self.handle: asyncio.TimerHandle | None = None
         self.scope: anyio.CancelScope | None = None  # made when the monitor starts
@@ -306,6 +310,20 @@ class _Watch:
         if self.scope is not None:
             self.scope.cancel()
 
+    def start(self) -> None:
+        """The timer's callback: spawn the monitor from a task (anyio spawns only from one)."""
+        if not self._session.closed:
+            task = asyncio.get_running_loop().create_task(self._spawn())
+            _SPAWNING.add(task)  # held until done (the loop keeps only weak references)
+            task.add_done_callback(_SPAWNING.discard)
+
+    async def _spawn(self) -> None:
+        if not self._session.closed and not self.stopped:
+            self.scope = cancel_scope()
+            self._session.start_background(
+                _monitor, self._transport, self._ownership, self._from, self.scope
+            )
+
 
 def _watch_later(
     session: Session,
@@ -317,21 +335,8 @@ def _watch_later(
 
     A loop timer, not a sleeping task: stopping it at release costs nothing.
     """
-    loop = asyncio.get_running_loop()
-    watch = _Watch()
-
-    async def spawn() -> None:  # a task: anyio spawns only from one, not from a callback
-        if not session.closed and not watch.stopped:
-            watch.scope = cancel_scope()
-            session.start_background(_monitor, transport, ownership, from_revision, watch.scope)
-
-    def start() -> None:
-        if not session.closed:
-            task = loop.create_task(spawn())
-            _SPAWNING.add(task)  # held until done (the loop keeps only weak references)
-            task.add_done_callback(_SPAWNING.discard)
-
-    watch.handle = loop.call_later(_MONITOR_DELAY, start)
+    watch = _Watch(session, transport, ownership, from_revision)
+    watch.handle = asyncio.get_running_loop().call_later(_MONITOR_DELAY, watch.start)
     return watch
 
 
@@ -406,10 +411,11 @@ async def owned(
                     token, first = await _enqueue(transport, prefix, key, value, lease)
                     if first is None or first.key != key:
                         await _wait_turn(transport, prefix, key, token, lease)
-                ownership = kind(name, key, token, lease.id, transport, lease)
-                ownership._state.scope = body
-                ownership._state.attrs = metrics.ownership_acquired(
+                attrs = metrics.ownership_acquired(
                     kind._metric_kind, name, session.config.tenant, started
+                )
+                ownership = kind(
+                    name, key, token, lease.id, transport, lease, _State("", body, attrs)
                 )
                 watch = _watch_later(session, transport, ownership, token)
                 try:

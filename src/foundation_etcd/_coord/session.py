@@ -86,6 +86,7 @@ class Lease:
         self.generation = generation
         self.deadline = deadline
         self.lost_reason = ""
+        self._is_lost = False  # read on every guarded request; the event is for waiters
         self._lost = anyio.Event()
         self._scopes: set[anyio.CancelScope] = set()
         self._lost_hooks: list[LostHook] = []
@@ -97,7 +98,7 @@ class Lease:
     @property
     def lost(self) -> bool:
         """Whether the lease has been declared lost."""
-        return self._lost.is_set()
+        return self._is_lost
 
     def remaining(self) -> float:
         """Seconds until the local safe deadline (negative once past it)."""
@@ -154,6 +155,7 @@ class Lease:
         if self.lost:
             return
         self.lost_reason = reason
+        self._is_lost = True
         self._lost.set()
         level = logging.INFO if reason == "session closed" else logging.WARNING
         log.log(level, "lease %x lost: %s", self.id, reason)
