@@ -31,7 +31,7 @@ WIRE_SCRIPT = SCRIPTS / "bench_wire.py"
 WIRE_REQUIREMENTS = ("grpclib==0.4.9", "etcd-client-py==0.5.1", "etcd3aio==0.3.0")
 STACKS = ("grpc-aio", "grpc-sync", "grpclib", "etcd-client-py", "transport")
 OWN_VENV = {"grpclib", "etcd-client-py"}  # the stacks that run in the standalone venv
-ROUNDS = 3
+ROUNDS = 6  # short rounds, often rotated: the machine's noise falls on every stack alike
 
 
 async def _run(python: str, stack: str, endpoint: str, key: str, n: int) -> dict[str, Any]:
@@ -59,7 +59,7 @@ async def section_wire(bench: Bench) -> list[Row]:
 
     own = await asyncio.to_thread(standalone_python, "wire", WIRE_REQUIREMENTS)
     stacks = [s for s in STACKS if own is not None or s not in OWN_VENV]
-    n = max(50, bench.settings.ops * 2)
+    n = max(50, bench.settings.ops)
     rounds = 1 if bench.settings.rounds < 4 else ROUNDS
     samples: dict[str, dict[str, list[float]]] = {
         s: {"cycle": [], "get": [], "cycle_cpu": [], "get_cpu": []} for s in stacks
