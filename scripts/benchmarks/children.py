@@ -52,3 +52,22 @@ async def expect_line(proc: asyncio.subprocess.Process, event: str) -> dict[str,
             msg = json.loads(line)
             if isinstance(msg, dict) and msg.get("event") == event:
                 return msg
+
+
+class ChildFailed(RuntimeError):
+    """A child program exited with an error; the message is the last line it wrote."""
+
+
+async def run_json(*argv: str) -> Any:
+    """Run a child program to its end and return the JSON it printed on stdout.
+
+    Raises:
+        ChildFailed: it exited with an error (the message: its last line on stderr).
+    """
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise ChildFailed(" ".join(err.decode(errors="replace").strip().splitlines()[-1:]))
+    return json.loads(out)

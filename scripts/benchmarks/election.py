@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -23,8 +21,10 @@ from benchmarks.children import (
     CHILD_TIMEOUT,
     ETCD3_LOCK_SCRIPT,
     LEADER_SCRIPT,
+    ChildFailed,
     child_process,
     expect_line,
+    run_json,
 )
 from benchmarks.harness import (
     EVENT_TIMEOUT,
@@ -341,21 +341,10 @@ async def peer_lock(bench: Bench, requirement: str, script: Path, tag: str) -> R
     host, _, port = bench.endpoint.rpartition(":")
     name = f"bench-{bench.run_id}-{tag}"
     n = bench.settings.coord_ops * bench.settings.rounds
-    proc = await asyncio.create_subprocess_exec(
-        str(python),
-        str(script),
-        host,
-        port,
-        name,
-        str(n),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        tail = err.decode(errors="replace").strip().splitlines()[-1:]
-        return Figure(label, None, None, "", 0, note=f"failed: {' '.join(tail)}")
-    samples = json.loads(out)
+    try:
+        samples = await run_json(str(python), str(script), host, port, name, str(n))
+    except ChildFailed as exc:
+        return Figure(label, None, None, "", 0, note=f"failed: {exc}")
     return Figure(label, percentile(samples, 0.5) * 1000, None, "ms", len(samples), note="p50")
 
 

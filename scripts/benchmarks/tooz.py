@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
-import subprocess
 import time
 
-from benchmarks.children import SCRIPTS
+from benchmarks.children import SCRIPTS, ChildFailed, run_json
 from benchmarks.harness import Bench, Figure, Latency, Row
 from foundation_etcd import connect
 
@@ -42,21 +40,12 @@ async def section_tooz(bench: Bench) -> list[Row]:
     n = bench.settings.coord_ops * bench.settings.rounds
     host, _, port = bench.endpoint.rpartition(":")
     bench.progress(f"tooz: {n} lock cycles, then {n} group joins")
-    proc = await asyncio.create_subprocess_exec(
-        str(python),
-        str(TOOZ_SCRIPT),
-        host,
-        port,
-        f"bench-{bench.run_id}-tooz",
-        str(n),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        tail = " ".join(err.decode(errors="replace").strip().splitlines()[-1:])
-        return [Figure("tooz lock / group join", None, None, "", 0, note=f"{note}: failed: {tail}")]
-    tooz = json.loads(out)
+    try:
+        tooz = await run_json(
+            str(python), str(TOOZ_SCRIPT), host, port, f"bench-{bench.run_id}-tooz", str(n)
+        )
+    except ChildFailed as exc:
+        return [Figure("tooz lock / group join", None, None, "", 0, note=f"{note}: failed: {exc}")]
     cfg = bench.config("tooz")
     ids = (f"m{i:06d}" for i in itertools.count())
     lock_lib: list[float] = []

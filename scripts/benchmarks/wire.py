@@ -19,12 +19,9 @@ beside grpc.aio's: the ratio is stack / grpc.aio.
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
 import sys
-from typing import Any
 
-from benchmarks.children import SCRIPTS
+from benchmarks.children import SCRIPTS, ChildFailed, run_json
 from benchmarks.harness import Bench, Figure, Row, percentile
 
 WIRE_SCRIPT = SCRIPTS / "bench_wire.py"
@@ -32,25 +29,6 @@ WIRE_REQUIREMENTS = ("grpclib==0.4.9", "etcd-client-py==0.5.1", "etcd3aio==0.3.0
 STACKS = ("grpc-aio", "grpc-sync", "grpclib", "etcd-client-py", "transport")
 OWN_VENV = {"grpclib", "etcd-client-py"}  # the stacks that run in the standalone venv
 ROUNDS = 6  # short rounds, often rotated: the machine's noise falls on every stack alike
-
-
-async def _run(python: str, stack: str, endpoint: str, key: str, n: int) -> dict[str, Any]:
-    proc = await asyncio.create_subprocess_exec(
-        python,
-        str(WIRE_SCRIPT),
-        stack,
-        endpoint,
-        key,
-        str(n),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        tail = " ".join(err.decode(errors="replace").strip().splitlines()[-1:])
-        raise RuntimeError(f"{stack}: {tail}")
-    result: dict[str, Any] = json.loads(out)
-    return result
 
 
 async def section_wire(bench: Bench) -> list[Row]:
@@ -74,8 +52,8 @@ async def section_wire(bench: Bench) -> list[Row]:
             python = str(own) if stack in OWN_VENV else sys.executable
             key = f"/bench-{bench.run_id}-wire/{stack}"
             try:
-                got = await _run(python, stack, bench.endpoint, key, n)
-            except RuntimeError as exc:
+                got = await run_json(python, str(WIRE_SCRIPT), stack, bench.endpoint, key, str(n))
+            except ChildFailed as exc:
                 failed[stack] = str(exc)
                 continue
             for name, values in got.items():

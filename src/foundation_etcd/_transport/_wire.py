@@ -200,12 +200,6 @@ def _fill_compare(m: Any, c: Compare) -> None:
         m.range_end = c.range_end
 
 
-def _compare_pb(c: Compare) -> Any:
-    m = _rpc.Compare()
-    _fill_compare(m, c)
-    return m
-
-
 def _fill_range(req: Any, op: RangeOp) -> None:
     req.key = op.key  # only non-default fields: each one costs
     if op.range_end is not None:
