@@ -191,13 +191,12 @@ class Transport:
         await self._channel.close()
 
     async def _unary(self, method: Any, req: Any, operation: str, *, write: bool) -> Any:
-        deadline = loop_time() + self._timeout
-        backoff = 0.05
+        timeout, backoff = self._timeout, 0.05
+        deadline = loop_time() + timeout
         try:
             while True:
                 try:
-                    left = deadline - loop_time()
-                    return await method(req, timeout=max(left, 0.001), metadata=self._metadata)
+                    return await method(req, timeout=timeout, metadata=self._metadata)
                 except grpc.aio.AioRpcError as exc:
                     # refused before sending (every member down, or the channel still in
                     # its reconnect backoff after a restart): safe to try again, even a
@@ -209,6 +208,7 @@ class Transport:
                         raise
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 0.5)
+                timeout = max(deadline - loop_time(), 0.001)
         except asyncio.CancelledError:
             gone = await _cancelled(operation)
             if write:
