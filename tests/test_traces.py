@@ -45,7 +45,9 @@ class Tracer:
     """Modules called, per task, between :meth:`start` and :meth:`stop`.
 
     A coroutine resumed (its awaited result arrived) reports a ``call`` again with the same
-    frame: only a frame's first ``call`` is a call.
+    frame: only a frame's first ``call`` is a call. The frames of the coroutines already
+    waiting when the trace starts are known from the start: a background task that only
+    resumes inside the window (a watch answering, a timer) has called nothing new.
     """
 
     def __init__(self) -> None:
@@ -66,6 +68,11 @@ class Tracer:
         self.by_task[task.get_name() if task else "-"].append(module[len("foundation_etcd.") :])
 
     def start(self) -> None:
+        for task in asyncio.all_tasks():
+            coro: Any = task.get_coro()
+            while coro is not None and getattr(coro, "cr_frame", None) is not None:
+                self._frames.add(coro.cr_frame)
+                coro = coro.cr_await
         sys.setprofile(self._profile)
 
     def stop(self) -> None:
