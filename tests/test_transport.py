@@ -1,6 +1,7 @@
 import warnings
 
 import anyio
+import grpc
 import pytest
 
 from foundation_etcd import (
@@ -233,6 +234,11 @@ async def test_write_refused_before_sending_is_retried_until_the_deadline(
         first = await t.put(key, b"1")
         server.kill()
         with anyio.fail_after(30):
+            # a put written before the channel has read the socket's close is ambiguous
+            # ("Stream removed"), rightly: wait until the channel knows the member is gone
+            ready = grpc.ChannelConnectivity.READY
+            while t._channel.get_state() is ready:
+                await t._channel.wait_for_state_change(ready)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(anyio.to_thread.run_sync, server.start)
                 # sent while the member is down or still starting: refused, then retried
