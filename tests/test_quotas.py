@@ -402,3 +402,52 @@ async def test_a_squatted_reservation_name_is_left_alone(etcd_config: Config) ->
         kv = await c.transport.get(squat)  # never overwritten, never deleted
         assert kv is not None and kv.version == 1 and b"squatter" in kv.value
         assert (await q.open_usage("cpu")).reservations == 1
+
+
+# -- the tenant view only while reservations wait ---------------------------------------------
+
+
+async def test_the_tenant_view_is_open_only_while_reservations_wait(
+    etcd_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from foundation_etcd._coord import quota_view
+
+    monkeypatch.setattr(quota_view, "VIEW_LINGER", 0.1)
+    async with connect(etcd_config, node_id="n1") as c1, connect(etcd_config, node_id="n2") as c2:
+        q1, q2 = c1.quotas, c2.quotas
+        await q1.set_limit("a", 1)
+        with anyio.fail_after(20):
+            async with q2.reserve({"a": 1}):  # admitted by its own transaction
+                pass
+            assert q2._view is None  # judged from the limits alone: no view of the queues
+            admitted = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                async with q1.reserve({"a": 1}):
+
+                    async def waiter() -> None:
+                        async with q2.reserve({"a": 1}):
+                            admitted.set()
+
+                    tg.start_soon(waiter)
+                    await wait_until(lambda: len(q2._waiters) == 1)
+                    view = q2._view
+                    assert view is not None  # a waiting reservation opens it
+                    assert not admitted.is_set()
+                await admitted.wait()
+            # idle: closed after the linger, and a later wait opens a new one
+            await wait_until(lambda: q2._view is None)
+            with pytest.raises(anyio.ClosedResourceError):
+                view._check()
+            async with q1.reserve({"a": 1}):
+                with pytest.raises(QuotaExceededError):
+                    async with q2.reserve_nowait({"a": 1}):
+                        raise AssertionError("admitted over the limit")
+            # usage asked for: the view stays open for good
+            assert (await q2.open_usage("a")).used == 0
+            kept = q2._view
+            assert kept is not None
+            for _ in range(3):  # reservations come and go, linger after linger
+                async with q2.reserve({"a": 1}):
+                    await anyio.sleep(0.1)
+            assert q2._view is kept
+            kept._check()

@@ -1,7 +1,8 @@
 """The raw layer: the etcd transport, transactions, results, watched views, key layout.
 
 For code that talks to etcd below the cluster API: a fenced transaction's compares and
-operations (``Compare``, ``Op``), a watched view of any prefix, or the transport itself.
+operations (``Compare``, ``Op``), a watched view of any prefix (``open_view``, or one per
+prefix for a whole process with ``SharedViews``), or the transport itself.
 Everything here is as stable as the root API; the root (``foundation_etcd``) holds what an
 application calls. ``Scheduler``, ``NodeRuntime`` and ``Ownership`` are the building
 blocks behind ``Cluster.spawn``/``serve`` and elections and locks, for tools and tests.
@@ -13,6 +14,7 @@ from ._agents.runtime import NodeRuntime
 from ._agents.scheduler import Scheduler
 from ._coord.doorbells import Bell, Doorbells
 from ._coord.ownership import Ownership
+from ._coord.views import SharedViews
 from ._coord.watch import ChangeKind, ViewChange, WatchedView, open_view
 from ._core.keys import Keyspace, prefix_end
 from ._core.kv import (
@@ -61,6 +63,7 @@ __all__ = [
     "PutResult",
     "RangeResult",
     "Scheduler",
+    "SharedViews",
     "Status",
     "Transport",
     "TxnResult",

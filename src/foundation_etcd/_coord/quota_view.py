@@ -7,14 +7,23 @@ no confirming round trip. The view is kept incrementally (one :class:`Queue` per
 a waiting reservation is judged in memory. A node pool's limit (its announced capacity)
 comes from the node view, a different stream.
 
+The view costs its process every queue change of the tenant, so it is open only while it is
+needed: a waiting reservation opens it, and it closes once no reservation of the process
+has been waiting (or reserving) for :data:`VIEW_LINGER` seconds; usage (:meth:`open_usage`,
+:meth:`watch_usage`) keeps it open until the cluster closes. A reservation that its own
+transaction admits needs no view: it is judged against the limits alone, a small view of
+their own prefix that the transaction's compares make exact.
+
 Guarantees:
     * Waiters wake on changes of the view (a release ahead of them, a raised limit, a node
       announcement), never by polling; each change computes every touched pool's admitted
       frontier once and wakes exactly the waiters now admitted. An append behind every
       waiter wakes none. A removal from a queue (a release, or a crashed holder's lease expiring)
       wakes the waiters it admits: the next in line.
-    * When the view stops (closed, or stopped by an error such as a permission refusal),
-      every waiter wakes and sees the error when it looks.
+    * When the view stops (stopped by an error such as a permission refusal, or the
+      cluster closing), every waiter wakes and sees the error when it looks. The view is
+      closed for idleness only when no reservation of the process waits or reserves, and
+      a view stopped by an error is replaced the same way: the next waiter opens a new one.
     * Applying a change never raises: a change skipped would be an entry missing from a
       queue.
     * **Crafted entries never admit more here either**: the view counts each queue entry by
@@ -28,7 +37,8 @@ Guarantees:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -54,10 +64,13 @@ from .watch import ChangeKind, ViewChange, WatchedView
 if TYPE_CHECKING:
     from .._core.keys import Keyspace
     from .._transport import Transport
+    from .views import SharedViews
 
 __all__ = ["QuotaUsage", "QuotaView"]
 
 log = logging.getLogger("foundation_etcd.quotas")
+
+VIEW_LINGER = 10.0  # seconds the tenant view stays open after its last waiting reservation
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +104,13 @@ class QuotaView:
     Args:
         transport: the connection to catch up with etcd on.
         keyspace: the tenant's key layout.
-        views: opens (or shares) the watched view of a prefix.
+        views: the process's shared views (the limits view is shared; the tenant view is
+            one of its own, closed when idle).
         node_view: the view of node announcements, for node capacity pools.
 
     Attributes:
         queue_prefix: the prefix of the tenant's queues (``{queue_prefix}{pool}/{id}``).
-        watched: the watched view of limits and queues, once :meth:`open` has run.
+        watched: the watched view of limits and queues while it is open (:meth:`open`).
         waiters: reservation token to its pools and the event that wakes it.
     """
 
@@ -105,11 +119,11 @@ class QuotaView:
         transport: Transport,
         keyspace: Keyspace,
         *,
-        views: Callable[[bytes], Awaitable[WatchedView]],
+        views: SharedViews,
         node_view: WatchedView | None = None,
     ) -> None:
         self._transport = transport
-        self._views_of = views
+        self._views = views
         self._node_view = node_view
         self._ks = keyspace
         self._prefix = self._ks.quotas_prefix()
@@ -124,26 +138,91 @@ class QuotaView:
         self._capacities: dict[bytes, tuple[int, Mapping[str, int] | None]] = {}
         self._changed: anyio.Event | None = None  # made when a usage watcher waits
         self.waiters: dict[int, tuple[list[Pool], anyio.Event]] = {}
+        # while the tenant view is closed: the limits alone, for the reserving transaction
+        self._limits_view: WatchedView | None = None
+        self._quick: dict[str, tuple[int, int | None]] = {}
+        self._pinned = False  # usage was asked for: the tenant view stays open
+        self._busy = 0  # reservations between their start and their admission
+        self._idle_since = 0.0
+        self._nodes_followed = False
 
     async def wait_nodes(self, revision: int) -> None:
         """Wait until the node view (node capacity pools) reflects ``revision``."""
         if self._node_view is not None:
             await self._node_view.wait_for(revision)
 
-    # the view ------------------------------------------------------------------------------
-    async def open(self) -> WatchedView:
-        """Open (once) the watched view of the tenant's limits and queues, and follow it."""
+    # the views -----------------------------------------------------------------------------
+    async def open(self, *, keep: bool = False) -> WatchedView:
+        """Open the watched view of the tenant's limits and queues (if closed), and follow it.
+
+        Opened for a waiting reservation, it closes once no reservation of the process has
+        been waiting or reserving for :data:`VIEW_LINGER` seconds; with ``keep`` (usage
+        asked for) it stays open until the cluster closes.
+        """
+        if keep:
+            self._pinned = True
         async with self._opening:
             if self.watched is None:
-                view = await self._views_of(self._prefix)
+                view = await self._views.open_own(self._prefix, self._keep_while_used)
+                self._queues.clear()
+                self._limits.clear()
                 now = view.items().values()
                 self._on_change([ViewChange(ChangeKind.ADDED, kv.key, kv, 0) for kv in now])
                 view.on_change(self._on_change)
                 view.on_stop(self._wake_all)
-                if self._node_view is not None:  # node capacity: limits of node pools
+                if self._node_view is not None and not self._nodes_followed:
+                    self._nodes_followed = True  # node capacity: limits of node pools
                     self._node_view.on_change(lambda _: self._wake())
+                self._idle_since = time.monotonic()
                 self.watched = view
         return self.watched
+
+    async def _keep_while_used(self, view: WatchedView) -> None:
+        """Keep the tenant view while it is used; close it (by returning) once idle."""
+        while True:
+            await anyio.sleep(VIEW_LINGER)
+            if self.watched is not view:
+                return  # (not the current view: nothing reads it)
+            if self._pinned or self._busy or self.waiters:
+                continue
+            if time.monotonic() - self._idle_since < VIEW_LINGER:
+                continue
+            # no await from here on: nothing can start to wait on the view while it closes
+            self.watched = None
+            self._queues.clear()
+            self._limits.clear()
+            return
+
+    async def open_limits(self) -> WatchedView:
+        """The view that limits are judged from now: the tenant view, or the limits alone."""
+        if self.watched is not None:
+            return self.watched
+        if self._limits_view is None:  # (opened once: limits are few and change rarely)
+            view = await self._views(self._limits_prefix)
+            if self._limits_view is None:
+                now = view.items().values()
+                self._on_limits([ViewChange(ChangeKind.ADDED, kv.key, kv, 0) for kv in now])
+                view.on_change(self._on_limits)
+                self._limits_view = view
+        return self.watched or self._limits_view
+
+    def _on_limits(self, changes: list[ViewChange]) -> None:
+        lp = len(self._limits_prefix)
+        for c in changes:
+            resource = c.key[lp:].decode("utf-8", "replace")
+            if c.kind is ChangeKind.REMOVED:
+                self._quick.pop(resource, None)
+            else:
+                self._quick[resource] = (c.kv.mod_revision, self.parse_limit(c.kv))
+
+    def enter_reserving(self) -> None:
+        """A reservation starts: the tenant view is not closed until it is admitted."""
+        self._busy += 1
+
+    def leave_reserving(self) -> None:
+        """A reservation is admitted, or gave up (once per :meth:`enter_reserving`)."""
+        self._busy -= 1
+        self._idle_since = time.monotonic()
 
     def _on_change(self, changes: list[ViewChange]) -> None:
         qp, lp = self.queue_prefix, self._limits_prefix
@@ -257,7 +336,8 @@ class QuotaView:
             if capacity is None:
                 return None, kv.key, 0
             return capacity.get(resource), kv.key, kv.mod_revision
-        mod, limit = self._limits.get(pool, (0, None))
+        limits = self._limits if self.watched is not None else self._quick
+        mod, limit = limits.get(pool, (0, None))
         return limit, self._limit_key(pool), mod
 
     def queue(self, pool: str) -> Queue:
@@ -266,7 +346,10 @@ class QuotaView:
 
     # usage ---------------------------------------------------------------------------------
     def usage(self, resource: str, *, node: str | None = None) -> QuotaUsage:
-        """A pool's usage from this process's view (no I/O once the view is open)."""
+        """A pool's usage from this process's view (no I/O; empty while it is not open).
+
+        The view is open for good once :meth:`open_usage` or :meth:`watch_usage` ran.
+        """
         pool = pool_name(resource, node)
         q = self._queues.get(pool, EMPTY)
         limit = None
@@ -278,8 +361,8 @@ class QuotaView:
         return QuotaUsage(pool, limit, used, queued, len(q.amounts), rev, malformed)
 
     async def open_usage(self, resource: str, *, node: str | None = None) -> QuotaUsage:
-        """Open the view if needed, catch up with etcd, and return a pool's usage."""
-        view = await self.open()
+        """Open the view if needed (kept from now on), catch up, and return a pool's usage."""
+        view = await self.open(keep=True)
         rev = (await self._transport.status()).revision
         await view.wait_for(rev)
         if node is not None:
@@ -290,8 +373,8 @@ class QuotaView:
     async def watch_usage(
         self, resource: str, *, node: str | None = None
     ) -> AsyncIterator[MemoryObjectReceiveStream[QuotaUsage]]:
-        """Receive a pool's usage now and after every change."""
-        await self.open()
+        """Receive a pool's usage now and after every change (the view is kept from now on)."""
+        await self.open(keep=True)
         send, receive = anyio.create_memory_object_stream[QuotaUsage](16)
 
         async def pump() -> None:

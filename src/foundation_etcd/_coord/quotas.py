@@ -15,8 +15,9 @@ stays admitted. A tenant's limits live beside its queues, at ``.../limits/{resou
 * ``_coord.reservations``: the reserving protocol, one transaction that queues a reservation
   and decides it, then waits, under the session lease (admission, FIFO, bad input, crafted
   entries, lease loss);
-* ``_coord.quota_view``: the process's watched view of the tenant's limits and queues, the
-  wake-ups of waiting reservations, and usage.
+* ``_coord.quota_view``: the process's watched view of the tenant's limits and queues (open
+  while a reservation waits, or for good once usage is asked), the wake-ups of waiting
+  reservations, and usage.
 
 Guarantees:
     * :meth:`Quotas.set_limit` validates before it writes: a bad resource name or a
@@ -26,7 +27,7 @@ Guarantees:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,7 @@ from .watch import WatchedView
 if TYPE_CHECKING:
     from .._core.keys import Keyspace
     from .session import Session
+    from .views import SharedViews
 
 __all__ = ["QuotaUsage", "Quotas", "Reservation"]
 
@@ -59,7 +61,7 @@ class Quotas:
         keyspace: Keyspace,
         *,
         holder: str,
-        views: Callable[[bytes], Awaitable[WatchedView]],
+        views: SharedViews,
         node_view: WatchedView | None = None,
     ) -> None:
         """Quotas of ``keyspace``'s tenant, reserved under ``session``'s lease.
@@ -68,7 +70,7 @@ class Quotas:
             session: the session whose lease holds the reservations.
             keyspace: the tenant's key layout.
             holder: who reserves (the node id), written into each reservation.
-            views: opens (or shares) the watched view of a prefix.
+            views: the process's shared views (``_coord.views``).
             node_view: the view of node announcements, for node capacity pools.
         """
         self._transport = session.transport
@@ -110,11 +112,16 @@ class Quotas:
 
     # usage ---------------------------------------------------------------------------------
     def usage(self, resource: str, *, node: str | None = None) -> QuotaUsage:
-        """A pool's usage from this process's view (no I/O once the view is open)."""
+        """A pool's usage from this process's view (no I/O).
+
+        The view is open for good once :meth:`open_usage` or :meth:`watch_usage` ran;
+        before that it is open only while a reservation of this process waits, and the
+        usage of a pool is empty (``revision`` 0) while it is closed.
+        """
         return self._quota_view.usage(resource, node=node)
 
     async def open_usage(self, resource: str, *, node: str | None = None) -> QuotaUsage:
-        """Open the view if needed, catch up with etcd, and return a pool's usage."""
+        """Open the view (kept from now on), catch up with etcd, and return a pool's usage."""
         return await self._quota_view.open_usage(resource, node=node)
 
     @asynccontextmanager

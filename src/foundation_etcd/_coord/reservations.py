@@ -198,14 +198,20 @@ class Reserver:
         """
         started = metrics.now()
         quota_view = self._quota_view
-        view = quota_view.watched or await quota_view.open()
         transport = self._transport
-        pools = self._check(amounts, node, final=False) or await self._check_caught_up(
-            amounts, node, view
-        )
-        lease = await self._session.wait_lease()
+        quota_view.enter_reserving()  # until admitted: the tenant view is not closed
+        reserving = True
+        try:
+            view = quota_view.watched or await quota_view.open_limits()
+            pools = self._check(amounts, node, final=False) or await self._check_caught_up(
+                amounts, node, view
+            )
+            lease = await self._session.wait_lease()
+            value = self._value(pools)
+        except BaseException:
+            quota_view.leave_reserving()
+            raise
         rid, slot = self._take_name(lease.id)
-        value = self._value(pools)
         qp = quota_view.queue_prefix
         keys = tuple(b"%s%s/%s" % (qp, p.name.encode(), rid.encode()) for p in pools)
         token = 0
@@ -243,6 +249,7 @@ class Reserver:
                         )
                         continue
                     # a limit changed since the view saw it: catch up and judge again
+                    view = await quota_view.open_limits()
                     await view.wait_for(res.revision)
                     if node is not None:
                         await quota_view.wait_nodes(res.revision)
@@ -258,12 +265,14 @@ class Reserver:
                 if admitted is not True:
                     if nowait and isinstance(admitted, QuotaExceededError):
                         raise admitted
-                    if nowait:  # judge once the view has the own write (an event comes)
-                        await view.wait_for_key(keys[0], token)
-                    await self._wait_admitted(pools, token, nowait=nowait)
+                    await self._wait_admitted(pools, keys[0], token, nowait=nowait)
                 metrics.quota_admitted(self._ks.tenant, [p.name for p in pools], started)
+                reserving = False
+                quota_view.leave_reserving()
                 yield reservation
         finally:
+            if reserving:
+                quota_view.leave_reserving()
             released = False
             if attempted:
                 with cleanup_scope(self._session.config.request_timeout):
@@ -318,11 +327,14 @@ class Reserver:
                 return False
         return True
 
-    async def _wait_admitted(self, pools: list[Pool], token: int, *, nowait: bool) -> None:
+    async def _wait_admitted(
+        self, pools: list[Pool], key: bytes, token: int, *, nowait: bool
+    ) -> None:
         node_pools = [p for p in pools if p.node is not None]
         quota_view = self._quota_view
-        view = quota_view.watched
-        assert view is not None
+        view = await quota_view.open()  # the tenant's limits and queues, in one stream
+        if nowait:  # judge once the view has the own write (an event comes)
+            await view.wait_for_key(key, token)
         while True:
             view._check()  # a view stopped by an error (permissions) raises it here
             if self._admitted_now(pools, token):

@@ -6,6 +6,9 @@ Guarantees:
     * Every view runs in the task group given at construction and is closed with it.
     * Views that were opened elsewhere can be adopted (:meth:`SharedViews.adopt`), so that a
       prefix is never watched twice.
+    * A feature that closes its view when it no longer needs it opens one of its own
+      (:meth:`SharedViews.open_own`): it runs in the same task group until the feature's
+      ``keep`` coroutine returns, and is never shared.
     * Opening rides out etcd faults: these views are opened by a process that is already
       connected (its session proves etcd is there), so a first list that fails because a
       member does not answer (paused, killed, cut off: the read meets the request deadline)
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -63,14 +68,35 @@ class SharedViews:
         """Share a view of ``prefix`` that its opener keeps running."""
         self._views.setdefault(prefix, view)
 
-    async def _run(self, prefix: bytes, *, task_status: TaskStatus[WatchedView]) -> None:
+    async def open_own(
+        self, prefix: bytes, keep: Callable[[WatchedView], Awaitable[None]]
+    ) -> WatchedView:
+        """A view of ``prefix`` of the caller's own, open until ``keep(view)`` returns.
+
+        ``keep`` runs in this object's task group once the view is loaded; when it returns
+        (or the task group ends) the view is closed.
+        """
+        view: WatchedView = await self._tg.start(self._run, prefix, keep)
+        return view
+
+    async def _run(
+        self,
+        prefix: bytes,
+        keep: Callable[[WatchedView], Awaitable[None]] | None = None,
+        *,
+        task_status: TaskStatus[Any],
+    ) -> None:
         delay, started = 0.05, False
         while True:
             try:
                 async with open_view(self._transport, prefix) as view:
                     started = True
                     task_status.started(view)
-                    await anyio.sleep_forever()
+                    if keep is None:
+                        await anyio.sleep_forever()
+                    else:
+                        await keep(view)
+                        return
             except EtcdError as exc:
                 if started or isinstance(exc, AuthError):
                     raise

@@ -75,7 +75,13 @@ class Queue:
         return None
 
     def add(self, rev: int, key: bytes, amount: int) -> None:
-        """Record ``key`` created at ``rev``; a rewrite updates it, a re-creation moves it."""
+        """Record ``key`` created at ``rev``; a rewrite updates it, a re-creation moves it.
+
+        Keys created at one revision (only a crafted transaction writes two in one pool)
+        keep the order they were added in, except that a ``BLOCKING`` one goes before the
+        others: whether a view listed them (key order) or saw their events (the
+        transaction's order), what it shows ahead of a blocking key is the same.
+        """
         old = self.where.get(key)
         if old == rev:
             i = self._index(rev, key)
@@ -84,7 +90,8 @@ class Queue:
                 return
         elif old is not None:  # deleted and created again, seen as one change (a relist)
             self.remove(key)
-        i = bisect.bisect_right(self.revs, rev)
+        bisect_at = bisect.bisect_left if amount == BLOCKING else bisect.bisect_right
+        i = bisect_at(self.revs, rev)
         self.revs.insert(i, rev)
         self.keys.insert(i, key)
         self.amounts.insert(i, amount)

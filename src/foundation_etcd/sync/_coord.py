@@ -239,11 +239,16 @@ class Quotas(SyncWrapper[_fe.Quotas]):
         return self._portal.call(lambda: self._obj.get_limit(resource))
 
     def usage(self, resource: str, *, node: str | None = None) -> _fe.QuotaUsage:
-        """A pool's usage from this process's view (no I/O once the view is open)."""
+        """A pool's usage from this process's view (no I/O).
+
+        The view is open for good once :meth:`open_usage` or :meth:`watch_usage` ran;
+        before that it is open only while a reservation of this process waits, and the
+        usage of a pool is empty (``revision`` 0) while it is closed.
+        """
         return self._portal.run(lambda: self._obj.usage(resource, node=node))
 
     def open_usage(self, resource: str, *, node: str | None = None) -> _fe.QuotaUsage:
-        """Open the view if needed, catch up with etcd, and return a pool's usage."""
+        """Open the view (kept from now on), catch up with etcd, and return a pool's usage."""
         return self._portal.call(lambda: self._obj.open_usage(resource, node=node))
 
     def watch_usage(
