@@ -451,3 +451,43 @@ async def test_the_tenant_view_is_open_only_while_reservations_wait(
                     await anyio.sleep(0.1)
             assert q2._view is kept
             kept._check()
+
+
+async def test_a_view_stopped_by_an_error_is_replaced_once_idle(
+    etcd_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from foundation_etcd._coord import quota_view
+
+    monkeypatch.setattr(quota_view, "VIEW_LINGER", 0.1)
+    async with connect(etcd_config, node_id="n") as c:
+        q = c.quotas
+        await q.set_limit("w", 1)
+
+        async def wait_once(stop_view: bool) -> None:
+            async with anyio.create_task_group() as tg:
+                async with q.reserve({"w": 1}):
+
+                    async def waiter() -> None:
+                        if stop_view:
+                            with pytest.raises(AuthError, match="injected"):
+                                async with q.reserve({"w": 1}):
+                                    raise AssertionError("admitted over the limit")
+                        else:
+                            async with q.reserve({"w": 1}):
+                                pass
+
+                    tg.start_soon(waiter)
+                    await wait_until(lambda: bool(q._waiters))
+                    if stop_view:  # white-box: etcd refusing the view's watch for good
+                        view = q._view
+                        assert view is not None
+                        view._error = AuthError("permission denied (injected)")
+                        view._stopped()
+                        await wait_until(lambda: not q._waiters)
+
+        with anyio.fail_after(20):
+            await wait_once(stop_view=True)
+            stopped = q._view
+            await wait_until(lambda: q._view is None)  # idle: the stopped view goes
+            await wait_once(stop_view=False)  # the next waiter opens a working one
+            assert q._view is not stopped
