@@ -179,13 +179,16 @@ class QuotaView:
 
     async def _keep_while_used(self, view: WatchedView) -> None:
         """Keep the tenant view while it is used; close it (by returning) once idle."""
+        await anyio.sleep(VIEW_LINGER)  # (opened for a waiter; ``open`` makes it current)
         while True:
-            await anyio.sleep(VIEW_LINGER)
             if self.watched is not view:
                 return  # (not the current view: nothing reads it)
             if self._pinned or self._busy or self.waiters:
+                await anyio.sleep(VIEW_LINGER)  # in use: look again later
                 continue
-            if time.monotonic() - self._idle_since < VIEW_LINGER:
+            left = self._idle_since + VIEW_LINGER - time.monotonic()
+            if left > 0:
+                await anyio.sleep(left)
                 continue
             # no await from here on: nothing can start to wait on the view while it closes
             self.watched = None
