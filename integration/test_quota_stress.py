@@ -50,6 +50,7 @@ TASKS = 8
 TTL = 2.0
 EXPIRY_SLACK = 1.0  # a killed worker's keys must be gone within TTL + this
 RUN_SECONDS = float(os.environ.get("QUOTA_STRESS_SECONDS", "62"))
+LINGER_RUN_SECONDS = float(os.environ.get("QUOTA_STRESS_LINGER_SECONDS", "30"))
 KILL_EVERY = (6.0, 10.0)
 READY_TIMEOUT = 20.0
 DRAIN_TIMEOUT = 20.0
@@ -433,9 +434,16 @@ def excerpt(events: list[Seen], revision: int, ks: Keyspace, t0: float, around: 
 
 
 @pytest.mark.timeout(RUN_SECONDS + 90)
+@pytest.mark.parametrize("views", ["kept", "lingering"])
 async def test_quota_stress_with_kills(
-    etcd_config: Config, etcd_endpoints: list[str], spawn_worker
+    etcd_config: Config, etcd_endpoints: list[str], spawn_worker, views: str
 ) -> None:
+    """``kept``: each worker asks for usage first, so its quota view stays open. ``lingering``:
+    one task per worker, whose view opens when its reservation waits and closes 10 ms into
+    a hold, over and over (a shorter run: ``QUOTA_STRESS_LINGER_SECONDS``, 30 s)."""
+    kept = views == "kept"
+    seconds = RUN_SECONDS if kept else min(RUN_SECONDS, LINGER_RUN_SECONDS)
+    tasks, linger = (TASKS, ()) if kept else (1, ("0.01",))
     seed = int(os.environ.get("QUOTA_STRESS_SEED") or random.SystemRandom().randrange(2**32))
     print(f"\nquota stress: seed={seed} (replay with QUOTA_STRESS_SEED={seed})")
     rng = random.Random(seed)
@@ -447,7 +455,7 @@ async def test_quota_stress_with_kills(
     t0 = time.time()
     run_start = stop_at = t0
 
-    with anyio.fail_after(RUN_SECONDS + 75):
+    with anyio.fail_after(seconds + 75):
         async with open_transport(cfg) as t:
             start = (await t.status()).revision + 1
             observer = Observer(t, f"/{cfg.namespace}/".encode(), start, board)
@@ -466,8 +474,9 @@ async def test_quota_stress_with_kills(
                             cfg.namespace,
                             node,
                             str(rng.randrange(2**32)),
-                            str(TASKS),
+                            str(tasks),
                             str(TTL),
+                            *linger,
                         )
                         slot = Slot(node, worker)
                         slots.append(slot)
@@ -485,7 +494,7 @@ async def test_quota_stress_with_kills(
 
                     # the nemesis: SIGKILL a random worker every 6-10 s, start a replacement
                     run_start = time.time()
-                    end = anyio.current_time() + RUN_SECONDS
+                    end = anyio.current_time() + seconds
                     while True:
                         delay = rng.uniform(*KILL_EVERY)
                         if anyio.current_time() + delay > end - TTL:
@@ -562,8 +571,14 @@ async def test_quota_stress_with_kills(
         raise AssertionError(
             f"seed={seed}: {len(out.violations)} violation(s); first ones:\n" + "\n".join(shown)
         )
-    if RUN_SECONDS >= 60:
+    if seconds >= 60:
         assert len(kills) >= 5, "the nemesis killed too few workers"
+    elif seconds >= 30:
+        assert len(kills) >= 2, "the nemesis killed too few workers"
+    if not kept:  # the views of the workers that stopped by themselves came and went
+        opens = [e["opens"] for s in slots for e in s.of("views")]
+        print(f"  quota views opened per stopped worker: {opens}")
+        assert opens and max(opens) >= 5, f"views opened {opens} times"
     assert in_run, "no admissions during the run"
 
 

@@ -1,6 +1,11 @@
 """A worker process: concurrent tasks reserving random cpu and mem, reporting JSON lines.
 
 Usage: python -m integration.workers.quota_user ENDPOINTS NAMESPACE NODE_ID SEED [TASKS] [TTL]
+[LINGER]
+
+By default the worker asks for usage first, which keeps its quota view open for good. With
+``LINGER`` (seconds) it does not: its view opens when a reservation has to wait and closes
+``LINGER`` seconds after the last one (``VIEW_LINGER``), so views open and close all along.
 
 Events (one JSON object per line, each with ``event`` and wall time ``t``):
 
@@ -40,7 +45,9 @@ def say(event: str, **fields: object) -> None:
     sys.stdout.flush()
 
 
-async def run(cfg: Config, node_id: str, seed: str, tasks: int, stop: anyio.Event) -> int:
+async def run(
+    cfg: Config, node_id: str, seed: str, tasks: int, stop: anyio.Event, pin: bool
+) -> int:
     admitted = 0
     async with foundation_etcd.connect(cfg, node_id=node_id) as c:
         limits: dict[str, int] = {}
@@ -49,7 +56,8 @@ async def run(cfg: Config, node_id: str, seed: str, tasks: int, stop: anyio.Even
             if limit is None:
                 raise RuntimeError(f"no limit set for {resource!r}")
             limits[resource] = limit
-        await c.quotas.open_usage(RESOURCES[0])
+        if pin:
+            await c.quotas.open_usage(RESOURCES[0])
         say("ready", node=node_id, limits=limits, lease=c.session.lease.id)
 
         async def user(task: int) -> None:
@@ -85,6 +93,7 @@ async def run(cfg: Config, node_id: str, seed: str, tasks: int, stop: anyio.Even
         async with anyio.create_task_group() as tg:
             for task in range(tasks):
                 tg.start_soon(user, task)
+        say("views", node=node_id, opens=c.quotas._quota_view.opens)
     return admitted
 
 
@@ -92,8 +101,14 @@ async def main() -> None:
     endpoints, namespace, node_id, seed = sys.argv[1:5]
     tasks = int(sys.argv[5]) if len(sys.argv) > 5 else 8
     ttl = float(sys.argv[6]) if len(sys.argv) > 6 else 2.0
+    linger = float(sys.argv[7]) if len(sys.argv) > 7 else None
+    if linger is not None:
+        from foundation_etcd._coord import quota_view
+
+        quota_view.VIEW_LINGER = linger
     cfg = Config(endpoints=tuple(endpoints.split(",")), namespace=namespace, ttl=ttl)
-    admitted = await until_sigterm(lambda stop: run(cfg, node_id, seed, tasks, stop))
+    pin = linger is None
+    admitted = await until_sigterm(lambda stop: run(cfg, node_id, seed, tasks, stop, pin))
     say("stopped", node=node_id, admitted=admitted)
 
 

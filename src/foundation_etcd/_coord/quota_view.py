@@ -111,6 +111,7 @@ class QuotaView:
     Attributes:
         queue_prefix: the prefix of the tenant's queues (``{queue_prefix}{pool}/{id}``).
         watched: the watched view of limits and queues while it is open (:meth:`open`).
+        opens: how many times it was opened.
         waiters: reservation token to its pools and the event that wakes it.
     """
 
@@ -145,6 +146,7 @@ class QuotaView:
         self._busy = 0  # reservations between their start and their admission
         self._idle_since = 0.0
         self._nodes_followed = False
+        self.opens = 0
 
     async def wait_nodes(self, revision: int) -> None:
         """Wait until the node view (node capacity pools) reflects ``revision``."""
@@ -174,6 +176,7 @@ class QuotaView:
                     self._nodes_followed = True  # node capacity: limits of node pools
                     self._node_view.on_change(lambda _: self._wake())
                 self._idle_since = time.monotonic()
+                self.opens += 1
                 self.watched = view
         return self.watched
 
