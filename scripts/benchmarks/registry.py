@@ -212,13 +212,17 @@ async def section_registry(bench: Bench) -> list[Row]:
     return rows
 
 
-async def all_at_once(bench: Bench, reg: Registry, count: int) -> list[Row]:
-    """``count`` register() calls started together, then as many unregister() calls."""
-    gc.collect()
-    names = [f"many-{i:05}" for i in range(count)]
-    writes = reg._writes  # the registry's Coalescer: how many requests carried them
+GC_TUNED = (50_000, 20, 10)  # the thresholds docs/operations.md suggests for bursts
+
+
+async def burst(reg: Registry, names: list[str]) -> tuple[float, float, int]:
+    """Register every name at once, then unregister every one at once.
+
+    Returns the two durations and how many requests carried the registrations (the
+    registry's coalescer batches them).
+    """
+    writes = reg._writes
     before = writes.batches
-    bench.progress(f"{count:,} registrations at once")
     t0 = time.perf_counter()
     await asyncio.gather(
         *(reg.register(n, capabilities=["many"], meta={"i": i}) for i, n in enumerate(names))
@@ -227,7 +231,29 @@ async def all_at_once(bench: Bench, reg: Registry, count: int) -> list[Row]:
     batches = writes.batches - before
     t0 = time.perf_counter()
     await asyncio.gather(*(reg.unregister(n) for n in names))
-    down = time.perf_counter() - t0
+    return up, time.perf_counter() - t0, batches
+
+
+async def all_at_once(bench: Bench, reg: Registry, count: int) -> list[Row]:
+    """``count`` register() calls started together, then as many unregister() calls.
+
+    Run twice: with Python's default garbage collector, then with it tuned as
+    docs/operations.md suggests (``gc.freeze()`` after startup, higher thresholds).
+    """
+    gc.collect()
+    names = [f"many-{i:05}" for i in range(count)]
+    bench.progress(f"{count:,} registrations at once")
+    up, down, batches = await burst(reg, names)
+    bench.progress(f"{count:,} registrations at once, the collector tuned")
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_TUNED)
+    try:
+        tuned_up, _, _ = await burst(reg, [f"tuned-{i:05}" for i in range(count)])
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
     return [
         Figure(
             f"{count:,} agents registered from one process, every register() started at once",
@@ -246,5 +272,14 @@ async def all_at_once(bench: Bench, reg: Registry, count: int) -> list[Row]:
             "s",
             count,
             note=f"{count / down:,.0f}/s",
+        ),
+        Figure(
+            f"the same {count:,} registered with gc.freeze() and gc.set_threshold"
+            f"{GC_TUNED} (docs/operations.md)",
+            None,
+            tuned_up,
+            "s",
+            count,
+            note=f"context: {count / tuned_up:,.0f}/s; the collector is the application's to tune",
         ),
     ]
