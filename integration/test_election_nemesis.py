@@ -647,15 +647,33 @@ async def run_nemesis(nemesis: Nemesis, duration: float, ttl: float) -> tuple[fl
     return start, time.time()
 
 
+REVOKE_GRACE = 3.0  # seconds etcd may take to apply the revocation of an expired lease
+
+
 async def live_lease_keys(t: Transport, prefix: bytes) -> list[str]:
-    """Keys under ``prefix`` whose lease etcd no longer knows (it should have deleted them)."""
+    """Keys under ``prefix`` whose lease etcd no longer knows (it should have deleted them).
+
+    An expired lease is revoked by the raft leader on its own time (a proposal, in batches,
+    and later after a leader change), so a key whose lease has just expired is given
+    ``REVOKE_GRACE`` seconds to go before it counts as left behind.
+    """
     problems = []
     for kv in await leftover_keys(t, prefix):
         info = await t.lease_time_to_live(kv.lease)
-        if info.ttl <= 0:
+        if info.ttl > 0:
+            continue
+        gone = False
+        for _ in range(int(REVOKE_GRACE / 0.1)):  # polled: bounded, as etcd's own revoke
             again = await t.get(kv.key)
-            if again is not None and again.create_revision == kv.create_revision:
-                problems.append(f"{kv.key!r} left behind under dead lease {kv.lease:x}")
+            if again is None or again.create_revision != kv.create_revision:
+                gone = True
+                break
+            await anyio.sleep(0.1)
+        if not gone:
+            problems.append(
+                f"{kv.key!r} left behind under dead lease {kv.lease:x} (ttl {info.ttl}), "
+                f"still there {REVOKE_GRACE:g}s later"
+            )
     return problems
 
 

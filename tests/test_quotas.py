@@ -491,3 +491,29 @@ async def test_a_view_stopped_by_an_error_is_replaced_once_idle(
             await wait_until(lambda: q._view is None)  # idle: the stopped view goes
             await wait_once(stop_view=False)  # the next waiter opens a working one
             assert q._view is not stopped
+
+
+async def test_limits_changed_while_the_tenant_view_is_closed_are_respected(
+    etcd_config: Config,
+) -> None:
+    async with connect(etcd_config, node_id="n1") as c1, connect(etcd_config, node_id="n2") as c2:
+        q1, q2 = c1.quotas, c2.quotas
+        await q1.set_limit("l", 4)
+        with anyio.fail_after(20):
+            async with q2.reserve({"l": 2}):  # admitted by its transaction: no tenant view
+                pass
+            assert q2._view is None
+            async with q1.reserve({"l": 1}):
+                await q1.set_limit("l", 2)  # lowered by another process
+                # judged against the lowered limit (from the limits view, or caught up when
+                # the transaction's compare finds the limit changed): 1 + 2 > 2
+                with pytest.raises(QuotaExceededError):
+                    async with q2.reserve_nowait({"l": 2}):
+                        raise AssertionError("admitted over a lowered limit")
+                with pytest.raises(InvalidReservationError, match="never be admitted"):
+                    async with q2.reserve_nowait({"l": 3}):
+                        raise AssertionError("admitted above the limit")
+                await q1.set_limit("l", 3)  # raised: 1 + 2 fits now
+                async with q2.reserve_nowait({"l": 2}) as r:
+                    assert r.amounts == {"l": 2}
+            assert q2._view is None  # every one was judged by its own transaction

@@ -201,3 +201,26 @@ def test_held_reservations_never_exceed_the_limit(program: list[tuple], limit: i
                 assert entry.amount is not None and entry.version == 1, "admitted a crafted entry"
                 held[key] = entry.amount
         assert sum(held.values()) <= limit, (held, limit)
+
+
+@given(
+    st.lists(st.sampled_from([1, 2, BLOCKING]), min_size=1, max_size=6),
+    st.randoms(use_true_random=False),
+)
+def test_keys_of_one_revision_show_the_same_usage_in_any_order(amounts: list[int], rnd) -> None:
+    """A crafted transaction's keys, listed (key order) or seen as events (its order)."""
+    entries = [(b"k%d" % i, a) for i, a in enumerate(amounts)]
+    shuffled = list(entries)
+    rnd.shuffle(shuffled)
+    one, other = Queue(), Queue()
+    one.add(5, b"before", 1)
+    other.add(5, b"before", 1)
+    for key, amount in entries:
+        one.add(7, key, amount)
+    for key, amount in shuffled:
+        other.add(7, key, amount)
+    one.add(9, b"after", 1)
+    other.add(9, b"after", 1)
+    for limit in (1, 2, 3, 5, 100):
+        assert one.usage(limit) == other.usage(limit)
+        assert one.sum_through(9) == other.sum_through(9)

@@ -78,20 +78,29 @@ class Queue:
         """Record ``key`` created at ``rev``; a rewrite updates it, a re-creation moves it.
 
         Keys created at one revision (only a crafted transaction writes two in one pool)
-        keep the order they were added in, except that a ``BLOCKING`` one goes before the
-        others: whether a view listed them (key order) or saw their events (the
-        transaction's order), what it shows ahead of a blocking key is the same.
+        are kept blocking ones first, then in key order, so that a view that listed them
+        and one that saw their events (in the transaction's order) show the same usage.
         """
         old = self.where.get(key)
         if old == rev:
             i = self._index(rev, key)
-            if i is not None:
+            tied = i is not None and (
+                (i > 0 and self.revs[i - 1] == rev)
+                or (i + 1 < len(self.revs) and self.revs[i + 1] == rev)
+            )
+            if i is not None and not tied:
                 self.amounts[i] = amount
                 return
+            self.remove(key)  # a rewritten key of a tie may change its place in it
         elif old is not None:  # deleted and created again, seen as one change (a relist)
             self.remove(key)
-        bisect_at = bisect.bisect_left if amount == BLOCKING else bisect.bisect_right
-        i = bisect_at(self.revs, rev)
+        i = bisect.bisect_right(self.revs, rev)
+        if i and self.revs[i - 1] == rev:  # a tie: place it among the keys of its revision
+            rank = (amount != BLOCKING, key)
+            while i and self.revs[i - 1] == rev:
+                if (self.amounts[i - 1] != BLOCKING, self.keys[i - 1]) <= rank:
+                    break
+                i -= 1
         self.revs.insert(i, rev)
         self.keys.insert(i, key)
         self.amounts.insert(i, amount)
