@@ -517,3 +517,40 @@ async def test_limits_changed_while_the_tenant_view_is_closed_are_respected(
                 async with q2.reserve_nowait({"l": 2}) as r:
                     assert r.amounts == {"l": 2}
             assert q2._view is None  # every one was judged by its own transaction
+
+
+@pytest.mark.parametrize("fault", ["pause", "kill"])
+async def test_a_waiter_rides_out_a_paused_or_killed_member(
+    etcd_factory, etcd_namespace: str, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    """The tenant view a waiter opened survives the fault; idle afterwards, it closes."""
+    from foundation_etcd._coord import quota_view
+
+    monkeypatch.setattr(quota_view, "VIEW_LINGER", 0.2)
+    server = etcd_factory()
+    cfg = Config(endpoints=(server.endpoint,), namespace=etcd_namespace, ttl=10.0)
+    async with connect(cfg, node_id="n1") as c1, connect(cfg, node_id="n2") as c2:
+        await c1.quotas.set_limit("f", 1)
+        admitted = anyio.Event()
+        with anyio.fail_after(40):
+            async with anyio.create_task_group() as tg:
+                async with c1.quotas.reserve({"f": 1}):
+
+                    async def waiter() -> None:
+                        async with c2.quotas.reserve({"f": 1}):
+                            admitted.set()
+
+                    tg.start_soon(waiter)
+                    await wait_until(lambda: len(c2.quotas._waiters) == 1)
+                    if fault == "pause":  # holds every connection open, answers nothing
+                        server.pause()
+                        await anyio.sleep(2.0)  # the fault's length, not a wait for an event
+                        server.resume()
+                    else:
+                        server.kill()
+                        await anyio.to_thread.run_sync(server.start)
+                    assert not admitted.is_set()
+                await admitted.wait()  # the release after the fault admits it
+            await wait_until(lambda: c2.quotas._view is None)  # idle: closed
+            async with c2.quotas.reserve({"f": 1}):  # and reserving still works
+                pass

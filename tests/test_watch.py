@@ -201,3 +201,45 @@ async def test_a_shared_view_opened_while_etcd_is_paused_opens_once_it_answers(
             await opened.wait()
             assert got[0].get(prefix + b"k") is not None
             tg.cancel_scope.cancel()
+
+
+async def test_an_own_view_opened_while_etcd_is_paused_opens_and_closes_when_kept_no_longer(
+    etcd_factory, etcd_namespace: str
+) -> None:
+    """``open_own`` rides out a paused member like a shared view, and is never shared."""
+    from foundation_etcd._coord.views import SharedViews
+
+    server = etcd_factory()
+    cfg = Config(endpoints=(server.endpoint,), namespace=etcd_namespace, request_timeout=0.5)
+    prefix = cfg.keyspace.key("own-view", "")
+    with anyio.fail_after(30):
+        async with open_transport(cfg) as t, anyio.create_task_group() as tg:
+            await t.put(prefix + b"k", b"v")
+            views = SharedViews(t, tg)
+            release = anyio.Event()
+
+            async def keep(view: WatchedView) -> None:
+                await release.wait()
+
+            server.pause()
+            opened = anyio.Event()
+            got: list[WatchedView] = []
+
+            async def open_it() -> None:
+                got.append(await views.open_own(prefix, keep))
+                opened.set()
+
+            tg.start_soon(open_it)
+            with anyio.move_on_after(1.5):  # three request deadlines: still not opened
+                await opened.wait()
+            assert not opened.is_set()
+            server.resume()
+            await opened.wait()
+            own = got[0]
+            assert own.get(prefix + b"k") is not None
+            assert prefix not in views.opened()  # not shared
+            assert (await views(prefix)) is not own
+            release.set()  # keep returns: the view closes
+            with pytest.raises(anyio.ClosedResourceError):
+                await own.wait_for_key(prefix + b"k", 10**9)
+            tg.cancel_scope.cancel()
