@@ -213,13 +213,16 @@ class QuotaView:
         return self.watched or self._limits_view
 
     def _on_limits(self, changes: list[ViewChange]) -> None:
-        lp = len(self._limits_prefix)
         for c in changes:
-            resource = c.key[lp:].decode("utf-8", "replace")
-            if c.kind is ChangeKind.REMOVED:
-                self._quick.pop(resource, None)
-            else:
-                self._quick[resource] = (c.kv.mod_revision, self.parse_limit(c.kv))
+            self._apply_limit(self._quick, c)
+
+    def _apply_limit(self, limits: dict[str, tuple[int, int | None]], c: ViewChange) -> None:
+        """Record a change of a limit key in ``limits`` (resource -> (mod, limit))."""
+        resource = c.key[len(self._limits_prefix) :].decode("utf-8", "replace")
+        if c.kind is ChangeKind.REMOVED:
+            limits.pop(resource, None)
+        else:
+            limits[resource] = (c.kv.mod_revision, self.parse_limit(c.kv))
 
     def enter_reserving(self) -> None:
         """A reservation starts: the tenant view is not closed until it is admitted."""
@@ -257,11 +260,7 @@ class QuotaView:
                     # or a rewritten amount can
                     admits = admits or c.kind is ChangeKind.UPDATED or kv.create_revision in waiters
             elif key.startswith(lp):
-                resource = key[len(lp) :].decode("utf-8", "replace")
-                if c.kind is ChangeKind.REMOVED:
-                    self._limits.pop(resource, None)
-                else:
-                    self._limits[resource] = (kv.mod_revision, self.parse_limit(kv))
+                self._apply_limit(self._limits, c)
                 admits = True
         if admits:
             self._wake()

@@ -81,18 +81,7 @@ class Queue:
         are kept blocking ones first, then in key order, so that a view that listed them
         and one that saw their events (in the transaction's order) show the same usage.
         """
-        old = self.where.get(key)
-        if old == rev:
-            i = self._index(rev, key)
-            tied = i is not None and (
-                (i > 0 and self.revs[i - 1] == rev)
-                or (i + 1 < len(self.revs) and self.revs[i + 1] == rev)
-            )
-            if i is not None and not tied:
-                self.amounts[i] = amount
-                return
-            self.remove(key)  # a rewritten key of a tie may change its place in it
-        elif old is not None:  # deleted and created again, seen as one change (a relist)
+        if key in self.where:  # a rewrite, or a re-creation seen as one change: placed anew
             self.remove(key)
         i = bisect.bisect_right(self.revs, rev)
         if i and self.revs[i - 1] == rev:  # a tie: place it among the keys of its revision
