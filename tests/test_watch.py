@@ -172,10 +172,15 @@ async def test_on_stop_runs_once_when_the_view_closes(etcd_config: Config) -> No
             await view.wait_for_key(etcd_config.keyspace.prefix + b"stop/k", 1)
 
 
-async def test_a_shared_view_opened_while_etcd_is_paused_opens_once_it_answers(
-    etcd_factory, etcd_namespace: str
+@pytest.mark.parametrize("own", [False, True], ids=["shared", "own"])
+async def test_a_view_opened_while_etcd_is_paused_opens_once_it_answers(
+    etcd_factory, etcd_namespace: str, own: bool
 ) -> None:
-    """A first list that meets the request deadline (a paused member) is tried again."""
+    """A first list that meets the request deadline (a paused member) is tried again.
+
+    The same for a view of its own (``open_own``), which is never shared and closes when
+    its ``keep`` returns.
+    """
     from foundation_etcd._coord.views import SharedViews
 
     server = etcd_factory()
@@ -185,12 +190,17 @@ async def test_a_shared_view_opened_while_etcd_is_paused_opens_once_it_answers(
         async with open_transport(cfg) as t, anyio.create_task_group() as tg:
             await t.put(prefix + b"k", b"v")
             views = SharedViews(t, tg)
+            release = anyio.Event()
+
+            async def keep(view: WatchedView) -> None:
+                await release.wait()
+
             server.pause()  # holds the connection open, answers nothing
             opened = anyio.Event()
             got: list[WatchedView] = []
 
             async def open_it() -> None:
-                got.append(await views(prefix))
+                got.append(await (views.open_own(prefix, keep) if own else views(prefix)))
                 opened.set()
 
             tg.start_soon(open_it)
@@ -200,46 +210,10 @@ async def test_a_shared_view_opened_while_etcd_is_paused_opens_once_it_answers(
             server.resume()
             await opened.wait()
             assert got[0].get(prefix + b"k") is not None
-            tg.cancel_scope.cancel()
-
-
-async def test_an_own_view_opened_while_etcd_is_paused_opens_and_closes_when_kept_no_longer(
-    etcd_factory, etcd_namespace: str
-) -> None:
-    """``open_own`` rides out a paused member like a shared view, and is never shared."""
-    from foundation_etcd._coord.views import SharedViews
-
-    server = etcd_factory()
-    cfg = Config(endpoints=(server.endpoint,), namespace=etcd_namespace, request_timeout=0.5)
-    prefix = cfg.keyspace.key("own-view", "")
-    with anyio.fail_after(30):
-        async with open_transport(cfg) as t, anyio.create_task_group() as tg:
-            await t.put(prefix + b"k", b"v")
-            views = SharedViews(t, tg)
-            release = anyio.Event()
-
-            async def keep(view: WatchedView) -> None:
-                await release.wait()
-
-            server.pause()
-            opened = anyio.Event()
-            got: list[WatchedView] = []
-
-            async def open_it() -> None:
-                got.append(await views.open_own(prefix, keep))
-                opened.set()
-
-            tg.start_soon(open_it)
-            with anyio.move_on_after(1.5):  # three request deadlines: still not opened
-                await opened.wait()
-            assert not opened.is_set()
-            server.resume()
-            await opened.wait()
-            own = got[0]
-            assert own.get(prefix + b"k") is not None
-            assert prefix not in views.opened()  # not shared
-            assert (await views(prefix)) is not own
-            release.set()  # keep returns: the view closes
-            with pytest.raises(anyio.ClosedResourceError):
-                await own.wait_for_key(prefix + b"k", 10**9)
+            if own:
+                assert prefix not in views.opened()  # not shared
+                assert (await views(prefix)) is not got[0]
+                release.set()  # keep returns: the view closes
+                with pytest.raises(anyio.ClosedResourceError):
+                    await got[0].wait_for_key(prefix + b"k", 10**9)
             tg.cancel_scope.cancel()
