@@ -218,3 +218,58 @@ async def test_alone_when_few_are_on_their_way(t: Transport, etcd_config: Config
 def test_in_flight_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Coalescer(object(), in_flight=0)  # type: ignore[arg-type]
+
+
+async def test_txn_many_answers_each_in_order_in_few_requests(
+    t: Transport, etcd_config: Config
+) -> None:
+    p = etcd_config.keyspace.prefix + b"many/"
+    await t.put(p + b"k0100", b"taken")  # its compare fails: it alone fails
+    counting = Counting(t)
+    co = Coalescer(counting, in_flight=2)  # type: ignore[arg-type]
+    txns = [create(p + b"k%04d" % i, b"%d" % i) for i in range(300)]
+    txns.insert(7, ([], [Op.delete(p + b"none/", prefix=True)], []))  # a range delete: alone
+    results = await co.txn_many(txns)
+    assert len(results) == 301
+    alone = results.pop(7)
+    assert isinstance(alone, TxnResult) and alone.succeeded
+    assert all(isinstance(r, TxnResult) for r in results)
+    assert [r.succeeded for r in results] == [i != 100 for i in range(300)]  # type: ignore[union-attr]
+    taken = results[100]
+    assert isinstance(taken, TxnResult) and taken.range(0).first.value == b"taken"  # type: ignore[union-attr]
+    # 300 members, at most 127 to a request (etcd's 128 operations, a member's own one),
+    # and the range delete alone
+    assert sorted(counting.sent) == [1, 46, 127, 127] and co.batches == 3
+    kvs = {kv.key: kv.value for kv in (await t.get_prefix(p)).kvs}
+    assert kvs == {p + b"k%04d" % i: b"taken" if i == 100 else b"%d" % i for i in range(300)}
+    assert await co.txn_many([]) == []
+
+
+async def test_txn_many_gives_each_its_own_error(t: Transport, etcd_config: Config) -> None:
+    p = etcd_config.keyspace.prefix + b"many-err/"
+    counting = Counting(t)
+    co = Coalescer(counting)  # type: ignore[arg-type]
+    gone = await t.lease_grant(60)
+    await t.lease_revoke(gone.id)
+    txns = [create(p + b"a"), ([], [Op.put(p + b"b", b"v", lease=gone.id)], []), create(p + b"c")]
+    results = await co.txn_many(txns)
+    assert isinstance(results[1], LeaseNotFoundError)
+    assert all(isinstance(r, TxnResult) and r.succeeded for r in (results[0], results[2]))
+    assert counting.sent == [3, 1, 1, 1]  # the batch refused, then each alone
+    assert {kv.key for kv in (await t.get_prefix(p)).kvs} == {p + b"a", p + b"c"}
+
+
+async def test_txn_many_cancelled_sends_no_more(t: Transport, etcd_config: Config) -> None:
+    p = etcd_config.keyspace.prefix + b"many-cancel/"
+    counting, co = gated(t)  # one request at a time, the first held
+    with anyio.move_on_after(0.2) as scope:
+        await co.txn_many([create(p + b"k%04d" % i) for i in range(1000)])
+    assert scope.cancelled_caught
+    assert counting.sent == [127]  # the one request sent before the cancellation
+    counting.gate.set()
+    with anyio.fail_after(10):
+        while co._busy:  # noqa: ASYNC110 (the held request finishes in its own task)
+            await anyio.sleep(0.01)
+    assert counting.sent == [127] and not co._queue
+    assert len((await t.get_prefix(p)).kvs) == 127
+    assert (await co.txn(*create(p + b"after"))).succeeded  # the coalescer still works

@@ -266,6 +266,12 @@ def test_streams_registry_and_views_through_the_facade(etcd_config: Config) -> N
         view = a.view(a.keyspace.agents_live_prefix())
         assert list(view.items()) == [a.keyspace.agent_live("w1")]
         assert a.registry.unregister("w1")
+        many = a.registry.register_many({"m1": {"i": 1}, "m2": None}, capabilities=["bulk"])
+        assert list(many) == ["m1", "m2"] and set(a.registry.owned()) == {"m1", "m2"}
+        with pytest.raises(fe.RegistrationsFailedError) as caught:
+            with fe.sync.connect(etcd_config, node_id="n3") as b:
+                b.registry.register_many(dict.fromkeys(["m2", "m3"]))
+        assert list(caught.value.failed) == ["m2"] and list(caught.value.registered) == ["m3"]
     with pytest.raises(fe.SessionClosedError):
         a.agents()  # the connection is closed
 

@@ -89,6 +89,7 @@ if TYPE_CHECKING:  # for type checkers; at run time each name loads on first use
         OwnershipLostError,
         QuotaError,
         QuotaExceededError,
+        RegistrationsFailedError,
         RequestTooLargeError,
         SerializationError,
         SessionClosedError,
@@ -182,6 +183,7 @@ __all__ = [
     "Quotas",
     "ReencryptReport",
     "Registration",
+    "RegistrationsFailedError",
     "Registry",
     "RequestTooLargeError",
     "Reservation",
@@ -263,7 +265,8 @@ _SOURCES: dict[str, str] = {
         "LeadershipLostError LeaseLostError LeaseNotFoundError LockBusyError "
         "LockLostError NoLeaderError NoNodeFitsError NoSpaceError "
         "NodeExistsError NodeNotFoundError OwnershipLostError QuotaError "
-        "QuotaExceededError RequestTooLargeError SerializationError "
+        "QuotaExceededError RegistrationsFailedError RequestTooLargeError "
+        "SerializationError "
         "SessionClosedError SessionError SignalError TooManyOperationsError "
         "TooManyRequestsError TransactionConflictError"
     ),

@@ -111,6 +111,7 @@ PUBLIC = {
     "SessionClosedError", "LeaseLostError", "OwnershipLostError", "LeadershipLostError",
     "LockLostError", "IncarnationLostError", "LockBusyError", "NoNodeFitsError", "QuotaError",
     "QuotaExceededError", "InvalidReservationError", "SerializationError", "AgentExistsError",
+    "RegistrationsFailedError",
     "AgentNotFoundError", "NodeExistsError", "NodeNotFoundError", "SignalError",
     "InboxFullError", "ActionError", "CallTimeoutError", "AsyncioRequiredError",
     "ConflictError", "TransactionConflictError", "BarrierError",

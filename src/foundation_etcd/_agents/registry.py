@@ -42,80 +42,26 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from .._coord.coalesce import Coalescer
 from .._coord.session import Lease, Session
 from .._coord.watch import ChangeKind, ViewChange, WatchedView
+from .._core.codec import json_object
 from .._core.errors import (
     AgentExistsError,
     AgentNotFoundError,
     ConfigurationError,
-    InvalidIdError,
+    EtcdError,
+    RegistrationsFailedError,
+    RequestTooLargeError,
     SerializationError,
 )
-from .._core.keys import Keyspace, validate_id
-from .._core.kv import Compare, KeyValue, Op
+from .._core.keys import Keyspace, validate_id, validate_ids
+from .._core.kv import KeyValue, Op
 from .._core.records import AgentInfo, encode_registration, parse_registration
+from .._core.registrations import OwnedRegistration as _Owned
+from .._core.registrations import Registration, create_txn, created, drop, hold, prepare
 from .._transport import Transport
 
 __all__ = ["AgentChange", "AgentInfo", "Registration", "Registry"]
 
 log = logging.getLogger("foundation_etcd.registry")
-
-_REREGISTER_CONCURRENCY = 64
-
-
-def _check_meta(meta: object) -> dict[str, Any]:
-    """The metadata as a new ``dict``: a mapping with ``str`` keys (a JSON object), or ``None``.
-
-    Raises:
-        SerializationError: anything else, naming the ``meta`` argument.
-    """
-    if meta is None:
-        return {}
-    if not isinstance(meta, Mapping):
-        raise SerializationError(
-            "meta", f"must be a mapping with str keys (a JSON object), not {type(meta).__name__}"
-        )
-    for key in meta:
-        if not isinstance(key, str):
-            raise SerializationError("meta", f"keys must be str, not {key!r}")
-    return dict(meta)
-
-
-def _check_capabilities(capabilities: object) -> tuple[str, ...]:
-    """The capability names, sorted and distinct.
-
-    Raises:
-        InvalidIdError: not an iterable of names (one ``str`` is refused, not split into
-            characters), or a name that is not an id.
-    """
-    if isinstance(capabilities, str | bytes):
-        raise InvalidIdError(
-            "capabilities", capabilities, "must be an iterable of capability names, not one str"
-        )
-    try:
-        items = list(capabilities)  # type: ignore[call-overload]
-    except TypeError:
-        raise InvalidIdError(
-            "capabilities", capabilities, "must be an iterable of capability names"
-        ) from None
-    return tuple(sorted({validate_id(c, "capability") for c in items}))
-
-
-@dataclass(frozen=True, slots=True)
-class Registration:
-    """Proof that this process registered an agent: its key, incarnation and lease.
-
-    ``guard`` is a compare to add to your own transactions so that they apply only while
-    this registration is the live one.
-    """
-
-    agent_id: str
-    key: bytes
-    incarnation: int
-    lease_id: int
-
-    @property
-    def guard(self) -> Compare:
-        """``create_revision(key) == incarnation``."""
-        return Compare.create_revision(self.key) == self.incarnation
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,16 +70,6 @@ class AgentChange:
 
     kind: ChangeKind
     agent: AgentInfo
-
-
-@dataclass(slots=True)
-class _Owned:
-    capabilities: tuple[str, ...]
-    class_name: str
-    meta: dict[str, Any]
-    registration: Registration | None = None
-    persistent: bool = True
-    value: bytes = b""
 
 
 class Registry:
@@ -296,28 +232,30 @@ class Registry:
         """The registrations this process holds now, by agent id."""
         return {a: o.registration for a, o in self._owned.items() if o.registration is not None}
 
-    def _value(self, class_name: str, capabilities: Iterable[str], meta: Any) -> bytes:
-        """Encode a registration once; only the metadata can fail or be large."""
-        return encode_registration(self._node_id, class_name, capabilities, meta)
-
     async def _create(self, agent_id: str, owned: _Owned, lease: Lease) -> Registration:
         key = self._ks.agent_live(agent_id)
-        value = owned.value or self._value(owned.class_name, owned.capabilities, owned.meta)
         lease.ensure_alive()
-        res = await self._writes.txn(
-            [Compare.create_revision(key) == 0],
-            [Op.put(key, value, lease=lease.id)],
-            [Op.get(key)],
-        )
-        if not res.succeeded:
-            current = res.range(0).first
-            holder = self._parse(current) if current is not None else None
-            raise AgentExistsError(
-                agent_id,
-                node_id=holder.node_id if holder else None,
-                lease_id=current.lease if current is not None else 0,
-            )
-        return Registration(agent_id, key, res.revision, lease.id)
+        res = await self._writes.txn(*create_txn(key, owned.value, lease.id))
+        return created(agent_id, key, res, lease.id)
+
+    async def _create_many(
+        self, batch: dict[str, _Owned], lease: Lease
+    ) -> dict[str, Registration | Exception]:
+        """Create many registrations at once (``Coalescer.txn_many``); each its own answer."""
+        keys = [self._ks.agent_live(a) for a in batch]
+        txns = [create_txn(k, o.value, lease.id) for k, o in zip(keys, batch.values(), strict=True)]
+        lease.ensure_alive()
+        answers = await self._writes.txn_many(txns)
+        out: dict[str, Registration | Exception] = {}
+        for (agent_id, owned), key, res in zip(batch.items(), keys, answers, strict=True):
+            if isinstance(res, Exception):
+                out[agent_id] = res
+                continue
+            try:
+                out[agent_id] = owned.registration = created(agent_id, key, res, lease.id)
+            except AgentExistsError as exc:
+                out[agent_id] = exc
+        return out
 
     async def register(
         self,
@@ -345,31 +283,74 @@ class Registry:
             AgentExistsError: the id is live already (the holder is named).
         """
         validate_id(agent_id, "agent id")
-        caps = _check_capabilities(capabilities)
-        if not isinstance(class_name, str):
-            raise TypeError(f"class_name must be a str, not {type(class_name).__name__}")
-        owned = _Owned(caps, class_name, _check_meta(meta), persistent=bool(persistent))
-        owned.value = self._value(class_name, caps, owned.meta)  # bad input fails before I/O
-        if agent_id in self._owned:
-            reg = self._owned[agent_id].registration
-            raise AgentExistsError(
-                agent_id, node_id=self._node_id, lease_id=reg.lease_id if reg else 0
-            )
-        lease = await self._session.wait_lease()
-        self._owned[agent_id] = owned
+        caps = validate_ids(capabilities, "capability", "capabilities")
+        owned = prepare(self._node_id, caps, class_name, meta, persistent)  # before any I/O
+        hold(self._owned, {agent_id: owned}, self._node_id)
         try:
+            lease = await self._session.wait_lease()
             owned.registration = await self._create(agent_id, owned, lease)
         except BaseException:
-            self._owned.pop(agent_id, None)
+            drop(self._owned, {agent_id: owned})
             raise
         if not persistent:
-
-            def forget(_: Lease) -> None:
-                if self._owned.get(agent_id) is owned:
-                    del self._owned[agent_id]
-
-            lease.on_lost(forget)
+            lease.on_lost(lambda _: drop(self._owned, {agent_id: owned}))
         return owned.registration
+
+    async def register_many(
+        self,
+        agents: Mapping[str, Mapping[str, Any] | None],
+        *,
+        capabilities: Iterable[str] = (),
+        class_name: str = "",
+        persistent: bool = True,
+    ) -> dict[str, Registration]:
+        """Register many live agents at once; ``agents`` maps each id to its metadata.
+
+        Each as :meth:`register` would, all with the same capabilities and class, sent as
+        nested transactions in as few requests as etcd allows (127 agents per request),
+        with no task per agent. Every argument is checked before anything is sent.
+
+        Returns:
+            The registrations, in the order of ``agents``.
+
+        Raises:
+            InvalidIdError, SerializationError, RequestTooLargeError, TypeError: bad input,
+                as :meth:`register` raises it (nothing sent).
+            AgentExistsError: an id this process holds already (nothing sent).
+            RegistrationsFailedError: some agents were not registered; the others are
+                (its ``registered``, and :meth:`owned`). Its ``failed`` maps each such id to
+                its error: :class:`AgentExistsError` (live elsewhere),
+                :class:`AmbiguousResultError` (may be registered: :meth:`lookup` tells),
+                :class:`EtcdUnavailableError` (not registered), ...
+        """
+        if not isinstance(agents, Mapping):
+            raise TypeError(f"agents must be a mapping of id to metadata, not {type(agents)}")
+        caps = validate_ids(capabilities, "capability", "capabilities")
+        batch: dict[str, _Owned] = {}
+        for agent_id, meta in agents.items():
+            validate_id(agent_id, "agent id")
+            try:
+                batch[agent_id] = prepare(self._node_id, caps, class_name, meta, persistent)
+            except (SerializationError, RequestTooLargeError) as exc:
+                exc.add_note(f"the metadata of agent {agent_id!r}")
+                raise
+        if not batch:
+            return {}
+        hold(self._owned, batch, self._node_id)
+        try:
+            lease = await self._session.wait_lease()
+            results = await self._create_many(batch, lease)
+        except BaseException:
+            drop(self._owned, {a: o for a, o in batch.items() if o.registration is None})
+            raise
+        failed = {a: r for a, r in results.items() if isinstance(r, Exception)}
+        drop(self._owned, {a: batch[a] for a in failed})
+        done = {a: r for a, r in results.items() if isinstance(r, Registration)}
+        if not persistent:
+            lease.on_lost(lambda _: drop(self._owned, {a: batch[a] for a in done}))
+        if failed:
+            raise RegistrationsFailedError(failed, done)
+        return done
 
     def _mine(self, agent_id: str) -> tuple[_Owned, Registration]:
         owned = self._owned.get(agent_id)
@@ -406,9 +387,9 @@ class Registry:
             SerializationError, RequestTooLargeError: bad metadata (nothing written).
         """
         validate_id(agent_id, "agent id")
-        new_meta = _check_meta(meta)
+        new_meta = json_object(meta, "meta")
         owned, reg = self._mine(agent_id)
-        value = self._value(owned.class_name, owned.capabilities, new_meta)
+        value = encode_registration(self._node_id, owned.class_name, owned.capabilities, new_meta)
         res = await self._t.txn([reg.guard], [Op.put(reg.key, value, lease=reg.lease_id)])
         if not res.succeeded:
             raise AgentNotFoundError(agent_id, f"registration of {agent_id!r} is no longer live")
@@ -417,22 +398,40 @@ class Registry:
         return reg
 
     async def _reregister_all(self, lease: Lease) -> None:
-        limiter = anyio.CapacityLimiter(_REREGISTER_CONCURRENCY)
+        """Register again, under the new lease, what the lost one held (the persistent ones).
 
-        async def again(agent_id: str, owned: _Owned) -> None:
-            async with limiter:
-                try:
-                    owned.registration = await self._create(agent_id, owned, lease)
-                except AgentExistsError as exc:
-                    log.error("cannot register %r again after lease loss: %s", agent_id, exc)
-                    owned.registration = None
-                    self._owned.pop(agent_id, None)
-                    self.conflicts.append(exc)
-
-        async with anyio.create_task_group() as tg:
-            for agent_id, owned in list(self._owned.items()):
-                owned.registration = None
-                if owned.persistent:
-                    tg.start_soon(again, agent_id, owned)
-                else:
-                    self._owned.pop(agent_id, None)
+        All at once (``Coalescer.txn_many``); one that cannot be told yet (etcd unavailable,
+        or no answer) is tried again while the lease lives. One found live under this lease
+        is this process's own (an earlier attempt that was applied).
+        """
+        again: dict[str, _Owned] = {}
+        for agent_id, owned in list(self._owned.items()):
+            owned.registration = None
+            if owned.persistent:
+                again[agent_id] = owned
+            else:
+                del self._owned[agent_id]
+        backoff = 0.05
+        while again and not lease.lost:
+            again = {a: o for a, o in again.items() if self._owned.get(a) is o}  # unregistered?
+            results = await self._create_many(again, lease)
+            for agent_id, res in results.items():
+                owned = again.pop(agent_id)
+                if isinstance(res, AgentExistsError) and res.lease_id == lease.id:
+                    kv = await self._t.get(self._ks.agent_live(agent_id))
+                    if kv is not None and kv.lease == lease.id:
+                        key, rev = kv.key, kv.create_revision
+                        owned.registration = Registration(agent_id, key, rev, lease.id)
+                        continue
+                    again[agent_id] = owned  # gone meanwhile: create it again
+                elif isinstance(res, EtcdError):  # not known yet: again
+                    log.warning("registering %r again: %s; will retry", agent_id, res)
+                    again[agent_id] = owned
+                elif isinstance(res, Exception):  # live elsewhere, or refused for good
+                    log.error("cannot register %r again after lease loss: %s", agent_id, res)
+                    drop(self._owned, {agent_id: owned})
+                    if isinstance(res, AgentExistsError):
+                        self.conflicts.append(res)
+            if again:
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)

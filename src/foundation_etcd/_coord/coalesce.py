@@ -127,6 +127,49 @@ class Coalescer:
                 self._queue.remove(member)
             raise
 
+    async def txn_many(
+        self, txns: Sequence[tuple[Sequence[Compare], Sequence[AnyOp], Sequence[AnyOp]]]
+    ) -> list[TxnResult | Exception]:
+        """Run many transactions, each as :meth:`txn` would, from one caller; in order.
+
+        Every one is queued at once (no task or coroutine of its own), so they go in as
+        few requests as etcd's limits allow. Each entry of the answer is its
+        transaction's result or the exception :meth:`txn` would have raised for it.
+        Cancelled while waiting: the ones not yet sent are never sent; the ones sent may
+        have been applied (as with :meth:`txn`).
+        """
+        members: list[_Member] = []
+        alone: list[_Member] = []  # too large to share (or a range delete): one by one
+        for compare, success, failure in txns:
+            shape = _shape(compare, success, failure)
+            m = _Member(compare, success, failure, shape or (frozenset(), 0, 0))
+            members.append(m)
+            if shape is None:
+                alone.append(m)
+            else:
+                self._queue.append(m)
+        self._kick()
+        try:
+            for m in alone:
+                self._busy += 1
+                try:
+                    await self._alone(m)
+                finally:
+                    self._busy -= 1
+                    self._kick()
+            out: list[TxnResult | Exception] = []
+            for m in members:
+                try:
+                    out.append(await m.future)
+                except Exception as exc:  # its own answer, as txn() would raise it
+                    out.append(exc)
+            return out
+        except asyncio.CancelledError:
+            for m in members:  # a queued one is then skipped; a sent one's answer dropped
+                if not m.future.done():
+                    m.future.cancel()
+            raise
+
     def _kick(self) -> None:
         while self._queue and self._busy < self._limit:
             batch = self._take()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import RequestTooLargeError, SerializationError
 
-__all__ = ["decode", "encode"]
+__all__ = ["decode", "encode", "json_object"]
 
 # one encoder for every call: ``json.dumps`` with these options builds a new one each time
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, sort_keys=True)
@@ -37,3 +38,21 @@ def encode(value: Any, what: str, limit: int) -> bytes:
 def decode(data: bytes) -> Any:
     """Decode a JSON payload written by :func:`encode`."""
     return json.loads(data)
+
+
+def json_object(value: object, what: str) -> dict[str, Any]:
+    """``value`` as a new ``dict``: a mapping with ``str`` keys (a JSON object); ``None``: empty.
+
+    Raises:
+        SerializationError: anything else, naming ``what``.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SerializationError(
+            what, f"must be a mapping with str keys (a JSON object), not {type(value).__name__}"
+        )
+    for key in value:
+        if not isinstance(key, str):
+            raise SerializationError(what, f"keys must be str, not {key!r}")
+    return dict(value)

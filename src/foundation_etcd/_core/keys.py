@@ -30,7 +30,15 @@ from dataclasses import dataclass, field
 
 from .errors import InvalidIdError
 
-__all__ = ["RESERVED_PREFIX", "Keyspace", "pool_name", "prefix_end", "split_pool", "validate_id"]
+__all__ = [
+    "RESERVED_PREFIX",
+    "Keyspace",
+    "pool_name",
+    "prefix_end",
+    "split_pool",
+    "validate_id",
+    "validate_ids",
+]
 
 MAX_ID_LENGTH = 128
 RESERVED_PREFIX = "_"  # ids never start with it: the library's own segments (``_system``) do
@@ -81,6 +89,23 @@ def validate_id(value: object, kind: str = "id") -> str:
         _VALID.clear()
     _VALID.add(value)
     return value
+
+
+def validate_ids(values: object, kind: str, argument: str) -> tuple[str, ...]:
+    """Check an iterable of ids (``kind`` names one, ``argument`` the whole); sort, dedupe.
+
+    Raises:
+        InvalidIdError: not an iterable of ids (one ``str`` is refused, not split into
+            characters), or an item that is not an id.
+    """
+    what = f"{kind} names"
+    if isinstance(values, str | bytes):
+        raise InvalidIdError(argument, values, f"must be an iterable of {what}, not one str")
+    try:
+        items = list(values)  # type: ignore[call-overload]
+    except TypeError:
+        raise InvalidIdError(argument, values, f"must be an iterable of {what}") from None
+    return tuple(sorted({validate_id(c, kind) for c in items}))
 
 
 def pool_name(resource: str, node: str | None = None) -> str:

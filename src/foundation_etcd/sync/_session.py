@@ -318,6 +318,39 @@ class Registry(SyncWrapper[_fe.Registry]):
             )
         )
 
+    def register_many(
+        self,
+        agents: Mapping[str, Mapping[str, Any] | None],
+        *,
+        capabilities: Iterable[str] = (),
+        class_name: str = "",
+        persistent: bool = True,
+    ) -> dict[str, _fe.Registration]:
+        """Register many live agents at once; ``agents`` maps each id to its metadata.
+
+        Each as :meth:`register` would, all with the same capabilities and class, sent as
+        nested transactions in as few requests as etcd allows (127 agents per request),
+        with no task per agent. Every argument is checked before anything is sent.
+
+        Returns:
+            The registrations, in the order of ``agents``.
+
+        Raises:
+            InvalidIdError, SerializationError, RequestTooLargeError, TypeError: bad input,
+                as :meth:`register` raises it (nothing sent).
+            AgentExistsError: an id this process holds already (nothing sent).
+            RegistrationsFailedError: some agents were not registered; the others are
+                (its ``registered``, and :meth:`owned`). Its ``failed`` maps each such id to
+                its error: :class:`AgentExistsError` (live elsewhere),
+                :class:`AmbiguousResultError` (may be registered: :meth:`lookup` tells),
+                :class:`EtcdUnavailableError` (not registered), ...
+        """
+        return self._portal.call(
+            lambda: self._obj.register_many(
+                agents, capabilities=capabilities, class_name=class_name, persistent=persistent
+            )
+        )
+
     def unregister(self, agent_id: str) -> bool:
         """Remove a registration this process holds.
 

@@ -34,6 +34,7 @@ gRPC errors are translated into this tree in the transport module and nowhere el
     ├── SerializationError (TypeError)       a payload that cannot be encoded as JSON
     ├── DecryptionError                      an encrypted value that does not decrypt here
     ├── AgentExistsError                     an agent id is already registered and live
+    ├── RegistrationsFailedError (ExceptionGroup)  some of a register_many were not registered
     ├── AgentNotFoundError (KeyError)        no such agent, or not registered by this process
     ├── NodeExistsError                      a node id is already announced by a live process
     ├── NodeNotFoundError (KeyError)         no node with this id is announced
@@ -90,6 +91,7 @@ from ._features import (
     OwnershipLostError,
     QuotaError,
     QuotaExceededError,
+    RegistrationsFailedError,
     SerializationError,
     SignalError,
 )
@@ -128,6 +130,7 @@ __all__ = [
     "OwnershipLostError",
     "QuotaError",
     "QuotaExceededError",
+    "RegistrationsFailedError",
     "RequestTooLargeError",
     "SerializationError",
     "SessionClosedError",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Self
+
 from ._base import FoundationEtcdError
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "OwnershipLostError",
     "QuotaError",
     "QuotaExceededError",
+    "RegistrationsFailedError",
     "SerializationError",
     "SignalError",
 ]
@@ -43,6 +46,35 @@ class AgentExistsError(FoundationEtcdError):
             message or f"agent {agent_id!r} is already live on {holder} (lease {lease_id:x})"
         )
         self.agent_id, self.node_id, self.lease_id = agent_id, node_id, lease_id
+
+
+class RegistrationsFailedError(ExceptionGroup[Exception], FoundationEtcdError):
+    """Some agents of one ``Registry.register_many`` call were not registered; the rest are.
+
+    An exception group (``except* AgentExistsError`` picks those out) with one exception per
+    agent not registered; agents sent in one request share its exception when the whole
+    request failed.
+
+    Attributes:
+        failed: each agent id not registered, with its error.
+        registered: the registrations that were made, by agent id.
+    """
+
+    failed: dict[str, Exception]
+    registered: dict[str, Any]
+
+    def __new__(cls, failed: dict[str, Exception], registered: dict[str, Any]) -> Self:
+        self = super().__new__(cls, _not_registered(failed, registered), list(failed.values()))
+        self.failed, self.registered = failed, registered
+        return self
+
+    def __init__(self, failed: dict[str, Exception], registered: dict[str, Any]) -> None:
+        super().__init__(_not_registered(failed, registered), list(failed.values()))
+
+
+def _not_registered(failed: dict[str, Exception], registered: dict[str, Any]) -> str:
+    ids = ", ".join(repr(a) for a in list(failed)[:5]) + (", ..." if len(failed) > 5 else "")
+    return f"{len(failed)} of {len(failed) + len(registered)} agents not registered ({ids})"
 
 
 class AgentNotFoundError(FoundationEtcdError, KeyError):
