@@ -46,6 +46,7 @@ async def main() -> None:
         for status in await a.agents():
             print(status.agent_id, status.state, "on", status.node_id)
         await a.despawn("counter-1")
+        await a.uncordon("example-a")  # drain left it cordoned: the next run places there
         tg.cancel_scope.cancel()
 
 

@@ -5,7 +5,7 @@ so the leader hands it the fencing token with each write. The store keeps the hi
 it has seen and refuses lower ones: a leader that was paused and replaced can no longer
 overwrite its successor's work, however late it wakes up.
 
-Run: python examples/fenced_store.py [ENDPOINT] [NAMESPACE]
+Run: python examples/fenced_store.py [ENDPOINT] [NAMESPACE] (or FOUNDATION_ETCD_ENDPOINTS)
 """
 
 import sqlite3
@@ -65,8 +65,9 @@ async def main(cfg: Config, store: FencedStore) -> list[str]:
 
 
 if __name__ == "__main__":
-    endpoint = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:2379"
+    # the endpoint: the first argument, else FOUNDATION_ETCD_ENDPOINTS, else 127.0.0.1:2379
+    given = {"endpoints": (sys.argv[1],)} if len(sys.argv) > 1 else {}
     namespace = sys.argv[2] if len(sys.argv) > 2 else "fenced-store-example"
-    config = Config(endpoints=(endpoint,), namespace=namespace, ttl=5.0)
+    config = Config.from_env(**given, namespace=namespace, ttl=5.0)
     for line in anyio.run(main, config, FencedStore()):
         print(line)

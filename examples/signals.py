@@ -1,7 +1,7 @@
 """Signals and actions: durable sends, counted exactly once, calls, publish, tools.
 
-Run: python examples/signals.py (an embedded etcd), or against any etcd with
-FOUNDATION_ETCD_ENDPOINTS=127.0.0.1:2379; exits non-zero if a total is not exact.
+Run: python examples/signals.py (an embedded etcd), or FOUNDATION_ETCD_ENDPOINTS=127.0.0.1:2379
+python examples/signals.py as often as you like (each signal has an id: a rerun's are duplicates).
 """
 
 import os
@@ -52,8 +52,8 @@ async def main(cfg: fe.Config) -> list[int]:
             await a.send("tally-2", "count", {"n": 2}, signal_id=f"s{i}")
         again = await b.send("tally-1", "count", {"n": 1}, signal_id="s3")  # same id
         print("s3 sent again, a duplicate:", again.duplicate)
-        await a.publish("orders.eu.created", "count", {"n": 5})  # both match
-        await a.publish("orders.eu.paid", "count", {"n": 7})  # only orders.**
+        await a.publish("orders.eu.created", "count", {"n": 5}, signal_id="p1")  # both match
+        await a.publish("orders.eu.paid", "count", {"n": 7}, signal_id="p2")  # orders.** only
         try:
             await a.call("tally-1", "add", {"n": "ten"})
         except fe.ActionError as exc:

@@ -16,6 +16,7 @@ Like the command-line modules, it uses the public API only.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import logging
@@ -139,14 +140,23 @@ async def show(
         if rev != seen_rev:
             seen_rev = rev
             listing = await build()
-            text = render(listing, output, compact=True)
+            same = _unrevised(listing)  # what changed, not when: a revision alone is no change
+            text = render(same, output, compact=True)
             if text != last:
                 last = text
                 if output == "table":
                     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                     print(f"# revision {listing.revision or rev} at {stamp}")
-                print(text, flush=True)
+                    print(text, flush=True)
+                else:
+                    print(render(listing, output, compact=True), flush=True)
         await anyio.sleep(WATCH_POLL)
+
+
+def _unrevised(listing: Listing) -> Listing:
+    """``listing`` without the revisions it was read at."""
+    parts = {name: _unrevised(part) for name, part in listing.sections.items()}
+    return dataclasses.replace(listing, revision=0, sections=parts)
 
 
 def setup_logging(verbosity: int) -> None:

@@ -53,6 +53,7 @@ import importlib
 import importlib.machinery
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -138,7 +139,7 @@ def _config(args: argparse.Namespace) -> Config:
     overrides: dict[str, Any] = {}
     for name in ("endpoints", "namespace", "tenant"):
         value = getattr(args, name)
-        if value:
+        if value is not None:  # given, even empty (refused below, not the default)
             overrides[name] = value
     return Config.from_env(**overrides)
 
@@ -388,7 +389,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = _config(args)
     except ConfigurationError as exc:
-        if exc.field in ("endpoints", "namespace", "tenant") and getattr(args, exc.field):
+        if (
+            exc.field in ("endpoints", "namespace", "tenant")
+            and getattr(args, exc.field) is not None
+        ):
             _usage(top, f"argument --{exc.field}: {str(exc).removeprefix(exc.field + ': ')}")
         return fail(exc)  # from a FOUNDATION_ETCD_* variable
     except FoundationEtcdError as exc:
@@ -406,11 +410,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         leaves = _leaves(exc)
         if any(isinstance(e, KeyboardInterrupt) for e in leaves):
             return 130
+        if any(isinstance(e, BrokenPipeError) for e in leaves):
+            return _closed_pipe()
         if all(isinstance(e, FoundationEtcdError | _Failure) for e in leaves):
             for e in leaves:
                 fail(e)
             return 1
         raise
+
+
+def _closed_pipe() -> int:
+    """The reader of standard output went away (``| head``): stop quietly, as SIGPIPE would."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+    return 141  # 128 + SIGPIPE, what a shell reports for a process its pipe ended
 
 
 if __name__ == "__main__":

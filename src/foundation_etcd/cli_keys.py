@@ -88,7 +88,11 @@ async def _rotate(cfg: fe.Config, args: argparse.Namespace) -> int:
 
 
 def _write_keypair(path: Path) -> str | None:
-    """A new key in ``path`` (0600) and ``path.pub``; its id, or ``None`` if ``path`` exists."""
+    """A new key in ``path`` (0600) and ``path.pub``; its id, or ``None`` if either exists.
+
+    Raises:
+        OSError: a file cannot be created (no such directory, no permission).
+    """
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -96,24 +100,38 @@ def _write_keypair(path: Path) -> str | None:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return None
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
     public = key.public_key()
     pub = public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    Path(f"{path}.pub").write_bytes(pub)
+    try:
+        pub_fd = os.open(f"{path}.pub", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return None
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        os.close(pub_fd)
+        os.unlink(f"{path}.pub")  # made just now: no half of a pair is left
+        if isinstance(exc, FileExistsError):
+            return None
+        raise
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    with os.fdopen(pub_fd, "wb") as f:
+        f.write(pub)
     return key_id_of(public)
 
 
 async def _signing_keygen(cfg: fe.Config, args: argparse.Namespace) -> int:
-    key_id = _write_keypair(args.file)
+    try:
+        key_id = _write_keypair(args.file)
+    except OSError as exc:
+        return usage_error(args, f"argument FILE: cannot create {str(args.file)!r}: {exc.strerror}")
     if key_id is None:
-        return usage_error(args, f"argument FILE: {str(args.file)!r} exists (not overwritten)")
+        return usage_error(
+            args, f"argument FILE: {str(args.file)!r} or its .pub exists (neither overwritten)"
+        )
     print(key_id)
     return 0
 

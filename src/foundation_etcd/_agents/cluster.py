@@ -396,6 +396,7 @@ async def connect(
         # the view lists this node before connect returns, as it did when opened after
         await node_view.wait_for(await membership.announce(session.lease))
         session.on_renewed(membership.reannounce)
+        membership.keep_announced(session)
         cluster._membership = membership
         agents_view = None
         if watch_agents:

@@ -200,9 +200,8 @@ class SignalMethods:
         spec_view, _, _ = await self.scheduler.views()
         await spec_view.wait_for(await self.transport.revision())
         n = len(self.scheduler.spec_prefix)
-        return [
-            AgentSpec.decode(kv.key[n:].decode(), kv.value) for kv in spec_view.items().values()
-        ]
+        specs = (AgentSpec.read(kv.key[n:], kv.value) for kv in spec_view.items().values())
+        return [s for s in specs if s is not None]  # unreadable ones: left out, with a warning
 
     async def tools(self) -> list[dict[str, Any]]:
         """The actions of every spawned agent, as tool definitions an LLM client takes.

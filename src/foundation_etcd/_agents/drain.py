@@ -35,6 +35,7 @@ from .._core.keys import validate_id
 from .._core.kv import Compare, Op
 from .._core.placement import strategy_named
 from .._core.records import AgentSpec, AssignmentStatus, decode_assignment, encode_cordon
+from .._core.registrations import agent_id_of
 from .scheduler import ConditionFailed
 
 if TYPE_CHECKING:
@@ -175,11 +176,13 @@ class Drain:
         if progress is not None:
             progress(0, len(on_node), "", "")
         for kv in on_node:
-            agent_id = kv.key[len(sched.assign_prefix) :].decode()
-            spec_kv = spec_view.get(self._ks.agent_spec(agent_id))
-            if spec_kv is None:
+            agent_id = agent_id_of(kv.key[len(sched.assign_prefix) :])
+            spec_kv = None if agent_id is None else spec_view.get(self._ks.agent_spec(agent_id))
+            if agent_id is None or spec_kv is None:
                 continue
-            spec = AgentSpec.decode(agent_id, spec_kv.value)
+            spec = AgentSpec.read(agent_id.encode(), spec_kv.value)
+            if spec is None:  # not the library's (a warning says so): left where it is
+                continue
             try:
                 new, _ = await sched.commit(
                     spec,

@@ -37,6 +37,7 @@ from .._core.errors import EtcdError, LeaseLostError, NoNodeFitsError, Ownership
 from .._core.kv import Compare, Op
 from .._core.placement import STRATEGIES, PlacementStrategy, strategy_named
 from .._core.records import AgentSpec, AssignmentStatus, decode_assignment, encode_assignment
+from .._core.registrations import agent_id_of
 from .scheduler import ConditionFailed
 
 if TYPE_CHECKING:
@@ -138,11 +139,13 @@ class Failover:
             node, status, _ = decode_assignment(kv)
             if status is not AssignmentStatus.ASSIGNED or node is None or node in live:
                 continue
-            agent_id = kv.key[len(sched.assign_prefix) :].decode()
-            spec_kv = spec_view.get(self._ks.agent_spec(agent_id))
-            if spec_kv is None:
+            agent_id = agent_id_of(kv.key[len(sched.assign_prefix) :])
+            spec_kv = None if agent_id is None else spec_view.get(self._ks.agent_spec(agent_id))
+            if agent_id is None or spec_kv is None:
                 continue
-            spec = AgentSpec.decode(agent_id, spec_kv.value)
+            spec = AgentSpec.read(agent_id.encode(), spec_kv.value)
+            if spec is None:  # not the library's (a warning says so): left where it is
+                continue
             dead = [
                 Compare.create_revision(self._ks.node(node)) == 0,
                 Compare.mod_revision(kv.key) == kv.mod_revision,

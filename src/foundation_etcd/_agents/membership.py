@@ -5,12 +5,13 @@ Guarantees:
       lives: written create-if-absent under the lease, so a node id is announced by one live
       process at a time (:class:`NodeExistsError` otherwise, after waiting up to one TTL
       plus 2 s for a crashed predecessor's key to expire). After a lease loss it is
-      announced again under the new lease.
+      announced again under the new lease; deleted by another client while the lease
+      lives, it is announced again at once (a warning says so).
     * A crashed process's node key goes with its lease, at one revision with its agents.
     * :meth:`Membership.nodes` and :meth:`Membership.node` read the watched view (no I/O):
       a state etcd had, at most one watch event behind. An announcement the library would
-      not have written (unparsable, invalid capacities) is ignored, or its invalid
-      capacities dropped: placement never counts on them.
+      not have written (unparsable, without a lease, naming another node than its key)
+      is ignored, and invalid capacities are dropped: placement never counts on them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from .._coord.session import Lease
+from .._coord.session import Lease, Session
 from .._coord.waits import wait_deleted
 from .._coord.watch import ChangeKind, ViewChange, WatchedView
 from .._core.errors import NodeExistsError
@@ -68,6 +69,7 @@ class Membership:
     ) -> None:
         self._transport = transport
         self._ks = keyspace
+        self._prefix = keyspace.nodes_prefix()
         self.node_id = node_id
         self._value = value
         self.view = view
@@ -104,11 +106,28 @@ class Membership:
         """Announce again under a replacement lease (a session ``on_renewed`` hook)."""
         await self.announce(lease)
 
+    def keep_announced(self, session: Session) -> None:
+        """Announce again when another client deletes this node's key while its lease lives.
+
+        Without it the node would look dead to failover and placement while it runs.
+        """
+        key = self._ks.node(self.node_id)
+
+        def deleted(changes: list[ViewChange]) -> None:
+            for c in changes:
+                if c.kind is ChangeKind.REMOVED and c.key == key and not session.closed:
+                    lease = session.lease
+                    if c.kv.lease == lease.id and not lease.lost:
+                        log.warning("node key %r deleted by another client: announcing again", key)
+                        session.start_background(self.announce, lease)
+
+        self.view.on_change(deleted)
+
     def nodes(self) -> dict[str, NodeInfo]:
         """Live nodes by id, from the watched view (no I/O)."""
         out = {}
         for kv in self.view.items().values():
-            info = parse_node(kv)
+            info = parse_node(kv, self._prefix)
             if info is not None:
                 out[info.node_id] = info
         return out
@@ -120,7 +139,7 @@ class Membership:
     def node(self, node_id: str) -> NodeInfo | None:
         """One live node from the view, or ``None``."""
         kv = self.node_kv(node_id)
-        return None if kv is None else parse_node(kv)
+        return None if kv is None else parse_node(kv, self._prefix)
 
     async def wait_for(self, revision: int) -> None:
         """Wait until the node view reflects ``revision``."""
@@ -131,7 +150,7 @@ class Membership:
         """Receive each batch of node changes after this call, in order."""
 
         def convert(c: ViewChange) -> NodeChange | None:
-            info = parse_node(c.kv)
+            info = parse_node(c.kv, self._prefix)
             return None if info is None else NodeChange(c.kind, info)
 
         async with self.view.subscribe_converted(convert) as changes:

@@ -21,11 +21,12 @@ Guarantees:
     * On session loss the registrations are cancelled with the lease and come back under the
       new lease by themselves, with new incarnations. If another process took an id in
       between, that registration is dropped and reported (``Registry.conflicts``).
-    * Metadata is JSON of at most 64 KiB, checked before anything is written.
-    * Registrations and removals made by many tasks at once are sent together, as nested
-      transactions of one (``_coord/coalesce.py``): each keeps its own compare and result,
-      and those sent together get the same revision (different keys, so incarnations of
-      different agents may be equal; one agent's stay distinct).
+    * Metadata is JSON of at most 64 KiB, checked before anything is written. A key or value
+      the library would not write is left out of the view (``_core/registrations.py``).
+    * Registrations and removals made at once (many tasks, :meth:`Registry.register_many`,
+      re-registration) go together as nested transactions of one (``_coord/coalesce.py``):
+      each keeps its own compare and result, and those sent together get the same revision
+      (different keys, so incarnations of different agents may be equal).
 """
 
 from __future__ import annotations
@@ -54,9 +55,19 @@ from .._core.errors import (
 )
 from .._core.keys import Keyspace, validate_id, validate_ids
 from .._core.kv import KeyValue, Op
-from .._core.records import AgentInfo, encode_registration, parse_registration
+from .._core.registrations import (
+    AgentInfo,
+    Registration,
+    agent_id_of,
+    create_txn,
+    created,
+    drop,
+    encode_registration,
+    hold,
+    parse_registration,
+    prepare,
+)
 from .._core.registrations import OwnedRegistration as _Owned
-from .._core.registrations import Registration, create_txn, created, drop, hold, prepare
 from .._transport import Transport
 
 __all__ = ["AgentChange", "AgentInfo", "Registration", "Registry"]
@@ -143,19 +154,19 @@ class Registry:
 
     # the in-memory index -------------------------------------------------------------------
     def _parse(self, kv: KeyValue) -> AgentInfo | None:
-        return parse_registration(kv.key[len(self._prefix) :].decode(), kv)
+        return parse_registration(kv.key[len(self._prefix) :], kv)
 
     def _index(self, kv: KeyValue) -> None:
-        info = self._parse(kv)
+        info = self._parse(kv)  # None (and a warning): a key or value the library never writes
+        self._unindex(agent_id_of(kv.key[len(self._prefix) :]))  # rewritten as garbage: gone
         if info is None:
             return
-        self._unindex(info.agent_id)
         self._agents[info.agent_id] = info
         for cap in info.capabilities:
             self._by_capability.setdefault(cap, set()).add(info.agent_id)
 
-    def _unindex(self, agent_id: str) -> None:
-        old = self._agents.pop(agent_id, None)
+    def _unindex(self, agent_id: str | None) -> None:
+        old = self._agents.pop(agent_id, None) if agent_id is not None else None
         if old is None:
             return
         for cap in old.capabilities:
@@ -168,7 +179,7 @@ class Registry:
     def _on_change(self, changes: list[ViewChange]) -> None:
         for c in changes:
             if c.kind is ChangeKind.REMOVED:
-                self._unindex(c.key[len(self._prefix) :].decode())
+                self._unindex(agent_id_of(c.key[len(self._prefix) :]))
             else:
                 self._index(c.kv)
 

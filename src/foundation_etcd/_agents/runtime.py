@@ -55,6 +55,7 @@ from .._core.records import (
     decode_assignment,
     encode_assignment,
 )
+from .._core.registrations import agent_id_of
 from .._transport import Transport
 from .agent import AgentContext, RestartPolicy, agent_classes, call_hook, cluster_spec
 from .delivery import Deliverer, RetentionLease
@@ -224,7 +225,6 @@ class NodeRuntime:
                 remove()
 
     def _desired(self, spec_view: Any, assign_view: Any) -> dict[str, AgentSpec]:
-        ks = self._ks
         out = {}
         seen = self._decoded  # each value is decoded once per revision, not per change
         fresh: dict[bytes, tuple[int, Any]] = {}
@@ -236,14 +236,15 @@ class NodeRuntime:
             node, status, _ = hit[1]
             if node != self._node_id or status is not AssignmentStatus.ASSIGNED:
                 continue
-            agent_id = kv.key[len(self._scheduler.assign_prefix) :].decode()
-            spec_kv = spec_view.get(ks.agent_spec(agent_id))
-            if spec_kv is not None:
+            agent_id = agent_id_of(kv.key[len(self._scheduler.assign_prefix) :])
+            spec_kv = None if agent_id is None else spec_view.get(self._ks.agent_spec(agent_id))
+            if spec_kv is not None and agent_id is not None:
                 hit = seen.get(spec_kv.key)
-                if hit is None or hit[0] != spec_kv.mod_revision:
-                    hit = (spec_kv.mod_revision, AgentSpec.decode(agent_id, spec_kv.value))
+                if hit is None or hit[0] != spec_kv.mod_revision:  # None: unreadable, skipped
+                    hit = (spec_kv.mod_revision, AgentSpec.read(agent_id.encode(), spec_kv.value))
                 fresh[spec_kv.key] = hit
-                out[agent_id] = hit[1]
+                if hit[1] is not None:
+                    out[agent_id] = hit[1]
         self._decoded = fresh
         return out
 

@@ -391,8 +391,10 @@ class Scheduler:
         await self._wait_for(rev)
         out = []
         for kv in spec_view.items().values():
-            agent_id = kv.key[len(self.spec_prefix) :].decode()
-            spec = AgentSpec.decode(agent_id, kv.value)
+            spec = AgentSpec.read(kv.key[len(self.spec_prefix) :], kv.value)
+            if spec is None:  # not the library's (a warning says which)
+                continue
+            agent_id = spec.agent_id
             node, status, reason = decode_assignment(
                 assign_view.get(self._ks.agent_assign(agent_id))
             )

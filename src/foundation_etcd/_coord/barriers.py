@@ -63,6 +63,7 @@ from dataclasses import dataclass
 import anyio
 
 from .._core.background import cleanup_scope
+from .._core.codec import decode
 from .._core.errors import BarrierError, EtcdError, EtcdServerError, LeaseLostError
 from .._core.keys import prefix_end, validate_id
 from .._core.kv import AnyOp, Compare, EventType, KeyValue, Op, TxnResult
@@ -140,7 +141,7 @@ class _Round:
         if kv is None:
             return cls()
         try:
-            data = json.loads(kv.value)
+            data = decode(kv.value)
             number, last = data["round"], data["last"]
             if all(type(x) is int and x >= 0 for x in (number, last)):
                 return cls(number, last, kv.mod_revision)
@@ -356,10 +357,10 @@ class DoubleBarrier:
         try:
             await feed.open()
             lease.ensure_alive()
-            res = await transport.txn(
-                [Compare.create_revision(key) == 0],
-                [Op.put(key, b"", lease=lease.id), *self._reads()],
-            )
+            create = ([Compare.create_revision(key) == 0], [Op.put(key, b"", lease=lease.id)])
+            res = await transport.txn(create[0], [*create[1], *self._reads()])
+            if not res.succeeded and await self._withdraw(key):  # left by a failed withdraw
+                res = await transport.txn(create[0], [*create[1], *self._reads()])
             if not res.succeeded:
                 raise BarrierError(f"double barrier {self.name!r}: key {key!r} already present")
             created = res.revision

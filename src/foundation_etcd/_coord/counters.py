@@ -45,7 +45,6 @@ put); a conflict one more, whose answer carries this handle's shards (~60 bytes 
 
 from __future__ import annotations
 
-import json
 import random
 import secrets
 from collections import Counter
@@ -55,7 +54,7 @@ from dataclasses import dataclass, replace
 import anyio
 
 from .._core.amounts import MAX_AMOUNT
-from .._core.codec import encode
+from .._core.codec import decode, encode
 from .._core.errors import (
     AmbiguousResultError,
     EtcdUnavailableError,
@@ -102,7 +101,7 @@ class CounterStatistics:
 def _decode(kv: KeyValue) -> tuple[int, str]:
     """A shard's ``(total, op id)``; a value the library would not write is ``(0, "")``."""
     try:
-        doc = json.loads(kv.value)
+        doc = decode(kv.value)
         n, op = doc["n"], doc.get("op")
     except (ValueError, TypeError, KeyError, AttributeError):
         return 0, ""

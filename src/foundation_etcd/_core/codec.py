@@ -36,8 +36,17 @@ def encode(value: Any, what: str, limit: int) -> bytes:
 
 
 def decode(data: bytes) -> Any:
-    """Decode a JSON payload written by :func:`encode`."""
-    return json.loads(data)
+    """Decode a JSON payload written by :func:`encode`.
+
+    Raises:
+        ValueError: ``data`` is not JSON. That includes bytes that are not UTF-8 and JSON
+            nested too deeply for the parser: a crafted value fails as any malformed one
+            does, never with the parser's ``RecursionError``.
+    """
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def json_object(value: object, what: str) -> dict[str, Any]:

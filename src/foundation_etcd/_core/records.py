@@ -4,7 +4,7 @@ Each record is a frozen value with its encoder and decoder and its size limit, s
 format is defined once and every module that reads it agrees:
 
 * ``nodes/{node}``: :class:`NodeInfo`, a node's announcement (under its session lease);
-* ``agents/live/{id}``: :class:`AgentInfo`, a registration (under the hosting lease);
+* ``agents/live/{id}``: a registration (under the hosting lease), in :mod:`.registrations`;
 * ``agents/spec/{id}``: :class:`AgentSpec`, the desired agent (no lease);
 * ``agents/assign/{id}``: :class:`Assignment`, where it should run and in which
   :class:`AssignmentStatus` (no lease);
@@ -36,16 +36,15 @@ from .amounts import ANY_RESOURCE, BLOCKING, check_amounts, stored_capacity, sto
 from .keys import validate_id
 from .kv import KeyValue
 from .placement import PlacementRequest
+from .registrations import agent_id_of
 
 __all__ = [
     "AUDIT_GENESIS",
     "MAX_ARGS_BYTES",
     "MAX_ASSIGNMENT_BYTES",
     "MAX_AUDIT_RECORD_BYTES",
-    "MAX_META_BYTES",
     "MAX_NODE_INFO_BYTES",
     "MAX_STATE_BYTES",
-    "AgentInfo",
     "AgentSpec",
     "Assignment",
     "AssignmentStatus",
@@ -56,10 +55,8 @@ __all__ = [
     "encode_assignment",
     "encode_cordon",
     "encode_node_reservation",
-    "encode_registration",
     "node_value",
     "parse_node",
-    "parse_registration",
 ]
 
 log = logging.getLogger("foundation_etcd.records")
@@ -67,7 +64,6 @@ log = logging.getLogger("foundation_etcd.records")
 MAX_ARGS_BYTES = 256 * 1024
 MAX_ASSIGNMENT_BYTES = 4096
 MAX_NODE_INFO_BYTES = 64 * 1024
-MAX_META_BYTES = 64 * 1024
 MAX_STATE_BYTES = 1024 * 1024
 MAX_NODE_RESERVATION_BYTES = 4096
 MAX_CORDON_BYTES = 1024
@@ -137,12 +133,23 @@ def node_value(
     )
 
 
-def parse_node(kv: KeyValue) -> NodeInfo | None:
-    """Decode an announcement; ``None`` (and a warning) when the library never writes it."""
+def parse_node(kv: KeyValue, prefix: bytes) -> NodeInfo | None:
+    """Decode the announcement at ``kv`` (under ``prefix``, the nodes prefix).
+
+    ``None`` (and a warning) when the library never writes it: not JSON, a key that is not
+    ``{prefix}{node_id}`` of the node id inside (another client's key naming a live node
+    must not stand in for it), or no lease (an announcement lives under its node's lease).
+    """
     try:
         d = _codec.decode(kv.value)
+        node_id = d["node_id"]
+        caps = d.get("capabilities", [])
+        if not isinstance(node_id, str) or kv.key != prefix + node_id.encode() or not kv.lease:
+            raise ValueError("not the announcement of the node its key names")
+        if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+            raise ValueError("capabilities are not a list of names")
         return NodeInfo(
-            node_id=str(d["node_id"]),
+            node_id=node_id,
             # a capacity the library would not write (negative, fractional, huge) is no
             # capacity: placement never counts on it
             capacity={
@@ -150,7 +157,7 @@ def parse_node(kv: KeyValue) -> NodeInfo | None:
                 for k, v in d.get("capacity", {}).items()
                 if (c := stored_capacity(v)) is not None
             },
-            capabilities=frozenset(d.get("capabilities", ())),
+            capabilities=frozenset(caps),
             address=str(d.get("address", "")),
             started_at=float(d.get("started_at", 0.0)),
             pid=int(d.get("pid", 0)),
@@ -161,69 +168,6 @@ def parse_node(kv: KeyValue) -> NodeInfo | None:
         )
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
         log.warning("ignoring malformed node announcement at %r", kv.key)
-        return None
-
-
-# agents/live/{id} ----------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class AgentInfo:
-    """A live agent as the registry sees it.
-
-    Attributes:
-        agent_id: the agent's id.
-        node_id: the node whose process registered it.
-        class_name: the agent's cluster name (``@clustered(name=...)``), or ``""``.
-        capabilities: what the agent can do.
-        meta: free-form JSON metadata.
-        incarnation: the create revision of the live key.
-        lease_id: the lease it lives under.
-        revision: the revision of the last change (registration or metadata update).
-    """
-
-    agent_id: str
-    node_id: str
-    class_name: str
-    capabilities: frozenset[str]
-    meta: Mapping[str, Any]
-    incarnation: int
-    lease_id: int
-    revision: int
-
-
-def encode_registration(
-    node_id: str, class_name: str, capabilities: Iterable[str], meta: Any
-) -> bytes:
-    """Encode a registration (capabilities already checked); only ``meta`` can fail.
-
-    Raises:
-        SerializationError: ``meta`` is not JSON.
-        RequestTooLargeError: ``meta`` over :data:`MAX_META_BYTES`.
-    """
-    caps = sorted(capabilities)
-    overhead = 128 + len(node_id) + len(class_name) + sum(len(c) + 3 for c in caps)
-    return _codec.encode(
-        {"node": node_id, "class": class_name, "capabilities": caps, "meta": meta},
-        "agent metadata",
-        MAX_META_BYTES + overhead,
-    )
-
-
-def parse_registration(agent_id: str, kv: KeyValue) -> AgentInfo | None:
-    """Decode a registration; ``None`` (and a warning) when the library never writes it."""
-    try:
-        data = _codec.decode(kv.value)
-        return AgentInfo(
-            agent_id=agent_id,
-            node_id=str(data.get("node", "")),
-            class_name=str(data.get("class", "")),
-            capabilities=frozenset(data.get("capabilities", ())),
-            meta=data.get("meta") or {},
-            incarnation=kv.create_revision,
-            lease_id=kv.lease,
-            revision=kv.mod_revision,
-        )
-    except (ValueError, TypeError, AttributeError):
-        log.warning("ignoring malformed registration at %r", kv.key)
         return None
 
 
@@ -261,18 +205,37 @@ class AgentSpec:
 
     @classmethod
     def decode(cls, agent_id: str, data: bytes) -> AgentSpec:
-        """Parse a stored spec."""
-        d = _codec.decode(data)
-        return cls(
-            agent_id,
-            str(d["class"]),
-            dict(d.get("args") or {}),
-            bool(d.get("critical", False)),
-            str(d.get("placement", "least-loaded")),
-            stored_usage(d.get("resources")),  # a crafted amount fits no node
-            frozenset(d.get("requires") or ()),
-            d["actions"] if isinstance(d.get("actions"), dict) else {},
-        )
+        """Parse a stored spec.
+
+        Raises:
+            ValueError: not a spec the library writes (another client's, or garbage).
+        """
+        try:
+            d = _codec.decode(data)
+            return cls(
+                agent_id,
+                _text(d["class"]),
+                dict(d.get("args") or {}),
+                bool(d.get("critical", False)),
+                _text(d.get("placement", "least-loaded")),
+                stored_usage(d.get("resources")),  # a crafted amount fits no node
+                frozenset(_text(r) for r in d.get("requires") or ()),
+                d["actions"] if isinstance(d.get("actions"), dict) else {},
+            )
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise ValueError(f"unreadable agent spec of {agent_id!r}") from None
+
+    @classmethod
+    def read(cls, suffix: bytes, data: bytes) -> AgentSpec | None:
+        """The spec at a key ending with ``suffix``; ``None`` (and a warning) if unreadable."""
+        agent_id = agent_id_of(suffix)
+        try:
+            if agent_id is None:
+                raise ValueError(f"no agent id: {suffix!r}")
+            return cls.decode(agent_id, data)
+        except ValueError as exc:
+            log.warning("ignoring an agent spec: %s", exc)
+            return None
 
     def request(self, exclude: frozenset[str] = frozenset()) -> PlacementRequest:
         """What this agent needs from a node."""
@@ -307,17 +270,30 @@ def encode_assignment(node: str | None, status: AssignmentStatus, reason: str = 
 def decode_assignment(kv: KeyValue | None) -> Assignment:
     """The assignment stored in ``kv`` (``ABSENT`` when there is none).
 
-    An unknown status reads as ``FAILED``: nobody runs an agent on a word it cannot read.
+    An unknown status, or a value the library would not write, reads as ``FAILED``: nobody
+    runs an agent on a word it cannot read.
     """
     if kv is None:
         return Assignment(None, AssignmentStatus.ABSENT, "")
-    d = _codec.decode(kv.value)
     try:
-        status = AssignmentStatus(str(d.get("status", "assigned")))
+        d = _codec.decode(kv.value)
+        node, raw, reason = d.get("node"), d.get("status", "assigned"), d.get("reason", "")
+        if not (node is None or isinstance(node, str)) or not isinstance(raw, str):
+            raise ValueError("not an assignment")
+    except (ValueError, AttributeError):
+        log.warning("unreadable assignment at %r: read as failed", kv.key)
+        return Assignment(None, AssignmentStatus.FAILED, "unreadable assignment record")
+    try:
+        status = AssignmentStatus(raw)
     except ValueError:
         status = AssignmentStatus.FAILED
-    node = d.get("node")
-    return Assignment(None if node is None else str(node), status, str(d.get("reason", "")))
+    return Assignment(node, status, str(reason))
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"not a str: {value!r}")
+    return value
 
 
 # nodes-res/{node}/{id} -----------------------------------------------------------------------

@@ -1,29 +1,116 @@
-"""A registration as this process holds it: checked, encoded, and its create transaction.
+"""Registrations: the ``agents/live/{id}`` record, its checks and its create transaction.
 
 Pure: the registry (``_agents/registry.py``) sends what is built here and keeps the
 answers. One registration is a create-if-absent of ``agents/live/{id}`` under the session
 lease, whose failure branch reads the holder so that the error can name it.
+
+The record fails closed: a key or value the library would not write (an id outside the
+alphabet, capabilities that are not a list of names, metadata that is not a JSON object,
+bytes that are not JSON) reads as no registration, with a warning.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import codec as _codec
 from .codec import json_object
-from .errors import AgentExistsError
+from .errors import AgentExistsError, InvalidIdError
+from .keys import validate_id
 from .kv import AnyOp, Compare, KeyValue, Op, TxnResult
-from .records import encode_registration, parse_registration
 
 __all__ = [
+    "MAX_META_BYTES",
+    "AgentInfo",
     "OwnedRegistration",
     "Registration",
+    "agent_id_of",
     "create_txn",
     "created",
     "drop",
+    "encode_registration",
     "hold",
+    "parse_registration",
     "prepare",
 ]
+
+log = logging.getLogger("foundation_etcd.registry")
+
+MAX_META_BYTES = 64 * 1024  # an agent's metadata, encoded as JSON
+
+
+@dataclass(frozen=True, slots=True)
+class AgentInfo:
+    """A live agent as the registry sees it.
+
+    Attributes:
+        agent_id: the agent's id.
+        node_id: the node whose process registered it.
+        class_name: the agent's cluster name (``@clustered(name=...)``), or ``""``.
+        capabilities: what the agent can do.
+        meta: free-form JSON metadata.
+        incarnation: the create revision of the live key.
+        lease_id: the lease it lives under.
+        revision: the revision of the last change (registration or metadata update).
+    """
+
+    agent_id: str
+    node_id: str
+    class_name: str
+    capabilities: frozenset[str]
+    meta: Mapping[str, Any]
+    incarnation: int
+    lease_id: int
+    revision: int
+
+
+def encode_registration(
+    node_id: str, class_name: str, capabilities: Iterable[str], meta: Any
+) -> bytes:
+    """Encode a registration (capabilities already checked); only ``meta`` can fail.
+
+    Raises:
+        SerializationError: ``meta`` is not JSON.
+        RequestTooLargeError: ``meta`` over :data:`MAX_META_BYTES` encoded.
+    """
+    record = {"node": node_id, "class": class_name, "capabilities": sorted(capabilities)}
+    data = _codec.encode({**record, "meta": meta}, "agent metadata", 2**31)
+    if len(data) > MAX_META_BYTES:  # only then can the metadata alone be over its limit
+        _codec.encode(meta, "agent metadata", MAX_META_BYTES)
+    return data
+
+
+def agent_id_of(suffix: bytes) -> str | None:
+    """The agent id a key ends with (after its prefix); ``None`` if not one the library uses."""
+    try:
+        return validate_id(suffix.decode(), "agent id")
+    except (UnicodeDecodeError, InvalidIdError):
+        return None
+
+
+def parse_registration(suffix: bytes, kv: KeyValue) -> AgentInfo | None:
+    """Decode the registration at ``kv`` (``suffix``: its key after the prefix).
+
+    ``None``, and a warning, for a key or value the library never writes.
+    """
+    agent_id = agent_id_of(suffix)
+    try:
+        data = _codec.decode(kv.value)
+        caps, meta = data.get("capabilities", []), data.get("meta") or {}
+        node, cls = data.get("node", ""), data.get("class", "")
+        if agent_id is None or not isinstance(caps, list) or not isinstance(meta, dict):
+            raise ValueError("not a registration")
+        if not all(isinstance(x, str) for x in (node, cls, *caps)):
+            raise ValueError("not a registration")
+    except (ValueError, TypeError, AttributeError):
+        log.warning("ignoring malformed registration at %r", kv.key)
+        return None
+    return AgentInfo(
+        agent_id, node, cls, frozenset(caps), meta, kv.create_revision, kv.lease, kv.mod_revision
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +176,7 @@ def created(agent_id: str, key: bytes, res: TxnResult, lease_id: int) -> Registr
     """
     if not res.succeeded:
         current: KeyValue | None = res.range(0).first
-        holder = parse_registration(agent_id, current) if current is not None else None
+        holder = parse_registration(agent_id.encode(), current) if current else None
         raise AgentExistsError(
             agent_id,
             node_id=holder.node_id if holder else None,

@@ -57,9 +57,10 @@ class InvalidIdError(FoundationEtcdError, ValueError):
 
 
 class RequestTooLargeError(FoundationEtcdError, ValueError):
-    """A value or a whole request is larger than etcd accepts (1.5 MiB by default).
+    """A value or a whole request is larger than etcd or the library allows.
 
-    Raised before the request is sent, so nothing is half-applied.
+    etcd takes requests up to 1.5 MiB by default; the library limits some values further
+    (64 KiB of agent metadata, ...). Raised before the request is sent, so nothing is half-applied.
 
     Attributes:
         size: the size in bytes of what was to be sent.
@@ -70,7 +71,7 @@ class RequestTooLargeError(FoundationEtcdError, ValueError):
         if reason:  # refused by etcd itself (its --max-request-bytes is below ours)
             super().__init__(f"{what} refused by etcd: {reason}")
         else:
-            super().__init__(f"{what} of {size} bytes exceeds etcd's limit of {limit} bytes")
+            super().__init__(f"{what} of {size} bytes exceeds the limit of {limit} bytes")
         self.size, self.limit = size, limit
 
 
