@@ -54,7 +54,7 @@ from .._core.errors import (
     SerializationError,
 )
 from .._core.keys import Keyspace, validate_id, validate_ids
-from .._core.kv import KeyValue, Op
+from .._core.kv import Compare, KeyValue, Op
 from .._core.registrations import (
     AgentInfo,
     Registration,
@@ -66,6 +66,7 @@ from .._core.registrations import (
     hold,
     parse_registration,
     prepare,
+    unwatched,
 )
 from .._core.registrations import OwnedRegistration as _Owned
 from .._transport import Transport
@@ -144,14 +145,6 @@ class Registry:
         assert self._view is not None
         return self._view
 
-    @staticmethod
-    def _unwatched() -> ConfigurationError:
-        return ConfigurationError(
-            "watch_agents",
-            "the agents view is not open (connect(..., watch_agents=False)): await "
-            "registry.open() first, or use registry.lookup() (a read from etcd)",
-        )
-
     # the in-memory index -------------------------------------------------------------------
     def _parse(self, kv: KeyValue) -> AgentInfo | None:
         return parse_registration(kv.key[len(self._prefix) :], kv)
@@ -191,7 +184,7 @@ class Registry:
             ConfigurationError: the view is not open (``connect(watch_agents=False)``).
         """
         if self._view is None:
-            raise self._unwatched()
+            raise unwatched()
         return self._agents.get(agent_id)
 
     def find(self, *capabilities: str) -> list[AgentInfo]:
@@ -201,7 +194,7 @@ class Registry:
             ConfigurationError: the view is not open (``connect(watch_agents=False)``).
         """
         if self._view is None:
-            raise self._unwatched()
+            raise unwatched()
         if not capabilities:
             return sorted(self._agents.values(), key=lambda a: a.agent_id)
         sets = [self._by_capability.get(c, set()) for c in capabilities]
@@ -214,7 +207,7 @@ class Registry:
 
     def __len__(self) -> int:
         if self._view is None:
-            raise self._unwatched()
+            raise unwatched()
         return len(self._agents)
 
     async def lookup(self, agent_id: str) -> AgentInfo | None:
@@ -245,8 +238,15 @@ class Registry:
 
     async def _create(self, agent_id: str, owned: _Owned, lease: Lease) -> Registration:
         key = self._ks.agent_live(agent_id)
-        lease.ensure_alive()
-        res = await self._writes.txn(*create_txn(key, owned.value, lease.id))
+        for _ in range(2):  # an orphan of this lease (a lost answer) is deleted, then again
+            lease.ensure_alive()
+            res = await self._writes.txn(*create_txn(key, owned.value, lease.id))
+            old = None if res.succeeded else res.range(0).first
+            if old is None or old.lease != lease.id:
+                break
+            await self._writes.txn(
+                [Compare.create_revision(key) == old.create_revision], [Op.delete(key)]
+            )
         return created(agent_id, key, res, lease.id)
 
     async def _create_many(

@@ -14,7 +14,8 @@ Algorithm (etcd's ``concurrency`` package, with two of its gaps closed):
 3. after each wake-up it checks that its own key **still exists** (a deleted or expired
    candidacy never becomes owner), and repeats 2 until it has no predecessor;
 4. the whole wait runs under the session lease's guard: a lost session **aborts** the
-   campaign instead of leaving it running; a cancelled or failed wait deletes the own key.
+   campaign instead of leaving it running; a cancelled or failed wait deletes the own key
+   (compared on its lease when the creating write got no answer: it may have applied).
 
 Guarantees:
     * At most one owner per name at any revision; tokens strictly increase.
@@ -325,17 +326,12 @@ class _Watch:
             )
 
 
-def _watch_later(
-    session: Session,
-    transport: Transport,
-    ownership: Ownership,
-    from_revision: int,
-) -> _Watch:
+def _watch_later(session: Session, t: Transport, ownership: Ownership, rev: int) -> _Watch:
     """Start :func:`_monitor` in the session's task group in ``_MONITOR_DELAY`` seconds.
 
     A loop timer, not a sleeping task: stopping it at release costs nothing.
     """
-    watch = _Watch(session, transport, ownership, from_revision)
+    watch = _Watch(session, t, ownership, rev)
     watch.handle = asyncio.get_running_loop().call_later(_MONITOR_DELAY, watch.start)
     return watch
 
@@ -405,12 +401,18 @@ async def owned(
         body = cancel_scope()  # cancelled on lease loss (guard) or ownership end
         try:
             with lease.guard(body):
-                if nowait:
-                    token = await _take_if_free(transport, name, prefix, key, value, lease)
-                else:
-                    token, first = await _enqueue(transport, prefix, key, value, lease)
-                    if first is None or first.key != key:
-                        await _wait_turn(transport, prefix, key, token, lease)
+                try:
+                    if nowait:
+                        token = await _take_if_free(transport, name, prefix, key, value, lease)
+                    else:
+                        token, first = await _enqueue(transport, prefix, key, value, lease)
+                except LockBusyError:
+                    raise  # wrote nothing
+                except BaseException:  # no answer: the key may have been written all the same
+                    await _resign(transport, key, Compare.lease(key) == lease.id, timeout)
+                    raise
+                if not nowait and (first is None or first.key != key):
+                    await _wait_turn(transport, prefix, key, token, lease)
                 attrs = metrics.ownership_acquired(
                     kind._metric_kind, name, session.config.tenant, started
                 )
@@ -425,7 +427,7 @@ async def owned(
                     ownership._state.scope = None
                     watch.stop()
                     done, token = token, 0
-                    await _resign(transport, key, done, timeout)
+                    await _resign(transport, key, Compare.create_revision(key) == done, timeout)
             if body.cancelled_caught and ownership is not None and ownership.lost:
                 raise ownership._end(ownership._state.lost_reason)
         except LeaseLostError as exc:
@@ -434,15 +436,15 @@ async def owned(
             raise
         finally:
             if token:  # not owner yet (cancelled, failed, timed out while waiting)
-                await _resign(transport, key, token, timeout)
+                await _resign(transport, key, Compare.create_revision(key) == token, timeout)
     finally:
         local.release()
 
 
-async def _resign(transport: Transport, key: bytes, token: int, limit: float) -> None:
-    """Delete the own key if it is still this candidacy's; shielded and bounded."""
+async def _resign(transport: Transport, key: bytes, mine: Compare, limit: float) -> None:
+    """Delete the own key if ``mine`` holds (it is still this candidacy's); shielded, bounded."""
     with cleanup_scope(limit):
         try:
-            await transport.txn([Compare.create_revision(key) == token], [Op.delete(key)])
+            await transport.txn([mine], [Op.delete(key)])
         except EtcdError as exc:
             log.warning("could not delete %r (%s); it expires with its lease", key, exc)

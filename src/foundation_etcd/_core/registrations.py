@@ -18,7 +18,7 @@ from typing import Any
 
 from . import codec as _codec
 from .codec import json_object
-from .errors import AgentExistsError, InvalidIdError
+from .errors import AgentExistsError, ConfigurationError, InvalidIdError
 from .keys import validate_id
 from .kv import AnyOp, Compare, KeyValue, Op, TxnResult
 
@@ -35,6 +35,7 @@ __all__ = [
     "hold",
     "parse_registration",
     "prepare",
+    "unwatched",
 ]
 
 log = logging.getLogger("foundation_etcd.registry")
@@ -206,3 +207,12 @@ def drop(held: dict[str, OwnedRegistration], batch: dict[str, OwnedRegistration]
     for agent_id, owned in batch.items():
         if held.get(agent_id) is owned:
             del held[agent_id]
+
+
+def unwatched() -> ConfigurationError:
+    """The error of a registry read from memory while its agents view is closed."""
+    return ConfigurationError(
+        "watch_agents",
+        "the agents view is not open (connect(..., watch_agents=False)): await "
+        "registry.open() first, or use registry.lookup() (a read from etcd)",
+    )

@@ -1,0 +1,105 @@
+"""Writes that etcd applied but whose answer never came back (AmbiguousResultError).
+
+The caller is told the outcome is unknown; what the write left behind must not outlive the
+call as a ghost: a lock queue entry nobody holds, a leader key no body runs for, or a live
+registration its process cannot use or remove.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from foundation_etcd import (
+    AmbiguousResultError,
+    Config,
+    Election,
+    Lock,
+    Registry,
+    connect,
+    open_session,
+)
+from foundation_etcd._coord.coalesce import Coalescer
+from foundation_etcd.lowlevel import Transport, open_transport
+
+pytestmark = pytest.mark.etcd
+
+
+class AnswerLost:
+    """A transport whose next ``armed`` writing transactions apply but answer ambiguously."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+        self.armed = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._t, name)
+
+    async def txn(self, compare, success=(), failure=()):  # type: ignore[no-untyped-def]
+        res = await self._t.txn(compare, success, failure)
+        if self.armed and any(getattr(op, "value", None) is not None for op in success):
+            self.armed -= 1
+            raise AmbiguousResultError("txn: answer lost (test)", operation="txn")
+        return res
+
+
+@pytest.mark.parametrize("kind", ["lock", "lock-nowait", "election"])
+async def test_a_candidacy_whose_answer_was_lost_leaves_no_key(
+    etcd_config: Config, kind: str
+) -> None:
+    ks = etcd_config.keyspace
+    prefix = ks.election_prefix("lost") if kind == "election" else ks.lock_prefix("lost")
+    async with open_transport(etcd_config) as t, connect(etcd_config, node_id="b") as b:
+        lossy = AnswerLost(t)
+        async with open_session(lossy) as session:  # type: ignore[arg-type]
+            lossy.armed = 1
+            with pytest.raises(AmbiguousResultError):
+                if kind == "election":
+                    async with Election(session, "lost").campaign(b"a"):
+                        pytest.fail("led without an answer")
+                else:
+                    lock = Lock(session, "lost")
+                    enter = lock.acquire_nowait() if kind == "lock-nowait" else lock.acquire()
+                    async with enter:
+                        pytest.fail("held without an answer")
+            assert lossy.armed == 0  # the write was applied, its answer dropped
+            # nothing is left under the prefix: another process takes the name at once
+            assert (await t.get_prefix(prefix)).kvs == []
+            with anyio.fail_after(5):
+                if kind == "election":
+                    async with b.election("lost").campaign(b"b") as lead:
+                        assert lead.key.startswith(prefix)
+                else:
+                    async with b.lock("lost").acquire_nowait():
+                        pass
+            # and the process whose answer was lost can take it again itself
+            async with Lock(session, "lost2").acquire() as held:
+                assert held.fencing_token > 0
+
+
+async def test_a_registration_whose_answer_was_lost_can_be_made_again(
+    etcd_config: Config,
+) -> None:
+    ks = etcd_config.keyspace
+    async with (
+        open_transport(etcd_config) as t,
+        open_session(t) as session,
+        connect(etcd_config, node_id="o") as o,
+    ):
+        lossy = AnswerLost(t)
+        registry = Registry(t, session, ks, "lossy", None, Coalescer(lossy))  # type: ignore[arg-type]
+        lossy.armed = 1
+        with pytest.raises(AmbiguousResultError):
+            await registry.register("orphan")
+        orphan = await o.transport.get(ks.agent_live("orphan"))
+        assert orphan is not None and orphan.lease == session.lease.id  # applied
+        assert registry.owned() == {}  # but not known to be held
+        reg = await registry.register("orphan")  # the caller tries again: it works
+        kv = await o.transport.get(ks.agent_live("orphan"))
+        assert kv is not None and kv.lease == session.lease.id
+        assert reg.incarnation == kv.create_revision > orphan.create_revision
+        assert set(registry.owned()) == {"orphan"}
+        assert await registry.unregister("orphan")
+        assert await o.transport.get(ks.agent_live("orphan")) is None
