@@ -3,7 +3,7 @@ import random
 import anyio
 import pytest
 
-from foundation_etcd import ChangeKind, Config
+from foundation_etcd import ChangeKind, Config, EtcdUnavailableError
 from foundation_etcd.lowlevel import (
     KeyValue,
     Transport,
@@ -178,8 +178,10 @@ async def test_a_view_opened_while_etcd_is_paused_opens_once_it_answers(
 ) -> None:
     """A first list that meets the request deadline (a paused member) is tried again.
 
-    The same for a view of its own (``open_own``), which is never shared and closes when
-    its ``keep`` returns.
+    A caller of a shared view waits at most twice the request timeout, then is told etcd
+    does not answer; the opening goes on, and a call after etcd answers gets the view. A
+    view of its own (``open_own``) is waited for, is never shared, and closes when its
+    ``keep`` returns.
     """
     from foundation_etcd._coord.views import SharedViews
 
@@ -203,6 +205,24 @@ async def test_a_view_opened_while_etcd_is_paused_opens_once_it_answers(
                 got.append(await (views.open_own(prefix, keep) if own else views(prefix)))
                 opened.set()
 
+            if not own:  # bounded: twice the request timeout, then a clear error
+                for _ in range(2):  # a second caller waits for the same opening
+                    t0 = anyio.current_time()
+                    with pytest.raises(EtcdUnavailableError, match="etcd does not answer"):
+                        await views(prefix)
+                    assert 0.9 < anyio.current_time() - t0 < 1.5
+                assert prefix not in views.opened()
+                server.resume()
+                while True:  # the opening went on: once etcd answers, a call gets the view
+                    try:
+                        got.append(await views(prefix))
+                        break
+                    except EtcdUnavailableError:
+                        continue
+                assert got[0].get(prefix + b"k") is not None
+                assert views.opened() == {prefix: got[0]} and await views(prefix) is got[0]
+                tg.cancel_scope.cancel()
+                return
             tg.start_soon(open_it)
             with anyio.move_on_after(1.5):  # three request deadlines: still not opened
                 await opened.wait()

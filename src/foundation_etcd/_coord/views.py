@@ -12,8 +12,10 @@ Guarantees:
     * Opening rides out etcd faults: these views are opened by a process that is already
       connected (its session proves etcd is there), so a first list that fails because a
       member does not answer (paused, killed, cut off: the read meets the request deadline)
-      is tried again with jittered backoff until it succeeds. Only a refusal
-      (:class:`AuthError`) is raised to the caller.
+      is tried again with jittered backoff until it succeeds. A caller of a shared view
+      waits for that at most twice the request timeout, then gets
+      :class:`EtcdUnavailableError` (the opening goes on: a later call finds the view once
+      etcd answers). A refusal (:class:`AuthError`) is raised to the caller.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from .._core.errors import AuthError, EtcdError
+from .._core.errors import AuthError, EtcdError, EtcdUnavailableError
 from .._transport import Transport
 from .watch import WatchedView, open_view
 
@@ -47,18 +49,52 @@ class SharedViews:
         self._transport = transport
         self._tg = task_group
         self._views: dict[bytes, WatchedView] = {}
-        self._lock = anyio.Lock()
+        self._opening: dict[bytes, anyio.Event] = {}  # set when opened, or refused
+        self._refused: dict[bytes, AuthError] = {}
+        self._wait = 2 * transport.config.request_timeout
 
     async def __call__(self, prefix: bytes) -> WatchedView:
-        """The watched view of ``prefix``, opened once and kept until the task group ends."""
+        """The watched view of ``prefix``, opened once and kept until the task group ends.
+
+        Raises:
+            EtcdUnavailableError: not open after twice the request timeout (etcd does not
+                answer); the opening goes on.
+            AuthError: etcd refused the first list.
+        """
         view = self._views.get(prefix)
-        if view is None:
-            async with self._lock:  # one view per prefix, however many ask at once
-                view = self._views.get(prefix)
-                if view is None:
-                    view = await self._tg.start(self._run, prefix)
-                    self._views[prefix] = view
-        return view
+        if view is not None:
+            return view
+        opened = self._opening.get(prefix)
+        if opened is None:  # one view per prefix, however many ask at once
+            opened = self._opening[prefix] = anyio.Event()
+            self._refused.pop(prefix, None)  # a refusal before is asked again
+            self._tg.start_soon(self._run_shared, prefix, opened)
+        with anyio.move_on_after(self._wait):
+            await opened.wait()
+        view = self._views.get(prefix)
+        if view is not None:
+            return view
+        if prefix in self._refused:
+            raise self._refused[prefix]
+        raise EtcdUnavailableError(
+            f"view of {prefix!r}: no first list within {self._wait:g} s (etcd does not "
+            "answer); it opens once etcd answers"
+        )
+
+    async def _run_shared(self, prefix: bytes, opened: anyio.Event) -> None:
+        async def keep(view: WatchedView) -> None:
+            self._views[prefix] = view
+            opened.set()
+            await anyio.sleep_forever()
+
+        try:
+            await self._run(prefix, keep, task_status=anyio.TASK_STATUS_IGNORED)
+        except AuthError as exc:
+            if prefix in self._views:
+                raise  # refused after it was open: as any view that stops
+            self._refused[prefix] = exc  # before: the callers waiting get it
+            del self._opening[prefix]
+            opened.set()
 
     def opened(self) -> dict[bytes, WatchedView]:
         """Every view opened or adopted so far, by prefix (a copy; no I/O)."""
