@@ -53,21 +53,20 @@ Guarantees:
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-
-import anyio
 
 from .._core.background import cleanup_scope
-from .._core.codec import decode
-from .._core.errors import BarrierError, EtcdError, EtcdServerError, LeaseLostError
-from .._core.keys import prefix_end, validate_id
-from .._core.kv import AnyOp, Compare, EventType, KeyValue, Op, TxnResult
-from .._transport import Transport, WatchStream
+from .._core.errors import (
+    BarrierError,
+    EtcdError,
+    LeaseLostError,
+)
+from .._core.keys import validate_id
+from .._core.kv import AnyOp, Compare, Op, TxnResult
+from .barrier_rounds import Feed, Round, Seat, View, verdict_of
 from .session import Lease, Session
 from .waits import wait_deleted
 
@@ -125,122 +124,6 @@ class Barrier:
             await wait_deleted(transport, self.key, res.revision)
 
 
-@dataclass(frozen=True, slots=True)
-class _Round:
-    """The round record: the latest round formed and its last member's create revision."""
-
-    number: int = 0
-    last: int = 0
-    mod: int = 0  # the record's mod revision; 0 while it does not exist
-
-    def encode(self) -> bytes:
-        return json.dumps({"round": self.number, "last": self.last}).encode()
-
-    @classmethod
-    def of(cls, kv: KeyValue | None) -> _Round:
-        if kv is None:
-            return cls()
-        try:
-            data = decode(kv.value)
-            number, last = data["round"], data["last"]
-            if all(type(x) is int and x >= 0 for x in (number, last)):
-                return cls(number, last, kv.mod_revision)
-        except (ValueError, TypeError, KeyError):
-            pass
-        raise BarrierError(f"unreadable round record at {kv.key!r}: {kv.value!r}")
-
-
-@dataclass(slots=True)
-class _View:
-    """The barrier as of ``revision``: the record and every participant key's create revision."""
-
-    round: _Round
-    waiters: dict[bytes, int]
-    revision: int
-
-    @classmethod
-    def of(cls, record: _Round, kvs: list[KeyValue], revision: int) -> _View:
-        return cls(record, {kv.key: kv.create_revision for kv in kvs}, revision)
-
-
-@dataclass(frozen=True, slots=True)
-class _Seat:
-    """A participant let through ``enter``: its key, and its round's number and last member."""
-
-    lease: Lease
-    key: bytes
-    created: int
-    round: int
-    last: int
-
-
-def _verdict(view: _View, key: bytes, created: int, count: int) -> str:
-    """What a waiting participant should do: ``gone``, ``member``, ``form`` or ``wait``."""
-    if view.waiters.get(key) != created:
-        return "gone"
-    if created <= view.round.last:
-        return "member"
-    revisions = sorted(view.waiters.values())
-    if revisions[0] <= view.round.last:  # the current round is still inside
-        return "wait"
-    if len(revisions) >= count and revisions[count - 1] == created:
-        return "form"  # the count-th candidate forms the round
-    return "wait"
-
-
-class _Feed:
-    """A watch of a barrier's prefix, opened before the read whose view it then updates.
-
-    It starts at etcd's current revision: a watch that starts in the past is served by
-    etcd's catch-up loop, up to 100 ms late, which would cost every wait that much.
-    """
-
-    def __init__(self, transport: Transport, prefix: bytes, record: bytes) -> None:
-        self._transport, self._prefix, self._record = transport, prefix, record
-        self._stream: WatchStream | None = None
-
-    async def open(self) -> None:
-        """(Re)open the watch; return once etcd has acknowledged it."""
-        self.close()
-        stream = self._stream = self._transport.open_watch()
-        await stream.create(self._prefix, prefix_end(self._prefix), 0, progress_notify=False)
-        while not (resp := await stream.read()).created:
-            pass
-        if resp.canceled:  # refused (permission denied, ...): waiting would never end
-            raise EtcdServerError(f"watch on {self._prefix!r} refused: {resp.cancel_reason}")
-
-    def close(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
-
-    async def follow(self, view: _View, done: Callable[[_View], bool]) -> None:
-        """Apply changes after ``view.revision`` until ``done(view)`` or etcd cannot tell."""
-        assert self._stream is not None
-        try:
-            while True:
-                resp = await self._stream.read()
-                if resp.compact_revision or resp.canceled:
-                    break
-                for ev in resp.events:
-                    if ev.revision <= view.revision:
-                        continue  # already in the view's read
-                    deleted = ev.type is EventType.DELETE
-                    if ev.kv.key == self._record:
-                        view.round = _Round() if deleted else _Round.of(ev.kv)
-                    elif deleted:
-                        view.waiters.pop(ev.kv.key, None)
-                    else:
-                        view.waiters[ev.kv.key] = ev.kv.create_revision
-                    view.revision = ev.revision
-                if resp.events and done(view):
-                    return
-        except EtcdError as exc:
-            log.info("watch on %r broke (%s); reading again", self._prefix, exc)
-            await anyio.sleep(0.1)
-        await self.open()
-
-
 class DoubleBarrier:
     """A barrier that lets rounds of ``count`` participants enter together and leave together.
 
@@ -266,7 +149,7 @@ class DoubleBarrier:
         self._record = self._prefix + b"round"
         self._waiters = self._prefix + b"w/"
         self._tag = secrets.token_hex(4)
-        self._seat: _Seat | None = None
+        self._seat: Seat | None = None
         self._busy = False
 
     @property
@@ -279,7 +162,7 @@ class DoubleBarrier:
         """This participant's key while it is in a round, or ``None``."""
         return None if self._seat is None else self._seat.key
 
-    def _claim(self, *, entering: bool) -> _Seat | None:
+    def _claim(self, *, entering: bool) -> Seat | None:
         if self._busy:
             raise BarrierError(f"double barrier {self.name!r}: another task is in enter/leave")
         if entering == (self._seat is not None):
@@ -348,12 +231,12 @@ class DoubleBarrier:
         return [Op.get(self._record), Op.get(self._waiters, prefix=True, keys_only=True)]
 
     @staticmethod
-    def _view(res: TxnResult, at: int) -> _View:
-        return _View.of(_Round.of(res.range(at).first), res.range(at + 1).kvs, res.revision)
+    def _view(res: TxnResult, at: int) -> View:
+        return View.of(Round.of(res.range(at).first), res.range(at + 1).kvs, res.revision)
 
-    async def _enter(self, lease: Lease, key: bytes) -> _Seat:
+    async def _enter(self, lease: Lease, key: bytes) -> Seat:
         transport = self._session.transport
-        feed = _Feed(transport, self._prefix, self._record)
+        feed = Feed(transport, self._prefix, self._record)
         try:
             await feed.open()
             lease.ensure_alive()
@@ -366,13 +249,13 @@ class DoubleBarrier:
             created = res.revision
             view = self._view(res, 1)
             while True:
-                verdict = _verdict(view, key, created, self.count)
+                verdict = verdict_of(view, key, created, self.count)
                 if verdict == "gone":
                     raise LeaseLostError(lease.id, "own key deleted while waiting to enter")
                 if verdict == "member":
-                    return _Seat(lease, key, created, view.round.number, view.round.last)
+                    return Seat(lease, key, created, view.round.number, view.round.last)
                 if verdict == "form":
-                    formed = _Round(view.round.number + 1, created)
+                    formed = Round(view.round.number + 1, created)
                     lease.ensure_alive()
                     res = await transport.txn(
                         [
@@ -383,10 +266,10 @@ class DoubleBarrier:
                         self._reads(),
                     )
                     if res.succeeded:
-                        return _Seat(lease, key, created, formed.number, created)
+                        return Seat(lease, key, created, formed.number, created)
                     view = self._view(res, 0)
                     continue
-                await feed.follow(view, lambda v: _verdict(v, key, created, self.count) != "wait")
+                await feed.follow(view, lambda v: verdict_of(v, key, created, self.count) != "wait")
                 view = self._view(await transport.txn([], self._reads()), 0)
         except BaseException:
             await self._withdraw(key)
@@ -394,10 +277,10 @@ class DoubleBarrier:
         finally:
             feed.close()
 
-    async def _leave(self, seat: _Seat) -> None:
+    async def _leave(self, seat: Seat) -> None:
         transport = self._session.transport
         members = Op.get(self._waiters, prefix=True, keys_only=True, max_create_revision=seat.last)
-        feed = _Feed(transport, self._prefix, self._record)
+        feed = Feed(transport, self._prefix, self._record)
         try:
             try:
                 await feed.open()
@@ -413,13 +296,13 @@ class DoubleBarrier:
             self._seat = None
             if not res.succeeded:
                 raise LeaseLostError(seat.lease.id, "own key deleted while inside the barrier")
-            view = _View.of(_Round(), res.range(1).kvs, res.revision)
+            view = View.of(Round(), res.range(1).kvs, res.revision)
             while view.waiters:
                 await feed.follow(
                     view, lambda v: min(v.waiters.values(), default=seat.last + 1) > seat.last
                 )
                 got = await transport.range(members)
-                view = _View.of(_Round(), got.kvs, got.revision)
+                view = View.of(Round(), got.kvs, got.revision)
         finally:
             feed.close()
 
@@ -431,7 +314,7 @@ class DoubleBarrier:
             try:
                 for _ in range(10):
                     res = await transport.txn([], [Op.get(self._record), Op.get(key)])
-                    current, own = _Round.of(res.range(0).first), res.range(1).first
+                    current, own = Round.of(res.range(0).first), res.range(1).first
                     if own is None:
                         return True
                     mine = [Compare.create_revision(key) == own.create_revision]
