@@ -15,6 +15,7 @@ from foundation_etcd import (
     BarrierError,
     Config,
     DoubleBarrier,
+    EtcdError,
     InvalidIdError,
     LeaseLostError,
     Session,
@@ -613,3 +614,28 @@ async def test_lease_loss_while_leaving_raises_and_expiry_releases(etcd_config: 
         assert len(caught) == 1
         with anyio.fail_after(10):
             await w.leave()
+
+
+async def test_enter_with_its_member_paused_fails_bounded_then_works(
+    etcd_factory, etcd_namespace: str
+) -> None:
+    """A paused member holds the watch open and answers nothing: ``enter`` does not wait
+    for it without bound; once the member answers, the same participant enters."""
+    server = etcd_factory()
+    cfg = Config(endpoints=(server.endpoint,), namespace=etcd_namespace, request_timeout=0.5)
+    async with sessions_of(cfg, 1) as (t, (s,)):
+        b = DoubleBarrier(s, "paused", 1)
+        server.pause()
+        try:
+            t0 = anyio.current_time()
+            with anyio.fail_after(5), pytest.raises(EtcdError):
+                await b.enter()
+            assert anyio.current_time() - t0 < 2.0
+        finally:
+            server.resume()
+        assert b.round is None
+        with anyio.fail_after(10):
+            await b.enter()
+            assert b.round is not None
+            await b.leave()
+        assert (await t.get_prefix(cfg.keyspace.double_barrier_prefix("paused") + b"w/")).kvs == []
