@@ -4,7 +4,7 @@ Usage::
 
     .venv/bin/python scripts/bench.py                       # full run, report on stdout
     .venv/bin/python scripts/bench.py --write docs/benchmarks.md
-    .venv/bin/python scripts/bench.py --quick               # smoke run, < 30 s
+    .venv/bin/python scripts/bench.py --quick               # smoke run: fewer rounds (minutes)
     .venv/bin/python scripts/bench.py --only kv --only watch
     .venv/bin/python scripts/bench.py --only consensus --write docs/benchmarks.md   # one section
     .venv/bin/python scripts/bench.py --endpoints 127.0.0.1:2379   # an existing etcd

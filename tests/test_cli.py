@@ -590,3 +590,33 @@ async def test_signal_usage_examples_in_docs_print_what_they_show(
         )
         assert out.returncode == 2 and out.stdout == ""
         assert out.stderr == shown, (out.stderr, shown)
+
+
+def test_a_listing_into_a_closed_pipe_ends_quietly(
+    etcd_endpoints: list[str], etcd_namespace: str
+) -> None:
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written: like `| head -0`
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "foundation_etcd.cli",
+                "--endpoints",
+                ",".join(etcd_endpoints),
+                "--namespace",
+                etcd_namespace,
+                "nodes",
+            ],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+        )
+    finally:
+        os.close(write)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

@@ -72,3 +72,22 @@ def test_key_commands_end_to_end(
     assert "no longer trusted" in cli("tenant", "untrust", "default", key_id).stdout
     assert "was not trusted" in cli("tenant", "untrust", "default", key_id).stdout
     assert json.loads(cli("tenant", "signers", "default", "-o", "json").stdout)["items"] == []
+
+
+def test_signing_keygen_never_overwrites_either_file_and_names_a_bad_path(
+    etcd_endpoints: list[str], etcd_namespace: str, tmp_path: Path
+) -> None:
+    def cli(*args: str):  # type: ignore[no-untyped-def]
+        return cli_in_process(etcd_endpoints, etcd_namespace, *args)
+
+    key = tmp_path / "k"
+    (tmp_path / "k.pub").write_bytes(b"mine")  # a public key file that is not this pair's
+    out = cli("signing", "keygen", str(key))
+    assert out.returncode == 2 and "exists" in out.stderr, out.stderr
+    assert not key.exists() and (tmp_path / "k.pub").read_bytes() == b"mine"
+    out = cli("signing", "keygen", str(tmp_path / "no-such-dir" / "k"))
+    assert out.returncode == 2 and "cannot create" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "no-such-dir").exists()
+    assert cli("signing", "keygen", str(tmp_path / "fresh")).returncode == 0
+    assert (tmp_path / "fresh").exists() and (tmp_path / "fresh.pub").exists()

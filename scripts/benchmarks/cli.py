@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="write the report to FILE below its marker line; with --only, replace only "
         "the sections run and keep the others",
     )
-    parser.add_argument("--quick", action="store_true", help="a short smoke run (< 30 s)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: fewer rounds (minutes)")
     parser.add_argument(
         "--endpoints",
         metavar="HOST:PORT",

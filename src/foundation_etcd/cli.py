@@ -216,15 +216,18 @@ async def _node_run(cfg: Config, args: argparse.Namespace) -> int:
     async with connect(
         cfg, node_id=args.id, capacity=dict(args.capacity), capabilities=args.capability
     ) as c:
+        got = signal.SIGTERM
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with anyio.create_task_group() as tg:
                 await start_health(tg, c, args)
                 tg.start_soon(lambda: c.serve(classes, scheduler=not args.no_scheduler))
-                async for _ in signals:
+                async for got in signals:
                     print(f"node {args.id}: stopping", flush=True)
                     tg.cancel_scope.cancel()
                     break
-    return 0
+    # a graceful stop either way; Ctrl-C reports 130 as every command does, SIGTERM (a
+    # service manager's stop) 0
+    return 130 if got == signal.SIGINT else 0
 
 
 async def _node_drain(cfg: Config, args: argparse.Namespace) -> int:

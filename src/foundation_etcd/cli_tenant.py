@@ -172,7 +172,8 @@ async def _delete(cfg: fe.Config, args: argparse.Namespace) -> int:
     if args.delete_keys:
         print(f"keys deleted: {done.keys_deleted}")
     else:
-        print(f"keys kept (`{PROG} tenant delete {args.tenant} --delete-keys` deletes them)")
+        again = f"{PROG} --namespace {cfg.namespace} tenant delete {args.tenant} --delete-keys"
+        print(f"keys kept (`{again}` deletes them)")
     return 0
 
 

@@ -43,13 +43,13 @@ from . import (
     IncarnationLostError,
     LeadershipLostError,
     LeaseLostError,
-    Op,
     clustered,
     connect,
 )
 from ._cli_out import setup_logging, table
 from ._demo_conductor import Demo, say
 from ._demo_signals import act_signals
+from .lowlevel import Op
 
 TTL = 3.0
 
