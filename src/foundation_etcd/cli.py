@@ -221,7 +221,8 @@ async def _node_run(cfg: Config, args: argparse.Namespace) -> int:
             async with anyio.create_task_group() as tg:
                 await start_health(tg, c, args)
                 tg.start_soon(lambda: c.serve(classes, scheduler=not args.no_scheduler))
-                async for got in signals:
+                async for received in signals:
+                    got = received
                     print(f"node {args.id}: stopping", flush=True)
                     tg.cancel_scope.cancel()
                     break
