@@ -301,17 +301,21 @@ def _fill_op(m: Any, op: AnyOp) -> None:
     sub.SetInParent()
 
 
+# ``rev``: the outer transaction's revision, for an answer inside one (etcd leaves the
+# headers of those empty: reading them would only cost); 0 for a top-level answer
+
+
 def _range_result(m: Any, rev: int = 0) -> RangeResult:
-    return RangeResult([_kv(k) for k in m.kvs], m.header.revision or rev, m.count, m.more)
+    return RangeResult([_kv(k) for k in m.kvs], rev or m.header.revision, m.count, m.more)
 
 
 def _put_result(m: Any, rev: int = 0) -> PutResult:
     prev = _kv(m.prev_kv) if m.HasField("prev_kv") else None
-    return PutResult(m.header.revision or rev, prev)
+    return PutResult(rev or m.header.revision, prev)
 
 
 def _delete_result(m: Any, rev: int = 0) -> DeleteResult:
-    return DeleteResult(m.header.revision or rev, m.deleted, [_kv(k) for k in m.prev_kvs])
+    return DeleteResult(rev or m.header.revision, m.deleted, [_kv(k) for k in m.prev_kvs])
 
 
 def _txn_result(m: Any, rev: int = 0) -> TxnResult:
@@ -320,7 +324,7 @@ def _txn_result(m: Any, rev: int = 0) -> TxnResult:
     etcd fills the header of the outermost answer only: operations inside a transaction
     (nested transactions included) are given the outer revision, at which they all ran.
     """
-    rev = m.header.revision or rev
+    rev = rev or m.header.revision
     out: list[RangeResult | PutResult | DeleteResult | TxnResult] = []
     for r in m.responses:
         kind = r.WhichOneof("response")
