@@ -317,7 +317,7 @@ def _subparsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description=__doc__.split("\n")[0],
+        description=__doc__.split("\n")[0].replace("``", ""),
         epilog="exit status: 0 success, 1 the command failed, 2 bad usage (nothing sent)",
     )
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -403,6 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(exc)
     try:
         if args.fn is _node_run:
+            if args.health_host is not None and args.health_port is None:
+                raise _UsageError("argument --health-host: needs --health-port")
             args.classes = _import_agents(args.agents)
         result: int = anyio.run(args.fn, cfg, args)
         return result

@@ -44,9 +44,8 @@ def add_health_options(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--health-host",
-        default="127.0.0.1",
         metavar="HOST",
-        help="the address the health endpoints bind (default 127.0.0.1)",
+        help="the address the health endpoints bind (default 127.0.0.1; needs --health-port)",
     )
 
 
@@ -58,6 +57,7 @@ async def start_health(tg: TaskGroup, cluster: fe.Cluster, args: argparse.Namesp
     """
     if args.health_port is None:
         return
+    args.health_host = args.health_host or "127.0.0.1"
     where = f"{args.health_host}:{args.health_port}"
     try:
         await tg.start(serve_health, cluster, args.health_port, args.health_host)

@@ -51,14 +51,16 @@ async def _keygen(cfg: fe.Config, args: argparse.Namespace) -> int:
 async def _rotate(cfg: fe.Config, args: argparse.Namespace) -> int:
     if cfg.keyring is None:
         print(
-            "foundation-etcd: error: no encryption keys: set FOUNDATION_ETCD_ENCRYPTION to "
+            "foundation-etcd: no encryption keys: set FOUNDATION_ETCD_ENCRYPTION to "
             "the key file (its first key seals)",
             file=sys.stderr,
         )
         return 1
 
-    def progress(r: fe.ReencryptReport, what: str) -> None:
-        print(f"{what}: {r.scanned} read, {r.rewritten} rewritten", file=sys.stderr)
+    done = "would rewrite" if args.dry_run else "rewritten"
+
+    def progress(r: fe.ReencryptReport, what: str) -> None:  # totals so far, at each section
+        print(f"{what}: {r.scanned} read, {r.rewritten} {done} (totals so far)", file=sys.stderr)
 
     async with open_transport(cfg) as t:
         report = await reencrypt(

@@ -157,8 +157,10 @@ class Lease:
         self.lost_reason = reason
         self._is_lost = True
         self._lost.set()
-        level = logging.INFO if reason == "session closed" else logging.WARNING
-        log.log(level, "lease %x lost: %s", self.id, reason)
+        if reason == "session closed":  # its owner closed it: not news at -v
+            log.debug("lease %x ended: %s", self.id, reason)
+        else:
+            log.warning("lease %x lost: %s", self.id, reason)
         for scope in list(self._scopes):
             scope.cancel()
         for hook in self._lost_hooks:
