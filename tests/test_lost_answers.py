@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 from foundation_etcd import (
@@ -22,7 +23,9 @@ from foundation_etcd import (
     open_session,
 )
 from foundation_etcd._coord.coalesce import Coalescer
+from foundation_etcd._coord.ownership import local_lock
 from foundation_etcd.lowlevel import Transport, open_transport
+from foundation_etcd.testing import wait_until
 
 pytestmark = pytest.mark.etcd
 
@@ -103,3 +106,64 @@ async def test_a_registration_whose_answer_was_lost_can_be_made_again(
         assert set(registry.owned()) == {"orphan"}
         assert await registry.unregister("orphan")
         assert await o.transport.get(ks.agent_live("orphan")) is None
+
+
+class AppliedLate:
+    """A transport whose next armed writing transaction answers ambiguously at once and is
+    applied only when ``later`` is set: what a paused raft leader does with a proposal it
+    forwards after it resumes."""
+
+    def __init__(self, transport: Transport, tg: anyio.abc.TaskGroup) -> None:
+        self._t, self._tg = transport, tg
+        self.armed = 0
+        self.later = anyio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._t, name)
+
+    async def txn(self, compare, success=(), failure=()):  # type: ignore[no-untyped-def]
+        if self.armed and any(getattr(op, "value", None) is not None for op in success):
+            self.armed -= 1
+            self._tg.start_soon(self._late, compare, success, failure)
+            raise AmbiguousResultError("txn: no answer in time (test)", operation="txn")
+        return await self._t.txn(compare, success, failure)
+
+    async def _late(self, compare, success, failure):  # type: ignore[no-untyped-def]
+        await self.later.wait()
+        await self._t.txn(compare, success, failure)
+
+
+async def test_a_candidacy_applied_late_is_deleted_and_a_real_one_is_not(
+    etcd_config: Config,
+) -> None:
+    prefix = etcd_config.keyspace.lock_prefix("late")
+    async with (
+        open_transport(etcd_config) as t,
+        connect(etcd_config, node_id="b") as b,
+        anyio.create_task_group() as tg,
+    ):
+        late = AppliedLate(t, tg)
+        async with open_session(late) as session:  # type: ignore[arg-type]
+            late.armed = 1
+            with pytest.raises(AmbiguousResultError):
+                async with Lock(session, "late").acquire():
+                    pytest.fail("held without an answer")
+            assert (await t.get_prefix(prefix)).kvs == []  # not applied yet
+            late.later.set()  # now it is: a ghost candidacy under the live lease
+            with anyio.fail_after(10):  # b gets the lock once the ghost is deleted
+                async with b.lock("late").acquire():
+                    pass
+            # a real candidacy of this process is left alone while it is held
+            local = local_lock(session, prefix)
+            async with Lock(session, "late").acquire() as held:
+                with anyio.fail_after(10):  # the watcher saw the write and waits its turn
+                    await wait_until(lambda: local.statistics().tasks_waiting == 1)
+                kv = await t.get(held.key)
+                assert kv is not None and kv.create_revision == held.fencing_token
+                data = etcd_config.keyspace.key("late-data")
+                await held.put(data, b"still held")  # fenced writes still pass
+            await t.delete(data)
+            with anyio.fail_after(10):
+                async with b.lock("late").acquire():
+                    pass
+        tg.cancel_scope.cancel()

@@ -49,6 +49,7 @@ from .._core.errors import (
 )
 from .._core.kv import AnyOp, Compare, KeyValue, Op, RangeOp, TxnResult
 from .._transport import Transport
+from .late_writes import watch_for_late_write
 from .session import Lease, Session
 from .waits import wait_deleted
 
@@ -301,9 +302,7 @@ class _Watch:
     def stop(self) -> None:
         """Cancel the timer, and the monitor if it started.
 
-        The monitor's scope is made only when it starts: a lock held for less than the
-        delay makes none (a scope's cancel also formats the current task's repr into its
-        reason: not worth paying for a monitor that never ran).
+        Its scope is made only when it starts (a scope's cancel formats the task's repr).
         """
         self.stopped = True
         if self.handle is not None:
@@ -406,10 +405,10 @@ async def owned(
                         token = await _take_if_free(transport, name, prefix, key, value, lease)
                     else:
                         token, first = await _enqueue(transport, prefix, key, value, lease)
-                except LockBusyError:
-                    raise  # wrote nothing
-                except BaseException:  # no answer: the key may have been written all the same
-                    await _resign(transport, key, Compare.lease(key) == lease.id, timeout)
+                except BaseException as exc:  # no answer: the key may be written, now or late
+                    if not isinstance(exc, LockBusyError):  # (busy: nothing was written)
+                        await _resign(transport, key, Compare.lease(key) == lease.id, timeout)
+                        watch_for_late_write(session, key, lease, local)
                     raise
                 if not nowait and (first is None or first.key != key):
                     await _wait_turn(transport, prefix, key, token, lease)
