@@ -32,10 +32,9 @@ from typing import TYPE_CHECKING
 
 from .._core.errors import NodeNotFoundError
 from .._core.keys import validate_id
-from .._core.kv import Compare, Op
+from .._core.kv import Compare, KeyValue, Op
 from .._core.placement import strategy_named
 from .._core.records import AgentSpec, AssignmentStatus, decode_assignment, encode_cordon
-from .._core.registrations import agent_id_of
 from .scheduler import ConditionFailed
 
 if TYPE_CHECKING:
@@ -161,6 +160,10 @@ class Drain:
         """
         validate_id(node_id, "node id")
         sched = self._scheduler
+
+        def spec_of(agent_id: str) -> KeyValue | None:
+            return spec_view.get(self._ks.agent_spec(agent_id))
+
         spec_view, assign_view, _ = await sched.views()
         _, rev = await self._cordon(node_id)
         # every placement that committed onto the node did so before the cordon: the views
@@ -176,13 +179,10 @@ class Drain:
         if progress is not None:
             progress(0, len(on_node), "", "")
         for kv in on_node:
-            agent_id = agent_id_of(kv.key[len(sched.assign_prefix) :])
-            spec_kv = None if agent_id is None else spec_view.get(self._ks.agent_spec(agent_id))
-            if agent_id is None or spec_kv is None:
+            spec = AgentSpec.assigned(kv.key, sched.assign_prefix, spec_of)
+            if spec is None:  # no spec, or not the library's (a warning): left where it is
                 continue
-            spec = AgentSpec.read(agent_id.encode(), spec_kv.value)
-            if spec is None:  # not the library's (a warning says so): left where it is
-                continue
+            agent_id = spec.agent_id
             try:
                 new, _ = await sched.commit(
                     spec,

@@ -34,10 +34,9 @@ import anyio
 from .._coord.election import Election
 from .._core import metrics
 from .._core.errors import EtcdError, LeaseLostError, NoNodeFitsError, OwnershipLostError
-from .._core.kv import Compare, Op
+from .._core.kv import Compare, KeyValue, Op
 from .._core.placement import STRATEGIES, PlacementStrategy, strategy_named
 from .._core.records import AgentSpec, AssignmentStatus, decode_assignment, encode_assignment
-from .._core.registrations import agent_id_of
 from .scheduler import ConditionFailed
 
 if TYPE_CHECKING:
@@ -134,18 +133,19 @@ class Failover:
         self, lead: Ownership, spec_view: WatchedView, assign_view: WatchedView
     ) -> None:
         sched = self._scheduler
+
+        def spec_of(agent_id: str) -> KeyValue | None:
+            return spec_view.get(self._ks.agent_spec(agent_id))
+
         live = set(self._membership.nodes())
         for kv in list(assign_view.items().values()):
             node, status, _ = decode_assignment(kv)
             if status is not AssignmentStatus.ASSIGNED or node is None or node in live:
                 continue
-            agent_id = agent_id_of(kv.key[len(sched.assign_prefix) :])
-            spec_kv = None if agent_id is None else spec_view.get(self._ks.agent_spec(agent_id))
-            if agent_id is None or spec_kv is None:
+            spec = AgentSpec.assigned(kv.key, sched.assign_prefix, spec_of)
+            if spec is None:  # no spec, or not the library's (a warning): left where it is
                 continue
-            spec = AgentSpec.read(agent_id.encode(), spec_kv.value)
-            if spec is None:  # not the library's (a warning says so): left where it is
-                continue
+            agent_id = spec.agent_id
             dead = [
                 Compare.create_revision(self._ks.node(node)) == 0,
                 Compare.mod_revision(kv.key) == kv.mod_revision,

@@ -30,6 +30,7 @@ so no agent is committed onto a dead node; the views catch up and placement choo
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -390,21 +391,21 @@ class Scheduler:
         await assign_view.wait_for(rev)
         await self._wait_for(rev)
         out = []
-        for kv in spec_view.items().values():
-            spec = AgentSpec.read(kv.key[len(self.spec_prefix) :], kv.value)
-            if spec is None:  # not the library's (a warning says which)
-                continue
+        specs = (
+            AgentSpec.read(kv.key[len(self.spec_prefix) :], kv.value)
+            for kv in spec_view.items().values()
+        )
+        for spec in filter(None, specs):  # unreadable ones: left out, with a warning
             agent_id = spec.agent_id
             node, status, reason = decode_assignment(
                 assign_view.get(self._ks.agent_assign(agent_id))
             )
             live = self._registry.get(agent_id)
+            state = "pending"
             if status is AssignmentStatus.FAILED:
                 state = "failed"
             elif live is not None and live.node_id == node:
                 state = "running"
-            else:
-                state = "pending"
             out.append(
                 AgentStatus(
                     agent_id,
@@ -424,8 +425,10 @@ class ConditionFailed(Exception):
 
     def __init__(self, compare: Compare, kv: KeyValue | None) -> None:
         super().__init__(f"condition on {compare.key!r} failed")
-        self.compare = compare
-        self.kv = kv
+        self.compare, self.kv = compare, kv
+
+
+_COMPARE = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt}
 
 
 def _holds(c: Compare, kv: KeyValue | None) -> bool:
@@ -437,12 +440,7 @@ def _holds(c: Compare, kv: KeyValue | None) -> bool:
         return True
     want = c.operand
     assert isinstance(want, int)
-    return {
-        "==": actual == want,
-        "!=": actual != want,
-        "<": actual < want,
-        ">": actual > want,
-    }[c.op]
+    return bool(_COMPARE[c.op](actual, want))
 
 
 def _full(used: dict[str, int], capacity: Mapping[str, int]) -> dict[str, int]:

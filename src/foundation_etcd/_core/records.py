@@ -27,7 +27,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -236,6 +236,21 @@ class AgentSpec:
         except ValueError as exc:
             log.warning("ignoring an agent spec: %s", exc)
             return None
+
+    @classmethod
+    def assigned(
+        cls, key: bytes, prefix: bytes, spec_of: Callable[[str], KeyValue | None]
+    ) -> AgentSpec | None:
+        """The spec of the agent an assignment ``key`` (under ``prefix``) names.
+
+        ``spec_of(agent_id)`` finds the spec's key. ``None``: no spec, or a key or value
+        the library would not write (a warning).
+        """
+        agent_id = agent_id_of(key[len(prefix) :])
+        spec_kv = None if agent_id is None else spec_of(agent_id)
+        if agent_id is None or spec_kv is None:
+            return None
+        return cls.read(agent_id.encode(), spec_kv.value)
 
     def request(self, exclude: frozenset[str] = frozenset()) -> PlacementRequest:
         """What this agent needs from a node."""
