@@ -23,9 +23,7 @@ from foundation_etcd import (
     open_session,
 )
 from foundation_etcd._coord.coalesce import Coalescer
-from foundation_etcd._coord.ownership import local_lock
 from foundation_etcd.lowlevel import Transport, open_transport
-from foundation_etcd.testing import wait_until
 
 pytestmark = pytest.mark.etcd
 
@@ -153,17 +151,22 @@ async def test_a_candidacy_applied_late_is_deleted_and_a_real_one_is_not(
             with anyio.fail_after(10):  # b gets the lock once the ghost is deleted
                 async with b.lock("late").acquire():
                     pass
-            # a real candidacy of this process is left alone while it is held
-            local = local_lock(session, prefix)
-            async with Lock(session, "late").acquire() as held:
-                with anyio.fail_after(10):  # the watcher saw the write and waits its turn
-                    await wait_until(lambda: local.statistics().tasks_waiting == 1)
-                kv = await t.get(held.key)
-                assert kv is not None and kv.create_revision == held.fencing_token
-                data = etcd_config.keyspace.key("late-data")
-                await held.put(data, b"still held")  # fenced writes still pass
+            # a real candidacy of this process is left alone (the watcher is told of it, or
+            # waits for the name's in-process lock: never deletes it while held)
+            data = etcd_config.keyspace.key("late-data")
+            for _ in range(3):
+                async with Lock(session, "late").acquire() as held:
+                    kv = await t.get(held.key)
+                    assert kv is not None and kv.create_revision == held.fencing_token
+                    await held.put(data, b"still held")  # fenced writes still pass
             await t.delete(data)
+            # a second write with no answer, applied at once this time: the same watcher
+            late.armed = 1
+            with pytest.raises(AmbiguousResultError):
+                async with Lock(session, "late").acquire():
+                    pytest.fail("held without an answer")
             with anyio.fail_after(10):
                 async with b.lock("late").acquire():
                     pass
+            assert (await t.get_prefix(prefix)).kvs == []
         tg.cancel_scope.cancel()

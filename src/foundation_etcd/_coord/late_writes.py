@@ -34,11 +34,22 @@ from .._transport import Transport
 from .session import Lease, Session
 from .waits import wait_written
 
-__all__ = ["watch_for_late_write"]
+__all__ = ["LATE_WATCHED", "note_candidacy", "watch_for_late_write"]
 
 log = logging.getLogger("foundation_etcd.ownership")
 
-_WATCHED: weakref.WeakKeyDictionary[Session, set[bytes]] = weakref.WeakKeyDictionary()
+# per session, each watched key and the last candidacy (create revision) this process made
+LATE_WATCHED: weakref.WeakKeyDictionary[Session, dict[bytes, int]] = weakref.WeakKeyDictionary()
+
+
+def note_candidacy(session: Session, key: bytes, token: int) -> None:
+    """Tell a watcher of ``key`` (if any) that ``token`` is a candidacy this process made.
+
+    Its writes are then not looked into: a name used often after a fault costs nothing.
+    """
+    watched = LATE_WATCHED.get(session)
+    if watched is not None and key in watched:
+        watched[key] = token
 
 
 def watch_for_late_write(session: Session, key: bytes, lease: Lease, in_use: anyio.Lock) -> None:
@@ -50,15 +61,15 @@ def watch_for_late_write(session: Session, key: bytes, lease: Lease, in_use: any
         lease: the lease that write put it under.
         in_use: the in-process lock that tasks hold while they use the key.
     """
-    watched = _WATCHED.setdefault(session, set())
+    watched = LATE_WATCHED.setdefault(session, {})
     if key in watched or session.closed or lease.lost:
         return
-    watched.add(key)
+    watched[key] = 0
     session.start_background(_watch, session.transport, key, lease, in_use, watched)
 
 
 async def _watch(
-    transport: Transport, key: bytes, lease: Lease, in_use: anyio.Lock, watched: set[bytes]
+    transport: Transport, key: bytes, lease: Lease, in_use: anyio.Lock, watched: dict[bytes, int]
 ) -> None:
     try:
         with lease.guard():
@@ -73,11 +84,14 @@ async def _watch(
             while True:  # what was applied until ``after`` is checked first, then each write
                 async with in_use:  # no task of this process uses the key now
                     after = max(after, await _delete_if_left(transport, key, lease))
-                after = await wait_written(transport, key, after)
+                while True:  # candidacies this process made are not looked into
+                    after, created = await wait_written(transport, key, after)
+                    if not created or created != watched.get(key):
+                        break
     except LeaseLostError:
         pass  # the key, if any, goes with the lease
     finally:
-        watched.discard(key)
+        watched.pop(key, None)
 
 
 async def _delete_if_left(transport: Transport, key: bytes, lease: Lease) -> int:

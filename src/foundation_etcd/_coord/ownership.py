@@ -49,7 +49,7 @@ from .._core.errors import (
 )
 from .._core.kv import AnyOp, Compare, KeyValue, Op, RangeOp, TxnResult
 from .._transport import Transport
-from .late_writes import watch_for_late_write
+from .late_writes import LATE_WATCHED, note_candidacy, watch_for_late_write
 from .session import Lease, Session
 from .waits import wait_deleted
 
@@ -382,8 +382,7 @@ async def owned(
         OwnershipLostError: the ownership ended while the body ran (body cancelled).
         LockBusyError: with ``nowait``, the name was taken.
     """
-    transport = session.transport
-    timeout = session.config.request_timeout
+    transport, timeout = session.transport, session.config.request_timeout
     started = metrics.now()
     local = local_lock(session, prefix)
     if nowait and local.locked():
@@ -410,6 +409,8 @@ async def owned(
                         await _resign(transport, key, Compare.lease(key) == lease.id, timeout)
                         watch_for_late_write(session, key, lease, local)
                     raise
+                if session in LATE_WATCHED:  # a write had no answer: its watcher is told
+                    note_candidacy(session, key, token)
                 if not nowait and (first is None or first.key != key):
                     await _wait_turn(transport, prefix, key, token, lease)
                 attrs = metrics.ownership_acquired(

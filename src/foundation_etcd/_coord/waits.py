@@ -35,16 +35,19 @@ async def wait_deleted(transport: Transport, key: bytes, after_revision: int) ->
     await _wait(transport, key, after_revision, EventType.DELETE)
 
 
-async def wait_written(transport: Transport, key: bytes, after_revision: int) -> int:
+async def wait_written(transport: Transport, key: bytes, after_revision: int) -> tuple[int, int]:
     """Return once ``key`` is put at a revision after ``after_revision`` (or unknowable).
 
     Returns:
-        The revision of that put, or of the last event seen when etcd cannot tell.
+        The revision of that put (or of the last event seen when etcd cannot tell), and the
+        key's create revision then (0 when etcd cannot tell).
     """
     return await _wait(transport, key, after_revision, EventType.PUT)
 
 
-async def _wait(transport: Transport, key: bytes, after_revision: int, kind: EventType) -> int:
+async def _wait(
+    transport: Transport, key: bytes, after_revision: int, kind: EventType
+) -> tuple[int, int]:
     delay = 0.05
     while True:
         stream = transport.open_watch()
@@ -53,11 +56,11 @@ async def _wait(transport: Transport, key: bytes, after_revision: int, kind: Eve
             while True:
                 resp = await stream.read()
                 if resp.compact_revision or resp.canceled:  # cannot tell: the caller looks
-                    return max(after_revision, resp.compact_revision - 1)
+                    return max(after_revision, resp.compact_revision - 1), 0
                 for ev in resp.events:
                     after_revision = ev.revision
                     if ev.type is kind:
-                        return after_revision
+                        return after_revision, ev.kv.create_revision
         except EtcdError as exc:
             log.info("watch on %r broke (%s); resuming", key, exc)
             await anyio.sleep(delay)
