@@ -626,8 +626,12 @@ def test_a_listing_into_a_closed_pipe_ends_quietly(
 def test_ctrl_c_while_the_command_line_loads_exits_130_quietly() -> None:
     """A Ctrl-C in the second the command takes to load ends it as one during its run."""
     script = Path(sys.executable).parent / "foundation-etcd"
+    # once first: a fresh install compiles its bytecode on the first run, and a SIGINT
+    # before the entry point's own code runs (the interpreter and the package loading)
+    # is Python's to report
+    subprocess.run([str(script), "--version"], capture_output=True, timeout=60, check=True)
     interrupted = 0
-    for delay in (0.15, 0.3):
+    for delay in (0.2, 0.35):
         p = subprocess.Popen(
             [str(script), "--help"],
             stdout=subprocess.PIPE,
@@ -643,4 +647,4 @@ def test_ctrl_c_while_the_command_line_loads_exits_130_quietly() -> None:
             continue
         assert p.returncode == 130 and "Traceback" not in err, (p.returncode, err)
         interrupted += 1
-    assert interrupted, "the command loaded in under 0.15 s: the test saw no interrupted load"
+    assert interrupted, "the command loaded in under 0.2 s: the test saw no interrupted load"
