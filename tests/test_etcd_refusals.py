@@ -9,12 +9,15 @@ keepalives are not writes.
 
 from __future__ import annotations
 
+import json
+
 import anyio
 import pytest
 
 import foundation_etcd as fe
 from foundation_etcd import Config, NoSpaceError, open_session
 from foundation_etcd.lowlevel import Transport, open_transport
+from test_cli import cli_in_process  # tests/ is on sys.path (pytest's rootdir import mode)
 
 pytestmark = [pytest.mark.etcd]
 
@@ -69,3 +72,19 @@ async def test_full_etcd_is_named_at_once_and_open_sessions_keep_their_lease(
         assert not lease.lost and s.lease is lease
         assert (await t.lease_time_to_live(lease.id)).ttl > 0
         assert await t.revision() == before  # nothing was written meanwhile
+
+        # the CLI's health still answers: degraded, naming the alarm (it gets no session)
+        out = await anyio.to_thread.run_sync(
+            cli_in_process, [server.endpoint], etcd_namespace, "health", "-o", "json"
+        )
+        assert out.returncode == 1, out.stderr
+        report = json.loads(out.stdout)
+        assert report["kind"] == "Health" and report["status"] == "degraded", report
+        assert report["etcd_reachable"] and report["etcd_leader"] and not report["lease_id"]
+        assert any("NOSPACE" in e for e in report["etcd_errors"]), report
+        assert any("refused a new session" in r for r in report["reasons"]), report
+        text = await anyio.to_thread.run_sync(
+            cli_in_process, [server.endpoint], etcd_namespace, "health"
+        )
+        assert text.returncode == 1 and text.stdout.startswith("degraded: etcd at"), text.stdout
+        assert "no session" in text.stdout and "Traceback" not in text.stderr

@@ -69,6 +69,7 @@ from . import (
     Config,
     ConfigurationError,
     FoundationEtcdError,
+    NoSpaceError,
     UnsafeEtcdVersionWarning,
     __version__,
     agent_classes,
@@ -78,7 +79,7 @@ from ._cli_args import PROG, client_id, fail, id_type
 from ._cli_out import add_output, setup_logging
 from ._core.amounts import MAX_AMOUNT, check_capacity, check_limit
 from .cli_audit import add_commands as add_audit_commands
-from .cli_health import add_health_options, start_health
+from .cli_health import add_health_options, health_without_session, start_health
 from .cli_keys import add_commands as add_key_commands
 from .cli_listings import add_commands as add_listing_commands
 from .cli_signals import add_commands as add_signal_commands
@@ -147,17 +148,25 @@ def _config(args: argparse.Namespace) -> Config:
 async def _health(cfg: Config, args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnsafeEtcdVersionWarning)
-        async with connect(cfg, node_id=client_id(), hosts_agents=False) as c:
-            report = await c.health()
+        try:
+            async with connect(cfg, node_id=client_id(), hosts_agents=False) as c:
+                report = await c.health()
+        except NoSpaceError as exc:  # no new lease while the space alarm is on
+            report = await health_without_session(cfg, exc)
     warned = [str(w.message) for w in caught]
     if args.output == "json":
         print(json.dumps({"kind": "Health", **report.to_dict(), "warnings": warned}, indent=2))
     else:
+        lease = (
+            f"session lease {report.lease_id:x}, {report.lease_margin:.1f} s before its safe "
+            "deadline"
+            if report.lease_id
+            else "no session"
+        )
         print(
             f"{report.status}: etcd at {', '.join(cfg.endpoints)} "
             f"{'reachable' if report.etcd_reachable else 'unreachable'}, leader "
-            f"{report.etcd_leader:x}, revision {report.etcd_revision}; session lease "
-            f"{report.lease_id:x}, {report.lease_margin:.1f} s before its safe deadline"
+            f"{report.etcd_leader:x}, revision {report.etcd_revision}; {lease}"
         )
         for reason in report.reasons:
             print(f"  {reason}")

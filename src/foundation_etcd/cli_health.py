@@ -1,5 +1,8 @@
 """``node run --health-port P [--health-host H]``: serve the node's health over HTTP.
 
+And the ``health`` command's report when etcd refuses it a session (its space alarm is on):
+the member's status alone, ``degraded`` with the alarm named.
+
 The endpoints (``/health``, ``/live``, ``/ready``, ``/leader/{election}``) are those of
 ``foundation_etcd._agents.health_http``; docs/cli.md and docs/operations.md "Health" list
 them. A bad port is a usage error (exit status 2), found before anything is sent; an
@@ -15,8 +18,9 @@ from anyio.abc import TaskGroup
 import foundation_etcd as fe
 
 from ._agents.health_http import serve_health
+from .lowlevel import open_transport
 
-__all__ = ["add_health_options", "start_health"]
+__all__ = ["add_health_options", "health_without_session", "start_health"]
 
 
 class HealthBindError(fe.FoundationEtcdError):
@@ -64,3 +68,29 @@ async def start_health(tg: TaskGroup, cluster: fe.Cluster, args: argparse.Namesp
     except OSError as exc:
         raise HealthBindError(f"cannot serve health on {where}: {exc.strerror or exc}") from None
     print(f"node {cluster.node_id}: health on http://{where}/", flush=True)
+
+
+async def health_without_session(cfg: fe.Config, refused: fe.NoSpaceError) -> fe.HealthReport:
+    """The health ``health`` reports when etcd refused its session for the space alarm.
+
+    Sessions already open keep their leases (keepalives are not writes), so the cluster is
+    ``degraded``, not down: the report says why, with the member's alarms and leader.
+    """
+    async with open_transport(cfg) as t:
+        status = await t.status()
+    reasons = (
+        f"etcd refused a new session: {refused}",
+        *(f"etcd reports: {e}" for e in status.errors),
+    )
+    return fe.HealthReport(
+        status="degraded" if status.leader else "failing",
+        reasons=reasons if status.leader else (*reasons, "the member has no raft leader"),
+        node_id="",
+        lease_id=0,
+        lease_alive=False,
+        lease_margin=0.0,
+        etcd_reachable=True,
+        etcd_leader=status.leader,
+        etcd_revision=status.revision,
+        etcd_errors=tuple(status.errors),
+    )
