@@ -115,6 +115,7 @@ class AppliedLate:
         self._t, self._tg = transport, tg
         self.armed = 0
         self.later = anyio.Event()
+        self.applied = anyio.Event()  # set once the last armed write was applied
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._t, name)
@@ -122,13 +123,15 @@ class AppliedLate:
     async def txn(self, compare, success=(), failure=()):  # type: ignore[no-untyped-def]
         if self.armed and any(getattr(op, "value", None) is not None for op in success):
             self.armed -= 1
-            self._tg.start_soon(self._late, compare, success, failure)
+            self.applied = anyio.Event()
+            self._tg.start_soon(self._late, self.later, self.applied, compare, success, failure)
             raise AmbiguousResultError("txn: no answer in time (test)", operation="txn")
         return await self._t.txn(compare, success, failure)
 
-    async def _late(self, compare, success, failure):  # type: ignore[no-untyped-def]
-        await self.later.wait()
+    async def _late(self, later, applied, compare, success, failure):  # type: ignore[no-untyped-def]
+        await later.wait()
         await self._t.txn(compare, success, failure)
+        applied.set()
 
 
 async def test_a_candidacy_applied_late_is_deleted_and_a_real_one_is_not(
@@ -149,6 +152,7 @@ async def test_a_candidacy_applied_late_is_deleted_and_a_real_one_is_not(
             assert (await t.get_prefix(prefix)).kvs == []  # not applied yet
             late.later.set()  # now it is: a ghost candidacy under the live lease
             with anyio.fail_after(10):  # b gets the lock once the ghost is deleted
+                await late.applied.wait()
                 async with b.lock("late").acquire():
                     pass
             # a real candidacy of this process is left alone (the watcher is told of it, or
@@ -160,13 +164,15 @@ async def test_a_candidacy_applied_late_is_deleted_and_a_real_one_is_not(
                     assert kv is not None and kv.create_revision == held.fencing_token
                     await held.put(data, b"still held")  # fenced writes still pass
             await t.delete(data)
-            # a second write with no answer, applied at once this time: the same watcher
-            late.armed = 1
+            # a second write with no answer, applied late too: the same watcher deletes it
+            late.armed, late.later = 1, anyio.Event()
             with pytest.raises(AmbiguousResultError):
                 async with Lock(session, "late").acquire():
                     pytest.fail("held without an answer")
+            late.later.set()
             with anyio.fail_after(10):
-                async with b.lock("late").acquire():
+                await late.applied.wait()  # the ghost exists now (unless deleted already)
+                async with b.lock("late").acquire():  # so b gets it after the deletion
                     pass
             assert (await t.get_prefix(prefix)).kvs == []
         tg.cancel_scope.cancel()
