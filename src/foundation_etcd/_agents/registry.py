@@ -151,7 +151,8 @@ class Registry:
 
     def _index(self, kv: KeyValue) -> None:
         info = self._parse(kv)  # None (and a warning): a key or value the library never writes
-        self._unindex(agent_id_of(kv.key[len(self._prefix) :]))  # rewritten as garbage: gone
+        # (the id is checked again only for a value rewritten as garbage: it leaves the view)
+        self._unindex(info.agent_id if info else agent_id_of(kv.key[len(self._prefix) :]))
         if info is None:
             return
         self._agents[info.agent_id] = info

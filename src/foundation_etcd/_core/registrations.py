@@ -77,8 +77,13 @@ def encode_registration(
         SerializationError: ``meta`` is not JSON.
         RequestTooLargeError: ``meta`` over :data:`MAX_META_BYTES` encoded.
     """
-    record = {"node": node_id, "class": class_name, "capabilities": sorted(capabilities)}
-    data = _codec.encode({**record, "meta": meta}, "agent metadata", 2**31)
+    record = {
+        "node": node_id,
+        "class": class_name,
+        "capabilities": sorted(capabilities),
+        "meta": meta,
+    }
+    data = _codec.encode(record, "agent metadata", 2**31)
     if len(data) > MAX_META_BYTES:  # only then can the metadata alone be over its limit
         _codec.encode(meta, "agent metadata", MAX_META_BYTES)
     return data
