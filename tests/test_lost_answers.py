@@ -92,10 +92,18 @@ async def test_a_registration_whose_answer_was_lost_can_be_made_again(
         lossy = AnswerLost(t)
         registry = Registry(t, session, ks, "lossy", None, Coalescer(lossy))  # type: ignore[arg-type]
         lossy.armed = 1
+        before = await t.revision()
         with pytest.raises(AmbiguousResultError):
             await registry.register("orphan")
-        orphan = await o.transport.get(ks.agent_live("orphan"))
-        assert orphan is not None and orphan.lease == session.lease.id  # applied
+        # applied (the key's first write since; a watcher deletes it in the background)
+        stream = t.open_watch()
+        await stream.create(ks.agent_live("orphan"), None, before + 1, progress_notify=False)
+        with anyio.fail_after(5):
+            while not (events := (await stream.read()).events):
+                pass
+        stream.close()
+        orphan = events[0].kv
+        assert orphan.lease == session.lease.id
         assert registry.owned() == {}  # but not known to be held
         reg = await registry.register("orphan")  # the caller tries again: it works
         kv = await o.transport.get(ks.agent_live("orphan"))

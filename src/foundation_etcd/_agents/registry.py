@@ -16,8 +16,9 @@ Guarantees:
       :meth:`Registry.open`, :meth:`Registry.wait_for` or :meth:`Registry.watch` opens it,
       and reading from memory before that raises :class:`ConfigurationError` (never an
       empty answer that looks true).
-    * Unregister and metadata updates are guarded by the incarnation: a process never
-      deletes or overwrites a registration it does not hold.
+    * Unregister and metadata updates are guarded by the incarnation (never another's key).
+      A register or unregister without an answer leaves no live agent: the key is deleted
+      in the background while the lease lives, unless registered here again (late_writes).
     * On session loss the registrations are cancelled with the lease and come back under the
       new lease by themselves, with new incarnations. If another process took an id in
       between, that registration is dropped and reported (``Registry.conflicts``).
@@ -35,12 +36,14 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .._coord.coalesce import Coalescer
+from .._coord.late_writes import delete_left_key, may_be_applied
 from .._coord.session import Lease, Session
 from .._coord.watch import ChangeKind, ViewChange, WatchedView
 from .._core.codec import json_object
@@ -50,12 +53,11 @@ from .._core.errors import (
     ConfigurationError,
     EtcdError,
     RegistrationsFailedError,
-    RequestTooLargeError,
-    SerializationError,
 )
 from .._core.keys import Keyspace, validate_id, validate_ids
 from .._core.kv import Compare, KeyValue, Op
 from .._core.registrations import (
+    AgentIndex,
     AgentInfo,
     Registration,
     agent_id_of,
@@ -66,6 +68,7 @@ from .._core.registrations import (
     hold,
     parse_registration,
     prepare,
+    prepare_many,
     unwatched,
 )
 from .._core.registrations import OwnedRegistration as _Owned
@@ -107,8 +110,8 @@ class Registry:
         self._view: WatchedView | None = None
         self._views_of = views
         self._prefix = keyspace.agents_live_prefix()
-        self._agents: dict[str, AgentInfo] = {}
-        self._by_capability: dict[str, set[str]] = {}
+        self._by_id = AgentIndex()
+        self._agents = self._by_id.agents  # read on every lookup: one attribute less
         self._owned: dict[str, _Owned] = {}
         self.conflicts: list[AgentExistsError] = []
         if view is not None:
@@ -152,28 +155,15 @@ class Registry:
     def _index(self, kv: KeyValue) -> None:
         info = self._parse(kv)  # None (and a warning): a key or value the library never writes
         # (the id is checked again only for a value rewritten as garbage: it leaves the view)
-        self._unindex(info.agent_id if info else agent_id_of(kv.key[len(self._prefix) :]))
         if info is None:
-            return
-        self._agents[info.agent_id] = info
-        for cap in info.capabilities:
-            self._by_capability.setdefault(cap, set()).add(info.agent_id)
-
-    def _unindex(self, agent_id: str | None) -> None:
-        old = self._agents.pop(agent_id, None) if agent_id is not None else None
-        if old is None:
-            return
-        for cap in old.capabilities:
-            ids = self._by_capability.get(cap)
-            if ids is not None:
-                ids.discard(agent_id)
-                if not ids:
-                    del self._by_capability[cap]
+            self._by_id.remove(agent_id_of(kv.key[len(self._prefix) :]))
+        else:
+            self._by_id.put(info)
 
     def _on_change(self, changes: list[ViewChange]) -> None:
         for c in changes:
             if c.kind is ChangeKind.REMOVED:
-                self._unindex(agent_id_of(c.key[len(self._prefix) :]))
+                self._by_id.remove(agent_id_of(c.key[len(self._prefix) :]))
             else:
                 self._index(c.kv)
 
@@ -196,11 +186,7 @@ class Registry:
         """
         if self._view is None:
             raise unwatched()
-        if not capabilities:
-            return sorted(self._agents.values(), key=lambda a: a.agent_id)
-        sets = [self._by_capability.get(c, set()) for c in capabilities]
-        ids = set.intersection(*sorted(sets, key=len))
-        return [self._agents[i] for i in sorted(ids)]
+        return self._by_id.find(capabilities)
 
     def all(self) -> list[AgentInfo]:
         """Every live agent, from memory, sorted by id."""
@@ -298,11 +284,13 @@ class Registry:
         caps = validate_ids(capabilities, "capability", "capabilities")
         owned = prepare(self._node_id, caps, class_name, meta, persistent)  # before any I/O
         hold(self._owned, {agent_id: owned}, self._node_id)
+        lease = None
         try:
             lease = await self._session.wait_lease()
             owned.registration = await self._create(agent_id, owned, lease)
-        except BaseException:
+        except BaseException as exc:
             drop(self._owned, {agent_id: owned})
+            self._left((agent_id,), lease, exc)
             raise
         if not persistent:
             lease.on_lost(lambda _: drop(self._owned, {agent_id: owned}))
@@ -332,31 +320,27 @@ class Registry:
             RegistrationsFailedError: some agents were not registered; the others are
                 (its ``registered``, and :meth:`owned`). Its ``failed`` maps each such id to
                 its error: :class:`AgentExistsError` (live elsewhere),
-                :class:`AmbiguousResultError` (may be registered: :meth:`lookup` tells),
+                :class:`AmbiguousResultError` (not registered: a key the write may have
+                left is deleted in the background),
                 :class:`EtcdUnavailableError` (not registered), ...
         """
-        if not isinstance(agents, Mapping):
-            raise TypeError(f"agents must be a mapping of id to metadata, not {type(agents)}")
         caps = validate_ids(capabilities, "capability", "capabilities")
-        batch: dict[str, _Owned] = {}
-        for agent_id, meta in agents.items():
-            validate_id(agent_id, "agent id")
-            try:
-                batch[agent_id] = prepare(self._node_id, caps, class_name, meta, persistent)
-            except (SerializationError, RequestTooLargeError) as exc:
-                exc.add_note(f"the metadata of agent {agent_id!r}")
-                raise
+        batch = prepare_many(self._node_id, agents, caps, class_name, persistent)
         if not batch:
             return {}
         hold(self._owned, batch, self._node_id)
+        lease = None
         try:
             lease = await self._session.wait_lease()
             results = await self._create_many(batch, lease)
-        except BaseException:
-            drop(self._owned, {a: o for a, o in batch.items() if o.registration is None})
+        except BaseException as exc:
+            unknown = {a: o for a, o in batch.items() if o.registration is None}
+            drop(self._owned, unknown)
+            self._left(unknown, lease, exc)
             raise
         failed = {a: r for a, r in results.items() if isinstance(r, Exception)}
         drop(self._owned, {a: batch[a] for a in failed})
+        self._left([a for a, r in failed.items() if may_be_applied(r)], lease)
         done = {a: r for a, r in results.items() if isinstance(r, Registration)}
         if not persistent:
             lease.on_lost(lambda _: drop(self._owned, {a: batch[a] for a in done}))
@@ -387,8 +371,25 @@ class Registry:
         reg = owned.registration
         if reg is None:
             return False
-        res = await self._writes.txn([reg.guard], [Op.delete(reg.key)])
+        try:
+            res = await self._writes.txn([reg.guard], [Op.delete(reg.key)])
+        except BaseException:  # the key may be left: deleted in the background
+            lease = None if self._session.closed else self._session.lease
+            self._left(
+                [agent_id], lease if lease and lease.id == reg.lease_id else None, late=False
+            )
+            raise
         return res.succeeded
+
+    def _left(
+        self, ids: Iterable[str], lease: Lease | None, exc: object = None, late: bool = True
+    ) -> None:
+        """Delete these agents' keys in the background unless held again (unless unwritten)."""
+        if lease is None or (isinstance(exc, BaseException) and not may_be_applied(exc)):
+            return
+        for agent_id in ids:
+            held, key = partial(self._owned.__contains__, agent_id), self._ks.agent_live(agent_id)
+            delete_left_key(self._session, key, lease, held, late=late)
 
     async def update_meta(self, agent_id: str, meta: Mapping[str, Any]) -> Registration:
         """Replace the metadata of a registration this process holds.

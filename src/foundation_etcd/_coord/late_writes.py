@@ -1,20 +1,32 @@
-"""Writes applied late: a key of this process's lease that appears when nothing uses it.
+"""Keys a write may have left under this process's lease: deleted until they are gone.
 
-A write whose answer never came (a timeout, a cancellation, a member that stopped
-answering) may have been applied, and the caller deletes what it may have created at once
-(``ownership.owned``). It may also be applied *later*: a paused raft leader forwards a
-proposal it buffered once it resumes, after the caller gave up, tried again and went on.
-A lock candidacy created that way is a ghost: queued under a live lease, held by nobody,
-blocking the name until the lease ends.
+Two ways a key outlives its use:
 
-:func:`watch_for_late_write` watches such a key for the rest of the lease. Each time it is
-written under that lease, the watcher takes the name's in-process lock (so no task of this
-process is using the key), reads it, and deletes it if it is still there under the lease,
-compared on its create revision.
+* **A write whose answer never came** (a timeout, a cancellation, a member that stopped
+  answering) may have been applied, and the caller deletes what it may have created at
+  once (``ownership.owned``, ``Registry.register``, ``Quotas.reserve``). It may also be
+  applied *later*: a paused raft leader forwards a proposal it buffered once it resumes,
+  after the caller gave up, tried again and went on. A lock candidacy created that way is
+  a ghost: queued under a live lease, held by nobody, blocking the name until the lease
+  ends; a registration made that way shows an agent live that nobody runs; a reservation,
+  quota used by nobody.
+* **A delete that failed** (a release, a resign, an unregister while etcd did not answer):
+  the key stays under the live lease, for as long as the process lives, not just until a
+  lease would expire.
+
+:func:`delete_left_key` hands such a key to a watcher in the session's task group. It
+deletes the key (retried, with backoff, while the lease lives) unless the process uses it
+again, and with ``late=True`` it then watches the key for the rest of the lease: each time
+a write applies it under that lease while the process does not use it, it is deleted,
+compared on its create revision. Like Curator's guaranteed delete, the caller's exit is not
+held up by it.
 
 Guarantees:
-    * Only a key of this process's own lease is ever deleted, and only while no task of
-      this process holds the name's in-process lock.
+    * Only a key of this process's own lease is ever deleted, and only while the process
+      does not use it: ``in_use`` is either the key's in-process lock (taken for each
+      attempt: no task holds the key meanwhile) or a test of whether the process holds it
+      (asked after the read, just before the compared delete, so a key the process made
+      its own since is never deleted).
     * One watcher per key and session; it ends when its lease is lost or the session
       closes (the key goes with the lease then).
 
@@ -25,21 +37,44 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio
 
-from .._core.errors import EtcdError, LeaseLostError
+from .._core.background import cleanup_scope
+from .._core.errors import AmbiguousResultError, EtcdError, FoundationEtcdError, LeaseLostError
 from .._core.kv import Compare, Op
 from .._transport import Transport
 from .session import Lease, Session
 from .waits import wait_written
 
-__all__ = ["LATE_WATCHED", "note_candidacy", "watch_for_late_write"]
+__all__ = ["LATE_WATCHED", "delete_left_key", "may_be_applied", "note_candidacy", "resign"]
 
 log = logging.getLogger("foundation_etcd.ownership")
 
-# per session, each watched key and the last candidacy (create revision) this process made
-LATE_WATCHED: weakref.WeakKeyDictionary[Session, dict[bytes, int]] = weakref.WeakKeyDictionary()
+InUse = anyio.Lock | Callable[[], bool]
+
+
+@dataclass(slots=True)
+class _Watched:
+    token: int = 0  # the last candidacy (create revision) this process made of the key
+    late: bool = False  # watched for the rest of the lease (a write had no answer)
+
+
+# per session, each key a watcher looks after
+LATE_WATCHED: weakref.WeakKeyDictionary[Session, dict[bytes, _Watched]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def may_be_applied(exc: BaseException) -> bool:
+    """Whether a write that raised ``exc`` may have been applied (now or later).
+
+    Refusals (unavailable, denied, too large, conflicts) were not; an ambiguous answer, a
+    cancellation or any other interruption may have been.
+    """
+    return isinstance(exc, AmbiguousResultError) or not isinstance(exc, FoundationEtcdError)
 
 
 def note_candidacy(session: Session, key: bytes, token: int) -> None:
@@ -48,28 +83,59 @@ def note_candidacy(session: Session, key: bytes, token: int) -> None:
     Its writes are then not looked into: a name used often after a fault costs nothing.
     """
     watched = LATE_WATCHED.get(session)
-    if watched is not None and key in watched:
-        watched[key] = token
+    if watched is not None and (entry := watched.get(key)) is not None:
+        entry.token = token
 
 
-def watch_for_late_write(session: Session, key: bytes, lease: Lease, in_use: anyio.Lock) -> None:
-    """Delete ``key`` whenever a write applies it under ``lease`` while ``in_use`` is free.
+def delete_left_key(
+    session: Session, key: bytes, lease: Lease, in_use: InUse, *, late: bool = True
+) -> None:
+    """Delete ``key`` while it exists under ``lease`` and the process does not use it.
 
     Args:
         session: whose task group runs the watcher.
-        key: the key a write that got no answer may create.
+        key: the key left behind, or that a write with no answer may create.
         lease: the lease that write put it under.
-        in_use: the in-process lock that tasks hold while they use the key.
+        in_use: the key's in-process lock, or a test of whether the process holds it.
+        late: watch for writes applied late for the rest of the lease (a write had no
+            answer); else end once the key is gone.
     """
-    watched = LATE_WATCHED.setdefault(session, {})
-    if key in watched or session.closed or lease.lost:
+    if session.closed or lease.lost:
         return
-    watched[key] = 0
-    session.start_background(_watch, session.transport, key, lease, in_use, watched)
+    watched = LATE_WATCHED.setdefault(session, {})
+    entry = watched.get(key)
+    if entry is not None:
+        entry.late = entry.late or late
+        return
+    watched[key] = entry = _Watched(late=late)
+    session.start_background(_watch, session.transport, key, lease, in_use, watched, entry)
+
+
+async def resign(
+    session: Session, key: bytes, mine: Compare, lease: Lease, in_use: InUse, *, late: bool = False
+) -> None:
+    """Delete the own ``key`` if ``mine`` holds; shielded, bounded, handed on if unanswered.
+
+    Without an answer (or with ``late``: the key's write had none), the key is handed to
+    :func:`delete_left_key`, which deletes it in the background.
+    """
+    with cleanup_scope(session.config.request_timeout):
+        try:
+            await session.transport.txn([mine], [Op.delete(key)])
+            if not late:
+                return
+        except EtcdError as exc:
+            log.warning("could not delete %r (%s); deleting it in the background", key, exc)
+    delete_left_key(session, key, lease, in_use, late=late)
 
 
 async def _watch(
-    transport: Transport, key: bytes, lease: Lease, in_use: anyio.Lock, watched: dict[bytes, int]
+    transport: Transport,
+    key: bytes,
+    lease: Lease,
+    in_use: InUse,
+    watched: dict[bytes, _Watched],
+    entry: _Watched,
 ) -> None:
     try:
         with lease.guard():
@@ -82,30 +148,46 @@ async def _watch(
                     await anyio.sleep(delay)
                     delay = min(delay * 2, 1.0)
             while True:  # what was applied until ``after`` is checked first, then each write
-                async with in_use:  # no task of this process uses the key now
-                    after = max(after, await _delete_if_left(transport, key, lease))
+                after = max(after, await _delete_if_left(transport, key, lease, in_use))
+                if not entry.late:
+                    return
                 while True:  # candidacies this process made are not looked into
                     after, created = await wait_written(transport, key, after)
-                    if not created or created != watched.get(key):
+                    if not created or created != entry.token:
                         break
     except LeaseLostError:
         pass  # the key, if any, goes with the lease
     finally:
-        watched.pop(key, None)
+        if watched.get(key) is entry:
+            del watched[key]
 
 
-async def _delete_if_left(transport: Transport, key: bytes, lease: Lease) -> int:
-    """Delete ``key`` if it exists under ``lease``; the revision seen (0 when unknown)."""
-    try:
-        kv = await transport.get(key)
-        if kv is None or kv.lease != lease.id:
-            return 0
-        res = await transport.txn(
-            [Compare.create_revision(key) == kv.create_revision], [Op.delete(key)]
-        )
-        if res.succeeded:
-            log.warning("deleted %r: a write that got no answer was applied late", key)
-        return res.revision
-    except EtcdError as exc:  # looked at again at its next write
-        log.info("could not check %r for a write applied late (%s)", key, exc)
+async def _delete_if_left(transport: Transport, key: bytes, lease: Lease, in_use: InUse) -> int:
+    """Delete ``key`` if it exists under ``lease`` unused, retrying; the revision seen."""
+    delay, told = 0.05, False
+    while True:
+        try:
+            if isinstance(in_use, anyio.Lock):
+                async with in_use:  # no task of this process uses the key now
+                    return await _delete_once(transport, key, lease, None)
+            return await _delete_once(transport, key, lease, in_use)
+        except EtcdError as exc:  # tried again while the lease lives
+            (log.debug if told else log.warning)(
+                "could not delete %r yet (%s); trying again while its lease lives", key, exc
+            )
+            told = True
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def _delete_once(
+    transport: Transport, key: bytes, lease: Lease, held: Callable[[], bool] | None
+) -> int:
+    kv = await transport.get(key)
+    if kv is None or kv.lease != lease.id or (held is not None and held()):
         return 0
+    mine = Compare.create_revision(key) == kv.create_revision
+    res = await transport.txn([mine], [Op.delete(key)])
+    if res.succeeded:
+        log.warning("deleted %r: a key this process left under its lease", key)
+    return res.revision

@@ -24,6 +24,10 @@ Guarantees:
       owner cannot write), and the refusal raises :class:`OwnershipLostError` and ends the
       ownership locally.
     * The owner's body is cancelled when the session lease is lost or the own key is deleted.
+    * A key this process left (a resign without an answer, a candidacy applied after its
+      caller gave up) is deleted in the background while the lease lives, never while a
+      task of this process holds the name (``late_writes``): it never blocks the name for
+      the rest of the process's life.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from typing import ClassVar, TypeVar
 import anyio
 
 from .._core import metrics
-from .._core.background import cancel_scope, cleanup_scope
+from .._core.background import cancel_scope
 from .._core.errors import (
     EtcdError,
     LeaseLostError,
@@ -49,7 +53,7 @@ from .._core.errors import (
 )
 from .._core.kv import AnyOp, Compare, KeyValue, Op, RangeOp, TxnResult
 from .._transport import Transport
-from .late_writes import LATE_WATCHED, note_candidacy, watch_for_late_write
+from .late_writes import LATE_WATCHED, note_candidacy, resign
 from .session import Lease, Session
 from .waits import wait_deleted
 
@@ -382,7 +386,7 @@ async def owned(
         OwnershipLostError: the ownership ended while the body ran (body cancelled).
         LockBusyError: with ``nowait``, the name was taken.
     """
-    transport, timeout = session.transport, session.config.request_timeout
+    transport = session.transport
     started = metrics.now()
     local = local_lock(session, prefix)
     if nowait and local.locked():
@@ -406,8 +410,8 @@ async def owned(
                         token, first = await _enqueue(transport, prefix, key, value, lease)
                 except BaseException as exc:  # no answer: the key may be written, now or late
                     if not isinstance(exc, LockBusyError):  # (busy: nothing was written)
-                        await _resign(transport, key, Compare.lease(key) == lease.id, timeout)
-                        watch_for_late_write(session, key, lease, local)
+                        mine = Compare.lease(key) == lease.id
+                        await resign(session, key, mine, lease, local, late=True)
                     raise
                 if session in LATE_WATCHED:  # a write had no answer: its watcher is told
                     note_candidacy(session, key, token)
@@ -427,7 +431,7 @@ async def owned(
                     ownership._state.scope = None
                     watch.stop()
                     done, token = token, 0
-                    await _resign(transport, key, Compare.create_revision(key) == done, timeout)
+                    await resign(session, key, Compare.create_revision(key) == done, lease, local)
             if body.cancelled_caught and ownership is not None and ownership.lost:
                 raise ownership._end(ownership._state.lost_reason)
         except LeaseLostError as exc:
@@ -436,15 +440,6 @@ async def owned(
             raise
         finally:
             if token:  # not owner yet (cancelled, failed, timed out while waiting)
-                await _resign(transport, key, Compare.create_revision(key) == token, timeout)
+                await resign(session, key, Compare.create_revision(key) == token, lease, local)
     finally:
         local.release()
-
-
-async def _resign(transport: Transport, key: bytes, mine: Compare, limit: float) -> None:
-    """Delete the own key if ``mine`` holds (it is still this candidacy's); shielded, bounded."""
-    with cleanup_scope(limit):
-        try:
-            await transport.txn([mine], [Op.delete(key)])
-        except EtcdError as exc:
-            log.warning("could not delete %r (%s); it expires with its lease", key, exc)

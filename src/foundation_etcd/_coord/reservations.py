@@ -15,6 +15,9 @@ Guarantees:
     * At any revision, a reservation newly admitted at that revision fits the pool's limit
       at that revision together with everything queued before it.
     * A crashed holder's reservations vanish with its lease; the next in line is admitted.
+    * A live holder's keys never outlive their use: a release without an answer, or a
+      reserving transaction whose answer was lost (even one applied later), leaves keys
+      that are deleted in the background while the lease lives (``late_writes``).
     * FIFO per pool: a reservation is admitted only after every earlier one in that pool
       fits (no starvation of large requests by small ones).
     * Lowering a limit admits nothing new until usage is under it; holders keep theirs.
@@ -55,6 +58,7 @@ from .._core.background import cleanup_scope
 from .._core.errors import EtcdError, InvalidReservationError, QuotaExceededError
 from .._core.keys import pool_name, validate_id
 from .._core.kv import Compare, Op, RangeResult
+from .late_writes import delete_left_key
 
 if TYPE_CHECKING:
     from .._core.keys import Keyspace
@@ -65,6 +69,11 @@ if TYPE_CHECKING:
 __all__ = ["Reservation", "Reserver"]
 
 log = logging.getLogger("foundation_etcd.quotas")
+
+
+def _unused() -> bool:
+    """A reservation key left behind is never used again (its name is not reused)."""
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,11 +224,11 @@ class Reserver:
         qp = quota_view.queue_prefix
         keys = tuple(b"%s%s/%s" % (qp, p.name.encode(), rid.encode()) for p in pools)
         token = 0
-        attempted = False
+        attempted = unanswered = False
         try:
             with lease.guard():
                 for _attempt in range(10):
-                    attempted = True
+                    attempted = unanswered = True
                     res = await transport.txn(
                         [Compare.mod_revision(p.limit_key) == p.limit_mod for p in pools]
                         # create-only: a key is never overwritten, so every key reserve
@@ -237,6 +246,7 @@ class Reserver:
                         ],
                         [Op.get(k) for k in keys],
                     )
+                    unanswered = False
                     if res.succeeded:
                         token = res.revision
                         break
@@ -282,11 +292,13 @@ class Reserver:
                         await transport.txn(guard, [Op.delete(k) for k in keys])
                         released = True
                     except EtcdError as exc:
-                        log.warning(
-                            "release of %s failed (%s); it expires with its lease", rid, exc
-                        )
+                        log.warning("release of %s failed (%s); retried in background", rid, exc)
             if (released and token) or not attempted:
                 self._names.append((lease.id, slot))  # its keys are gone: the name is free
+            if attempted and (unanswered or not released):
+                # a key may be left (now, or applied late); its name is never used again
+                for k in keys:
+                    delete_left_key(self._session, k, lease, _unused, late=unanswered)
 
     # admission -----------------------------------------------------------------------------
     def _exceeded(self, pools: list[Pool], token: int) -> QuotaExceededError:

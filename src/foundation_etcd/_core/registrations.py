@@ -18,12 +18,19 @@ from typing import Any
 
 from . import codec as _codec
 from .codec import json_object
-from .errors import AgentExistsError, ConfigurationError, InvalidIdError
+from .errors import (
+    AgentExistsError,
+    ConfigurationError,
+    InvalidIdError,
+    RequestTooLargeError,
+    SerializationError,
+)
 from .keys import validate_id
 from .kv import AnyOp, Compare, KeyValue, Op, TxnResult
 
 __all__ = [
     "MAX_META_BYTES",
+    "AgentIndex",
     "AgentInfo",
     "OwnedRegistration",
     "Registration",
@@ -35,6 +42,7 @@ __all__ = [
     "hold",
     "parse_registration",
     "prepare",
+    "prepare_many",
     "unwatched",
 ]
 
@@ -167,6 +175,29 @@ def prepare(
     return OwnedRegistration(capabilities, class_name, data, value, persistent=bool(keep))
 
 
+def prepare_many(
+    node_id: str, agents: object, capabilities: tuple[str, ...], class_name: object, keep: object
+) -> dict[str, OwnedRegistration]:
+    """Check and encode many registrations (``agents``: id to metadata); no I/O.
+
+    Raises:
+        TypeError: ``agents`` is not a mapping, or ``class_name`` is not a str.
+        InvalidIdError, SerializationError, RequestTooLargeError: an id or metadata (the
+            error's note names the agent).
+    """
+    if not isinstance(agents, Mapping):
+        raise TypeError(f"agents must be a mapping of id to metadata, not {type(agents)}")
+    batch: dict[str, OwnedRegistration] = {}
+    for agent_id, meta in agents.items():
+        validate_id(agent_id, "agent id")
+        try:
+            batch[agent_id] = prepare(node_id, capabilities, class_name, meta, keep)
+        except (SerializationError, RequestTooLargeError) as exc:
+            exc.add_note(f"the metadata of agent {agent_id!r}")
+            raise
+    return batch
+
+
 def create_txn(
     key: bytes, value: bytes, lease_id: int
 ) -> tuple[list[Compare], list[AnyOp], list[AnyOp]]:
@@ -221,3 +252,38 @@ def unwatched() -> ConfigurationError:
         "the agents view is not open (connect(..., watch_agents=False)): await "
         "registry.open() first, or use registry.lookup() (a read from etcd)",
     )
+
+
+class AgentIndex:
+    """Live agents by id and by capability: the registry's in-memory index of its view."""
+
+    def __init__(self) -> None:
+        self.agents: dict[str, AgentInfo] = {}
+        self._by_capability: dict[str, set[str]] = {}
+
+    def put(self, info: AgentInfo) -> None:
+        """Index ``info``, replacing what was indexed under its id."""
+        self.remove(info.agent_id)
+        self.agents[info.agent_id] = info
+        for cap in info.capabilities:
+            self._by_capability.setdefault(cap, set()).add(info.agent_id)
+
+    def remove(self, agent_id: str | None) -> None:
+        """Forget ``agent_id`` (nothing when it is not indexed, or ``None``)."""
+        old = self.agents.pop(agent_id, None) if agent_id is not None else None
+        if old is None:
+            return
+        for cap in old.capabilities:
+            ids = self._by_capability.get(cap)
+            if ids is not None:
+                ids.discard(agent_id)
+                if not ids:
+                    del self._by_capability[cap]
+
+    def find(self, capabilities: tuple[str, ...]) -> list[AgentInfo]:
+        """The agents having every one of ``capabilities`` (all without any), sorted by id."""
+        if not capabilities:
+            return sorted(self.agents.values(), key=lambda a: a.agent_id)
+        sets = [self._by_capability.get(c, set()) for c in capabilities]
+        ids = set.intersection(*sorted(sets, key=len))
+        return [self.agents[i] for i in sorted(ids)]

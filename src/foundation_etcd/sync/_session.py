@@ -342,7 +342,8 @@ class Registry(SyncWrapper[_fe.Registry]):
             RegistrationsFailedError: some agents were not registered; the others are
                 (its ``registered``, and :meth:`owned`). Its ``failed`` maps each such id to
                 its error: :class:`AgentExistsError` (live elsewhere),
-                :class:`AmbiguousResultError` (may be registered: :meth:`lookup` tells),
+                :class:`AmbiguousResultError` (not registered: a key the write may have
+                left is deleted in the background),
                 :class:`EtcdUnavailableError` (not registered), ...
         """
         return self._portal.call(

@@ -1,0 +1,212 @@
+"""Keys a process left under its live lease: deleted in the background, never while in use.
+
+A delete that got no answer (a lock's release, a reservation's release, an unregister)
+and a write whose answer was lost and that was not tried again (a registration, a
+reservation) leave a key under the session lease. The session lives on, so the lease never
+ends: without the background deletion the lock stays blocked, the quota stays used and the
+agent shows live, for as long as the process runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+
+from foundation_etcd import (
+    AmbiguousResultError,
+    Config,
+    Lock,
+    Quotas,
+    Registry,
+    connect,
+    open_session,
+)
+from foundation_etcd._coord.coalesce import Coalescer
+from foundation_etcd._coord.views import SharedViews
+from foundation_etcd._coord.waits import wait_deleted
+from foundation_etcd.lowlevel import EventType, Transport, open_transport
+
+pytestmark = pytest.mark.etcd
+
+
+class Unanswered:
+    """A transport whose next ``armed`` deleting transactions are never sent: no answer."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+        self.armed = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._t, name)
+
+    async def txn(self, compare, success=(), failure=()):  # type: ignore[no-untyped-def]
+        deletes = success and all(type(op).__name__ == "DeleteOp" for op in success)
+        if self.armed and deletes:
+            self.armed -= 1
+            raise AmbiguousResultError("txn: no answer (test)", operation="txn")
+        return await self._t.txn(compare, success, failure)
+
+
+class AppliedLate:
+    """Its next armed writing transaction answers ambiguously and is applied on ``later``."""
+
+    def __init__(self, transport: Transport, tg: anyio.abc.TaskGroup) -> None:
+        self._t, self._tg = transport, tg
+        self.armed = 0
+        self.later = anyio.Event()
+        self.applied = anyio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._t, name)
+
+    async def txn(self, compare, success=(), failure=()):  # type: ignore[no-untyped-def]
+        if self.armed and any(getattr(op, "value", None) is not None for op in success):
+            self.armed -= 1
+            self._tg.start_soon(self._late, compare, success, failure)
+            raise AmbiguousResultError("txn: no answer in time (test)", operation="txn")
+        return await self._t.txn(compare, success, failure)
+
+    async def _late(self, compare, success, failure):  # type: ignore[no-untyped-def]
+        await self.later.wait()
+        res = await self._t.txn(compare, success, failure)
+        assert res.succeeded, "the late write was expected to apply"
+        self.applied.set()
+
+
+async def history(t: Transport, key: bytes, start: int, until: int) -> list[tuple[str, int]]:
+    """The events of ``key`` from ``start`` through ``until``: (kind, create revision)."""
+    out: list[tuple[str, int]] = []
+    stream = t.open_watch()
+    try:
+        await stream.create(key, None, start, progress_notify=False)
+        while not out or out[-1][1] != -1:
+            resp = await stream.read()
+            for ev in resp.events:
+                if ev.revision > until:
+                    return out
+                kind = "put" if ev.type is EventType.PUT else "delete"
+                out.append((kind, ev.kv.create_revision if kind == "put" else 0))
+                if ev.revision == until:
+                    return out
+    finally:
+        stream.close()
+    return out
+
+
+async def test_a_lock_release_without_answer_does_not_block_the_name(etcd_config: Config) -> None:
+    async with open_transport(etcd_config) as t, connect(etcd_config, node_id="b") as b:
+        lossy = Unanswered(t)
+        async with open_session(lossy) as session:  # type: ignore[arg-type]
+            async with Lock(session, "left").acquire() as held:
+                key, rev = held.key, held.fencing_token
+                lossy.armed = 1  # the release gets no answer: the key is left
+            assert lossy.armed == 0
+            with anyio.fail_after(10):  # deleted in the background while the session lives
+                await wait_deleted(t, key, rev)
+                async with b.lock("left").acquire():
+                    pass
+            assert not session.closed and not session.lease.lost
+            async with Lock(session, "left").acquire() as again:  # the name works here too
+                assert again.fencing_token > rev
+
+
+async def test_a_registration_not_tried_again_is_deleted_and_one_held_is_not(
+    etcd_config: Config,
+) -> None:
+    ks = etcd_config.keyspace
+    key = ks.agent_live("ghost")
+    async with (
+        open_transport(etcd_config) as t,
+        open_session(t) as session,
+        anyio.create_task_group() as tg,
+    ):
+        late = AppliedLate(t, tg)
+        registry = Registry(t, session, ks, "lossy", None, Coalescer(late))  # type: ignore[arg-type]
+        late.armed = 1
+        with pytest.raises(AmbiguousResultError):
+            await registry.register("ghost")
+        start = await t.revision()
+        late.later.set()  # applied now, after the caller gave up: a ghost
+        with anyio.fail_after(10):
+            await late.applied.wait()
+            await wait_deleted(t, key, start)
+        # registered again and held: the watcher of the key leaves it alone, also when it
+        # is written again (metadata) and until it is unregistered
+        reg = await registry.register("ghost")
+        await registry.update_meta("ghost", {"v": 2})
+        assert await registry.unregister("ghost")
+        end = await t.revision()
+        events = await history(t, key, start + 1, end)
+        assert events == [
+            ("put", events[0][1]),  # the ghost
+            ("delete", 0),
+            ("put", reg.incarnation),
+            ("put", reg.incarnation),  # the metadata
+            ("delete", 0),  # the unregister, not the watcher
+        ], events
+        assert events[0][1] < reg.incarnation
+        tg.cancel_scope.cancel()
+
+
+async def test_an_unregister_without_answer_leaves_no_live_agent(etcd_config: Config) -> None:
+    ks = etcd_config.keyspace
+    async with open_transport(etcd_config) as t, open_session(t) as session:
+        lossy = Unanswered(t)
+        registry = Registry(t, session, ks, "lossy", None, Coalescer(lossy))  # type: ignore[arg-type]
+        reg = await registry.register("leaving")
+        lossy.armed = 1
+        with pytest.raises(AmbiguousResultError):
+            await registry.unregister("leaving")
+        with anyio.fail_after(10):
+            await wait_deleted(t, reg.key, reg.incarnation)
+        assert not session.lease.lost
+        assert (await registry.register("leaving")).incarnation > reg.incarnation
+
+
+async def test_a_quota_release_without_answer_frees_the_quota(etcd_config: Config) -> None:
+    async with (
+        open_transport(etcd_config) as t,
+        connect(etcd_config, node_id="other") as other,
+        anyio.create_task_group() as tg,
+    ):
+        await other.quotas.set_limit("left-slots", 1)
+        lossy = Unanswered(t)
+        async with open_session(lossy) as session:  # type: ignore[arg-type]
+            quotas = Quotas(session, etcd_config.keyspace, holder="lossy", views=SharedViews(t, tg))
+            async with quotas.reserve({"left-slots": 1}) as r:
+                lossy.armed = 1  # its release gets no answer
+            assert lossy.armed == 0
+            with anyio.fail_after(10):  # the other process is admitted once it is deleted
+                async with other.quotas.reserve({"left-slots": 1}):
+                    pass
+            assert await t.get(r.keys[0]) is None
+            assert not session.lease.lost
+        tg.cancel_scope.cancel()
+
+
+async def test_a_reservation_applied_late_frees_the_quota(etcd_config: Config) -> None:
+    async with (
+        open_transport(etcd_config) as t,
+        connect(etcd_config, node_id="other") as other,
+        anyio.create_task_group() as tg,
+    ):
+        await other.quotas.set_limit("late-slots", 1)
+        late = AppliedLate(t, tg)
+        async with open_session(late) as session:  # type: ignore[arg-type]
+            quotas = Quotas(session, etcd_config.keyspace, holder="late", views=SharedViews(t, tg))
+            late.armed = 1
+            with pytest.raises(AmbiguousResultError):
+                async with quotas.reserve({"late-slots": 1}):
+                    pytest.fail("admitted without an answer")
+            late.later.set()  # a ghost reservation now takes the only slot
+            with anyio.fail_after(10):
+                await late.applied.wait()
+                async with other.quotas.reserve({"late-slots": 1}):
+                    pass
+            async with quotas.reserve({"late-slots": 1}):  # and this process's own works
+                pass
+            assert not session.lease.lost
+        tg.cancel_scope.cancel()
