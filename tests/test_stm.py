@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import anyio
 import pytest
@@ -20,6 +21,8 @@ from foundation_etcd import (
     Tx,
     connect,
 )
+from foundation_etcd._coord.shared_state import SharedState
+from foundation_etcd._coord.views import SharedViews
 from foundation_etcd.lowlevel import Op, open_transport
 
 pytestmark = pytest.mark.etcd
@@ -382,3 +385,44 @@ async def test_get_many_reads_one_snapshot_in_one_round_trip(etcd_config: Config
         await c.transact(fn)
         assert seen == [[1, 2, 0, 1], [1, 20, 0, 1]]
         assert (await c.state("m:c").get(linearizable=True)).value == 20  # type: ignore[union-attr]
+
+
+class LaggingWatches:
+    """A transport whose watch streams deliver each response 0.2 s late: a slow view."""
+
+    def __init__(self, transport: Any) -> None:
+        self._t = transport
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._t, name)
+
+    def open_watch(self) -> Any:
+        stream = self._t.open_watch()
+        read = stream.read
+
+        async def late_read() -> Any:
+            resp = await read()
+            await anyio.sleep(0.2)
+            return resp
+
+        stream.read = late_read
+        return stream
+
+
+async def test_a_handle_never_reads_older_than_it_read_before(etcd_config: Config) -> None:
+    """A value read linearizably is never followed by an older one from a lagging view."""
+    async with open_transport(etcd_config) as t, anyio.create_task_group() as tg:
+        views = SharedViews(LaggingWatches(t), tg)  # type: ignore[arg-type]
+        st: SharedState[int] = SharedState(t, etcd_config.keyspace, "mono", views=views)
+        await st.set(0)
+        assert (await st.get()) is not None  # the view is open
+        for n in range(1, 6):
+            await t.put(st.key, str(n).encode())  # another client writes
+            seen = await st.get(linearizable=True)
+            assert seen is not None and seen.value == n
+            got = await st.get()  # from the view: not behind what was just read
+            assert got is not None and got.value == n, (n, got)
+            async with st.watch() as values:  # it starts from there too
+                first = values.receive_nowait()
+                assert first is not None and first.value == n, (n, first)
+        tg.cancel_scope.cancel()

@@ -14,8 +14,9 @@ The value lives at ``state/{name}`` under the tenant prefix (readable by any etc
 
 Guarantees:
     * :meth:`SharedState.get` reads the process's watched view of the key: no I/O once it
-      is open, and it reflects every write this handle made (it waits for its own last
-      write). ``get(linearizable=True)`` reads etcd instead: it sees every write committed
+      is open, and it never goes back behind what this handle wrote or read: it waits for
+      the view to apply the handle's last write and the value of its last linearizable
+      read. ``get(linearizable=True)`` reads etcd instead: it sees every write committed
       before the call.
     * :meth:`SharedState.compare_and_set` writes only if the key's mod revision is the one
       given (0: only if absent) — one transaction, decided by etcd.
@@ -24,7 +25,8 @@ Guarantees:
       value, so the first two retries cost one round trip each; later ones pause (jittered)
       and read afresh. The function may run several times and must have no other effects.
     * :meth:`SharedState.watch` yields each value in revision order (a re-list after
-      compaction yields the latest value once).
+      compaction yields the latest value once), starting from the view's value once it
+      has caught up with this handle's last write or linearizable read, as ``get``.
     * **Fenced** (:meth:`SharedState.fenced`): every write also requires a lock or
       leadership handle to be current; a stale holder writes nothing and gets the handle's
       lost error (:class:`LockLostError`, :class:`LeadershipLostError`).
@@ -118,7 +120,7 @@ class SharedState(Generic[T]):
         self._load: Callable[[Any], T] = load if load is not None else _identity
         self._dump: Callable[[T], Any] = dump if dump is not None else _identity
         self._fence = fence
-        self._written = 0  # the revision of this handle's last write
+        self._written = 0  # the newest revision of the key this handle wrote or read
 
     def fenced(self, handle: Ownership) -> SharedState[T]:
         """The same state, written only while ``handle`` (a lock or leadership) is current."""
@@ -157,7 +159,11 @@ class SharedState(Generic[T]):
             linearizable: read etcd (one round trip) instead of the watched view.
         """
         view = None if linearizable else await self._view()
-        kv = await self._t.get(self.key) if view is None else view.get(self.key)
+        if view is not None:
+            return self._versioned(view.get(self.key))
+        kv = await self._t.get(self.key)
+        if kv is not None and kv.mod_revision > self._written:
+            self._written = kv.mod_revision  # later view reads wait for it: never older
         return self._versioned(kv)
 
     async def value(self, default: T | None = None) -> T | None:
@@ -177,7 +183,8 @@ class SharedState(Generic[T]):
         """
         if self._views is None:
             raise ValueError("watch() needs a state opened with views (cluster.state(...))")
-        view = await self._views(self.key)
+        view = await self._view()
+        assert view is not None
         send, receive = anyio.create_memory_object_stream[Versioned[T] | None](math.inf)
 
         def convert(change: ViewChange) -> Versioned[T] | None:
