@@ -142,6 +142,14 @@ async def test_node_run_agents_drain_quota(
 
             with anyio.fail_after(20):
                 await wait_until(lambda: running_on("cli-a"))
+            # a second process with a live id says so at once (no -v), then waits
+            dup = start_node(etcd_endpoints, etcd_namespace, "cli-a")
+            procs.append(dup)
+            with anyio.fail_after(20):
+                line = await anyio.to_thread.run_sync(dup.stderr.readline)
+            assert "node 'cli-a' is announced under lease" in line, line
+            assert "waiting up to" in line and dup.poll() is None
+            dup.kill()
             nodes = await anyio.to_thread.run_sync(cli, etcd_endpoints, etcd_namespace, "nodes")
             assert "cli-a" in nodes.stdout and "cpu=4" in nodes.stdout
             agents = await anyio.to_thread.run_sync(cli, etcd_endpoints, etcd_namespace, "agents")

@@ -43,6 +43,7 @@ def test_key_commands_end_to_end(
     dry = cli("encryption", "rotate", "--dry-run", "-o", "json")
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout)["rewritten"] == 1
+    assert json.loads(dry.stdout)["kind"] == "EncryptionRotation"
     done = cli("encryption", "rotate", "-o", "json")
     assert done.returncode == 0 and json.loads(done.stdout)["rewritten"] == 1
     assert "state: 1 read" in done.stderr  # progress

@@ -569,6 +569,7 @@ async def test_cli_tenant_commands(auth_server: EtcdServer) -> None:
         )
         assert out.returncode == 0, out.stderr
         made = json.loads(out.stdout)
+        assert made["kind"] == "Tenant"
         assert made["role"] == "foundation/ns-t/e1" and made["users"] == ["erin"]
         assert made["missing"] == [] and len(made["permissions"]) == 5
         cfg = Config(endpoints=(auth_server.endpoint,), namespace=NS, tenant="e1",

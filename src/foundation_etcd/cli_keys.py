@@ -67,6 +67,7 @@ async def _rotate(cfg: fe.Config, args: argparse.Namespace) -> int:
             t, cfg.keyspace, cfg.keyring, progress=progress, dry_run=args.dry_run
         )
     doc: dict[str, Any] = {
+        "kind": "EncryptionRotation",
         "key_id": report.key_id,
         "dry_run": args.dry_run,
         "scanned": report.scanned,

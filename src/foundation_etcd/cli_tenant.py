@@ -123,7 +123,7 @@ async def _create(cfg: fe.Config, args: argparse.Namespace) -> int:
             args.tenant, args.user, password=password, no_password=args.no_password
         )
     if args.output == "json":
-        print(json.dumps(_as_json(info), indent=2))
+        print(json.dumps({"kind": "Tenant", **_as_json(info)}, indent=2))
     else:
         _show(info)
     return 0

@@ -84,6 +84,7 @@ class Membership:
         """
         key = self._ks.node(self.node_id)
         deadline = anyio.current_time() + self._ttl + 2
+        say = log.warning  # once: an operator started a second process with a live id
         while True:
             lease.ensure_alive()
             res = await self._transport.txn(
@@ -98,7 +99,14 @@ class Membership:
                 continue
             if anyio.current_time() >= deadline:
                 raise NodeExistsError(self.node_id, lease_id=holder.lease)
-            log.info("node %r still announced by lease %x; waiting", self.node_id, holder.lease)
+            say(
+                "node %r is announced under lease %x (another process, or this one's last "
+                "run): waiting up to %.0f s for it to end",
+                self.node_id,
+                holder.lease,
+                deadline - anyio.current_time(),
+            )
+            say = log.info
             with anyio.move_on_after(deadline - anyio.current_time()):
                 await wait_deleted(self._transport, key, holder.mod_revision)
 
