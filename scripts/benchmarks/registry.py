@@ -28,6 +28,7 @@ from foundation_etcd import Registry, connect
 from foundation_etcd.lowlevel import Compare, Op
 
 REGISTER_GOAL = 1.3  # registry.register p50 / raw create-if-absent Txn p50
+QUIET = "register, no agents view in this process (connect(watch_agents=False))"
 
 
 async def section_registry(bench: Bench) -> list[Row]:
@@ -47,7 +48,12 @@ async def section_registry(bench: Bench) -> list[Row]:
 
     rows: list[Row] = []
     try:
-        async with connect(cfg, node_id="bench") as cluster, raw_lease(bench) as raw_id:
+        async with (
+            connect(cfg, node_id="bench") as cluster,
+            # another namespace, watched by no view of this process
+            connect(bench.config("regq"), node_id="quiet", watch_agents=False) as quiet,
+            raw_lease(bench) as raw_id,
+        ):
             reg = cluster.registry
             raw_kv = bench.kv
             last_rev = 0
@@ -67,6 +73,14 @@ async def section_registry(bench: Bench) -> list[Row]:
 
             async def caught_up() -> None:
                 await reg.wait_for(last_rev)
+
+            quiet_ids = (f"agent-{i:05}" for i in itertools.count())
+
+            async def quiet_register() -> None:
+                agent_id = next(quiet_ids)
+                await quiet.registry.register(
+                    agent_id, capabilities=caps(agent_id), meta={"i": int(agent_id[6:])}
+                )
 
             txn_base = f"/{cfg.namespace}/txn/agents/live/".encode()
             txn_ids = (f"agent-{i:05}" for i in itertools.count())
@@ -100,6 +114,12 @@ async def section_registry(bench: Bench) -> list[Row]:
                         clocked(transport_txn),
                         ops=s.register_ops,
                     ),
+                    Case(
+                        QUIET,
+                        clocked(lambda: raw_register(next(raw_ids))),
+                        clocked(quiet_register),
+                        ops=s.register_ops,
+                    ),
                 ],
                 after_lib=caught_up,
             )
@@ -107,6 +127,12 @@ async def section_registry(bench: Bench) -> list[Row]:
                 if label == register:
                     note = "raw: Txn, same compare + put under a lease"
                     rows.append(Latency(label, raw, lib, goal=REGISTER_GOAL, note=note))
+                elif label == QUIET:
+                    note = (
+                        "context: the register row minus this one is the cost of the agents "
+                        "view's event for each registration, in the registering process"
+                    )
+                    rows.append(Latency(label, raw, lib, note=note))
                 else:
                     note = "the registry's share = register row minus this one"
                     rows.append(Latency(label, raw, lib, note=note))
