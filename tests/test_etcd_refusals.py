@@ -88,3 +88,12 @@ async def test_full_etcd_is_named_at_once_and_open_sessions_keep_their_lease(
         )
         assert text.returncode == 1 and text.stdout.startswith("degraded: etcd at"), text.stdout
         assert "no session" in text.stdout and "Traceback" not in text.stderr
+        assert text.stdout.count("NOSPACE") == 1, text.stdout  # said once
+        assert len(set(text.stdout.splitlines())) == len(text.stdout.splitlines()), text.stdout
+        # a listing cannot get its session: one line that says so and names what works
+        status = await anyio.to_thread.run_sync(
+            cli_in_process, [server.endpoint], etcd_namespace, "status"
+        )
+        assert status.returncode == 1 and "database space exceeded" in status.stderr
+        assert "`foundation-etcd health` works without one" in status.stderr, status.stderr
+        assert len(status.stderr.strip().splitlines()) == 1, status.stderr

@@ -153,7 +153,7 @@ async def _health(cfg: Config, args: argparse.Namespace) -> int:
                 report = await c.health()
         except NoSpaceError as exc:  # no new lease while the space alarm is on
             report = await health_without_session(cfg, exc)
-    warned = [str(w.message) for w in caught]
+    warned = list(dict.fromkeys(str(w.message) for w in caught))  # once each (two connects)
     if args.output == "json":
         print(json.dumps({"kind": "Health", **report.to_dict(), "warnings": warned}, indent=2))
     else:
@@ -168,10 +168,8 @@ async def _health(cfg: Config, args: argparse.Namespace) -> int:
             f"{'reachable' if report.etcd_reachable else 'unreachable'}, leader "
             f"{report.etcd_leader:x}, revision {report.etcd_revision}; {lease}"
         )
-        for reason in report.reasons:
+        for reason in report.reasons:  # etcd's alarms and errors among them
             print(f"  {reason}")
-        for err in report.etcd_errors:
-            print(f"etcd reports: {err}")
         for w in warned:
             print(f"warning: {w}")
     return 0 if report.status == "ok" else 1
@@ -429,7 +427,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _closed_pipe()
         if all(isinstance(e, FoundationEtcdError | _Failure) for e in leaves):
             for e in leaves:
-                fail(e)
+                no_session = isinstance(e, NoSpaceError) and "lease grant" in str(e)
+                fail(f"{e}; this command needs a session: `{PROG} health` works without one"
+                     if no_session else e)  # fmt: skip
             return 1
         raise
 
