@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-import anyio.abc
 import pytest
 
 from foundation_etcd import (
@@ -28,19 +27,13 @@ from foundation_etcd._coord.coalesce import Coalescer
 from foundation_etcd._coord.views import SharedViews
 from foundation_etcd._coord.waits import wait_deleted
 from foundation_etcd.lowlevel import EventType, Transport, open_transport
+from test_lost_answers import AnswerLost, AppliedLate  # tests/ is on sys.path
 
 pytestmark = pytest.mark.etcd
 
 
-class Unanswered:
+class Unanswered(AnswerLost):
     """A transport whose next ``armed`` deleting transactions are never sent: no answer."""
-
-    def __init__(self, transport: Transport) -> None:
-        self._t = transport
-        self.armed = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._t, name)
 
     async def txn(self, compare, success=(), failure=()):  # type: ignore[no-untyped-def]
         deletes = success and all(type(op).__name__ == "DeleteOp" for op in success)
@@ -48,32 +41,6 @@ class Unanswered:
             self.armed -= 1
             raise AmbiguousResultError("txn: no answer (test)", operation="txn")
         return await self._t.txn(compare, success, failure)
-
-
-class AppliedLate:
-    """Its next armed writing transaction answers ambiguously and is applied on ``later``."""
-
-    def __init__(self, transport: Transport, tg: anyio.abc.TaskGroup) -> None:
-        self._t, self._tg = transport, tg
-        self.armed = 0
-        self.later = anyio.Event()
-        self.applied = anyio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._t, name)
-
-    async def txn(self, compare, success=(), failure=()):  # type: ignore[no-untyped-def]
-        if self.armed and any(getattr(op, "value", None) is not None for op in success):
-            self.armed -= 1
-            self._tg.start_soon(self._late, compare, success, failure)
-            raise AmbiguousResultError("txn: no answer in time (test)", operation="txn")
-        return await self._t.txn(compare, success, failure)
-
-    async def _late(self, compare, success, failure):  # type: ignore[no-untyped-def]
-        await self.later.wait()
-        res = await self._t.txn(compare, success, failure)
-        assert res.succeeded, "the late write was expected to apply"
-        self.applied.set()
 
 
 async def history(t: Transport, key: bytes, start: int, until: int) -> list[tuple[str, int]]:
@@ -166,47 +133,33 @@ async def test_an_unregister_without_answer_leaves_no_live_agent(etcd_config: Co
         assert (await registry.register("leaving")).incarnation > reg.incarnation
 
 
-async def test_a_quota_release_without_answer_frees_the_quota(etcd_config: Config) -> None:
+@pytest.mark.parametrize("fault", ["release unanswered", "reserve applied late"])
+async def test_a_reservation_left_behind_frees_the_quota(etcd_config: Config, fault: str) -> None:
     async with (
         open_transport(etcd_config) as t,
         connect(etcd_config, node_id="other") as other,
         anyio.create_task_group() as tg,
     ):
-        await other.quotas.set_limit("left-slots", 1)
-        lossy = Unanswered(t)
-        async with open_session(lossy) as session:  # type: ignore[arg-type]
-            quotas = Quotas(session, etcd_config.keyspace, holder="lossy", views=SharedViews(t, tg))
-            async with quotas.reserve({"left-slots": 1}) as r:
-                lossy.armed = 1  # its release gets no answer
+        await other.quotas.set_limit("slots", 1)
+        lossy: Any = Unanswered(t) if fault == "release unanswered" else AppliedLate(t, tg)
+        async with open_session(lossy) as session:
+            quotas = Quotas(session, etcd_config.keyspace, holder="me", views=SharedViews(t, tg))
+            if fault == "release unanswered":
+                async with quotas.reserve({"slots": 1}):
+                    lossy.armed = 1  # its release gets no answer: its key is left
+            else:
+                lossy.armed = 1
+                with pytest.raises(AmbiguousResultError):
+                    async with quotas.reserve({"slots": 1}):
+                        pytest.fail("admitted without an answer")
+                lossy.later.set()  # a ghost reservation now takes the only slot
+                with anyio.fail_after(10):
+                    await lossy.applied.wait()
             assert lossy.armed == 0
             with anyio.fail_after(10):  # the other process is admitted once it is deleted
-                async with other.quotas.reserve({"left-slots": 1}):
+                async with other.quotas.reserve({"slots": 1}):
                     pass
-            assert await t.get(r.keys[0]) is None
-            assert not session.lease.lost
-        tg.cancel_scope.cancel()
-
-
-async def test_a_reservation_applied_late_frees_the_quota(etcd_config: Config) -> None:
-    async with (
-        open_transport(etcd_config) as t,
-        connect(etcd_config, node_id="other") as other,
-        anyio.create_task_group() as tg,
-    ):
-        await other.quotas.set_limit("late-slots", 1)
-        late = AppliedLate(t, tg)
-        async with open_session(late) as session:  # type: ignore[arg-type]
-            quotas = Quotas(session, etcd_config.keyspace, holder="late", views=SharedViews(t, tg))
-            late.armed = 1
-            with pytest.raises(AmbiguousResultError):
-                async with quotas.reserve({"late-slots": 1}):
-                    pytest.fail("admitted without an answer")
-            late.later.set()  # a ghost reservation now takes the only slot
-            with anyio.fail_after(10):
-                await late.applied.wait()
-                async with other.quotas.reserve({"late-slots": 1}):
-                    pass
-            async with quotas.reserve({"late-slots": 1}):  # and this process's own works
+            async with quotas.reserve({"slots": 1}):  # and this process's own works
                 pass
             assert not session.lease.lost
         tg.cancel_scope.cancel()
