@@ -19,6 +19,7 @@ from foundation_etcd import (
     Config,
     Lock,
     Quotas,
+    RegistrationsFailedError,
     Registry,
     connect,
     open_session,
@@ -26,7 +27,7 @@ from foundation_etcd import (
 from foundation_etcd._coord.coalesce import Coalescer
 from foundation_etcd._coord.views import SharedViews
 from foundation_etcd._coord.waits import wait_deleted
-from foundation_etcd.lowlevel import EventType, Transport, open_transport
+from foundation_etcd.lowlevel import EventType, Transport, open_transport, prefix_end
 from test_lost_answers import AnswerLost, AppliedLate  # tests/ is on sys.path
 
 pytestmark = pytest.mark.etcd
@@ -162,4 +163,48 @@ async def test_a_reservation_left_behind_frees_the_quota(etcd_config: Config, fa
             async with quotas.reserve({"slots": 1}):  # and this process's own works
                 pass
             assert not session.lease.lost
+        tg.cancel_scope.cancel()
+
+
+class BatchAppliedLate(AppliedLate):
+    """Its next armed transaction (nested ones included) answers ambiguously, applies later."""
+
+    async def txn(self, compare, success=(), failure=()):  # type: ignore[no-untyped-def]
+        if self.armed and success:
+            self.armed -= 1
+            self.applied = anyio.Event()
+            self._tg.start_soon(self._late, self.later, self.applied, compare, success, failure)
+            raise AmbiguousResultError("txn: no answer in time (test)", operation="txn")
+        return await self._t.txn(compare, success, failure)
+
+
+async def test_many_registrations_applied_late_are_all_deleted(etcd_config: Config) -> None:
+    ks = etcd_config.keyspace
+    ids = [f"many-{i:03}" for i in range(100)]
+    async with (
+        open_transport(etcd_config) as t,
+        open_session(t) as session,
+        anyio.create_task_group() as tg,
+    ):
+        late = BatchAppliedLate(t, tg)
+        registry = Registry(t, session, ks, "lossy", None, Coalescer(late))  # type: ignore[arg-type]
+        late.armed = 1  # the one request that carries the 100 registrations
+        with pytest.raises(RegistrationsFailedError) as info:
+            await registry.register_many(dict.fromkeys(ids))
+        assert set(info.value.failed) == set(ids) and not info.value.registered
+        assert all(isinstance(e, AmbiguousResultError) for e in info.value.failed.values())
+        start = await t.revision()
+        late.later.set()  # applied now: 100 ghosts at one revision
+        prefix = ks.agents_live_prefix()
+        stream = t.open_watch()  # one watch of the prefix: every put and delete since
+        await stream.create(prefix, prefix_end(prefix), start + 1, progress_notify=False)
+        put: set[bytes] = set()
+        deleted: set[bytes] = set()
+        with anyio.fail_after(20):  # each is deleted (all watched on one shared stream)
+            while len(deleted) < len(ids):
+                for ev in (await stream.read()).events:
+                    (put if ev.type is EventType.PUT else deleted).add(ev.kv.key)
+        stream.close()
+        assert put == deleted == {ks.agent_live(a) for a in ids}
+        assert (await t.get_prefix(prefix)).kvs == []
         tg.cancel_scope.cancel()

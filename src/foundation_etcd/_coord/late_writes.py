@@ -28,7 +28,10 @@ Guarantees:
       (asked after the read, just before the compared delete, so a key the process made
       its own since is never deleted).
     * One watcher per key and session; it ends when its lease is lost or the session
-      closes (the key goes with the lease then).
+      closes (the key goes with the lease then). The watches of all of a session's keys
+      share one etcd watch stream (:class:`~foundation_etcd._coord.doorbells.Doorbells`,
+      opened with the first key watched): many keys left at once (a batch of registrations
+      without an answer) cost a watch id each, not a stream each.
 
 On lease loss: the watcher ends; nothing else to do.
 """
@@ -46,8 +49,8 @@ from .._core.background import cleanup_scope
 from .._core.errors import AmbiguousResultError, EtcdError, FoundationEtcdError, LeaseLostError
 from .._core.kv import Compare, Op
 from .._transport import Transport
+from .doorbells import Bell, Doorbells
 from .session import Lease, Session
-from .waits import wait_written
 
 __all__ = ["LATE_WATCHED", "delete_left_key", "may_be_applied", "note_candidacy", "resign"]
 
@@ -66,6 +69,8 @@ class _Watched:
 LATE_WATCHED: weakref.WeakKeyDictionary[Session, dict[bytes, _Watched]] = (
     weakref.WeakKeyDictionary()
 )
+# per session, the one watch stream that carries the watches of all its keys left behind
+_BELLS: weakref.WeakKeyDictionary[Session, Doorbells] = weakref.WeakKeyDictionary()
 
 
 def may_be_applied(exc: BaseException) -> bool:
@@ -108,7 +113,7 @@ def delete_left_key(
         entry.late = entry.late or late
         return
     watched[key] = entry = _Watched(late=late)
-    session.start_background(_watch, session.transport, key, lease, in_use, watched, entry)
+    session.start_background(_watch, session, key, lease, in_use, watched, entry)
 
 
 async def resign(
@@ -129,14 +134,29 @@ async def resign(
     delete_left_key(session, key, lease, in_use, late=late)
 
 
+def _bell(session: Session, key: bytes, after: int) -> Bell:
+    """A watch of ``key``'s puts after ``after``, on the session's one stream for such keys."""
+    bells = _BELLS.get(session)
+    if bells is not None:
+        try:
+            return bells.watch(key, None, after, no_delete=True)
+        except anyio.ClosedResourceError:
+            pass  # stopped (its task ended): a new one
+    bells = _BELLS[session] = Doorbells(session.transport)
+    session.start_background(bells.run)
+    return bells.watch(key, None, after, no_delete=True)
+
+
 async def _watch(
-    transport: Transport,
+    session: Session,
     key: bytes,
     lease: Lease,
     in_use: InUse,
     watched: dict[bytes, _Watched],
     entry: _Watched,
 ) -> None:
+    transport = session.transport
+    bell: Bell | None = None
     try:
         with lease.guard():
             delay = 0.05
@@ -151,13 +171,16 @@ async def _watch(
                 after = max(after, await _delete_if_left(transport, key, lease, in_use))
                 if not entry.late:
                     return
+                bell = bell or _bell(session, key, after)
                 while True:  # candidacies this process made are not looked into
-                    after, created = await wait_written(transport, key, after)
-                    if not created or created != entry.token:
+                    events = await bell.wait()  # puts only; [] when some may be missed
+                    if not events or any(e.kv.create_revision != entry.token for e in events):
                         break
-    except LeaseLostError:
-        pass  # the key, if any, goes with the lease
+    except (LeaseLostError, anyio.ClosedResourceError):
+        pass  # the key, if any, goes with the lease (or the session closed)
     finally:
+        if bell is not None:
+            bell.close()
         if watched.get(key) is entry:
             del watched[key]
 
