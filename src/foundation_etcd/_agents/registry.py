@@ -5,8 +5,8 @@ create-if-absent (``create_revision == 0``) under the registering process's sess
 its create revision is the registration's **incarnation**.
 
 Guarantees:
-    * At most one live registration per agent id at any revision: a second
-      :meth:`Registry.register` raises :class:`AgentExistsError` naming the holder.
+    * At most one live registration per id at any revision: a second ``register`` raises
+      :class:`AgentExistsError` naming the holder.
     * A crashed process's registrations vanish with its lease, all at one revision, at most
       one TTL after its last keepalive.
     * Lookups by id or capability from memory (:meth:`Registry.get`, :meth:`Registry.find`)
@@ -25,9 +25,8 @@ Guarantees:
     * Metadata is JSON of at most 64 KiB, checked before anything is written. A key or value
       the library would not write is left out of the view (``_core/registrations.py``).
     * Registrations and removals made at once (many tasks, :meth:`Registry.register_many`,
-      re-registration) go together as nested transactions of one (``_coord/coalesce.py``):
-      each keeps its own compare and result, and those sent together get the same revision
-      (different keys, so incarnations of different agents may be equal).
+      re-registration) go as nested transactions of one (``_coord/coalesce.py``), each with
+      its own compare and result, at one revision (incarnations of agents may be equal).
 """
 
 from __future__ import annotations
@@ -113,6 +112,7 @@ class Registry:
         self._by_id = AgentIndex()
         self._agents = self._by_id.agents  # read on every lookup: one attribute less
         self._owned: dict[str, _Owned] = {}
+        self._leaving: set[str] = set()  # unregistering: a left key's watcher keeps off
         self.conflicts: list[AgentExistsError] = []
         if view is not None:
             self._attach(view)
@@ -154,8 +154,7 @@ class Registry:
 
     def _index(self, kv: KeyValue) -> None:
         info = self._parse(kv)  # None (and a warning): a key or value the library never writes
-        # (the id is checked again only for a value rewritten as garbage: it leaves the view)
-        if info is None:
+        if info is None:  # (its id checked again: a value rewritten as garbage leaves the view)
             self._by_id.remove(agent_id_of(kv.key[len(self._prefix) :]))
         else:
             self._by_id.put(info)
@@ -357,8 +356,7 @@ class Registry:
     async def unregister(self, agent_id: str) -> bool:
         """Remove a registration this process holds.
 
-        Returns whether the key was deleted (``False`` when it had already gone, e.g. with
-        a lost lease).
+        Returns whether the key was deleted (``False``: it had gone already, with a lost lease).
 
         Raises:
             InvalidIdError: ``agent_id`` is not a valid agent id.
@@ -371,6 +369,7 @@ class Registry:
         reg = owned.registration
         if reg is None:
             return False
+        self._leaving.add(agent_id)
         try:
             res = await self._writes.txn([reg.guard], [Op.delete(reg.key)])
         except BaseException:  # the key may be left: deleted in the background
@@ -379,6 +378,8 @@ class Registry:
                 [agent_id], lease if lease and lease.id == reg.lease_id else None, late=False
             )
             raise
+        finally:
+            self._leaving.discard(agent_id)
         return res.succeeded
 
     def _left(
@@ -388,8 +389,8 @@ class Registry:
         if lease is None or (isinstance(exc, BaseException) and not may_be_applied(exc)):
             return
         for agent_id in ids:
-            held, key = partial(self._owned.__contains__, agent_id), self._ks.agent_live(agent_id)
-            delete_left_key(self._session, key, lease, held, late=late)
+            held = partial(lambda a: a in self._owned or a in self._leaving, agent_id)
+            delete_left_key(self._session, self._ks.agent_live(agent_id), lease, held, late=late)
 
     async def update_meta(self, agent_id: str, meta: Mapping[str, Any]) -> Registration:
         """Replace the metadata of a registration this process holds.

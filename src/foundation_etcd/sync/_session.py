@@ -355,8 +355,7 @@ class Registry(SyncWrapper[_fe.Registry]):
     def unregister(self, agent_id: str) -> bool:
         """Remove a registration this process holds.
 
-        Returns whether the key was deleted (``False`` when it had already gone, e.g. with
-        a lost lease).
+        Returns whether the key was deleted (``False``: it had gone already, with a lost lease).
 
         Raises:
             InvalidIdError: ``agent_id`` is not a valid agent id.
