@@ -425,4 +425,19 @@ async def test_a_handle_never_reads_older_than_it_read_before(etcd_config: Confi
             async with st.watch() as values:  # it starts from there too
                 first = values.receive_nowait()
                 assert first is not None and first.value == n, (n, first)
+        await t.delete(st.key)  # another client deletes it: read absent, never back to 5
+        assert await st.get(linearizable=True) is None
+        assert await st.get() is None
         tg.cancel_scope.cancel()
+
+
+async def test_a_delete_that_deleted_nothing_does_not_stall_reads(etcd_config: Config) -> None:
+    async with connect(etcd_config, node_id="st") as c:
+        s = c.state("absent")
+        assert await s.get() is None  # the view is open
+        await c.state("elsewhere").set(1)  # etcd's revision moves, not this key's
+        assert await s.delete() is False  # no event will ever mark it
+        with anyio.fail_after(5):
+            assert await s.get() is None
+            async with s.watch() as values:
+                assert values.receive_nowait() is None

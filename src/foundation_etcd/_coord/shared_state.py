@@ -15,9 +15,9 @@ The value lives at ``state/{name}`` under the tenant prefix (readable by any etc
 Guarantees:
     * :meth:`SharedState.get` reads the process's watched view of the key: no I/O once it
       is open, and it never goes back behind what this handle wrote or read: it waits for
-      the view to apply the handle's last write and the value of its last linearizable
-      read. ``get(linearizable=True)`` reads etcd instead: it sees every write committed
-      before the call.
+      the view to apply the handle's last write and what its last linearizable read or
+      delete found (a value, or none). ``get(linearizable=True)`` reads etcd instead: it
+      sees every write committed before the call.
     * :meth:`SharedState.compare_and_set` writes only if the key's mod revision is the one
       given (0: only if absent) — one transaction, decided by etcd.
     * :meth:`SharedState.update` applies a function with compare-and-set, retrying on
@@ -50,7 +50,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from .._core.codec import decode, encode
 from .._core.errors import TransactionConflictError
 from .._core.keys import Keyspace
-from .._core.kv import AnyOp, Compare, KeyValue, Op, TxnResult
+from .._core.kv import AnyOp, Compare, DeleteResult, KeyValue, Op, TxnResult
 from .._transport import Transport
 from .ownership import Ownership
 from .stm import MAX_STATE_BYTES, _backoff, check_attempts
@@ -121,6 +121,7 @@ class SharedState(Generic[T]):
         self._dump: Callable[[T], Any] = dump if dump is not None else _identity
         self._fence = fence
         self._written = 0  # the newest revision of the key this handle wrote or read
+        self._absent = 0  # the newest revision at which this handle found it absent
 
     def fenced(self, handle: Ownership) -> SharedState[T]:
         """The same state, written only while ``handle`` (a lock or leadership) is current."""
@@ -133,7 +134,7 @@ class SharedState(Generic[T]):
             dump=self._dump,
             fence=handle,
         )
-        twin._written = self._written
+        twin._written, twin._absent = self._written, self._absent
         return twin
 
     # reading -------------------------------------------------------------------------------
@@ -143,6 +144,8 @@ class SharedState(Generic[T]):
         view = await self._views(self.key)
         if self._written:
             await view.wait_for_key(self.key, self._written)
+        if self._absent > self._written and view.get(self.key) is not None:
+            await view.wait_for(self._absent)  # found absent since: no event marks that
         return view
 
     def _versioned(self, kv: KeyValue | None) -> Versioned[T] | None:
@@ -161,9 +164,12 @@ class SharedState(Generic[T]):
         view = None if linearizable else await self._view()
         if view is not None:
             return self._versioned(view.get(self.key))
-        kv = await self._t.get(self.key)
-        if kv is not None and kv.mod_revision > self._written:
-            self._written = kv.mod_revision  # later view reads wait for it: never older
+        read = await self._t.range(Op.get(self.key))
+        kv = read.first  # later view reads wait for what it saw: never older
+        if kv is None:
+            self._absent = max(self._absent, read.revision)
+        elif kv.mod_revision > self._written:
+            self._written = kv.mod_revision
         return self._versioned(kv)
 
     async def value(self, default: T | None = None) -> T | None:
@@ -221,7 +227,10 @@ class SharedState(Generic[T]):
         else:
             res = await self._t.txn(compare, success, failure)
         if res.succeeded and success:
-            self._written = res.revision
+            if isinstance(res.responses[0], DeleteResult) and not res.responses[0].deleted:
+                self._absent = res.revision  # deleted nothing: no event will mark it
+            else:
+                self._written = res.revision
         return res
 
     async def set(self, value: T) -> int:
@@ -254,7 +263,7 @@ class SharedState(Generic[T]):
         if not res.succeeded:
             return False
         first = res.responses[0]
-        return getattr(first, "deleted", 0) > 0
+        return isinstance(first, DeleteResult) and first.deleted > 0
 
     async def update(self, fn: Callable[[T | None], T], *, max_attempts: int = 64) -> Versioned[T]:
         """Set the state to ``fn(current)`` by compare-and-set, retrying on conflict.

@@ -192,7 +192,7 @@ class WatchedView:
             self._check()
             kv = self._items.get(key)
             if (kv is not None and kv.mod_revision >= mod_revision) or (
-                self._applied >= mod_revision
+                self._applied >= mod_revision or self._known >= mod_revision
             ):
                 return kv
             await self._next_advance().wait()
