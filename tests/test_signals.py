@@ -505,3 +505,23 @@ async def test_a_respawned_agent_still_refuses_ids_its_restored_state_holds(
                 return (await state_of(a, "rs"))["seen"] == ["once", "twice"]
 
             await wait_until(both)
+
+
+@pytest.mark.parametrize("retention", [60, 600])
+async def test_done_records_live_the_whole_retention(etcd_config: Config, retention: int) -> None:
+    """The last record put under a retention lease still has ``retention`` seconds left."""
+    import time
+
+    from foundation_etcd._agents.handlers import RetentionLease
+    from foundation_etcd.lowlevel import open_transport
+
+    async with open_transport(etcd_config) as t:
+        leases = RetentionLease(t, retention)
+        lease = await leases.get()
+        info = await t.lease_time_to_live(lease)
+        use_left = leases._until - time.monotonic()  # records still go under it this long
+        assert 0 < use_left <= retention / 24
+        # etcd rounds the TTL down to whole seconds: one second of slack
+        assert info.ttl - use_left >= retention - 1, (info, use_left)
+        assert info.granted_ttl <= retention * 25 / 24 + 1
+        await t.lease_revoke(lease)

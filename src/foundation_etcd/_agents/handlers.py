@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,14 +41,16 @@ MAX_EMITS = 32
 class RetentionLease:
     """The lease done records live under: one per process, renewed by replacement.
 
-    A lease of ``retention`` seconds is granted and used for ``retention / 24``; then a new
-    one is granted. Nobody keeps it alive: each done record lives between ``retention``
-    and ``retention * 25 / 24`` seconds, and etcd drops it by itself.
+    A lease of ``retention * 25 / 24`` seconds is granted and used for ``retention / 24``;
+    then a new one is granted. Nobody keeps it alive: each done record lives between
+    ``retention`` and ``retention * 25 / 24`` seconds (longer if a raft leader change
+    extends the lease), and etcd drops it by itself.
     """
 
     def __init__(self, transport: Transport, retention: float) -> None:
         self._t = transport
-        self._ttl = max(60, int(retention))
+        self._use = max(60, retention) / 24  # how long one lease takes new records
+        self._ttl = math.ceil(max(60, retention) * 25 / 24)
         self._lease = 0
         self._until = 0.0
         self._lock = anyio.Lock()
@@ -58,8 +61,9 @@ class RetentionLease:
             return self._lease
         async with self._lock:
             if not self._lease or time.monotonic() >= self._until:
+                asked = time.monotonic()  # the lease's time runs from about then, not later
                 grant = await self._t.lease_grant(self._ttl)
-                self._lease, self._until = grant.id, time.monotonic() + self._ttl / 24
+                self._lease, self._until = grant.id, asked + self._use
         return self._lease
 
 
