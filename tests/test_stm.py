@@ -441,3 +441,32 @@ async def test_a_delete_that_deleted_nothing_does_not_stall_reads(etcd_config: C
             assert await s.get() is None
             async with s.watch() as values:
                 assert values.receive_nowait() is None
+
+
+async def test_a_read_only_repeatable_read_sees_reads_that_were_true_together(
+    etcd_config: Config,
+) -> None:
+    """Reads taken one by one are checked at the end, as a commit checks them (etcd's STM)."""
+    async with connect(etcd_config, node_id="x") as c, connect(etcd_config, node_id="y") as d:
+        await c.state("a").set(100)
+        await c.state("b").set(0)
+        attempts = []
+
+        async def total(tx: Tx) -> int:
+            attempts.append(tx.attempt)
+            a = await tx.get("a")
+            if tx.attempt == 1:  # another process moves 10 from a to b between the reads
+
+                async def move(t: Tx) -> None:
+                    t.put("a", (await t.get("a")) - 10)
+                    t.put("b", (await t.get("b")) + 10)
+
+                await d.transact(move)
+            return int(a + (await tx.get("b")))
+
+        assert await c.transact(total, isolation=Isolation.REPEATABLE_READ) == 100
+        assert attempts == [1, 2]  # the first attempt's pair never existed: tried again
+        # read committed promises nothing of the kind: one attempt, a pair never true
+        attempts.clear()
+        assert await c.transact(total, isolation=Isolation.READ_COMMITTED) == 110
+        assert attempts == [1]

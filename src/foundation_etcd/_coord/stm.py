@@ -357,10 +357,12 @@ async def transact(
             await _backoff(attempt)
             continue
         success, failure = tx._operations()
-        if not success:  # read only: the reads were one snapshot (or latest) already
+        compares = tx._compares()
+        if not success and (isolation is not Isolation.REPEATABLE_READ or not compares):
+            # read only: the reads were one snapshot already (or any latest values will
+            # do); repeatable reads, taken one by one, are checked together as a commit is
             stats.commits += 1
             return result
-        compares = tx._compares()
         if len(compares) > MAX_TXN_OPS or len(success) > MAX_TXN_OPS:
             raise TooManyOperationsError(max(len(compares), len(success)), MAX_TXN_OPS)
         if fence is not None:
