@@ -234,6 +234,16 @@ async def test_double_barrier_protocol_misuse(etcd_config: Config) -> None:
             await one.leave()
 
 
+async def test_a_crafted_round_record_lets_nobody_through(etcd_config: Config) -> None:
+    """A round record whose last member comes after the record itself was not written here."""
+    async with sessions_of(etcd_config, 1) as (t, (a,)):
+        prefix = etcd_config.keyspace.double_barrier_prefix("crafted")
+        await t.put(prefix + b"round", json.dumps({"round": 1, "last": 10**9}).encode())
+        with anyio.fail_after(10), pytest.raises(BarrierError, match="round record"):
+            await DoubleBarrier(a, "crafted", 3).enter()  # alone, never let through
+        assert [kv.key for kv in (await t.get_prefix(prefix)).kvs] == [prefix + b"round"]
+
+
 # ---------------------------------------------------------------------- DoubleBarrier rounds
 def check_in_process(history: list[tuple[str, str, int]], count: int) -> None:
     """Per round: every member called enter before any returned, and leave likewise."""

@@ -43,7 +43,9 @@ class Round:
         try:
             data = decode(kv.value)
             number, last = data["round"], data["last"]
-            if all(type(x) is int and x >= 0 for x in (number, last)):
+            # ``last`` is the create revision of a key that existed when the record was
+            # put: never at or after the record's own revision (a crafted one is refused)
+            if all(type(x) is int and x >= 0 for x in (number, last)) and last < kv.mod_revision:
                 return cls(number, last, kv.mod_revision)
         except (ValueError, TypeError, KeyError):
             pass

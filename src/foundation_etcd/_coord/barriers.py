@@ -314,10 +314,15 @@ class DoubleBarrier:
             try:
                 for _ in range(10):
                     res = await transport.txn([], [Op.get(self._record), Op.get(key)])
-                    current, own = Round.of(res.range(0).first), res.range(1).first
+                    own = res.range(1).first
                     if own is None:
                         return True
                     mine = [Compare.create_revision(key) == own.create_revision]
+                    try:
+                        current = Round.of(res.range(0).first)
+                    except BarrierError:  # a record the library never wrote: no count to keep
+                        await transport.txn(mine, [Op.delete(key)])
+                        return True
                     if own.create_revision <= current.last:  # counted: this is its leave
                         await transport.txn(mine, [Op.delete(key)])
                         return True
