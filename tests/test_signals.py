@@ -525,3 +525,39 @@ async def test_done_records_live_the_whole_retention(etcd_config: Config, retent
         assert info.ttl - use_left >= retention - 1, (info, use_left)
         assert info.granted_ttl <= retention * 25 / 24 + 1
         await t.lease_revoke(lease)
+
+
+@fe.clustered("bound-sink")
+class BoundSink:
+    async def handle_signal(self, signal: fe.Signal, ctx: fe.SignalContext) -> None:
+        pass
+
+
+async def test_the_inbox_bound_holds_after_a_foreign_entry_is_dead_lettered(
+    etcd_config: Config,
+) -> None:
+    """Dead-lettering an entry no ``send`` counted in does not count one out."""
+    cfg = etcd_config.with_options(signal_inbox_limit=2)
+    ks = cfg.keyspace
+    async with connect(cfg, node_id="host") as a, connect(cfg, node_id="sender") as s:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.serve)
+            await a.spawn(BoundSink, "sink", placement="pinned:host")
+            for junk in (b"not a signal", json.dumps({"id": "other", "type": "t"}).encode()):
+                await a.transport.put(ks.inbox("sink", f"junk-{len(junk)}"), junk)
+
+            async def both_dead() -> bool:
+                return len(await s.dead_letters("sink")) == 2
+
+            with anyio.fail_after(10):
+                await wait_until(both_dead)
+            tg.cancel_scope.cancel()  # the node stops hosting: signals now wait
+        accepted = []
+        for i in range(4):
+            try:
+                await s.send("sink", "t", {"i": i}, signal_id=f"s{i}")
+                accepted.append(i)
+            except fe.InboxFullError:
+                pass
+        assert accepted == [0, 1]
+        assert [x.id for x in await s.inbox("sink")] == ["s0", "s1"]

@@ -212,13 +212,13 @@ class Deliverer:
 
     async def _deliver(self, kv: KeyValue, after: KeyValue | None) -> None:
         stored = self._decode(kv)
-        if stored is None:
-            await self._dead(kv, None, "undecodable", 0)
+        if stored is None:  # not written by ``send`` (nor counted by it): not counted out
+            await self._dead(kv, None, "undecodable", 0, counted=False)
             return
         signal = stored.signal
         key_id = kv.key[len(self._inbox) :].decode(errors="replace")
         if signal.id != key_id or signal.subject != self._id:  # not written by ``send``
-            await self._dead(kv, None, "envelope does not match its key", 0)
+            await self._dead(kv, None, "envelope does not match its key", 0, counted=False)
             return
         cfg = self._cfg  # a refused signal (protection.py) never reaches the handler
         if stored.error or signal.signature or cfg.require_signed_signals:  # else nothing to check
@@ -424,7 +424,9 @@ class Deliverer:
         self._event("signal-failed", agent=self._id, signal=signal.id, attempt=attempt)
         raise _Undone  # read the entry again (its new value and mod revision)
 
-    async def _dead(self, kv: KeyValue, signal: Signal | None, reason: str, attempts: int) -> None:
+    async def _dead(
+        self, kv: KeyValue, signal: Signal | None, reason: str, attempts: int, counted: bool = True
+    ) -> None:
         sid = kv.key[len(self._inbox) :].decode(errors="replace")
         try:
             validate_id(sid, "signal id")
@@ -432,9 +434,8 @@ class Deliverer:
             sid = "invalid-" + hashlib.sha256(kv.key).hexdigest()[:24]
         value = encode_letter(kv.value, signal, reason, attempts)
         letter = Op.put(self._ks.dead_letter(self._id, sid), value)
-        res = await self._t.txn(
-            self._fence(kv), [Op.delete(kv.key), Op.put(self._acked, b""), letter]
-        )
+        ack = [Op.put(self._acked, b"")] if counted else []  # ``sent - acked``: the inbox
+        res = await self._t.txn(self._fence(kv), [Op.delete(kv.key), *ack, letter])
         if not res.succeeded:
             live = await self._t.get(self._live)
             if live is None or live.create_revision != self._inc:
