@@ -561,3 +561,41 @@ async def test_the_inbox_bound_holds_after_a_foreign_entry_is_dead_lettered(
                 pass
         assert accepted == [0, 1]
         assert [x.id for x in await s.inbox("sink")] == ["s0", "s1"]
+
+
+@fe.clustered("big-news", subscribe=["news.**"])
+class NewsReader:
+    async def handle_signal(self, signal: fe.Signal, ctx: fe.SignalContext) -> None:
+        pass
+
+
+async def test_publish_of_large_signals_to_many_subscribers_is_batched_by_size(
+    etcd_config: Config,
+) -> None:
+    """30 signals of 60 KB are within each one's limit, not within one etcd request."""
+    async with connect(etcd_config, node_id="n", hosts_agents=False) as c:
+        async with connect(etcd_config, node_id="host") as h:
+            for i in range(30):
+                await h.spawn(NewsReader, f"reader-{i:02d}")
+        data = {"blob": "x" * 60_000}
+        res = await c.publish("news.big", "news", data, signal_id="p1")
+        assert sorted(res.delivered) == [f"reader-{i:02d}" for i in range(30)]
+        assert (await c.publish("news.big", "news", data, signal_id="p1")).duplicates
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"type": "bad type!"}, {"data": {"x": float("nan")}}, {"signal_id": ""}],
+    ids=["type", "nan", "empty-id"],
+)
+async def test_a_bad_publish_is_refused_before_anything_is_read(
+    etcd_config: Config, bad: dict[str, Any]
+) -> None:
+    async with connect(etcd_config, node_id="n", hosts_agents=False) as c:
+        args: dict[str, Any] = {"type": "t", "data": None, **bad}
+        with pytest.raises((fe.InvalidIdError, fe.SerializationError, ValueError)):
+            await c.publish("nobody.listens", args.pop("type"), args.pop("data"), **args)
+        before = await c.transport.revision()
+        with pytest.raises(ValueError, match="expires_in"):  # True is no number of seconds
+            await c.send("someone", "t", None, expires_in=True)
+        assert await c.transport.revision() == before

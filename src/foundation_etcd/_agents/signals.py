@@ -64,13 +64,29 @@ from .._core.signals import (
     validate_topic,
 )
 from .._core.signing import load_signer
+from .._transport import MAX_REQUEST_BYTES
 from .replies import Replies
 
 __all__ = ["CALL_TYPE", "PublishResult", "SendResult", "Signals", "admission", "probe"]
 
 CALL_TYPE = "foundation.call"
 SEND_ATTEMPTS = 16
-_PUBLISH_BATCH = 32
+_PUBLISH_BATCH = 32  # subscribers a transaction, at most
+_PUBLISH_BYTES = MAX_REQUEST_BYTES // 3  # their signals' bytes a transaction, about
+
+
+def _batches(targets: list[str], built: Mapping[str, tuple[Signal, bytes]]) -> list[list[str]]:
+    """``targets`` in order, in batches within etcd's request limit (one at least each)."""
+    out: list[list[str]] = []
+    size = 0
+    for a in targets:
+        cost = len(built[a][1]) + 256  # the value, its key and the compares around it
+        if not out or len(out[-1]) >= _PUBLISH_BATCH or size + cost > _PUBLISH_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(a)
+        size += cost
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +204,9 @@ class Signals:
         validate_id(agent_id, "agent id")
         sid = new_signal_id() if signal_id is None else validate_id(signal_id, "signal id")
         if expires_in is not None and not (
-            isinstance(expires_in, int | float) and 0 < expires_in < 10**9
+            isinstance(expires_in, int | float)
+            and not isinstance(expires_in, bool)
+            and 0 < expires_in < 10**9
         ):
             raise ValueError(f"expires_in must be a positive number of seconds: {expires_in!r}")
         now = time.time()
@@ -306,7 +324,9 @@ class Signals:
     ) -> PublishResult:
         """Send one signal to every agent subscribed to a pattern matching ``topic``."""
         validate_topic(topic)
-        sid = options.pop("signal_id", None) or new_signal_id()
+        sid = options.pop("signal_id", None)
+        sid = new_signal_id() if sid is None else validate_id(sid, "signal id")
+        self.envelope("check", type, data, signal_id=sid, topic=topic, **options)  # before I/O
         targets = sorted(
             agent
             for agent, patterns in (await self.subscriptions()).items()
@@ -318,8 +338,7 @@ class Signals:
         delivered: list[str] = []
         duplicates: list[str] = []
         full: list[str] = []
-        for start in range(0, len(targets), _PUBLISH_BATCH):
-            batch = targets[start : start + _PUBLISH_BATCH]
+        for batch in _batches(targets, built):
             nested = []
             for a in batch:
                 value = built[a][1]
