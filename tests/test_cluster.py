@@ -1,3 +1,5 @@
+from typing import Any
+
 import anyio
 import anyio.lowlevel
 import pytest
@@ -6,9 +8,11 @@ from foundation_etcd import (
     AgentContext,
     AgentExistsError,
     AgentNotFoundError,
+    AmbiguousResultError,
     ChangeKind,
     Config,
     ConfigurationError,
+    EtcdUnavailableError,
     InvalidIdError,
     NodeExistsError,
     RequestTooLargeError,
@@ -156,6 +160,43 @@ async def test_registrations_come_back_after_lease_loss(etcd_config: Config) -> 
         assert c.registry.owned()["phoenix"].incarnation == info.incarnation
 
 
+class FailsNext:
+    """A transport whose next armed write under a lease but ``old`` fails (applied or not)."""
+
+    def __init__(self, transport: Any, applied: bool, old: int) -> None:
+        self._t, self.applied, self.armed, self._old = transport, applied, 0, old
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._t, name)
+
+    async def txn(self, compare, success=(), failure=()):  # type: ignore[no-untyped-def]
+        leases = {getattr(op, "lease", 0) for op in success} - {0, self._old}
+        if self.armed and leases:
+            self.armed -= 1
+            if not self.applied:
+                raise EtcdUnavailableError("txn: not sent (test)")
+            await self._t.txn(compare, success, failure)
+            raise AmbiguousResultError("txn: answer lost (test)", operation="txn")
+        return await self._t.txn(compare, success, failure)
+
+
+@pytest.mark.parametrize("applied", [False, True], ids=["not-applied", "applied"])
+async def test_a_node_whose_announcement_fails_after_a_lease_loss_is_announced(
+    etcd_config: Config, applied: bool
+) -> None:
+    """A failed re-announcement is tried again: the node does not stay dark for good."""
+    async with connect(etcd_config, node_id="n1") as c, connect(etcd_config, node_id="obs") as o:
+        first = c.session.lease
+        flaky = FailsNext(c._membership._transport, applied, first.id)  # type: ignore[union-attr]
+        c._membership._transport = flaky  # type: ignore[union-attr]
+        flaky.armed = 1  # the announcement under the new lease fails once
+        await o.transport.lease_revoke(first.id)
+        with anyio.fail_after(etcd_config.ttl + 5):
+            await wait_until(lambda: (n := o.node("n1")) is not None and n.lease_id != first.id)
+        assert flaky.armed == 0
+        assert o.node("n1").lease_id == c.session.lease.id  # type: ignore[union-attr]
+
+
 async def test_other_process_sees_registration_within_a_watch_round_trip(
     etcd_config: Config,
 ) -> None:
@@ -207,8 +248,7 @@ async def test_without_the_agents_view_registering_works_and_reads_say_why(
         with anyio.fail_after(etcd_config.ttl + 5):
             await wait_until(
                 lambda: (
-                    "lz1" in c.registry.owned()
-                    and c.registry.owned()["lz1"].lease_id != first.id
+                    "lz1" in c.registry.owned() and c.registry.owned()["lz1"].lease_id != first.id
                 )
             )
         assert not c.registry.watching
@@ -233,9 +273,11 @@ async def test_without_the_agents_view_a_node_hosts_and_listings_open_it(
             await c.spawn(LazyHosted, "lh1")
             with anyio.fail_after(10):
                 await wait_until(
-                    lambda: c.runtime is not None
-                    and "lh1" in c.runtime.hosted
-                    and c.runtime.hosted["lh1"].status == "running"
+                    lambda: (
+                        c.runtime is not None
+                        and "lh1" in c.runtime.hosted
+                        and c.runtime.hosted["lh1"].status == "running"
+                    )
                 )
                 statuses = {s.agent_id: s.state for s in await c.agents()}  # opens the view
             assert statuses == {"lh1": "running"}

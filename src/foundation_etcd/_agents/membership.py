@@ -27,7 +27,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from .._coord.session import Lease, Session
 from .._coord.waits import wait_deleted
 from .._coord.watch import ChangeKind, ViewChange, WatchedView
-from .._core.errors import NodeExistsError
+from .._core.errors import EtcdError, LeaseNotFoundError, NodeExistsError
 from .._core.keys import Keyspace
 from .._core.kv import Compare, KeyValue, Op
 from .._core.records import MAX_NODE_INFO_BYTES, NodeInfo, node_value, parse_node
@@ -97,6 +97,8 @@ class Membership:
             holder = res.range(0).first
             if holder is None:
                 continue
+            if holder.lease == lease.id:  # an earlier attempt's, applied without an answer
+                return holder.mod_revision
             if anyio.current_time() >= deadline:
                 raise NodeExistsError(self.node_id, lease_id=holder.lease)
             say(
@@ -111,8 +113,22 @@ class Membership:
                 await wait_deleted(self._transport, key, holder.mod_revision)
 
     async def reannounce(self, lease: Lease) -> None:
-        """Announce again under a replacement lease (a session ``on_renewed`` hook)."""
-        await self.announce(lease)
+        """Announce again under a replacement lease (a session ``on_renewed`` hook).
+
+        Tried again with backoff while the lease lives: a node left unannounced would look
+        dead to failover and placement for as long as the process runs.
+        """
+        delay = 0.05
+        while not lease.lost:
+            try:
+                await self.announce(lease)
+                return
+            except LeaseNotFoundError:
+                return  # the lease ended: the session announces under its next one
+            except EtcdError as exc:
+                log.warning("node %r not announced again yet (%s); retrying", self.node_id, exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def keep_announced(self, session: Session) -> None:
         """Announce again when another client deletes this node's key while its lease lives.
@@ -126,8 +142,12 @@ class Membership:
                 if c.kind is ChangeKind.REMOVED and c.key == key and not session.closed:
                     lease = session.lease
                     if c.kv.lease == lease.id and not lease.lost:
-                        log.warning("node key %r deleted by another client: announcing again", key)
-                        session.start_background(self.announce, lease)
+                        log.warning(
+                            "node key %r deleted while its lease lives (another client, or "
+                            "the lease is ending): announcing again",
+                            key,
+                        )
+                        session.start_background(self.reannounce, lease)
 
         self.view.on_change(deleted)
 
