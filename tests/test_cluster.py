@@ -283,3 +283,23 @@ async def test_without_the_agents_view_a_node_hosts_and_listings_open_it(
             assert statuses == {"lh1": "running"}
             assert c.registry.watching and c.registry.get("lh1").node_id == "lazy-host"
             tg.cancel_scope.cancel()
+
+
+async def test_a_registration_made_under_the_new_lease_survives_the_renewal_hook(
+    etcd_config: Config,
+) -> None:
+    """The runtime may claim its agents under a replacement lease before the registry's
+    renewal hook runs: the hook must leave what was made under that lease alone."""
+    async with connect(etcd_config, node_id="n1") as c, connect(etcd_config, node_id="obs") as o:
+        first = c.session.lease
+        await c.registry.register("old", persistent=False)
+        await o.transport.lease_revoke(first.id)
+        with anyio.fail_after(etcd_config.ttl + 5):
+            await wait_until(lambda: c.session.lease.id != first.id)
+        new = await c.session.wait_lease()
+        reg = await c.registry.register("claimed", persistent=False)  # as the runtime does
+        assert reg.lease_id == new.id
+        await c.registry._reregister_all(new)  # the hook, run after the claim
+        assert set(c.registry.owned()) == {"claimed"}  # "old" went with its lease
+        assert await c.registry.unregister("claimed")  # still held: its key goes with it
+        assert await o.transport.get(etcd_config.keyspace.agent_live("claimed")) is None

@@ -347,12 +347,6 @@ class Registry:
             raise RegistrationsFailedError(failed, done)
         return done
 
-    def _mine(self, agent_id: str) -> tuple[_Owned, Registration]:
-        owned = self._owned.get(agent_id)
-        if owned is None or owned.registration is None:
-            raise AgentNotFoundError(agent_id, f"agent {agent_id!r} is not registered here")
-        return owned, owned.registration
-
     async def unregister(self, agent_id: str) -> bool:
         """Remove a registration this process holds.
 
@@ -402,7 +396,9 @@ class Registry:
         """
         validate_id(agent_id, "agent id")
         new_meta = json_object(meta, "meta")
-        owned, reg = self._mine(agent_id)
+        owned = self._owned.get(agent_id)
+        if owned is None or (reg := owned.registration) is None:
+            raise AgentNotFoundError(agent_id, f"agent {agent_id!r} is not registered here")
         value = encode_registration(self._node_id, owned.class_name, owned.capabilities, new_meta)
         res = await self._t.txn([reg.guard], [Op.put(reg.key, value, lease=reg.lease_id)])
         if not res.succeeded:
@@ -414,16 +410,18 @@ class Registry:
     async def _reregister_all(self, lease: Lease) -> None:
         """Register again, under the new lease, what the lost one held (the persistent ones).
 
-        All at once (``Coalescer.txn_many``); one that cannot be told yet (etcd unavailable,
-        or no answer) is tried again while the lease lives. One found live under this lease
-        is this process's own (an earlier attempt that was applied).
+        All at once (``txn_many``); an outcome not known yet is tried again while the lease
+        lives, and one found live under this lease is this process's own (an earlier try).
         """
         again: dict[str, _Owned] = {}
         for agent_id, owned in list(self._owned.items()):
-            owned.registration = None
+            reg = owned.registration
+            if reg is not None and reg.lease_id == lease.id:  # made under it already (the
+                continue  # runtime may claim its agents before this hook runs)
             if owned.persistent:
+                owned.registration = None
                 again[agent_id] = owned
-            else:
+            elif reg is not None:  # went with the lost lease (in flight: its own call ends)
                 del self._owned[agent_id]
         backoff = 0.05
         while again and not lease.lost:
