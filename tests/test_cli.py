@@ -220,6 +220,8 @@ USAGE_ERRORS = [
     (("node", "run", "--id", "n1", "--agents", "json"), ["--agents", "no @clustered class"]),
     (("node", "run", "--id", "n1", "--agents", "a-b"), ["--agents", "'a-b'"]),
     (("--tenant", "bad/tenant", "nodes"), ["argument --tenant", "'bad/tenant'"]),
+    (("audit", "list", "--since", "999999999999"), ["argument --since", "0 to 999999999998"]),
+    (("audit", "list", "--since", "-1"), ["argument --since", "-1"]),
 ]
 
 
@@ -349,6 +351,8 @@ SIGNAL_USAGE_ERRORS = [
     (("signals", "send", "a1", "bad type!"), ["argument TYPE", "'bad type!'"]),
     (("signals", "send", "a1", "count", "--data", "{x"), ["argument --data", "not JSON"]),
     (("signals", "send", "a1", "count", "--data", "NaN"), ["argument --data", "NaN is not JSON"]),
+    (("signals", "send", "a1", "count", "--data", "[1e999]"), ["argument --data", "out of range"]),
+    (("call", "a1", "add", "--args", '{"a": -1e999}'), ["argument --args", "out of range"]),
     (("signals", "send", "a1", "count", "--id", "bad id"), ["argument --id", "'bad id'"]),
     (
         ("signals", "send", "a1", "count", "--data", '"' + "x" * 70_000 + '"'),

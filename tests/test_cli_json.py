@@ -302,3 +302,14 @@ async def test_verbose_logs_with_timestamps_and_drain_shows_progress(etcd_config
     assert out.splitlines()[0] == "node va cordoned: 0 agent(s) to move", out
     stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
     assert re.search(rf"^{stamp} INFO foundation_etcd\.cli: node va cordoned", err, re.M), err
+
+
+async def test_an_empty_listing_says_the_revision_it_was_read_at(etcd_config: Config) -> None:
+    async with connect(etcd_config, node_id="e") as c:
+        await c.transport.put(etcd_config.keyspace.key("moved"), b"1")  # past revision 1
+        before = await c.transport.revision()
+        listings = {"ElectionList": "leaders", "LockList": "locks", "QuotaList": "quotas"}
+        for kind, command in listings.items():
+            doc = await cli_json(etcd_config, command, "-o", "json")
+            assert doc["kind"] == kind and doc["items"] == [], doc
+            assert doc["revision"] >= before, doc  # not 0

@@ -34,8 +34,8 @@ def _since(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be an integer, not {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {value}")
+    if not 0 <= value < 10**12 - 1:  # the records' sequence numbers are 1..10**12 - 1
+        raise argparse.ArgumentTypeError(f"must be 0 to {10**12 - 2}, not {value}")
     return value
 
 

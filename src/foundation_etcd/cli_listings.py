@@ -146,18 +146,20 @@ def _owners(kind: str, owners: list[fe.OwnershipSummary], rev: int) -> Listing:
 
 async def leaders_listing(c: fe.Cluster) -> Listing:
     """Every election with a candidate: its leader's value, token and lease."""
-    return _owners("ElectionList", await c.elections(), 0)
+    before = await c.transport.revision()  # an empty listing says it was read after this
+    return _owners("ElectionList", await c.elections(), before)
 
 
 async def locks_listing(c: fe.Cluster) -> Listing:
     """Every held lock: its holder, token, lease and waiters."""
-    return _owners("LockList", await c.locks(), 0)
+    before = await c.transport.revision()  # (-w reads again once etcd moves past it)
+    return _owners("LockList", await c.locks(), before)
 
 
 async def quotas_listing(c: fe.Cluster) -> Listing:
     """Every resource with a limit: limit, used, queued, reservations."""
     items = []
-    rev = 0
+    rev = await c.transport.revision()  # read before: -w reads again once etcd moves past it
     for resource in await c.quota_limits():
         u = await c.quotas.open_usage(resource)
         rev = max(rev, u.revision)
