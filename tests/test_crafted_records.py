@@ -75,6 +75,10 @@ async def test_crafted_registrations_stay_out_of_every_view(
         b'{"node": "x", "capabilities": "text"}',  # a str, not a list of names
         b'{"node": "x", "capabilities": [1, "a"]}',
         b'{"node": "x", "meta": [1]}',  # metadata that is not an object
+        b'{"node": "a/b", "capabilities": ["text"]}',  # a node id no node can have
+        b'{"node": "x", "capabilities": ["no spaces"]}',
+        # well formed, but under no lease: it would look live for ever
+        b'{"node": "x", "class": "", "capabilities": ["text"], "meta": {}}',
     ]
     async with connect(etcd_config, node_id="n1") as c:
         await c.registry.register("ok", capabilities=["text"])
@@ -85,11 +89,12 @@ async def test_crafted_registrations_stay_out_of_every_view(
             await c.transport.put(key, v)
         # one transaction: a crafted key beside a valid one, and a valid one spoiled
         good = b'{"node": "x", "class": "", "capabilities": ["text"], "meta": {}}'
+        lease = (await c.transport.lease_grant(60)).id
         res = await c.transport.txn(
             [],
             [
                 Op.put(live + b"\xfe", b"{}"),
-                Op.put(ks.agent_live("zgood"), good),
+                Op.put(ks.agent_live("zgood"), good, lease=lease),
                 Op.put(ks.agent_live("spoiled"), value),
             ],
         )
@@ -120,6 +125,11 @@ async def test_a_node_key_naming_another_node_does_not_stand_in_for_it(
             lease = await n2.transport.lease_grant(60)
             await n2.transport.put(ks.nodes_prefix() + b"zzz", forged)  # no lease
             await n2.transport.put(ks.nodes_prefix() + b"yyy", forged, lease=lease.id)
+            for bad in (b"a/b", b"_x", b"has space", b"n" * 300):  # ids no node can have
+                crafted = b'{"node_id": "%s", "capacity": {"cpu": 1000}}' % bad
+                await n2.transport.put(ks.nodes_prefix() + bad, crafted, lease=lease.id)
+            crafted = b'{"node_id": "n9", "capacity": {"c p u": 8}}'  # a bad resource name
+            await n2.transport.put(ks.nodes_prefix() + b"n9", crafted, lease=lease.id)
             rev = (await n2.transport.put(ks.nodes_prefix() + b"\xff", forged)).revision
             await n2.wait_for(rev)
             n1_seen = n2.node("n1")

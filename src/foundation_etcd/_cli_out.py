@@ -72,16 +72,24 @@ class Listing:
         return [[_cell(item.get(f)) for _, f in self.columns] for item in self.items]
 
 
+# C0 and C1 control characters (but the whitespace that ``split`` collapses) shown as "?"
+_CONTROLS = {c: "?" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if chr(c) not in "\t\n\r"}
+
+
 def _cell(value: Any) -> str:
     if value is None or value == "" or value == [] or value == {}:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, dict):
-        return ",".join(f"{k}={v}" for k, v in sorted(value.items()))
-    if isinstance(value, list | tuple | set | frozenset):
-        return ",".join(str(v) for v in value)
-    return " ".join(str(value).split())  # one line per row
+        text = ",".join(f"{k}={v}" for k, v in sorted(value.items()))
+    elif isinstance(value, list | tuple | set | frozenset):
+        text = ",".join(str(v) for v in value)
+    else:
+        text = str(value)
+    # one line per row, and nothing a terminal would act on (a value from etcd may hold
+    # escape sequences that clear or repaint the operator's screen)
+    return " ".join(text.translate(_CONTROLS).split())
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO | None = None) -> None:

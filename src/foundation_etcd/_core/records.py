@@ -146,8 +146,11 @@ def parse_node(kv: KeyValue, prefix: bytes) -> NodeInfo | None:
         caps = d.get("capabilities", [])
         if not isinstance(node_id, str) or kv.key != prefix + node_id.encode() or not kv.lease:
             raise ValueError("not the announcement of the node its key names")
+        validate_id(node_id, "node id")  # one an operator can name (cordon, drain) too
         if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
             raise ValueError("capabilities are not a list of names")
+        for name in (*caps, *d.get("capacity", {})):
+            validate_id(name, "capability or resource")
         return NodeInfo(
             node_id=node_id,
             # a capacity the library would not write (negative, fractional, huge) is no

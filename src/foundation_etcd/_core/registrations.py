@@ -117,8 +117,10 @@ def parse_registration(suffix: bytes, kv: KeyValue) -> AgentInfo | None:
         node, cls = data.get("node", ""), data.get("class", "")
         if agent_id is None or not isinstance(caps, list) or not isinstance(meta, dict):
             raise ValueError("not a registration")
-        if not all(isinstance(x, str) for x in (node, cls, *caps)):
-            raise ValueError("not a registration")
+        if not all(isinstance(x, str) for x in (node, cls, *caps)) or not kv.lease:
+            raise ValueError("not a registration")  # (one lives under its process's lease)
+        for name, what in ((node, "node id"), *((c, "capability") for c in caps)):
+            validate_id(name, what)
     except (ValueError, TypeError, AttributeError):
         log.warning("ignoring malformed registration at %r", kv.key)
         return None

@@ -1,0 +1,29 @@
+"""The table output never passes a terminal control sequence from etcd to the operator."""
+
+from __future__ import annotations
+
+import json
+
+from foundation_etcd._cli_out import Listing, render
+
+
+def test_control_characters_from_etcd_values_are_not_printed() -> None:
+    hostile = "\x1b[2J\x1b[31mRED\x1b[0m\x07\x9b1m\x00end"
+    listing = Listing(
+        "NodeList",
+        [("NODE", "node"), ("ADDRESS", "address"), ("CAPACITY", "capacity")],
+        [{"node": "n1", "address": hostile, "capacity": {"cpu": hostile}}],
+        7,
+    )
+    text = render(listing, "table")
+    assert not any(ord(ch) < 0x20 and ch != "\n" for ch in text), repr(text)
+    assert not any(0x7F <= ord(ch) < 0xA0 for ch in text), repr(text)
+    assert "?[2J?[31mRED?[0m??1m?end" in text
+    # JSON keeps every character, escaped
+    doc = json.loads(render(listing, "json"))
+    assert doc["items"][0]["address"] == hostile
+
+
+def test_whitespace_is_still_one_line_per_row() -> None:
+    listing = Listing("X", [("A", "a")], [{"a": "one\ttwo\nthree\r\nfour"}])
+    assert render(listing, "table").splitlines()[1] == "one two three four"
