@@ -104,6 +104,28 @@ async def test_edit_delete_swap_are_each_found_by_seq(etcd_config: Config) -> No
             assert (7, "malformed") in problems(await log.verify())
 
 
+async def test_keys_that_are_no_records_are_named_and_leave_the_chain_alone(
+    etcd_config: Config,
+) -> None:
+    with anyio.fail_after(20):
+        async with open_transport(etcd_config) as t:
+            ks = etcd_config.keyspace
+            log = AuditLog(t, ks, actor="n1")
+            await fill(log, 2)
+            prefix = ks.audit_records_prefix()
+            one = await t.get(ks.audit_record(1))
+            assert one is not None
+            for junk in (b"abc", b"5", b"000000000000", b"0000000000019"):  # another client's
+                await t.put(prefix + junk, one.value)
+            report = await log.verify()
+            assert problems(report) == {(0, "malformed")}, report.problems
+            assert len(report.problems) == 4 and report.records == 2, report
+            assert all("not a record's key" in p.message for p in report.problems)
+            assert [r.seq for r in await log.records()] == [1, 2]
+            await log.append("more", {})  # the chain goes on past them
+            assert [r.seq for r in await log.records()] == [1, 2, 3]
+
+
 async def test_signatures(etcd_config: Config) -> None:
     key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     with anyio.fail_after(20):

@@ -169,7 +169,8 @@ class AuditLog:
             if keep is not None:
                 through = seq - keep
                 oldest = (await self._t.range(Op.get(prefix, prefix=True, limit=1))).first
-                if through <= 0 or oldest is None or _seq_of(self._ks, oldest) > through:
+                first = None if oldest is None else _seq_of(self._ks, oldest)
+                if through <= 0 or first is None or first > through:
                     return None
                 cut = digest
                 if keep:
@@ -261,6 +262,8 @@ class AuditLog:
         out = []
         for kv in kvs:
             try:
+                if _seq_of(self._ks, kv) is None:
+                    raise ValueError("not a record's key")
                 out.append(AuditRecord.decode(kv.value))
             except ValueError:
                 log.warning("skipping malformed audit record at %r", kv.key)
@@ -294,6 +297,9 @@ class AuditLog:
         recs: list[tuple[int, AuditRecord | None]] = []
         for kv in kvs:
             key_seq = _seq_of(self._ks, kv)
+            if key_seq is None:  # not in the chain: said, and left out of its order
+                problems.append(AuditProblem(0, "malformed", f"not a record's key: {kv.key!r}"))
+                continue
             try:
                 rec: AuditRecord | None = AuditRecord.decode(kv.value)
             except ValueError as exc:
@@ -351,9 +357,12 @@ class AuditLog:
         return VerifyReport(len(recs), first, head_seq, rev, public_keys is not None, problems)
 
 
-def _seq_of(ks: Keyspace, kv: KeyValue) -> int:
+def _seq_of(ks: Keyspace, kv: KeyValue) -> int | None:
+    """The seq of a record's key; ``None`` for a key ``append`` never writes."""
     tail = kv.key[len(ks.audit_records_prefix()) :]
-    return int(tail) if tail.isdigit() else 0
+    if len(tail) != 12 or not tail.isdigit() or int(tail) == 0:
+        return None
+    return int(tail)
 
 
 def _checkpoint(rec: AuditRecord) -> bool:
