@@ -599,3 +599,15 @@ async def test_a_bad_publish_is_refused_before_anything_is_read(
         with pytest.raises(ValueError, match="expires_in"):  # True is no number of seconds
             await c.send("someone", "t", None, expires_in=True)
         assert await c.transport.revision() == before
+
+
+async def test_an_inbox_listing_says_how_many_entries_are_no_signal(
+    etcd_config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    ks = etcd_config.keyspace
+    async with connect(etcd_config, node_id="n", hosts_agents=False) as c:
+        await c.transport.put(ks.inbox("quiet", "junk-1"), b"not a signal")
+        await c.transport.put(ks.inbox("quiet", "junk-2"), b"[]")
+        with caplog.at_level("WARNING", logger="foundation_etcd.signals"):
+            assert await c.inbox("quiet") == []
+        assert "2 of 2 entries are no signal" in caplog.text, caplog.text

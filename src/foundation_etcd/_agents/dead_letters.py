@@ -8,6 +8,7 @@ transaction that also deletes it, admitted like a send (the inbox bound holds).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ from .._core.signals import Signal, decode_signal, encode_signal
 from .signals import SEND_ATTEMPTS, SendResult, Signals, admission, probe
 
 __all__ = ["DeadLetter", "dead_letter_of", "dead_letters", "encode_letter", "inbox", "redrive"]
+
+log = logging.getLogger("foundation_etcd.signals")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,13 @@ async def inbox(s: Signals, agent_id: str, *, limit: int = 1000) -> list[Signal]
         )
         if stored is not None:
             out.append(stored.signal.with_attempt(stored.failures + 1, kv.create_revision, None))
+    if len(out) < len(res.kvs):  # said, not hidden: the deliverer dead-letters them
+        log.warning(
+            "inbox of %r: %d of %d entries are no signal (left out; delivery dead-letters them)",
+            agent_id,
+            len(res.kvs) - len(out),
+            len(res.kvs),
+        )
     return out
 
 
