@@ -68,6 +68,9 @@ def test_key_commands_end_to_end(
         key_id
     )
     assert cli("tenant", "trust", "default", str(keys)).returncode == 2  # not a public key
+    long = cli("tenant", "trust", "default", str(pem) + ".pub", "--label", "x" * 100_000)
+    assert long.returncode == 2 and "argument --label" in long.stderr  # before any I/O
+    assert "at most 256 characters" in long.stderr and len(long.stderr) < 2_000
     listed = json.loads(cli("tenant", "signers", "default", "-o", "json").stdout)
     assert [(i["key_id"], i["label"]) for i in listed["items"]] == [(key_id, "n1")]
     assert "no longer trusted" in cli("tenant", "untrust", "default", key_id).stdout

@@ -611,3 +611,14 @@ async def test_an_inbox_listing_says_how_many_entries_are_no_signal(
         with caplog.at_level("WARNING", logger="foundation_etcd.signals"):
             assert await c.inbox("quiet") == []
         assert "2 of 2 entries are no signal" in caplog.text, caplog.text
+
+
+async def test_redriving_a_dead_letter_with_no_readable_signal_says_so(
+    etcd_config: Config,
+) -> None:
+    ks = etcd_config.keyspace
+    async with connect(etcd_config, node_id="n", hosts_agents=False) as c:
+        await c.transport.put(ks.dead_letter("quiet", "d1"), b"not a dead letter")
+        with pytest.raises(fe.SignalError, match="no readable signal") as info:
+            await c.redrive("quiet", "d1")
+        assert "delete it with etcdctl" in str(info.value)

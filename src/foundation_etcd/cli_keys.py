@@ -48,6 +48,14 @@ async def _keygen(cfg: fe.Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _label(text: str) -> str:
+    """A signer's label: printable, at most 256 characters (checked before anything is sent)."""
+    if len(text) > 256 or not text.isprintable():
+        shown = repr(text[:40]) + ("..." if len(text) > 40 else "")
+        raise argparse.ArgumentTypeError(f"must be printable, at most 256 characters: {shown}")
+    return text
+
+
 async def _rotate(cfg: fe.Config, args: argparse.Namespace) -> int:
     if cfg.keyring is None:
         print(
@@ -200,7 +208,7 @@ def add_commands(
     trust = tenant.add_parser("trust", help="trust a public key to sign a tenant's signals")
     trust.add_argument("tenant", type=tenant_id, metavar="TENANT")
     trust.add_argument("public_key", type=_public_key_file, metavar="PUBLIC_KEY_FILE")
-    trust.add_argument("--label", default="", metavar="TEXT", help="what the key is")
+    trust.add_argument("--label", default="", type=_label, metavar="TEXT", help="what the key is")
     trust.set_defaults(fn=_trust, parser=trust)
     untrust = tenant.add_parser("untrust", help="stop trusting a signing key")
     untrust.add_argument("tenant", type=tenant_id, metavar="TENANT")

@@ -244,5 +244,6 @@ class SignalMethods:
         Raises:
             KeyError: no such dead letter.
             AgentNotFoundError, InboxFullError: as :meth:`send` (the dead letter stays).
+            SignalError: the dead letter holds no signal that can be read.
         """
         return await dead_letters.redrive(self.signals, agent_id, signal_id)

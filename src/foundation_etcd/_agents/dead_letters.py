@@ -19,6 +19,7 @@ from .._core.errors import (
     InboxFullError,
     RequestTooLargeError,
     SerializationError,
+    SignalError,
 )
 from .._core.keys import Keyspace, prefix_end
 from .._core.kv import Compare, KeyValue, Op
@@ -126,6 +127,7 @@ async def redrive(s: Signals, agent_id: str, signal_id: str) -> SendResult:
         KeyError: no such dead letter.
         AgentNotFoundError: the agent is no longer spawned.
         InboxFullError: no room (the dead letter stays).
+        SignalError: the dead letter holds no signal that can be read (another client's).
     """
     ks = s.keyspace
     dead_key = ks.dead_letter(agent_id, signal_id)
@@ -135,7 +137,10 @@ async def redrive(s: Signals, agent_id: str, signal_id: str) -> SendResult:
             raise KeyError(f"no dead letter {signal_id!r} for agent {agent_id!r}")
         letter = dead_letter_of(ks, dead)
         if letter.signal is None:
-            raise SerializationError("dead letter", "its signal is undecodable: fix or delete")
+            raise SignalError(
+                f"dead letter {signal_id!r} of {agent_id!r} holds no readable signal: nothing "
+                f"to redrive (delete it with etcdctl: {dead.key.decode(errors='replace')})"
+            )
         value = encode_signal(letter.signal, s.config.signal_max_bytes)
         bound, bump = admission(ks, agent_id, s.window(agent_id), s.config.signal_inbox_limit)
         res = await s.transport.txn(

@@ -85,7 +85,10 @@ class TrustMethods:
         ks = self.keyspace(tenant)
         key = load_public_key(public_key, "public key")
         if not isinstance(label, str) or len(label) > _MAX_LABEL or not label.isprintable():
-            raise ConfigurationError("label", f"must be printable, at most {_MAX_LABEL}: {label!r}")
+            shown = repr(label[:40]) + ("..." if len(label) > 40 else "")
+            raise ConfigurationError(
+                "label", f"must be printable, at most {_MAX_LABEL} characters: {shown}"
+            )
         key_id = key_id_of(key)
         record = {
             "public_key": base64.b64encode(public_bytes(key)).decode(),

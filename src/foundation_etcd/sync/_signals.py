@@ -142,5 +142,6 @@ class SignalMethods(SyncWrapper[_fe.Cluster]):
         Raises:
             KeyError: no such dead letter.
             AgentNotFoundError, InboxFullError: as :meth:`send` (the dead letter stays).
+            SignalError: the dead letter holds no signal that can be read.
         """
         return self._portal.call(lambda: self._obj.redrive(agent_id, signal_id))
