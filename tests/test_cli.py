@@ -634,6 +634,36 @@ def test_a_listing_into_a_closed_pipe_ends_quietly(
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
 
 
+def test_a_watch_whose_reader_leaves_ends_while_nothing_changes(
+    etcd_endpoints: list[str], etcd_namespace: str
+) -> None:
+    """`nodes -w | head -1`: the first listing is read, then the reader goes; no change
+    follows, so nothing is written that could fail: the watch must notice by itself."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "foundation_etcd.cli",
+            *("--endpoints", ",".join(etcd_endpoints), "--namespace", etcd_namespace),
+            *("nodes", "-w"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith("# revision")
+        proc.stdout.close()  # the reader leaves
+        assert proc.wait(15) == 141
+        assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()  # type: ignore[union-attr]
+
+
 def test_ctrl_c_while_the_command_line_loads_exits_130_quietly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

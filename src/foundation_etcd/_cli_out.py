@@ -20,6 +20,7 @@ import dataclasses
 import io
 import json
 import logging
+import select
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -158,7 +159,20 @@ async def show(
                     print(text, flush=True)
                 else:
                     print(render(listing, output, compact=True), flush=True)
+        if _reader_gone():  # nothing written while nothing changes: no EPIPE to say it
+            raise BrokenPipeError("standard output was closed")
         await anyio.sleep(WATCH_POLL)
+
+
+def _reader_gone() -> bool:
+    """Whether standard output is a pipe whose reader went away (``-w | head -1``)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        events = poller.poll(0)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return False  # not a file descriptor (a test's buffer), or no poll here
+    return any(mask & (select.POLLERR | select.POLLHUP) for _, mask in events)
 
 
 def _unrevised(listing: Listing) -> Listing:
