@@ -294,6 +294,11 @@ async def test_runtime_errors_are_one_line(
     out = await anyio.to_thread.run_sync(run, "quota", "show", "gpu")
     assert_one_line_error(out, 1, "no quota limit is set for resource 'gpu'")
     assert "limit None" not in out.stdout
+    cfg = Config(endpoints=tuple(etcd_endpoints), namespace=etcd_namespace)
+    async with open_transport(cfg) as t:  # another client stores a limit of -5
+        await t.put(cfg.keyspace.quota_limit("neg"), b"-5")
+    out = await anyio.to_thread.run_sync(run, "quota", "show", "neg")
+    assert_one_line_error(out, 1, "the stored quota limit of resource 'neg' is malformed")
     for command in ("drain", "cordon", "uncordon"):
         out = await anyio.to_thread.run_sync(run, "node", command, "ghost")
         assert_one_line_error(out, 1, "node 'ghost' is unknown")

@@ -77,7 +77,8 @@ from . import (
 )
 from ._cli_args import PROG, client_id, fail, id_type
 from ._cli_out import add_output, setup_logging
-from ._core.amounts import MAX_AMOUNT, check_capacity, check_limit
+from ._core.admission import decode_or_none
+from ._core.amounts import MAX_AMOUNT, check_capacity, check_limit, stored_limit
 from .cli_audit import add_commands as add_audit_commands
 from .cli_health import add_health_options, health_without_session, start_health
 from .cli_keys import add_commands as add_key_commands
@@ -271,6 +272,13 @@ async def _quota(cfg: Config, args: argparse.Namespace) -> int:
     async with connect(cfg, node_id=client_id(), hosts_agents=False) as c:
         if args.quota_command == "set":
             await c.quotas.set_limit(args.resource, args.limit)
+        stored = await c.transport.get(c.keyspace.quota_limit(args.resource))
+        if stored is not None and stored_limit(decode_or_none(stored.value)) is None:
+            raise _Failure(
+                f"the stored quota limit of resource {args.resource!r} is malformed (another "
+                f"client wrote it; nothing is admitted against it): `{PROG} quota set "
+                f"{args.resource} LIMIT` replaces it"
+            )
         u = await c.quotas.open_usage(args.resource)
         if u.limit is None:
             raise _Failure(
