@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -666,6 +667,41 @@ def test_a_watch_whose_reader_leaves_ends_while_nothing_changes(
     finally:
         proc.kill()
         proc.wait()
+        proc.stderr.close()  # type: ignore[union-attr]
+
+
+def test_a_watch_whose_etcd_pauses_ends_with_one_line_naming_it(
+    etcd_factory: Any, etcd_namespace: str
+) -> None:
+    """A SIGSTOPped member keeps its connection open and answers nothing: `-w` says so."""
+    server = etcd_factory()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "foundation_etcd.cli",
+            *("--endpoints", server.endpoint, "--namespace", etcd_namespace),
+            *("nodes", "-w"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONWARNINGS="ignore"),
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith("# revision")
+        server.pause()
+        assert proc.wait(30) == 1
+        err = proc.stderr.read()  # type: ignore[union-attr]
+        lines = [line for line in err.splitlines() if line.startswith("foundation-etcd:")]
+        assert len(lines) == 1 and f"etcd at {server.endpoint} stopped answering" in lines[0]
+        assert "Traceback" not in err, err
+    finally:
+        server.resume()
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
 
 

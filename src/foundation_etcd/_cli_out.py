@@ -29,7 +29,7 @@ from typing import Any, TextIO
 
 import anyio
 
-from foundation_etcd import lowlevel
+from foundation_etcd import EtcdError, EtcdUnavailableError, lowlevel
 
 __all__ = ["WATCH_POLL", "Listing", "add_output", "render", "setup_logging", "show", "table"]
 
@@ -145,7 +145,11 @@ async def show(
     seen_rev = -1
     last = ""
     while True:
-        rev = (await transport.status()).revision
+        try:
+            rev = (await transport.status()).revision
+        except EtcdError as exc:  # name what stopped answering, as a connect would
+            where = ", ".join(transport.config.endpoints)
+            raise EtcdUnavailableError(f"etcd at {where} stopped answering ({exc})") from exc
         if rev != seen_rev:
             seen_rev = rev
             listing = await build()
