@@ -53,15 +53,30 @@ async def test_unreadable_specs_and_assignments_stop_no_node(
             await c.transport.put(ks.agent_assign("bad-assign"), value)
             await c.transport.put(ks.agent_assigns_prefix() + b"\xff", assigned)
             await c.transport.put(ks.agent_specs_prefix() + b"bad/id", b'{"class": "x"}')
+            # an assignment naming a node id no node can have (failover and despawn build
+            # keys from it)
+            spec = b'{"class": "crafted-worker", "critical": true}'
+            await c.transport.put(ks.agent_spec("bad-node"), spec)
+            bad_node = b'{"node": "no/such", "status": "assigned"}'
+            await c.transport.put(ks.agent_assign("bad-node"), bad_node)
             await c.spawn(Worker, "after")  # the node still places and runs agents
             with anyio.fail_after(10):
                 await wait_until(lambda: started == ["before", "after"])
             states = {a.agent_id: a.state for a in await c.agents()}
             # the unreadable assignment is read as failed (nobody runs it); the unreadable
             # spec is left out
-            assert states == {"before": "running", "after": "running", "bad-assign": "failed"}
+            assert states == {
+                "before": "running",
+                "after": "running",
+                "bad-assign": "failed",
+                "bad-node": "failed",
+            }
+            await c.despawn("bad-node")  # it can be removed
+            await c.spawn(Worker, "last")  # and serve() (failover included) runs on
+            with anyio.fail_after(10):
+                await wait_until(lambda: started == ["before", "after", "last"])
             assert [t["name"] for t in await c.tools()] == []  # Worker has no actions
-            assert c.runtime is not None and set(c.runtime.hosted) == {"before", "after"}
+            assert c.runtime is not None and set(c.runtime.hosted) == {"before", "after", "last"}
             tg.cancel_scope.cancel()
 
 

@@ -298,6 +298,8 @@ def decode_assignment(kv: KeyValue | None) -> Assignment:
         node, raw, reason = d.get("node"), d.get("status", "assigned"), d.get("reason", "")
         if not (node is None or isinstance(node, str)) or not isinstance(raw, str):
             raise ValueError("not an assignment")
+        if node is not None:
+            validate_id(node, "node id")  # every key built from it must be one of the layout
     except (ValueError, AttributeError):
         log.warning("unreadable assignment at %r: read as failed", kv.key)
         return Assignment(None, AssignmentStatus.FAILED, "unreadable assignment record")
