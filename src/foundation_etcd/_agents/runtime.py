@@ -11,9 +11,11 @@ unknown name is refused and reported on the assignment). For each agent it:
 2. reads the last checkpoint ``agents/state/{id}`` and calls ``restore_state(state)``;
 3. instantiates the class with the spec's ``args``, calls ``on_start(ctx)`` and runs
    ``run(ctx)`` if the class has one;
-4. restarts it locally after a failure, by its ``RestartPolicy``, with backoff;
-5. when the assignment moves away (drain, despawn), stops it gracefully: a final
-   checkpoint from ``get_state()``, then ``on_stop()``, then the live key is deleted.
+4. restarts it locally after a failure, by its ``RestartPolicy``, with backoff (etcd failing
+   before the agent's code ran is no failure of the agent: it is tried again);
+5. when the assignment moves away (drain, despawn, a new spawn of the id), stops it: within
+   ``on_start``, by cancelling it; after, with a final checkpoint from ``get_state()``, then
+   ``on_stop()``; then the live key is deleted.
 
 Guarantees:
     * ``ctx.save_state(state)`` writes only while ``create_revision(live key) ==
@@ -39,7 +41,7 @@ import anyio
 from .._coord.coalesce import Coalescer
 from .._coord.waits import wait_deleted
 from .._core import metrics
-from .._core.background import background_tasks, cleanup_scope
+from .._core.background import background_tasks, cleanup_scope, unless_set
 from .._core.checkpoints import decode_state, encode_state
 from .._core.errors import (
     AgentExistsError,
@@ -52,10 +54,11 @@ from .._core.kv import Compare, Op
 from .._core.records import (
     AgentSpec,
     AssignmentStatus,
+    Desired,
     decode_assignment,
+    desired_here,
     encode_assignment,
 )
-from .._core.registrations import agent_id_of
 from .._transport import Transport
 from .agent import AgentContext, RestartPolicy, agent_classes, call_hook, cluster_spec
 from .delivery import Deliverer, RetentionLease
@@ -120,6 +123,8 @@ class AgentRunContext(AgentContext):
 
 @dataclass(slots=True)
 class _Hosted:
+    spawned_at: int = 0  # the spec's create revision: which spawn of the id this is
+    ran: bool = False  # the agent's own code has run in this attempt
     stop: anyio.Event = field(default_factory=anyio.Event)
     incarnation: int = 0
     status: str = "starting"
@@ -172,6 +177,7 @@ class NodeRuntime:
         self._on_event = on_event
         self.hosted: dict[str, _Hosted] = {}
         self.refused: dict[str, str] = {}
+        self._refused_at: dict[str, int] = {}  # the assignment (mod revision) refused
         self._wake: Callable[[], None] = lambda: None
         self._decoded: dict[bytes, tuple[int, Any]] = {}
 
@@ -224,61 +230,49 @@ class NodeRuntime:
             for remove in removers:
                 remove()
 
-    def _desired(self, spec_view: Any, assign_view: Any) -> dict[str, AgentSpec]:
-        out = {}
-        seen = self._decoded  # each value is decoded once per revision, not per change
-        fresh: dict[bytes, tuple[int, Any]] = {}
-        for kv in assign_view.items().values():
-            hit = seen.get(kv.key)
-            if hit is None or hit[0] != kv.mod_revision:
-                hit = (kv.mod_revision, decode_assignment(kv))
-            fresh[kv.key] = hit
-            node, status, _ = hit[1]
-            if node != self._node_id or status is not AssignmentStatus.ASSIGNED:
-                continue
-            agent_id = agent_id_of(kv.key[len(self._scheduler.assign_prefix) :])
-            spec_kv = None if agent_id is None else spec_view.get(self._ks.agent_spec(agent_id))
-            if spec_kv is not None and agent_id is not None:
-                hit = seen.get(spec_kv.key)
-                if hit is None or hit[0] != spec_kv.mod_revision:  # None: unreadable, skipped
-                    hit = (spec_kv.mod_revision, AgentSpec.read(agent_id.encode(), spec_kv.value))
-                fresh[spec_kv.key] = hit
-                if hit[1] is not None:
-                    out[agent_id] = hit[1]
-        self._decoded = fresh
-        return out
-
     def _reconcile(self, tg: Any, spec_view: Any, assign_view: Any) -> None:
-        desired = self._desired(spec_view, assign_view)
+        desired, self._decoded = desired_here(
+            self._node_id,
+            assign_view.items().values(),
+            self._scheduler.assign_prefix,
+            lambda agent_id: spec_view.get(self._ks.agent_spec(agent_id)),
+            self._decoded,
+        )
         for agent_id, hosted in list(self.hosted.items()):
-            if agent_id not in desired and not hosted.stop.is_set():
+            want = desired.get(agent_id)  # a new spawn of the id replaces the instance
+            if (want is None or want.spawned_at != hosted.spawned_at) and not hosted.stop.is_set():
                 self._event("stopping", agent=agent_id, reason="assignment moved or removed")
                 hosted.stop.set()
-        for agent_id, spec in desired.items():
-            if agent_id not in self.hosted and agent_id not in self.refused:
-                hosted = self.hosted[agent_id] = _Hosted()
-                tg.start_soon(self._host, agent_id, spec, hosted)
+        for agent_id, want in desired.items():
+            if self._refused_at.get(agent_id, -1) == want.assigned_at:
+                continue  # given up on this very assignment (a new one is tried afresh)
+            self.refused.pop(agent_id, None), self._refused_at.pop(agent_id, None)
+            if agent_id not in self.hosted:
+                hosted = self.hosted[agent_id] = _Hosted(spawned_at=want.spawned_at)
+                tg.start_soon(self._host, agent_id, want, hosted)
 
-    async def _refuse(self, agent_id: str, reason: str) -> None:
-        self.refused[agent_id] = reason
+    async def _refuse(self, agent_id: str, reason: str, assigned_at: int) -> None:
+        self.refused[agent_id], self._refused_at[agent_id] = reason, assigned_at
         self._event("refused", agent=agent_id, reason=reason)
         key = self._ks.agent_assign(agent_id)
-        kv = await self._transport.get(key)
-        node, status, _ = decode_assignment(kv)
-        if kv is not None and node == self._node_id and status is AssignmentStatus.ASSIGNED:
-            await self._transport.txn(
-                [Compare.mod_revision(key) == kv.mod_revision],
-                [Op.put(key, encode_assignment(node, AssignmentStatus.FAILED, reason))],
-            )
+        try:  # reported on the assignment, best effort: refused here either way
+            kv = await self._transport.get(key)
+            node, status, _ = decode_assignment(kv)
+            if kv is not None and node == self._node_id and status is AssignmentStatus.ASSIGNED:
+                await self._transport.txn(
+                    [Compare.mod_revision(key) == kv.mod_revision],
+                    [Op.put(key, encode_assignment(node, AssignmentStatus.FAILED, reason))],
+                )
+        except EtcdError as exc:
+            log.warning("could not mark %s failed on its assignment: %s", agent_id, exc)
 
-    async def _host(self, agent_id: str, spec: AgentSpec, hosted: _Hosted) -> None:
+    async def _host(self, agent_id: str, want: Desired, hosted: _Hosted) -> None:
+        spec = want.spec
         try:
             cls = self._classes.get(spec.class_name)
             if cls is None:
-                await self._refuse(
-                    agent_id,
-                    f"class {spec.class_name!r} is not registered on node {self._node_id!r}",
-                )
+                where = f"class {spec.class_name!r} is not registered on node {self._node_id!r}"
+                await self._refuse(agent_id, where, want.assigned_at)
                 return
             cs = cluster_spec(cls)
             policy = cs.restart if cs is not None else RestartPolicy()
@@ -297,12 +291,15 @@ class NodeRuntime:
                         return  # the scheduler moved it while this node was out
                     continue
                 except Exception as exc:
-                    now = time.monotonic()
-                    failures = [t for t in failures if now - t < policy.window] + [now]
-                    self._event("crashed", agent=agent_id, error=repr(exc))
-                    if policy.mode == "never" or len(failures) > policy.max_restarts:
-                        await self._refuse(agent_id, f"failed: {exc!r}")
-                        return
+                    if isinstance(exc, EtcdError) and not hosted.ran:  # etcd's, not the agent's
+                        self._event("waiting", agent=agent_id, reason=f"etcd: {exc}")
+                    else:
+                        now = time.monotonic()
+                        failures = [t for t in failures if now - t < policy.window] + [now]
+                        self._event("crashed", agent=agent_id, error=repr(exc))
+                        if policy.mode == "never" or len(failures) > policy.max_restarts:
+                            await self._refuse(agent_id, f"failed: {exc!r}", want.assigned_at)
+                            return
                     with anyio.move_on_after(delay):
                         await hosted.stop.wait()
                     delay = min(delay * 2, 30.0)
@@ -312,12 +309,16 @@ class NodeRuntime:
             self._wake()  # reassigned here while it was stopping: reconcile again
 
     async def _still_mine(self, agent_id: str) -> bool:
-        """Whether the agent is still assigned here (a linearizable read)."""
-        await self._session.wait_lease()
-        node, status, _ = decode_assignment(
-            await self._transport.get(self._ks.agent_assign(agent_id))
-        )
-        return node == self._node_id and status is AssignmentStatus.ASSIGNED
+        """Whether the agent is still assigned here (a linearizable read, until one answers)."""
+        while True:
+            await self._session.wait_lease()
+            try:
+                kv = await self._transport.get(self._ks.agent_assign(agent_id))
+            except EtcdError:
+                await anyio.sleep(0.5)
+                continue
+            node, status, _ = decode_assignment(kv)
+            return node == self._node_id and status is AssignmentStatus.ASSIGNED
 
     async def _claim(self, agent_id: str, spec: AgentSpec, hosted: _Hosted) -> int | None:
         """Create the live key, waiting out a previous incarnation's key.
@@ -347,22 +348,13 @@ class NodeRuntime:
                     )
                     continue
                 self._event("waiting", agent=agent_id, holder=exc.node_id)
-                async with anyio.create_task_group() as tg:
-
-                    async def gone(key: bytes = live.key, after: int = live.mod_revision) -> None:
-                        await wait_deleted(self._transport, key, after)
-                        tg.cancel_scope.cancel()
-
-                    async def stopped() -> None:
-                        await hosted.stop.wait()
-                        tg.cancel_scope.cancel()
-
-                    tg.start_soon(gone)
-                    tg.start_soon(stopped)
+                await unless_set(
+                    hosted.stop, wait_deleted, self._transport, live.key, live.mod_revision
+                )
         return None
 
     async def _run_once(self, agent_id: str, spec: AgentSpec, cls: type, hosted: _Hosted) -> None:
-        ks = self._ks
+        ks, hosted.ran = self._ks, False
         claimed = await self._claim(agent_id, spec, hosted)
         if claimed is None:
             return
@@ -371,6 +363,7 @@ class NodeRuntime:
         try:
             kv = await self._transport.get(ks.agent_state(agent_id))
             restored = decode_state(kv, self._transport.config.keyring)
+            hosted.ran = True
             agent = cls(**spec.args)
             if restored is not None:
                 await call_hook(agent, "restore_state", restored)
@@ -387,7 +380,8 @@ class NodeRuntime:
             deliverer = hosted.deliverer = self._deliverer(ctx, agent, restored)
             if deliverer is not None:
                 object.__setattr__(ctx, "_handling", deliverer.handling)
-            await call_hook(agent, "on_start", ctx)
+            if not await unless_set(hosted.stop, call_hook, agent, "on_start", ctx):
+                return  # told to stop (drain, despawn) while it started: nothing more runs
             hosted.status = "running"
             self._event(
                 "started", agent=agent_id, incarnation=incarnation, restored=restored is not None

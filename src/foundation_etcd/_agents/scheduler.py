@@ -17,6 +17,9 @@ Guarantees:
       ``nodes-res/{node}/``): concurrent spawners never exceed a node's capacity; a loser
       re-reads and chooses again.
     * **Spawn is create-only**: a second spawn of a live spec raises ``AgentExistsError``.
+    * **Despawn frees what the agent holds**: its spec, assignment and node reservation go
+      in one transaction that compares the assignment read (a drain or a failover moving
+      it meanwhile makes it read again), so no reservation is left on any node.
     * **A cordoned node gets no new agent.** Every placement transaction also compares that
       the chosen node's cordon key is absent, so once ``Drain.cordon`` has returned, no
       scheduler in any process can place an agent there, whatever its views had seen; the
@@ -40,19 +43,10 @@ from .._coord.ownership import Ownership
 from .._coord.watch import ChangeKind, ViewChange, WatchedView
 from .._core import codec as _codec
 from .._core.amounts import ANY_RESOURCE, BLOCKING, check_amounts
-from .._core.errors import (
-    AgentExistsError,
-    AgentNotFoundError,
-    NoNodeFitsError,
-)
+from .._core.errors import AgentExistsError, AgentNotFoundError, NoNodeFitsError
 from .._core.keys import prefix_end, validate_id
 from .._core.kv import AnyOp, Compare, KeyValue, Op, RangeResult
-from .._core.placement import (
-    NodeLoad,
-    PlacementStrategy,
-    place,
-    strategy_named,
-)
+from .._core.placement import NodeLoad, PlacementStrategy, place, strategy_named
 from .._core.records import (
     AgentSpec,
     AssignmentStatus,
@@ -370,15 +364,19 @@ class Scheduler:
         Raises:
             AgentNotFoundError: no such spawned agent.
         """
-        spec_key = self._ks.agent_spec(agent_id)
-        assign = await self._transport.get(self._ks.agent_assign(agent_id))
-        node, _, _ = decode_assignment(assign)
-        ops: list[AnyOp] = [Op.delete(spec_key), Op.delete(self._ks.agent_assign(agent_id))]
-        if node:
-            ops.append(Op.delete(self._ks.node_reservation(node, agent_id)))
-        # its signals go with it: waiting ones, dedupe records, dead letters, counters
-        ops += [Op.delete(k, range_end=end) for k, end in self._ks.agent_signal_keys(agent_id)]
-        res = await self._transport.txn([Compare.create_revision(spec_key) > 0], ops)
+        spec_key, assign_key = self._ks.agent_spec(agent_id), self._ks.agent_assign(agent_id)
+        while True:  # the node read must still be the one assigned (a drain may move it)
+            assign = await self._transport.get(assign_key)
+            node, _, _ = decode_assignment(assign)
+            ops: list[AnyOp] = [Op.delete(spec_key), Op.delete(assign_key)]
+            if node:
+                ops.append(Op.delete(self._ks.node_reservation(node, agent_id)))
+            # its signals go with it: waiting ones, dedupe records, dead letters, counters
+            ops += [Op.delete(k, range_end=end) for k, end in self._ks.agent_signal_keys(agent_id)]
+            moved = Compare.mod_revision(assign_key) == (assign.mod_revision if assign else 0)
+            res = await self._transport.txn([Compare.create_revision(spec_key) > 0, moved], ops)
+            if res.succeeded or not await self._transport.get(spec_key):
+                break
         if not res.succeeded:
             raise AgentNotFoundError(agent_id, f"agent {agent_id!r} is not spawned")
         await self.audit.note("despawn", {"agent": agent_id, "node": node, "rev": res.revision})

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
-__all__ = ["background_tasks", "cancel_scope", "cleanup_scope", "loop_time"]
+__all__ = ["background_tasks", "cancel_scope", "cleanup_scope", "loop_time", "unless_set"]
 
 
 @asynccontextmanager
@@ -66,6 +67,21 @@ def cancel_scope(*, shield: bool = False, deadline: float = math.inf) -> anyio.C
     if _scope_class is None:
         _scope_class = type(anyio.CancelScope())
     return _scope_class(shield=shield, deadline=deadline)
+
+
+async def unless_set(event: anyio.Event, fn: Callable[..., Awaitable[Any]], *args: Any) -> bool:
+    """Run ``fn(*args)``, cancelled if ``event`` is set first; whether it ran to its end."""
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        await fn(*args)
+        tg.cancel_scope.cancel()
+        return True
+    return False  # cancelled by ``event`` (the group's own cancel is not the caller's)
 
 
 def cleanup_scope(limit: float) -> anyio.CancelScope:
