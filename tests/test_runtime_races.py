@@ -37,7 +37,7 @@ class Plain:
     pass
 
 
-@clustered("race-flaky", restart=RestartPolicy(mode="never"))
+@clustered("race-flaky", resources={"cpu": 1}, restart=RestartPolicy(mode="never"))
 class Flaky:
     async def on_start(self, ctx: AgentRunContext) -> None:
         if BROKEN["on"]:
@@ -145,6 +145,8 @@ async def test_an_agent_given_up_is_hosted_again_once_spawned_again(etcd_config:
         with anyio.fail_after(10):
             await wait_until(failed)
         assert a.runtime is not None and "f1" in a.runtime.refused
+        reservation = etcd_config.keyspace.node_reservation("a", "f1")
+        assert await a.transport.get(reservation) is None  # a failed agent holds no capacity
         BROKEN["on"] = False  # the cause is fixed; the agent is spawned again
         await a.despawn("f1")
         await a.spawn(Flaky, "f1")

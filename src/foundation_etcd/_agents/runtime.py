@@ -259,9 +259,10 @@ class NodeRuntime:
             kv = await self._transport.get(key)
             node, status, _ = decode_assignment(kv)
             if kv is not None and node == self._node_id and status is AssignmentStatus.ASSIGNED:
-                await self._transport.txn(
+                failed = encode_assignment(node, AssignmentStatus.FAILED, reason)
+                await self._transport.txn(  # its capacity is freed, as failover frees it
                     [Compare.mod_revision(key) == kv.mod_revision],
-                    [Op.put(key, encode_assignment(node, AssignmentStatus.FAILED, reason))],
+                    [Op.put(key, failed), Op.delete(self._ks.node_reservation(node, agent_id))],
                 )
         except EtcdError as exc:
             log.warning("could not mark %s failed on its assignment: %s", agent_id, exc)
