@@ -208,3 +208,47 @@ async def test_many_registrations_applied_late_are_all_deleted(etcd_config: Conf
         assert put == deleted == {ks.agent_live(a) for a in ids}
         assert (await t.get_prefix(prefix)).kvs == []
         tg.cancel_scope.cancel()
+
+
+class LateThenUnanswered(AppliedLate):
+    """As :class:`AppliedLate`; its ``drop`` next deleting transactions also go unanswered."""
+
+    drop = 0
+
+    async def txn(self, compare, success=(), failure=()):  # type: ignore[no-untyped-def]
+        if self.drop and success and all(type(op).__name__ == "DeleteOp" for op in success):
+            self.drop -= 1
+            raise AmbiguousResultError("txn: no answer (test)", operation="txn")
+        return await super().txn(compare, success, failure)
+
+
+async def test_a_key_watched_already_is_deleted_when_its_release_gets_no_answer(
+    etcd_config: Config,
+) -> None:
+    """The key's watcher (there since a write applied late) is woken by the hand-off."""
+    prefix = etcd_config.keyspace.lock_prefix("twice")
+    async with (
+        open_transport(etcd_config) as t,
+        connect(etcd_config, node_id="b") as b,
+        anyio.create_task_group() as tg,
+    ):
+        lossy = LateThenUnanswered(t, tg)
+        async with open_session(lossy) as session:  # type: ignore[arg-type]
+            lossy.armed = 1
+            with pytest.raises(AmbiguousResultError):
+                async with Lock(session, "twice").acquire():
+                    pytest.fail("held without an answer")
+            lossy.later.set()
+            with anyio.fail_after(10):  # the ghost is deleted: b gets the lock
+                await lossy.applied.wait()
+                async with b.lock("twice").acquire():
+                    pass
+            async with Lock(session, "twice").acquire() as held:
+                lossy.drop = 1  # its release gets no answer: the key is left
+            assert lossy.drop == 0
+            with anyio.fail_after(10):  # the watcher of the key deletes it: b gets the lock
+                await wait_deleted(t, held.key, held.fencing_token)
+                async with b.lock("twice").acquire():
+                    pass
+            assert (await t.get_prefix(prefix)).kvs == []
+        tg.cancel_scope.cancel()

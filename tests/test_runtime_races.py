@@ -145,6 +145,7 @@ async def test_an_agent_given_up_is_hosted_again_once_spawned_again(etcd_config:
         with anyio.fail_after(10):
             await wait_until(failed)
         assert a.runtime is not None and "f1" in a.runtime.refused
+        assert a.runtime.refused["f1"] == "failed: RuntimeError('bad configuration')"
         reservation = etcd_config.keyspace.node_reservation("a", "f1")
         assert await a.transport.get(reservation) is None  # a failed agent holds no capacity
         BROKEN["on"] = False  # the cause is fixed; the agent is spawned again

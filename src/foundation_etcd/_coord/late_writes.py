@@ -41,13 +41,13 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 
-from .._core.background import cleanup_scope
+from .._core.background import cleanup_scope, unless_set
 from .._core.errors import AmbiguousResultError, EtcdError, FoundationEtcdError, LeaseLostError
-from .._core.kv import Compare, Op
+from .._core.kv import Compare, Op, WatchEvent
 from .._transport import Transport
 from .doorbells import Bell, Doorbells
 from .session import Lease, Session
@@ -63,6 +63,7 @@ InUse = anyio.Lock | Callable[[], bool]
 class _Watched:
     token: int = 0  # the last candidacy (create revision) this process made of the key
     late: bool = False  # watched for the rest of the lease (a write had no answer)
+    wake: anyio.Event = field(default_factory=anyio.Event)  # handed on again: look again
 
 
 # per session, each key a watcher looks after
@@ -109,8 +110,9 @@ def delete_left_key(
         return
     watched = LATE_WATCHED.setdefault(session, {})
     entry = watched.get(key)
-    if entry is not None:
-        entry.late = entry.late or late
+    if entry is not None:  # its watcher looks again (the last candidacy is over)
+        entry.late, entry.token = entry.late or late, 0
+        entry.wake.set()
         return
     watched[key] = entry = _Watched(late=late)
     session.start_background(_watch, session, key, lease, in_use, watched, entry)
@@ -168,14 +170,17 @@ async def _watch(
                     await anyio.sleep(delay)
                     delay = min(delay * 2, 1.0)
             while True:  # what was applied until ``after`` is checked first, then each write
+                entry.wake = anyio.Event()  # a hand-off from now on makes it look again
                 after = max(after, await _delete_if_left(transport, key, lease, in_use))
+                if entry.wake.is_set():
+                    continue
                 if not entry.late:
                     return
                 bell = bell or _bell(session, key, after)
                 while True:  # candidacies this process made are not looked into
-                    events = await bell.wait()  # puts only; [] when some may be missed
+                    events = await _events_or_wake(bell, entry.wake)  # puts only
                     if not events or any(e.kv.create_revision != entry.token for e in events):
-                        break
+                        break  # (None: handed on again; []: some may be missed)
     except (LeaseLostError, anyio.ClosedResourceError):
         pass  # the key, if any, goes with the lease (or the session closed)
     finally:
@@ -183,6 +188,18 @@ async def _watch(
             bell.close()
         if watched.get(key) is entry:
             del watched[key]
+
+
+async def _events_or_wake(bell: Bell, wake: anyio.Event) -> list[WatchEvent] | None:
+    """The bell's next events (``[]``: some may be missed); ``None`` once ``wake`` is set."""
+    got: list[WatchEvent] | None = None
+
+    async def take() -> None:
+        nonlocal got
+        got = await bell.wait()
+
+    await unless_set(wake, take)
+    return got
 
 
 async def _delete_if_left(transport: Transport, key: bytes, lease: Lease, in_use: InUse) -> int:

@@ -70,7 +70,12 @@ def cancel_scope(*, shield: bool = False, deadline: float = math.inf) -> anyio.C
 
 
 async def unless_set(event: anyio.Event, fn: Callable[..., Awaitable[Any]], *args: Any) -> bool:
-    """Run ``fn(*args)``, cancelled if ``event`` is set first; whether it ran to its end."""
+    """Run ``fn(*args)``, cancelled if ``event`` is set first; whether it ran to its end.
+
+    An exception of ``fn`` is raised as it is (not in an exception group).
+    """
+    error: Exception | None = None
+    finished = False
     async with anyio.create_task_group() as tg:
 
         async def watch() -> None:
@@ -78,10 +83,15 @@ async def unless_set(event: anyio.Event, fn: Callable[..., Awaitable[Any]], *arg
             tg.cancel_scope.cancel()
 
         tg.start_soon(watch)
-        await fn(*args)
+        try:
+            await fn(*args)
+            finished = True
+        except Exception as exc:  # raised below, unwrapped
+            error = exc
         tg.cancel_scope.cancel()
-        return True
-    return False  # cancelled by ``event`` (the group's own cancel is not the caller's)
+    if error is not None:
+        raise error
+    return finished  # False: cancelled by ``event`` (the group's own cancel, not the caller's)
 
 
 def cleanup_scope(limit: float) -> anyio.CancelScope:
