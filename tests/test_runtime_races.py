@@ -150,6 +150,8 @@ async def test_an_agent_given_up_is_hosted_again_once_spawned_again(etcd_config:
         assert await a.transport.get(reservation) is None  # a failed agent holds no capacity
         BROKEN["on"] = False  # the cause is fixed; the agent is spawned again
         await a.despawn("f1")
+        with anyio.fail_after(10):  # despawned: no longer reported failed (health recovers)
+            await wait_until(lambda: "f1" not in a.runtime.refused)  # type: ignore[union-attr]
         await a.spawn(Flaky, "f1")
         with anyio.fail_after(10):
             await wait_until(running)

@@ -243,10 +243,13 @@ class NodeRuntime:
             if (want is None or want.spawned_at != hosted.spawned_at) and not hosted.stop.is_set():
                 self._event("stopping", agent=agent_id, reason="assignment moved or removed")
                 hosted.stop.set()
+        for agent_id in [a for a in self.refused if a not in desired]:
+            if assign_view.get(self._ks.agent_assign(agent_id)) is None:  # despawned
+                del self.refused[agent_id], self._refused_at[agent_id]
         for agent_id, want in desired.items():
             if self._refused_at.get(agent_id, -1) == want.assigned_at:
                 continue  # given up on this very assignment (a new one is tried afresh)
-            self.refused.pop(agent_id, None), self._refused_at.pop(agent_id, None)
+            self.refused.pop(agent_id, None)
             if agent_id not in self.hosted:
                 hosted = self.hosted[agent_id] = _Hosted(spawned_at=want.spawned_at)
                 tg.start_soon(self._host, agent_id, want, hosted)
