@@ -1,5 +1,6 @@
 """Node health: the report, its status rules, the HTTP endpoints and ``node run --health-port``."""
 
+import contextlib
 import json
 import os
 import signal
@@ -143,6 +144,17 @@ async def test_ready_only_when_serving_and_caught_up(etcd_config: Config) -> Non
             assert (await get(port, "/health", "POST"))[0] == 405
             code, body = await get(port, "/health", "HEAD")
             assert code == 200 and body is None
+            # a head over 8 KiB is refused, also one that ends in the read that crossed it
+            for pad in (8_000, 9_000, 12_000):
+                async with await anyio.connect_tcp("127.0.0.1", port) as s:
+                    head = f"GET /live HTTP/1.1\r\nHost: x\r\nX-Pad: {'a' * pad}\r\n\r\n"
+                    await s.send(head.encode())
+                    answer = b""
+                    with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                        while True:
+                            answer += await s.receive()
+                code = int(answer.split(b" ", 2)[1])
+                assert code == (200 if pad < 8_100 else 400), (pad, code)
             tg.cancel_scope.cancel()
 
 

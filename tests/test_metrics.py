@@ -273,6 +273,29 @@ async def test_agent_and_signal_metrics(etcd_config: Config, reader: InMemoryMet
     check_attributes(reader)
 
 
+@fe.clustered("metrics-emitter")
+class Emitter:
+    async def handle_signal(self, signal: fe.Signal, ctx: fe.SignalContext) -> None:
+        if signal.type == "forward":
+            ctx.send("b", "note", {"from": ctx.agent_id})
+
+
+async def test_emitted_and_redriven_signals_count_as_sent(
+    etcd_config: Config, reader: InMemoryMetricReader
+) -> None:
+    """``signals.sent`` counts every signal newly put in an inbox, by send or not."""
+    async with connect(etcd_config, node_id="n1") as c, anyio.create_task_group() as tg:
+        tg.start_soon(c.serve)
+        await c.spawn(Emitter, "a")
+        await c.spawn(Emitter, "b")
+        with anyio.fail_after(20):
+            for _ in range(3):
+                await c.send("a", "forward")  # each handling emits one to b
+            await wait_until(lambda: total(reader, "foundation_etcd.signals.delivered") == 6)
+        assert total(reader, "foundation_etcd.signals.sent") == 6
+        tg.cancel_scope.cancel()
+
+
 async def test_prometheus_exposition_on_the_callers_registry(etcd_config: Config) -> None:
     """``foundation_etcd.prometheus.expose``: scraped text parses, counts match the script."""
     import prometheus_client

@@ -622,3 +622,44 @@ async def test_redriving_a_dead_letter_with_no_readable_signal_says_so(
         with pytest.raises(fe.SignalError, match="no readable signal") as info:
             await c.redrive("quiet", "d1")
         assert "delete it with etcdctl" in str(info.value)
+
+
+async def test_an_inbox_entry_put_again_after_its_id_was_handled_is_never_applied(
+    etcd_config: Config,
+) -> None:
+    """Another client puts a handled signal's exact bytes back (a replay): no second effect."""
+    ks = etcd_config.keyspace
+    async with connect(etcd_config, node_id="host", hosts_agents=True) as a:
+        await a.spawn(Counter, "c1", placement="pinned:host")
+        await a.send("c1", "count", {"n": 5}, signal_id="pay1")
+        original = await a.transport.get(ks.inbox("c1", "pay1"))  # nobody serves yet
+        assert original is not None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.serve)
+
+            async def handled() -> bool:
+                return (await state_of(a, "c1"))["seen"] == ["pay1"]
+
+            async def dead() -> bool:
+                return [d.signal_id for d in await a.dead_letters("c1")] == ["pay1"]
+
+            with anyio.fail_after(10):
+                await wait_until(handled)
+                await a.transport.put(ks.inbox("c1", "pay1"), original.value)  # the replay
+                await wait_until(dead)
+            st = await state_of(a, "c1")
+            assert st == {"total": 5, "seen": ["pay1"]}, st  # once
+            assert a.runtime is not None
+            agent = a.runtime.hosted["c1"]  # and in memory too (restored after the refusal)
+            assert agent.status == "running"
+            (letter,) = await a.dead_letters("c1")
+            assert "handled already" in letter.reason
+            await a.send("c1", "count", {"n": 1}, signal_id="next")  # it goes on, once each
+
+            async def next_handled() -> bool:
+                return (await state_of(a, "c1"))["seen"] == ["pay1", "next"]
+
+            with anyio.fail_after(10):
+                await wait_until(next_handled)
+            assert (await state_of(a, "c1"))["total"] == 6
+            tg.cancel_scope.cancel()

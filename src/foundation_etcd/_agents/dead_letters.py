@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from .._core import codec as _codec
+from .._core import metrics
 from .._core.errors import (
     AgentNotFoundError,
     EtcdError,
@@ -154,6 +155,7 @@ async def redrive(s: Signals, agent_id: str, signal_id: str) -> SendResult:
         )
         s.learn(agent_id, res, 1)
         if res.succeeded:
+            metrics.signal_sent(ks.tenant)  # newly in an inbox, as a send puts it
             return SendResult(signal_id, res.revision)
         if res.range(0).first is None:
             raise AgentNotFoundError(agent_id, f"agent {agent_id!r} is not spawned")

@@ -371,10 +371,11 @@ class Deliverer:
 
         Its compares make a second commit fail once the first took effect.
         """
-        delay = 0.05
+        delay = 0.05  # (never over a done record: an id handled once is never applied again)
+        unhandled = Compare.create_revision(self._ks.signal_done(self._id, signal.id)) == 0
         while True:
             try:
-                res = await self._acks.txn(self._fence(kv), ops)
+                res = await self._acks.txn([*self._fence(kv), unhandled], ops)
             except (AmbiguousResultError, EtcdUnavailableError) as exc:
                 log.info("agent %s: ack of %s unsure (%s); retrying", self._id, signal.id, exc)
                 await anyio.sleep(delay)
@@ -382,16 +383,16 @@ class Deliverer:
                 continue
             if res.succeeded:
                 for op, out in zip(ops, res.responses, strict=True):
-                    if isinstance(out, TxnResult) and not out.succeeded and isinstance(op, TxnOp):
-                        key = getattr(op.success[0], "key", b"") if op.success else b""
-                        log.warning(  # an emit to an agent not spawned, or a duplicate id
-                            "agent %s: emit %r dropped by the commit of %s (target not "
-                            "spawned, or that id exists already)",
-                            self._id,
-                            key,
-                            signal.id,
-                        )
-                        self._event("emit-dropped", agent=self._id, signal=signal.id)
+                    if not (isinstance(out, TxnResult) and isinstance(op, TxnOp)):
+                        continue  # an emit is a nested transaction, each with its answer
+                    if out.succeeded:
+                        metrics.signal_sent(self._ks.tenant)  # newly in its inbox
+                        continue
+                    key = getattr(op.success[0], "key", b"") if op.success else b""
+                    log.warning(  # to an agent not spawned, or a duplicate id
+                        "agent %s: emit %r dropped by the commit of %s", self._id, key, signal.id
+                    )
+                    self._event("emit-dropped", agent=self._id, signal=signal.id)
                 return
             live = await self._t.get(self._live)
             if live is None or live.create_revision != self._inc:
@@ -401,6 +402,8 @@ class Deliverer:
                 return  # the first attempt committed
             await self._restore()
             self._marker = {}  # what this commit would have marked is not in etcd
+            if done is not None:  # its id was handled already: an entry put again, not sent
+                await self._dead(kv, signal, "its id was handled already", 0, counted=False)
             raise _Undone
 
     async def _failed(self, kv: KeyValue, failures: int, attempt: int, error: str) -> None:

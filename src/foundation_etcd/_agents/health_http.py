@@ -94,7 +94,8 @@ async def _read_head(stream: SocketStream) -> bytes | None:
                 return None
             chunk = await stream.receive(4096)
             data += chunk
-        return data
+        end = min(i for i in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if i >= 0)
+        return None if end > _MAX_HEAD else data  # the head itself, not what came after
     return None
 
 
