@@ -69,8 +69,7 @@ _LOCAL: weakref.WeakKeyDictionary[Session, dict[bytes, anyio.Lock]] = weakref.We
 def local_lock(session: Session, prefix: bytes) -> anyio.Lock:
     """The in-process lock that queues this process's own tasks for one name.
 
-    All tasks of a process share one session lease, hence one key per name: they must take
-    turns locally before the process takes its turn in etcd.
+    Its tasks share one lease, hence one key per name: they take turns here, then in etcd.
     """
     locks = _LOCAL.setdefault(session, {})
     lock = locks.get(prefix)
@@ -155,6 +154,10 @@ class Ownership:
         return self.lost_error(
             self.name, key=self.key, token=self.fencing_token, reason=self._state.lost_reason
         )
+
+    def ended(self) -> OwnershipLostError | None:
+        """The error this ownership ended with, if it is known to have ended (no side effect)."""
+        return self._end("") if self._state.lost_reason else None
 
     def ensure_current(self) -> None:
         """Raise unless the ownership is still believed current (no I/O).
@@ -430,6 +433,8 @@ async def owned(
                     # resign at once; the monitor ends in the session's task group
                     ownership._state.scope = None
                     watch.stop()
+                    if lease.lost:  # known ended now, not after the (bounded) resign below
+                        ownership._end(f"session lease lost ({lease.lost_reason})")
                     done, token = token, 0
                     await resign(session, key, Compare.create_revision(key) == done, lease, local)
             if body.cancelled_caught and ownership is not None and ownership.lost:

@@ -51,6 +51,10 @@ class Ownership(SyncWrapper[_ll.Ownership]):
         """Whether this ownership is known to have ended."""
         return self._portal.run(lambda: self._obj.lost)
 
+    def ended(self) -> _fe.OwnershipLostError | None:
+        """The error this ownership ended with, if it is known to have ended (no side effect)."""
+        return self._portal.run(lambda: self._obj.ended())
+
     def ensure_current(self) -> None:
         """Raise unless the ownership is still believed current (no I/O).
 

@@ -222,6 +222,7 @@ class _Context(AbstractContextManager[R], Generic[T, R]):
         self._exit: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
         self._stopping = False
+        self._cut = False  # the async side was cancelled from within; it may still clean up
         self.task: Future[bool | None] | None = None
 
     # the loop's side -----------------------------------------------------------------------
@@ -245,6 +246,7 @@ class _Context(AbstractContextManager[R], Generic[T, R]):
             try:
                 await self._exit.wait()
             except BaseException as exc:  # cancelled from within (lease or ownership lost)
+                self._cut = True  # said to the body at once: its cleanup may take a while
                 if await cm.__aexit__(type(exc), exc, exc.__traceback__):
                     return None
                 raise
@@ -281,12 +283,24 @@ class _Context(AbstractContextManager[R], Generic[T, R]):
                 self.task.result()
 
     def check(self) -> None:
-        """Raise the error the async side ended with, if it has ended early."""
+        """Raise the error the async side ended with, if it has ended early.
+
+        Said as soon as it is known, not once the async side's cleanup (a resign, a release
+        etcd does not answer, bounded by the request timeout) has finished: an ownership
+        known lost raises its own error, any other block cut short a ``LeaseLostError``.
+        """
         task = self.task
         if task is not None and task.done() and not task.cancelled():
             error = task.exception()
             if error is not None:
                 raise error
+        if self._entered.done() and not self._entered.exception():
+            ended = getattr(self._entered.result(), "ended", None)
+            lost = ended() if callable(ended) else None
+            if isinstance(lost, BaseException):
+                raise lost
+        if self._cut and task is not None and not task.done():
+            raise _fe.LeaseLostError(0, "the block's session lease was lost; it is ending")
 
     def __exit__(
         self,
