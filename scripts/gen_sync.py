@@ -319,6 +319,14 @@ def write_class(twin: Any, r: Renderer, by_cls: dict[type, Any]) -> str:
         except GenError as exc:
             raise GenError(f"{twin.cls.__name__}.{m.name}: {exc}") from None
         out.append("\n" + textwrap.indent(text, "    "))
+    if "__len__" in vars(twin.cls):  # ``len(view)``, as on the async object
+        body = "return self._portal.run(lambda: len(self._obj))"
+        out.append(f"\n    def __len__(self) -> int:\n        {body}\n")
+    if "__iter__" in vars(twin.cls):  # over a copy taken on the event loop
+        r.abc.add("Iterator")
+        r.typing.add("Any")
+        body = "return iter(self._portal.run(lambda: list(self._obj)))"
+        out.append(f"\n    def __iter__(self) -> Iterator[Any]:\n        {body}\n")
     return "".join(out)
 
 

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.from_thread
@@ -339,3 +340,46 @@ def test_shared_state_from_threads(etcd_config: Config) -> None:
         with st.watch() as values:
             first = values.receive()
             assert first is not None and first.value == 41
+
+
+def test_open_from_many_threads_at_once_is_one_connection(etcd_config: Config) -> None:
+    conn = fe.sync.connect(etcd_config, node_id="shared", hosts_agents=False)
+    barrier = threading.Barrier(4)
+    out: list[Any] = []
+
+    def open_() -> None:
+        barrier.wait()
+        try:
+            out.append(conn.open())
+        except BaseException as exc:  # collected, checked below
+            out.append(exc)
+
+    threads = [threading.Thread(target=open_) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        assert not [o for o in out if isinstance(o, BaseException)], out
+        assert len({id(o.wrapped) for o in out}) == 1  # the same connection for all
+    finally:
+        closers = [threading.Thread(target=conn.close) for _ in range(3)]
+        for t in closers:
+            t.start()
+        for t in closers:
+            t.join(30)
+    assert conn.open() is not None  # closed once, and can be opened again
+    conn.close()
+
+
+def test_views_and_the_registry_have_len_and_iteration(etcd_config: Config) -> None:
+    with fe.sync.connect(etcd_config, node_id="lens") as c:
+        prefix = etcd_config.keyspace.key("lens/")
+        for k in (b"a", b"b"):
+            c.transport.put(prefix + k, b"1")
+        view = c.view(prefix)
+        view.wait_for(c.transport.revision())
+        assert len(view) == 2 and sorted(view) == [prefix + b"a", prefix + b"b"]
+        c.registry.register("l1")
+        c.registry.wait_for(c.transport.revision())
+        assert len(c.registry) == 1

@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import logging
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
@@ -50,7 +51,7 @@ class SyncWrapper(Generic[T]):
 
     @property
     def wrapped(self) -> T:
-        """The async object itself; use it only on the event loop (``Cluster.run``)."""
+        """The async object itself; use it only on the connection's event-loop thread."""
         return self._obj
 
     def __repr__(self) -> str:
@@ -190,12 +191,18 @@ class Connection(AbstractContextManager[C], Generic[C]):
         self._ctx: _Context[Any, Any] | None = None
         self._portal: Portal | None = None
         self._value: C | None = None
+        self._lock = threading.RLock()
 
     def open(self) -> C:
-        """Connect, for use without ``with``; :meth:`close` (or ``cluster.close()``) ends it.
+        """Connect, for use without ``with``; :meth:`close` ends it.
 
-        A connection still open at interpreter exit is closed then.
+        A connection still open at interpreter exit is closed then. Any thread may call it:
+        the first opens the connection, the others get the same one.
         """
+        with self._lock:  # one connection, however many threads open it at once
+            return self._open()
+
+    def _open(self) -> C:
         if self._value is not None:
             return self._value
         _refuse_event_loop()
@@ -224,10 +231,11 @@ class Connection(AbstractContextManager[C], Generic[C]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        thread, ctx, portal = self._thread, self._ctx, self._portal
-        if thread is None or ctx is None or portal is None:
-            return False
-        self._thread = self._ctx = self._portal = self._value = None
+        with self._lock:  # closed once, even by threads closing it at once
+            thread, ctx, portal = self._thread, self._ctx, self._portal
+            if thread is None or ctx is None or portal is None:
+                return False
+            self._thread = self._ctx = self._portal = self._value = None
         atexit.unregister(self.close)
         failed: BaseException | None = None
         try:

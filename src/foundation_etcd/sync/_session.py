@@ -6,7 +6,7 @@ scripts/gen_sync.py``; ``make lint`` checks that this module is current.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -223,6 +223,12 @@ class WatchedView(SyncWrapper[_ll.WatchedView]):
         """The ``restarts`` attribute of the async object."""
         return self._obj.restarts
 
+    def __len__(self) -> int:
+        return self._portal.run(lambda: len(self._obj))
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._portal.run(lambda: list(self._obj)))
+
 
 class Registry(SyncWrapper[_fe.Registry]):
     """Agents by id and capability. Obtain it from ``Cluster.registry``.
@@ -377,3 +383,6 @@ class Registry(SyncWrapper[_fe.Registry]):
     def conflicts(self) -> list[_fe.AgentExistsError]:
         """The ``conflicts`` attribute of the async object."""
         return self._obj.conflicts
+
+    def __len__(self) -> int:
+        return self._portal.run(lambda: len(self._obj))
