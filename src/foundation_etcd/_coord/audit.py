@@ -22,8 +22,10 @@ Guarantees:
       package, imported only then; keys are loaded and signatures checked in
       ``audit_keys``) each record's ``sig`` signs the same canonical bytes that are
       hashed. A hash chain alone shows partial edits; a writer with etcd access can
-      rewrite the whole chain from some record on, which only signatures (or a head
-      hash kept elsewhere) reveal.
+      rewrite the whole chain from some record on, which signatures reveal. Neither
+      reveals records cut off at the end (the last ones deleted and the unsigned head
+      moved back), nor the whole log deleted: only a head (seq and hash) kept outside
+      etcd does.
     * **Bounded retention**: :meth:`AuditLog.trim` appends a ``checkpoint`` record carrying
       the seq and hash of the last record it removes, and deletes the older records, in
       the same transaction: verification starts from the checkpoint and still finds every
