@@ -640,25 +640,27 @@ def test_a_listing_into_a_closed_pipe_ends_quietly(
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
 
 
-def test_a_watch_whose_reader_leaves_ends_while_nothing_changes(
-    etcd_endpoints: list[str], etcd_namespace: str
-) -> None:
-    """`nodes -w | head -1`: the first listing is read, then the reader goes; no change
-    follows, so nothing is written that could fail: the watch must notice by itself."""
-    proc = subprocess.Popen(
+def watching_nodes(endpoints: str, namespace: str) -> subprocess.Popen[str]:
+    """``nodes -w`` in a process of its own, its output on pipes."""
+    return subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "foundation_etcd.cli",
-            *("--endpoints", ",".join(etcd_endpoints), "--namespace", etcd_namespace),
-            *("nodes", "-w"),
+            *(sys.executable, "-m", "foundation_etcd.cli", "--endpoints", endpoints),
+            *("--namespace", namespace, "nodes", "-w"),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONWARNINGS="ignore"),
     )
+
+
+def test_a_watch_whose_reader_leaves_ends_while_nothing_changes(
+    etcd_endpoints: list[str], etcd_namespace: str
+) -> None:
+    """`nodes -w | head -1`: the first listing is read, then the reader goes; no change
+    follows, so nothing is written that could fail: the watch must notice by itself."""
+    proc = watching_nodes(",".join(etcd_endpoints), etcd_namespace)
     try:
         assert proc.stdout is not None and proc.stdout.readline().startswith("# revision")
         proc.stdout.close()  # the reader leaves
@@ -675,20 +677,7 @@ def test_a_watch_whose_etcd_pauses_ends_with_one_line_naming_it(
 ) -> None:
     """A SIGSTOPped member keeps its connection open and answers nothing: `-w` says so."""
     server = etcd_factory()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "foundation_etcd.cli",
-            *("--endpoints", server.endpoint, "--namespace", etcd_namespace),
-            *("nodes", "-w"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONWARNINGS="ignore"),
-    )
+    proc = watching_nodes(server.endpoint, etcd_namespace)
     try:
         assert proc.stdout is not None and proc.stdout.readline().startswith("# revision")
         server.pause()
