@@ -120,20 +120,26 @@ def delete_left_key(
 
 async def resign(
     session: Session, key: bytes, mine: Compare, lease: Lease, in_use: InUse, *, late: bool = False
-) -> None:
+) -> bool | None:
     """Delete the own ``key`` if ``mine`` holds; shielded, bounded, handed on if unanswered.
 
     Without an answer (or with ``late``: the key's write had none), the key is handed to
     :func:`delete_left_key`, which deletes it in the background.
+
+    Returns:
+        Whether ``mine`` held (``False``: the key was not this candidacy's any more);
+        ``None`` without an answer.
     """
+    answer = None
     with cleanup_scope(session.config.request_timeout):
         try:
-            await session.transport.txn([mine], [Op.delete(key)])
+            answer = (await session.transport.txn([mine], [Op.delete(key)])).succeeded
             if not late:
-                return
+                return answer
         except EtcdError as exc:
             log.warning("could not delete %r (%s); deleting it in the background", key, exc)
     delete_left_key(session, key, lease, in_use, late=late)
+    return answer
 
 
 def _bell(session: Session, key: bytes, after: int) -> Bell:

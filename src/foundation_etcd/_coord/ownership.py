@@ -38,7 +38,6 @@ import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import ClassVar, TypeVar
 
 import anyio
@@ -51,7 +50,8 @@ from .._core.errors import (
     LockBusyError,
     OwnershipLostError,
 )
-from .._core.kv import AnyOp, Compare, KeyValue, Op, RangeOp, TxnResult
+from .._core.kv import AnyOp, Compare, KeyValue, Op, TxnResult
+from .._core.owner_queue import predecessor, queue_ops
 from .._transport import Transport
 from .late_writes import LATE_WATCHED, note_candidacy, resign
 from .session import Lease, Session
@@ -209,30 +209,32 @@ class Ownership:
         return (await self.txn((), [Op.delete(key, prefix=prefix)])).revision
 
 
-@lru_cache(maxsize=256)
-def _queue_ops(prefix: bytes, key: bytes) -> tuple[Compare, RangeOp, RangeOp]:
-    """The parts of the enqueue transaction that depend on the names only, built once.
-
-    Returns: "the own key is absent", a read of the queue's first key, a read of the own key.
-    """
-    first = Op.get(prefix, prefix=True, limit=1, sort_by_create=True)
-    return Compare.create_revision(key) == 0, first, Op.get(key)
-
-
 async def _enqueue(
     transport: Transport, prefix: bytes, key: bytes, value: bytes, lease: Lease
 ) -> tuple[int, KeyValue | None]:
-    """Create the own key; return its create revision and the first key of the queue."""
-    absent, first, own_key = _queue_ops(prefix, key)
-    lease.ensure_alive()
-    res = await transport.txn(
-        [absent], [Op.put(key, value, lease=lease.id), first], [own_key, first]
-    )
-    if res.succeeded:
-        return res.revision, res.range(1).first
-    own = res.range(0).first
-    assert own is not None
-    return own.create_revision, res.range(1).first
+    """Create the own key; return its create revision and the first key of the queue.
+
+    A key of the own name found there is no candidacy of a task now (the name's in-process
+    lock is held): one left behind, applied late, or another client's. It is deleted and
+    the key made anew, so that a candidacy always gets a new token and its own value.
+    """
+    absent, first, own_key = queue_ops(prefix, key)
+    for _ in range(3):
+        lease.ensure_alive()
+        res = await transport.txn(
+            [absent], [Op.put(key, value, lease=lease.id), first], [own_key, first]
+        )
+        if res.succeeded:
+            return res.revision, res.range(1).first
+        await _drop_left(transport, key, res.range(0).first)
+    raise EtcdError(f"{key!r} kept being written by another client; not a candidacy")
+
+
+async def _drop_left(transport: Transport, key: bytes, left: KeyValue | None) -> None:
+    """Delete the key left at the own name (compared on its create revision)."""
+    if left is not None:
+        mine = Compare.create_revision(key) == left.create_revision
+        await transport.txn([mine], [Op.delete(key)])
 
 
 async def _wait_turn(
@@ -241,20 +243,7 @@ async def _wait_turn(
     """Wait until no key older than the own key remains; fail if the own key vanishes."""
     while True:
         lease.ensure_alive()
-        res = await transport.txn(
-            [],
-            [
-                Op.get(key),
-                Op.get(
-                    prefix,
-                    prefix=True,
-                    limit=1,
-                    sort_by_create=True,
-                    descending=True,
-                    max_create_revision=token - 1,
-                ),
-            ],
-        )
+        res = await transport.txn([], [Op.get(key), predecessor(prefix, token)])
         own = res.range(0).first
         if own is None or own.create_revision != token:
             raise LeaseLostError(lease.id, "own key deleted while waiting")
@@ -281,15 +270,15 @@ async def _monitor(
         while True:
             await wait_deleted(transport, ownership.key, from_revision)
             try:
-                kv = await transport.get(ownership.key)
+                read = await transport.range(Op.get(ownership.key))
             except EtcdError as exc:  # cannot tell now: the fenced writes still protect
                 log.info("cannot re-read %r (%s); watching again", ownership.key, exc)
                 await anyio.sleep(0.2)
                 continue
-            if kv is None or kv.create_revision != ownership.fencing_token:
+            if read.first is None or read.first.create_revision != ownership.fencing_token:
                 ownership._end("own key deleted")
                 return
-            from_revision = kv.mod_revision  # the watch could not tell (compaction)
+            from_revision = read.revision  # the watch could not tell (compaction): from now
 
 
 class _Watch:
@@ -347,14 +336,19 @@ async def _take_if_free(
 ) -> int:
     """One transaction: create the own key only if the queue is empty (else write nothing)."""
     end = Op.get(prefix, prefix=True).range_end
-    lease.ensure_alive()
-    res = await transport.txn(
-        [Compare.create_revision(prefix, range_end=end) == 0],  # true only for an empty range
-        [Op.put(key, value, lease=lease.id)],
-        [Op.get(prefix, prefix=True, limit=1, sort_by_create=True)],
-    )
-    if res.succeeded:
-        return res.revision
+    for _ in range(2):  # a key left at the own name (see _enqueue) is no other's: once more
+        lease.ensure_alive()
+        res = await transport.txn(
+            [Compare.create_revision(prefix, range_end=end) == 0],  # true only when empty
+            [Op.put(key, value, lease=lease.id)],
+            [Op.get(prefix, prefix=True, limit=2, sort_by_create=True)],
+        )
+        if res.succeeded:
+            return res.revision
+        kvs = res.range(0).kvs
+        if len(kvs) != 1 or kvs[0].key != key:
+            break
+        await _drop_left(transport, key, kvs[0])
     first = res.range(0).first
     raise LockBusyError(
         name,
@@ -403,6 +397,7 @@ async def owned(
         key = prefix + f"{lease.id:x}".encode()
         token = 0
         ownership: OwnerT | None = None
+        ended = False
         body = cancel_scope()  # cancelled on lease loss (guard) or ownership end
         try:
             with lease.guard(body):
@@ -436,8 +431,12 @@ async def owned(
                     if lease.lost:  # known ended now, not after the (bounded) resign below
                         ownership._end(f"session lease lost ({lease.lost_reason})")
                     done, token = token, 0
-                    await resign(session, key, Compare.create_revision(key) == done, lease, local)
-            if body.cancelled_caught and ownership is not None and ownership.lost:
+                    mine = Compare.create_revision(key) == done
+                    if await resign(session, key, mine, lease, local) is False:  # not ours:
+                        ownership._end("own key deleted while held")  # said at the exit
+                    ended = ownership.lost  # a stale handle refuses to write from now on:
+                    ownership._state.lost_reason = ownership._state.lost_reason or "released"
+            if ended and ownership is not None:
                 raise ownership._end(ownership._state.lost_reason)
         except LeaseLostError as exc:
             if ownership is not None:
