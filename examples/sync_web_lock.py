@@ -10,6 +10,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import foundation_etcd as fe
+from foundation_etcd.lowlevel import Op
 
 cluster: fe.sync.Cluster  # opened once per process, at startup
 
@@ -34,6 +35,7 @@ def main() -> None:
     global cluster
     connection = fe.sync.connect(fe.Config.from_env(), node_id="example-web", hosts_agents=False)
     cluster = connection.open()  # in a web app: at startup (closed at exit)
+    cluster.transport.delete(cluster.keyspace.key("reports", "closed"))  # a run of its own
     try:
         with ThreadPoolExecutor(8) as server:  # the server's request threads
             answers = list(server.map(close_report, range(16)))
@@ -45,10 +47,12 @@ def main() -> None:
         print("reports closed:", len(json.loads(kv.value)), "of 16")
         with cluster.lock("reports").acquire() as held:
             pass
-        try:
-            held.put(cluster.keyspace.key("reports", "closed"), b"[]")  # after release
+        try:  # the released handle refuses at once; its token's compare, etcd itself
+            held.put(cluster.keyspace.key("reports", "closed"), b"[]")
         except fe.LockLostError:
-            print("a write after release is refused by etcd")
+            stale = Op.put(cluster.keyspace.key("reports", "closed"), b"[]")
+            if not cluster.transport.txn([held.guard], [stale]).succeeded:
+                print("a write after release is refused by etcd")
     finally:
         connection.close()
 

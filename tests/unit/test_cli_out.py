@@ -27,3 +27,21 @@ def test_control_characters_from_etcd_values_are_not_printed() -> None:
 def test_whitespace_is_still_one_line_per_row() -> None:
     listing = Listing("X", [("A", "a")], [{"a": "one\ttwo\nthree\r\nfour"}])
     assert render(listing, "table").splitlines()[1] == "one two three four"
+
+
+def test_the_report_names_the_session_servers_a_test_used() -> None:
+    """A failing test's report attaches the logs of `etcd_tls_server` and `etcd_auth` too."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from foundation_etcd.testing.plugin import _servers_of
+
+    tls, auth_server = object(), object()
+    item = SimpleNamespace(
+        stash=pytest.Stash(),
+        config=SimpleNamespace(stash=pytest.Stash()),
+        fixturenames=["etcd_tls_server", "etcd_auth"],
+        funcargs={"etcd_tls_server": tls, "etcd_auth": SimpleNamespace(server=auth_server)},
+    )
+    assert _servers_of(item) == [tls, auth_server]  # type: ignore[arg-type]

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import inspect
+from collections.abc import Callable
 
 import anyio
 
 __all__ = ["wait_until"]
 
 
-async def wait_until(
-    predicate: Callable[[], bool | Awaitable[bool]], *, poll: float = 0.01
-) -> None:
+async def wait_until(predicate: Callable[[], object], *, poll: float = 0.01) -> None:
     """Return once ``predicate()`` is true; bound the wait with ``anyio.fail_after``.
 
     For conditions on in-memory state (a view, a list filled by a callback) that have no
-    event of their own. The predicate may be a coroutine function.
+    event of their own. The predicate may be a coroutine function; any truthy value ends
+    the wait (``lambda: view.get(key)``).
     """
     while True:
         result = predicate()
-        if not isinstance(result, bool):
+        if inspect.isawaitable(result):
             result = await result
         if result:
             return

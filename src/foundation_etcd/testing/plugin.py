@@ -298,6 +298,10 @@ def _servers_of(item: pytest.Item) -> list[EtcdServer]:
     session = item.config.stash.get(_SESSION_SERVER, None)
     if session is not None and _SESSION_FIXTURE in getattr(item, "fixturenames", ()):
         servers.insert(0, session)
+    args = getattr(item, "funcargs", {})  # the session's private servers the test used
+    for server in (args.get("etcd_tls_server"), getattr(args.get("etcd_auth"), "server", None)):
+        if server is not None and server not in servers:
+            servers.append(server)
     return servers
 
 
