@@ -80,7 +80,7 @@ from ._cli_out import add_output, setup_logging
 from ._core.admission import decode_or_none
 from ._core.amounts import MAX_AMOUNT, check_capacity, check_limit, stored_limit
 from .cli_audit import add_commands as add_audit_commands
-from .cli_health import add_health_options, health_without_session, start_health
+from .cli_health import add_health_options, health_command, start_health
 from .cli_keys import add_commands as add_key_commands
 from .cli_listings import add_commands as add_listing_commands
 from .cli_signals import add_commands as add_signal_commands
@@ -144,36 +144,6 @@ def _config(args: argparse.Namespace) -> Config:
         if value is not None:  # given, even empty (refused below, not the default)
             overrides[name] = value
     return Config.from_env(**overrides)
-
-
-async def _health(cfg: Config, args: argparse.Namespace) -> int:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UnsafeEtcdVersionWarning)
-        try:
-            async with connect(cfg, node_id=client_id(), hosts_agents=False) as c:
-                report = await c.health()
-        except NoSpaceError as exc:  # no new lease while the space alarm is on
-            report = await health_without_session(cfg, exc)
-    warned = list(dict.fromkeys(str(w.message) for w in caught))  # once each (two connects)
-    if args.output == "json":
-        print(json.dumps({"kind": "Health", **report.to_dict(), "warnings": warned}, indent=2))
-    else:
-        lease = (
-            f"session lease {report.lease_id:x}, {report.lease_margin:.1f} s before its safe "
-            "deadline"
-            if report.lease_id
-            else "no session"
-        )
-        print(
-            f"{report.status}: etcd at {', '.join(cfg.endpoints)} "
-            f"{'reachable' if report.etcd_reachable else 'unreachable'}, leader "
-            f"{report.etcd_leader:x}, revision {report.etcd_revision}; {lease}"
-        )
-        for reason in report.reasons:  # etcd's alarms and errors among them
-            print(f"  {reason}")
-        for w in warned:
-            print(f"warning: {w}")
-    return 0 if report.status == "ok" else 1
 
 
 def _import_hint(module: str) -> str:
@@ -341,7 +311,7 @@ def _parser() -> argparse.ArgumentParser:
     add_listing_commands(sub)
     health = sub.add_parser("health", help="this process's health report against etcd")
     add_output(health, watch=False)
-    health.set_defaults(fn=_health, parser=health)
+    health.set_defaults(fn=health_command, parser=health)
     node = sub.add_parser("node", help="run, drain or cordon a node").add_subparsers(
         dest="node_command", required=True
     )

@@ -1,7 +1,7 @@
 """``node run --health-port P [--health-host H]``: serve the node's health over HTTP.
 
-And the ``health`` command's report when etcd refuses it a session (its space alarm is on):
-the member's status alone, ``degraded`` with the alarm named.
+And the ``health`` command: the report of a fresh session, or, when etcd refuses it a
+session (its space alarm is on), the member's status alone, ``degraded`` with the alarm named.
 
 The endpoints (``/health``, ``/live``, ``/ready``, ``/leader/{election}``) are those of
 ``foundation_etcd._agents.health_http``; docs/cli.md and docs/operations.md "Health" list
@@ -12,15 +12,18 @@ address that cannot be bound is a failure (exit status 1) before the node hosts 
 from __future__ import annotations
 
 import argparse
+import json
+import warnings
 
 from anyio.abc import TaskGroup
 
 import foundation_etcd as fe
 
 from ._agents.health_http import serve_health
+from ._cli_args import client_id
 from .lowlevel import open_transport
 
-__all__ = ["add_health_options", "health_without_session", "start_health"]
+__all__ = ["add_health_options", "health_command", "health_without_session", "start_health"]
 
 
 class HealthBindError(fe.FoundationEtcdError):
@@ -94,3 +97,37 @@ async def health_without_session(cfg: fe.Config, refused: fe.NoSpaceError) -> fe
         etcd_revision=status.revision,
         etcd_errors=tuple(status.errors),
     )
+
+
+async def health_command(cfg: fe.Config, args: argparse.Namespace) -> int:
+    """``health [-o json]``: the report of a fresh session (or of none, in the space alarm).
+
+    Exit status 0 when ``ok``, 1 otherwise; each warning (an unsafe etcd version) once.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", fe.UnsafeEtcdVersionWarning)
+        try:
+            async with fe.connect(cfg, node_id=client_id(), hosts_agents=False) as c:
+                report = await c.health()
+        except fe.NoSpaceError as exc:  # no new lease while the space alarm is on
+            report = await health_without_session(cfg, exc)
+    warned = list(dict.fromkeys(str(w.message) for w in caught))  # once each (two connects)
+    if args.output == "json":
+        print(json.dumps({"kind": "Health", **report.to_dict(), "warnings": warned}, indent=2))
+    else:
+        lease = (
+            f"session lease {report.lease_id:x}, {report.lease_margin:.1f} s before its safe "
+            "deadline"
+            if report.lease_id
+            else "no session"
+        )
+        print(
+            f"{report.status}: etcd at {', '.join(cfg.endpoints)} "
+            f"{'reachable' if report.etcd_reachable else 'unreachable'}, leader "
+            f"{report.etcd_leader:x}, revision {report.etcd_revision}; {lease}"
+        )
+        for reason in report.reasons:  # etcd's alarms and errors among them
+            print(f"  {reason}")
+        for w in warned:
+            print(f"warning: {w}")
+    return 0 if report.status == "ok" else 1

@@ -50,13 +50,12 @@ from .._core.errors import (
     IncarnationLostError,
     LeaseLostError,
 )
+from .._core.hosting import Desired, desired_here
 from .._core.kv import Compare, Op
 from .._core.records import (
     AgentSpec,
     AssignmentStatus,
-    Desired,
     decode_assignment,
-    desired_here,
     encode_assignment,
 )
 from .._transport import Transport
