@@ -41,6 +41,7 @@ from .._core.kv import (
     to_bytes,
 )
 from ._channels import MemberFactory, MemberLeaseStubs, open_channels
+from ._direct import Calls
 from ._loop import require_asyncio
 from ._protos import make_stub
 from ._protos import rpc as _rpc
@@ -87,11 +88,11 @@ class Transport:
     ) -> None:
         self.config = config
         self._channel = channel
-        self._kv = make_stub(channel, "KV")
-        self._lease = make_stub(channel, "Lease")
+        self._calls = Calls()  # unary calls skip grpc.aio's task per call (see _direct)
+        self._kv, self._lease, self._maint, self._auth = (
+            make_stub(channel, name, self._calls) for name in ("KV", "Lease", "Maintenance", "Auth")
+        )
         self._watch = make_stub(channel, "Watch")
-        self._maint = make_stub(channel, "Maintenance")
-        self._auth = make_stub(channel, "Auth")
         self._timeout = config.request_timeout
         # a Metadata, not a tuple: grpc.aio converts a tuple on every call (an ABC check)
         self._metadata = grpc.aio.Metadata(("hasleader", "true"))
@@ -188,6 +189,7 @@ class Transport:
         if self._reads is not None:
             await self._reads.settle(self._timeout)
         await self._members.close()
+        self._calls.cancel_all()
         await self._channel.close()
 
     async def _unary(self, method: Any, req: Any, operation: str, *, write: bool) -> Any:
@@ -349,8 +351,7 @@ class Transport:
         return _txn_result(await self._read_txn(req))
 
     async def _read_txn(self, req: Any) -> Any:
-        # a transaction that writes nothing; on etcd 3.5.0-3.5.4 out of the caller's
-        # cancellation (``_reads``)
+        # writes nothing; on etcd 3.5.0-3.5.4 out of the caller's cancellation (``_reads``)
         call = self._unary(self._kv.Txn, req, "txn", write=False)
         return await (call if self._reads is None else self._reads.run(call))
 
@@ -388,9 +389,8 @@ class Transport:
 
     async def lease_ids(self) -> list[int]:
         """List every lease that exists."""
-        m = await self._unary(
-            self._lease.LeaseLeases, _rpc.LeaseLeasesRequest(), "lease list", write=False
-        )
+        req = _rpc.LeaseLeasesRequest()
+        m = await self._unary(self._lease.LeaseLeases, req, "lease list", write=False)
         return [int(x.ID) for x in m.leases]
 
     def prepare_members(self) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from ._direct import Calls, direct_unary
 from ._etcd_api import DESCRIPTOR_SET_BASE64
 
 __all__ = ["POOL", "Package", "kv", "make_stub", "rpc"]
@@ -76,7 +77,7 @@ _KINDS: Final = {
 class _Stub:
     """One etcd service on a channel: each method is an attribute (``stub.Range``)."""
 
-    def __init__(self, channel: Any, service: str) -> None:
+    def __init__(self, channel: Any, service: str, calls: Calls | None) -> None:
         desc = POOL.FindServiceByName(service)
         self.service = desc.full_name
         for method in desc.methods:
@@ -89,15 +90,19 @@ class _Stub:
                 response_deserializer=response.FromString,
                 _registered_method=True,
             )
+            if calls is not None and not (method.client_streaming or method.server_streaming):
+                call = direct_unary(call, calls)
             setattr(self, method.name, call)
 
     def __getattr__(self, name: str) -> Any:  # the methods set in __init__, for mypy
         raise AttributeError(f"{self.service} has no method {name}")
 
 
-def make_stub(channel: Any, service: str) -> Any:
+def make_stub(channel: Any, service: str, calls: Calls | None = None) -> Any:
     """The client stub of etcd's service ``service`` (``"KV"``, ``"Lease"``, ...) on ``channel``.
 
     Like ``rpc_pb2_grpc.KVStub(channel)`` of generated code, with messages of the private pool.
+    With ``calls``, its unary methods are :class:`~._direct.DirectUnary` calls (tracked
+    there) where grpc allows it.
     """
-    return _Stub(channel, f"etcdserverpb.{service}")
+    return _Stub(channel, f"etcdserverpb.{service}", calls)
