@@ -34,7 +34,7 @@ pytestmark = pytest.mark.etcd
 
 
 class Unanswered(AnswerLost):
-    """A transport whose next ``armed`` deleting transactions are never sent: no answer."""
+    """A transport whose next ``armed`` deletes (transactions or DeleteRanges) are never sent."""
 
     async def txn(self, compare, success=(), failure=()):  # type: ignore[no-untyped-def]
         deletes = success and all(type(op).__name__ == "DeleteOp" for op in success)
@@ -42,6 +42,12 @@ class Unanswered(AnswerLost):
             self.armed -= 1
             raise AmbiguousResultError("txn: no answer (test)", operation="txn")
         return await self._t.txn(compare, success, failure)
+
+    async def delete(self, key, **options):  # type: ignore[no-untyped-def]
+        if self.armed:
+            self.armed -= 1
+            raise AmbiguousResultError("delete: no answer (test)", operation="delete")
+        return await self._t.delete(key, **options)
 
 
 async def history(t: Transport, key: bytes, start: int, until: int) -> list[tuple[str, int]]:
@@ -211,7 +217,7 @@ async def test_many_registrations_applied_late_are_all_deleted(etcd_config: Conf
 
 
 class LateThenUnanswered(AppliedLate):
-    """As :class:`AppliedLate`; its ``drop`` next deleting transactions also go unanswered."""
+    """As :class:`AppliedLate`; its ``drop`` next deletes (txns or DeleteRanges) go unanswered."""
 
     drop = 0
 
@@ -220,6 +226,12 @@ class LateThenUnanswered(AppliedLate):
             self.drop -= 1
             raise AmbiguousResultError("txn: no answer (test)", operation="txn")
         return await super().txn(compare, success, failure)
+
+    async def delete(self, key, **options):  # type: ignore[no-untyped-def]
+        if self.drop:
+            self.drop -= 1
+            raise AmbiguousResultError("delete: no answer (test)", operation="delete")
+        return await self._t.delete(key, **options)
 
 
 async def test_a_key_watched_already_is_deleted_when_its_release_gets_no_answer(

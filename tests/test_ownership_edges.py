@@ -30,6 +30,24 @@ async def test_a_key_deleted_under_a_short_hold_raises_at_the_exit(etcd_config: 
                 await t.delete(held.key)  # an operator deletes the holder's key
 
 
+async def test_a_key_made_again_at_the_own_name_under_a_hold_raises_and_is_removed(
+    etcd_config: Config,
+) -> None:
+    """Deleted and written again by another client: not the candidacy, so the exit raises.
+
+    The release is one DeleteRange while the lease lives; what it finds at the own name
+    (the lease's id, nobody else's) tells it the candidacy had ended, and the key made
+    there is deleted, as ``acquire`` would replace it.
+    """
+    async with open_transport(etcd_config) as t, open_session(t) as a:
+        with anyio.fail_after(10), pytest.raises(LockLostError, match="deleted"):
+            async with Lock(a, "r").acquire() as held:
+                await t.delete(held.key)
+                await t.put(held.key, b"another client's key at the holder's name")
+        assert await t.get(held.key) is None
+        assert held.lost
+
+
 @pytest.mark.parametrize("kind", ["election", "lock"])
 async def test_after_a_resign_without_answer_the_next_candidacy_is_a_new_one(
     etcd_config: Config, kind: str
