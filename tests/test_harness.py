@@ -231,6 +231,29 @@ def test_first_start_moves_off_a_taken_port(tmp_path: Path) -> None:
             server.close()
 
 
+@pytest.mark.etcd
+@pytest.mark.parametrize("which", ["client", "peer"])
+def test_a_clusters_first_start_moves_off_a_taken_port(tmp_path: Path, which: str) -> None:
+    cluster = EtcdCluster(3, base_dir=tmp_path)
+    member = cluster.member(1)
+    url = member.client_url if which == "client" else member.peer_url
+    host, port = url.rpartition("/")[2].split(":")
+    with socket.socket() as squatter:
+        squatter.bind((host, int(port)))
+        squatter.listen()
+        try:
+            cluster.start(timeout=40)
+            taken = f"{host}:{port}"
+            assert all(
+                taken not in (m.endpoint, m.peer_url.rpartition("/")[2]) for m in cluster.members
+            )
+            assert all(m.is_healthy() for m in cluster.members)
+            assert cluster.leader_index() is not None
+        finally:
+            cluster.close()
+    assert not any(tmp_path.iterdir())
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]

@@ -28,7 +28,7 @@ from typing import Protocol
 import anyio.to_thread
 
 from ._discovery import find_etcd_binary
-from ._errors import EtcdHarnessError
+from ._errors import EtcdHarnessError, EtcdStartError
 from ._http import request_json
 from ._ports import LOOPBACK, free_ports
 from ._server import EtcdServer
@@ -60,33 +60,42 @@ class EtcdCluster:
     ) -> None:
         if size < 1:
             raise ValueError(f"a cluster needs at least one member, not {size}")
-        binary = binary or find_etcd_binary()
-        ports = free_ports(2 * size)
-        token = f"foundation-etcd-{secrets.token_hex(4)}"
-        prefix = secrets.token_hex(2)
-        names = [f"m{i}-{prefix}" for i in range(size)]
-        initial = ",".join(
-            f"{name}=http://{LOOPBACK}:{ports[2 * i + 1]}" for i, name in enumerate(names)
-        )
+        self._size = size
+        self._binary = binary or find_etcd_binary()
+        self._timing = (heartbeat_interval, election_timeout)
+        # a replacement (restart(fresh=True)) is added at once: strictly, etcd waits until
+        # its leader has been connected to all for 5 s
+        self._extra = ["--strict-reconfig-check=false", *extra_args]
+        self._base_dir = base_dir
         self._members: list[EtcdServer] = []
         self._crashed: set[int] = set()  # killed since their last start
         self._version: str | None = None
+        self._build()
+
+    def _build(self) -> None:
+        """Make the members (not started) on ports free now, as one new cluster."""
+        ports = free_ports(2 * self._size)
+        token = f"foundation-etcd-{secrets.token_hex(4)}"
+        prefix = secrets.token_hex(2)
+        names = [f"m{i}-{prefix}" for i in range(self._size)]
+        initial = ",".join(
+            f"{name}=http://{LOOPBACK}:{ports[2 * i + 1]}" for i, name in enumerate(names)
+        )
+        self._members = []
         try:
             for i, name in enumerate(names):
                 self._members.append(
                     EtcdServer(
                         name,
-                        binary=binary,
                         client_port=ports[2 * i],
                         peer_port=ports[2 * i + 1],
                         initial_cluster=initial,
                         cluster_token=token,
-                        heartbeat_interval=heartbeat_interval,
-                        election_timeout=election_timeout,
-                        # a replacement (restart(fresh=True)) is added at once: strictly,
-                        # etcd waits until its leader has been connected to all for 5 s
-                        extra_args=["--strict-reconfig-check=false", *extra_args],
-                        base_dir=base_dir,
+                        binary=self._binary,
+                        heartbeat_interval=self._timing[0],
+                        election_timeout=self._timing[1],
+                        extra_args=self._extra,
+                        base_dir=self._base_dir,
                     )
                 )
         except Exception:
@@ -113,12 +122,28 @@ class EtcdCluster:
     def start(self, timeout: float = 30.0) -> None:
         """Start every member and wait until all are healthy.
 
+        A first start that fails because a member's port was taken meanwhile (by another
+        process) is made again on new ports, as a new cluster, up to three times.
+
         Raises:
             EtcdStartError: a member exited or was not healthy within ``timeout``.
         """
-        for member in self._members:
-            member.start(wait=False)
-        self.wait_healthy(timeout)
+        deadline = time.monotonic() + timeout
+        first = not any(m._started_once for m in self._members)
+        for attempt in range(3):
+            for member in self._members:
+                member.start(wait=False)
+            try:
+                self.wait_healthy(deadline - time.monotonic())
+                return
+            except EtcdStartError:
+                # a port taken between choosing it and binding it (another process on
+                # the machine): a first start is made again, as a new cluster on new ports
+                taken = any("address already in use" in m._log_since_spawn() for m in self._members)
+                if not (first and taken) or attempt == 2 or time.monotonic() + 1 > deadline:
+                    raise
+                self.close()
+                self._build()
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Wait until every member reports itself healthy (bounded by ``timeout``)."""

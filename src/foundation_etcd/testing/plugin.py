@@ -202,8 +202,10 @@ def etcd_cluster_factory(request: pytest.FixtureRequest) -> Iterator[EtcdCluster
             extra_args=extra_args,
         )
         clusters.append(cluster)
-        used.extend(cluster.members)
-        cluster.start()
+        try:
+            cluster.start()
+        finally:  # (a start on ports taken meanwhile makes the members anew)
+            used.extend(cluster.members)
         return cluster
 
     yield factory
