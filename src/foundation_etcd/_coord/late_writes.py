@@ -22,11 +22,11 @@ compared on its create revision. Like Curator's guaranteed delete, the caller's 
 held up by it.
 
 Guarantees:
-    * Only a key of this process's own lease is ever deleted, and only while the process
-      does not use it: ``in_use`` is either the key's in-process lock (taken for each
-      attempt: no task holds the key meanwhile) or a test of whether the process holds it
-      (asked after the read, just before the compared delete, so a key the process made
-      its own since is never deleted).
+    * The watcher deletes only a key of this process's own lease, and only while the
+      process does not use it: ``in_use`` is either the key's in-process lock (taken for
+      each attempt: no task holds the key meanwhile) or a test of whether the process
+      holds it (asked after the read, just before the compared delete, so a key the
+      process made its own since is never deleted).
     * One watcher per key and session; it ends when its lease is lost or the session
       closes (the key goes with the lease then). The watches of all of a session's keys
       share one etcd watch stream (:class:`~foundation_etcd._coord.doorbells.Doorbells`,
