@@ -1,7 +1,7 @@
 """Unary calls on grpc's channel core (``_transport/_direct.py``) against grpc's own stubs.
 
 Every case runs both ways: the default (direct calls) and ``FOUNDATION_ETCD_GRPC_STUBS=1``
-(grpc.aio's multicallables); the caller must not be able to tell them apart.
+(grpc.aio's multicallables); the caller sees the same results and exception types.
 """
 
 import time
@@ -11,7 +11,15 @@ import grpc
 import grpc.aio
 import pytest
 
-from foundation_etcd import AmbiguousResultError, Config, EtcdUnavailableError, LeaseNotFoundError
+from foundation_etcd import (
+    AmbiguousResultError,
+    Config,
+    EtcdUnavailableError,
+    LeaseNotFoundError,
+    Lock,
+    open_session,
+)
+from foundation_etcd._coord.waits import wait_deleted
 from foundation_etcd._transport._direct import Calls, DirectUnary
 from foundation_etcd._transport._protos import make_stub, rpc
 from foundation_etcd.lowlevel import Compare, Op, Transport, open_transport
@@ -147,3 +155,59 @@ async def test_a_channel_with_interceptors_keeps_grpcs_stubs(etcd_endpoints: lis
             await plain.close()
     finally:
         await channel.close()
+
+
+async def test_a_cancelled_caller_sends_nothing(mode: str, etcd_config: Config) -> None:
+    """A request made in a scope cancelled already (or past its deadline) is never sent."""
+    async with open_transport(etcd_config) as t:
+        key = etcd_config.keyspace.key("unsent")
+        await t.put(key, b"0")
+        for i in range(30):
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await t.put(key, str(i + 1))
+            with anyio.move_on_after(-1):
+                await t.put(key, b"past the deadline")
+        got = await t.get(key)
+        assert got is not None and got.value == b"0" and got.version == 1
+
+
+class _CancelsOnAnswer:
+    """A transport that cancels ``scope`` as each transaction's answer comes back."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+        self.scope: anyio.CancelScope | None = None
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._t, name)
+
+    async def txn(self, compare, success=(), failure=()):  # type: ignore[no-untyped-def]
+        res = await self._t.txn(compare, success, failure)
+        if self.scope is not None:
+            self.scope.cancel()  # the caller's deadline passes just as the answer arrives
+        return res
+
+
+async def test_a_lock_acquired_as_its_scope_is_cancelled_runs_no_body(
+    mode: str, etcd_config: Config
+) -> None:
+    """The body never starts in a scope cancelled while it was acquired; the key is released."""
+    async with open_transport(etcd_config) as t:
+        wrapper = _CancelsOnAnswer(t)
+        async with open_session(wrapper) as session:  # type: ignore[arg-type]
+            entered = 0
+            for _ in range(5):
+                with anyio.CancelScope() as scope:
+                    wrapper.scope = scope
+                    async with Lock(session, "as-cancelled").acquire():
+                        entered += 1
+                wrapper.scope = None
+                assert scope.cancelled_caught
+            assert entered == 0
+            prefix = etcd_config.keyspace.lock_prefix("as-cancelled")
+            with anyio.fail_after(10):  # released (at once, or left and deleted in the background)
+                for kv in (await t.get_prefix(prefix)).kvs:
+                    await wait_deleted(t, kv.key, kv.mod_revision)
+            async with Lock(session, "as-cancelled").acquire() as held:
+                assert held.fencing_token > 0

@@ -41,15 +41,11 @@ from dataclasses import dataclass, field
 from typing import ClassVar, TypeVar
 
 import anyio
+from anyio.lowlevel import checkpoint_if_cancelled
 
 from .._core import metrics
 from .._core.background import cancel_scope
-from .._core.errors import (
-    EtcdError,
-    LeaseLostError,
-    LockBusyError,
-    OwnershipLostError,
-)
+from .._core.errors import EtcdError, LeaseLostError, LockBusyError, OwnershipLostError
 from .._core.kv import AnyOp, Compare, KeyValue, Op, TxnResult
 from .._core.owner_queue import predecessor, queue_ops
 from .._transport import Transport
@@ -415,6 +411,7 @@ async def owned(
                     note_candidacy(session, key, token)
                 if not nowait and (first is None or first.key != key):
                     await _wait_turn(transport, prefix, key, token, lease)
+                await checkpoint_if_cancelled()  # no body in a scope cancelled meanwhile
                 attrs = metrics.ownership_acquired(
                     kind._metric_kind, name, session.config.tenant, started
                 )

@@ -27,6 +27,8 @@ import os
 import time
 from typing import Any
 
+from anyio.lowlevel import checkpoint_if_cancelled
+
 log = logging.getLogger("foundation_etcd.transport")
 
 __all__ = ["Calls", "DirectUnary", "direct_unary"]
@@ -98,6 +100,9 @@ class DirectUnary:
         Raises:
             grpc.aio.AioRpcError: the call ended with a status other than OK.
         """
+        # a caller already cancelled sends nothing (grpc's stub would start its task only
+        # at the next pass of the loop, where the cancellation ends it unsent)
+        await checkpoint_if_cancelled()
         if metadata is not self._md_in:  # the transport passes the same object each time
             self._md_in, self._md_out = metadata, tuple(metadata or ())
         payload = self._serialize(request)
