@@ -1,7 +1,9 @@
 """Unary calls on grpc's channel core (``_transport/_direct.py``) against grpc's own stubs.
 
 Every case runs both ways: the default (direct calls) and ``FOUNDATION_ETCD_GRPC_STUBS=1``
-(grpc.aio's multicallables); the caller sees the same results and exception types.
+(grpc.aio's multicallables); the caller sees the same results and exception types. The
+last cases check what a cancelled caller leaves: no request sent from a cancelled scope,
+no lock or reservation body started in a scope cancelled while it was acquired.
 """
 
 import time
@@ -17,8 +19,11 @@ from foundation_etcd import (
     EtcdUnavailableError,
     LeaseNotFoundError,
     Lock,
+    Quotas,
+    connect,
     open_session,
 )
+from foundation_etcd._coord.views import SharedViews
 from foundation_etcd._coord.waits import wait_deleted
 from foundation_etcd._transport._direct import Calls, DirectUnary
 from foundation_etcd._transport._protos import make_stub, rpc
@@ -211,3 +216,31 @@ async def test_a_lock_acquired_as_its_scope_is_cancelled_runs_no_body(
                     await wait_deleted(t, kv.key, kv.mod_revision)
             async with Lock(session, "as-cancelled").acquire() as held:
                 assert held.fencing_token > 0
+
+
+async def test_a_reservation_admitted_as_its_scope_is_cancelled_runs_no_body(
+    mode: str, etcd_config: Config
+) -> None:
+    """As for locks: admitted just as the scope is cancelled, the body never starts."""
+    async with (
+        open_transport(etcd_config) as t,
+        connect(etcd_config, node_id="limits") as admin,
+        anyio.create_task_group() as tg,
+    ):
+        await admin.quotas.set_limit("seats", 1)
+        wrapper = _CancelsOnAnswer(t)
+        async with open_session(wrapper) as session:  # type: ignore[arg-type]
+            quotas = Quotas(session, etcd_config.keyspace, holder="me", views=SharedViews(t, tg))
+            entered = 0
+            for _ in range(5):
+                with anyio.CancelScope() as scope:
+                    wrapper.scope = scope
+                    async with quotas.reserve({"seats": 1}):
+                        entered += 1
+                wrapper.scope = None
+                assert scope.cancelled_caught
+            assert entered == 0
+            with anyio.fail_after(10):  # the seat is free again: reserved at once
+                async with quotas.reserve_nowait({"seats": 1}):
+                    pass
+        tg.cancel_scope.cancel()

@@ -51,6 +51,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from anyio.lowlevel import checkpoint_if_cancelled
+
 from .._core import metrics
 from .._core.admission import CACHE_SIZE, QUEUE_READ, Pool, encode_reservation, judge_read
 from .._core.amounts import check_amounts
@@ -276,6 +278,7 @@ class Reserver:
                     if nowait and isinstance(admitted, QuotaExceededError):
                         raise admitted
                     await self._wait_admitted(pools, keys[0], token, nowait=nowait)
+                await checkpoint_if_cancelled()  # no body in a scope cancelled meanwhile
                 metrics.quota_admitted(self._ks.tenant, [p.name for p in pools], started)
                 reserving = False
                 quota_view.leave_reserving()
