@@ -40,6 +40,7 @@ import anyio
 
 from .._coord.coalesce import Coalescer
 from .._coord.waits import wait_deleted
+from .._coord.watch import WatchedView
 from .._core import metrics
 from .._core.background import background_tasks, cleanup_scope, unless_set
 from .._core.checkpoints import decode_state, encode_state
@@ -179,6 +180,7 @@ class NodeRuntime:
         self._refused_at: dict[str, int] = {}  # the assignment (mod revision) refused
         self._wake: Callable[[], None] = lambda: None
         self._decoded: dict[bytes, tuple[int, Any]] = {}
+        self._assignments: WatchedView | None = None  # the view reconciled from (run)
 
     def _deliverer(self, ctx: AgentRunContext, agent: object, restored: Any) -> Deliverer | None:
         if self._signals is None or self._doorbells is None:
@@ -210,6 +212,7 @@ class NodeRuntime:
         """Reconcile hosted agents with assignments, forever."""
         sched = self._scheduler
         spec_view, assign_view, _ = await sched.views()
+        self._assignments = assign_view
         changed = anyio.Event()
 
         def wake(_: object) -> None:
@@ -312,16 +315,37 @@ class NodeRuntime:
             self._wake()  # reassigned here while it was stopping: reconcile again
 
     async def _still_mine(self, agent_id: str) -> bool:
-        """Whether the agent is still assigned here (a linearizable read, until one answers)."""
+        """Whether the agent is still assigned here (a linearizable read, until one answers).
+
+        When it is not, the assignment view is first brought up to that read (bounded by
+        the request timeout): the host's exit wakes the reconciler, which must not host the
+        agent again from a view still behind what this read saw. A node resumed after a
+        pause applies the missed assignment changes in batches, so a view a few revisions
+        behind still shows the old assignment here.
+        """
+        key = self._ks.agent_assign(agent_id)
         while True:
             await self._session.wait_lease()
             try:
-                kv = await self._transport.get(self._ks.agent_assign(agent_id))
+                res = await self._transport.range(Op.get(key))
             except EtcdError:
                 await anyio.sleep(0.5)
                 continue
+            kv = res.first
             node, status, _ = decode_assignment(kv)
-            return node == self._node_id and status is AssignmentStatus.ASSIGNED
+            if node == self._node_id and status is AssignmentStatus.ASSIGNED:
+                return True
+            view = self._assignments
+            if view is not None:
+                with anyio.move_on_after(self._session.config.request_timeout):
+                    try:
+                        if kv is not None:  # its own event brings the view there
+                            await view.wait_for_key(key, kv.mod_revision)
+                        else:
+                            await view.wait_for(res.revision)
+                    except (EtcdError, anyio.ClosedResourceError) as exc:
+                        log.debug("assignment view not caught up for %s: %s", agent_id, exc)
+            return False
 
     async def _claim(self, agent_id: str, spec: AgentSpec, hosted: _Hosted) -> int | None:
         """Create the live key, waiting out a previous incarnation's key.
