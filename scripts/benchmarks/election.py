@@ -165,7 +165,7 @@ async def section_election(bench: Bench) -> list[Row]:
             notes = {
                 campaign: "raw: the same Txn (create own key if absent + read the queue head)",
                 campaign_txn: "the election's share = campaign row minus this one",
-                lock: "raw: the same Txn, then DeleteRange; library: a Txn, then DeleteRange",
+                lock: "raw: the same Txn, then DeleteRange; library: one Txn each way",
                 v3lock: "raw side: etcd's Lock service via JSON/HTTP keep-alive to the "
                 "gateway built into etcd (one request each way, one lease for all)",
                 v3election: "raw side: etcd's Campaign via the gateway; resign untimed",
@@ -237,7 +237,7 @@ async def section_election(bench: Bench) -> list[Row]:
             raw, lib = results[handover]
             note = (
                 "raw: B (own lease) created its key, watches A's key; A sends DeleteRange; "
-                "B gets the event and checks with one Txn. Library: A's resign DeleteRange, "
+                "B gets the event and checks with one Txn. Library: A's resign Txn, "
                 "B's watch event and check Txn; A and B on separate channels and sessions"
             )
             rows.append(Latency(handover, raw, lib, goal=HANDOVER_GOAL, note=note))

@@ -119,25 +119,12 @@ def delete_left_key(
 
 
 async def resign(
-    session: Session,
-    key: bytes,
-    mine: Compare,
-    lease: Lease,
-    in_use: InUse,
-    *,
-    late: bool = False,
-    token: int = 0,
+    session: Session, key: bytes, mine: Compare, lease: Lease, in_use: InUse, *, late: bool = False
 ) -> bool | None:
     """Delete the own ``key`` if ``mine`` holds; shielded, bounded, handed on if unanswered.
 
     Without an answer (or with ``late``: the key's write had none), the key is handed to
     :func:`delete_left_key`, which deletes it in the background.
-
-    With ``token`` (the candidacy's create revision, which ``mine`` compares) and the lease
-    before its safe deadline, a plain DeleteRange is sent instead of the compared one, and
-    its previous value answers: the key's name is the lease's id, which no other lease can
-    have while this one lives, so what is found there is the candidacy or a key of the
-    same name that ``ownership._enqueue`` replaces anyway (a compare saves nothing).
 
     Returns:
         Whether ``mine`` held (``False``: the key was not this candidacy's any more);
@@ -146,9 +133,6 @@ async def resign(
     answer = None
     with cleanup_scope(session.config.request_timeout):
         try:
-            if token and not late and not lease.lost and lease.remaining() > 0:
-                prev = (await session.transport.delete(key, prev_kv=True)).prev_kvs
-                return bool(prev) and prev[0].create_revision == token
             answer = (await session.transport.txn([mine], [Op.delete(key)])).succeeded
             if not late:
                 return answer

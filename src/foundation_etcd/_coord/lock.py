@@ -14,8 +14,10 @@ Guarantees:
     * **Mutual exclusion** across processes and, through an in-process lock, across the
       tasks of one process (they share one session lease, hence one key).
     * **FIFO** by create revision; each waiter watches only its predecessor.
-    * **One request** each way: a transaction acquires an uncontended lock, a DeleteRange
-      releases it (while the lease lives; see ``late_writes.resign``).
+    * **One transaction** to acquire an uncontended lock, one to release it. The release
+      compares the key's create revision with the token, so a release applied late (taken
+      by a paused member, applied after the same session holds the name again under the
+      same key name) deletes nothing of the later holding.
     * **No lease per acquire**: keys live under the session lease, so nothing leaks; a
       crashed holder's key goes with its lease.
     * **The body never runs without the lock**: a wait that times out, is cancelled or

@@ -429,8 +429,8 @@ async def owned(
                         ownership._end(f"session lease lost ({lease.lost_reason})")
                     done, token = token, 0
                     mine = Compare.create_revision(key) == done
-                    if await resign(session, key, mine, lease, local, token=done) is False:
-                        ownership._end("own key deleted while held")  # not ours: said at the exit
+                    if await resign(session, key, mine, lease, local) is False:  # not ours:
+                        ownership._end("own key deleted while held")  # said at the exit
                     ended = ownership.lost  # a stale handle refuses to write from now on:
                     ownership._state.lost_reason = ownership._state.lost_reason or "released"
             if ended and ownership is not None:
