@@ -55,12 +55,10 @@ from .._core.hosting import Desired, desired_here
 from .._core.kv import Compare, Op
 from .._core.records import (
     AgentSpec,
-    AssignmentStatus,
-    decode_assignment,
-    encode_assignment,
 )
 from .._transport import Transport
 from .agent import AgentContext, RestartPolicy, agent_classes, call_hook, cluster_spec
+from .assignment_reads import mark_failed, still_assigned
 from .delivery import Deliverer, RetentionLease
 
 if TYPE_CHECKING:
@@ -259,18 +257,10 @@ class NodeRuntime:
     async def _refuse(self, agent_id: str, reason: str, assigned_at: int) -> None:
         self.refused[agent_id], self._refused_at[agent_id] = reason, assigned_at
         self._event("refused", agent=agent_id, reason=reason)
-        key = self._ks.agent_assign(agent_id)
-        try:  # reported on the assignment, best effort: refused here either way
-            kv = await self._transport.get(key)
-            node, status, _ = decode_assignment(kv)
-            if kv is not None and node == self._node_id and status is AssignmentStatus.ASSIGNED:
-                failed = encode_assignment(node, AssignmentStatus.FAILED, reason)
-                await self._transport.txn(  # its capacity is freed, as failover frees it
-                    [Compare.mod_revision(key) == kv.mod_revision],
-                    [Op.put(key, failed), Op.delete(self._ks.node_reservation(node, agent_id))],
-                )
-        except EtcdError as exc:
-            log.warning("could not mark %s failed on its assignment: %s", agent_id, exc)
+        reservation = self._ks.node_reservation(self._node_id, agent_id)
+        await mark_failed(  # reported on the assignment; refused here either way
+            self._transport, self._ks.agent_assign(agent_id), self._node_id, reservation, reason
+        )
 
     async def _host(self, agent_id: str, want: Desired, hosted: _Hosted) -> None:
         spec = want.spec
@@ -315,37 +305,20 @@ class NodeRuntime:
             self._wake()  # reassigned here while it was stopping: reconcile again
 
     async def _still_mine(self, agent_id: str) -> bool:
-        """Whether the agent is still assigned here (a linearizable read, until one answers).
-
-        When it is not, the assignment view is first brought up to that read (bounded by
-        the request timeout): the host's exit wakes the reconciler, which must not host the
-        agent again from a view still behind what this read saw. A node resumed after a
-        pause applies the missed assignment changes in batches, so a view a few revisions
-        behind still shows the old assignment here.
-        """
+        """Whether the agent is still assigned here (``assignment_reads``); retried until read."""
         key = self._ks.agent_assign(agent_id)
         while True:
             await self._session.wait_lease()
             try:
-                res = await self._transport.range(Op.get(key))
+                return await still_assigned(
+                    self._transport,
+                    key,
+                    self._node_id,
+                    self._assignments,
+                    self._session.config.request_timeout,
+                )
             except EtcdError:
                 await anyio.sleep(0.5)
-                continue
-            kv = res.first
-            node, status, _ = decode_assignment(kv)
-            if node == self._node_id and status is AssignmentStatus.ASSIGNED:
-                return True
-            view = self._assignments
-            if view is not None:
-                with anyio.move_on_after(self._session.config.request_timeout):
-                    try:
-                        if kv is not None:  # its own event brings the view there
-                            await view.wait_for_key(key, kv.mod_revision)
-                        else:
-                            await view.wait_for(res.revision)
-                    except (EtcdError, anyio.ClosedResourceError) as exc:
-                        log.debug("assignment view not caught up for %s: %s", agent_id, exc)
-            return False
 
     async def _claim(self, agent_id: str, spec: AgentSpec, hosted: _Hosted) -> int | None:
         """Create the live key, waiting out a previous incarnation's key.
