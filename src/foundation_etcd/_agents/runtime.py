@@ -53,9 +53,7 @@ from .._core.errors import (
 )
 from .._core.hosting import Desired, desired_here
 from .._core.kv import Compare, Op
-from .._core.records import (
-    AgentSpec,
-)
+from .._core.records import AgentSpec
 from .._transport import Transport
 from .agent import AgentContext, RestartPolicy, agent_classes, call_hook, cluster_spec
 from .assignment_reads import mark_failed, still_assigned
