@@ -102,6 +102,28 @@ def monitor_running() -> bool:
     return False
 
 
+def streams_up() -> bool:
+    """Whether every watched view reads its stream and that stream's progress pinger runs.
+
+    A view is current when ``open_view`` yields, from its listing; its watch stream is created
+    after that, in its own task, with the pinger (``progress.Pinger.run``) a task beside the
+    reader. On a loaded machine that can still be happening when a trace starts.
+    """
+    readers = pingers = views = 0
+    for task in asyncio.all_tasks():
+        coro: Any = task.get_coro()
+        names = []
+        while coro is not None:
+            names.append(getattr(coro, "__qualname__", ""))
+            coro = getattr(coro, "cr_await", None)
+        if "WatchedView._run" in names:
+            views += 1
+            readers += "WatchedView._read_loop" in names
+        elif "Pinger.run" in names[:-1]:  # started: it awaits something
+            pingers += 1
+    return readers == pingers == views
+
+
 started: dict[str, anyio.Event] = {}
 
 
@@ -127,6 +149,10 @@ async def test_spawn_until_on_start(etcd_config: Config) -> None:
             assert c.runtime is not None
             with anyio.fail_after(10):
                 while "warm-up" in c.runtime.hosted:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            # the watch streams of the views opened on the way start after them
+            with anyio.fail_after(10):
+                while not streams_up():  # noqa: ASYNC110
                     await anyio.sleep(0.01)
             # the node's failover leadership starts its key monitor 50 ms after it is won
             # (ownership, waits): the trace starts once that has happened, or it may fall
@@ -157,6 +183,11 @@ async def test_lock_acquire(etcd_config: Config) -> None:
     async with connect(etcd_config, node_id="tl") as c:
         async with c.lock("traced").acquire():  # warm up
             pass
+        # the node view's watch stream starts after connect returns (and its pinger, in
+        # _coord.progress): the trace starts once both run, or their start joins the trace
+        with anyio.fail_after(10):
+            while not streams_up():  # noqa: ASYNC110
+                await anyio.sleep(0.01)
         tracer.by_task.clear()
         tracer.start()
         try:
