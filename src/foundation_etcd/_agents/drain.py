@@ -10,7 +10,9 @@ Guarantees:
       (create-only); every placement transaction compares that it is absent
       (``Scheduler.commit``), so once ``cordon`` has returned no scheduler in any process
       can place an agent on the node, whatever its views had seen; the agents already there
-      keep running. :meth:`Drain.uncordon` deletes it.
+      keep running. :meth:`Drain.uncordon` deletes it, compared on its create revision: an
+      uncordon applied late (sent to a paused member, applied after the node was uncordoned
+      and cordoned again) deletes nothing of the later cordon.
     * **Drain cordons first**, then moves the agents, so nothing lands on the node while it
       is being drained. Each move is one placement transaction that also compares the
       agent's assignment unchanged and frees its reservation on the drained node; an agent
@@ -67,8 +69,8 @@ class Drain:
         self._node_id = node_id
         self._scheduler = scheduler
 
-    async def _node_state(self, node_id: str) -> tuple[bool, int]:
-        """Whether ``node_id`` is cordoned, and the revision read at.
+    async def _node_state(self, node_id: str) -> tuple[KeyValue | None, int]:
+        """The cordon key of ``node_id`` (``None``: not cordoned), and the revision read at.
 
         Raises:
             NodeNotFoundError: the node is neither announced, nor cordoned, nor named by
@@ -78,8 +80,8 @@ class Drain:
             [], [Op.get(self._ks.node(node_id)), Op.get(self._scheduler.cordon_key(node_id))]
         )
         live = res.range(0).first is not None
-        cordoned = res.range(1).first is not None
-        if not (live or cordoned):
+        cordon = res.range(1).first
+        if not live and cordon is None:
             _, assign_view, _ = await self._scheduler.views()
             await assign_view.wait_for(res.revision)
             if not any(decode_assignment(kv)[0] == node_id for kv in assign_view.items().values()):
@@ -88,7 +90,7 @@ class Drain:
                     f"node {node_id!r} is unknown: not announced, not cordoned, "
                     "and no agent is assigned to it",
                 )
-        return cordoned, res.revision
+        return cordon, res.revision
 
     async def _cordon(self, node_id: str) -> tuple[bool, int]:
         await self._node_state(node_id)
@@ -127,13 +129,16 @@ class Drain:
             NodeNotFoundError: no such node (not announced, not cordoned, no agent on it).
         """
         validate_id(node_id, "node id")
-        cordoned, _ = await self._node_state(node_id)
-        if not cordoned:
+        cordon, _ = await self._node_state(node_id)
+        if cordon is None:
             return False
-        res = await self._transport.delete(self._scheduler.cordon_key(node_id))
-        if res.deleted:
+        # the cordon read, no other: applied late (a paused member forwarding it after the
+        # node was uncordoned and cordoned again), this deletes nothing
+        mine = Compare.create_revision(cordon.key) == cordon.create_revision
+        res = await self._transport.txn([mine], [Op.delete(cordon.key)])
+        if res.succeeded:
             log.info("node %s uncordoned (rev %d)", node_id, res.revision)
-        return res.deleted > 0
+        return res.succeeded
 
     async def cordoned(self) -> frozenset[str]:
         """The cordoned nodes, as etcd has them now."""

@@ -29,7 +29,9 @@ can neither count toward round ``k`` nor be let through by its record; rounds ne
 
 Guarantees:
     * **Barrier**: ``set`` is one transaction (create if absent); ``wait`` returns only when
-      a linearizable read finds the key absent (a watch only says when to read again).
+      a linearizable read finds the key absent (a watch only says when to read again);
+      ``remove`` deletes only the setting it read (compared on its create revision), so a
+      removal applied late never lifts a later setting.
     * **No early pass.** ``enter`` returns only after a read (or its own successful
       compare-and-set) shows its key among the members of a formed round: ``count`` keys of
       that round existed at the read that formed it. ``leave`` returns only after a read
@@ -107,8 +109,19 @@ class Barrier:
         return res.succeeded
 
     async def remove(self) -> bool:
-        """Remove the barrier; return whether it was set."""
-        return (await self._session.transport.delete(self.key)).deleted > 0
+        """Remove the setting of the barrier found now; return whether this call removed it.
+
+        Two requests: a read of the setting, then its deletion compared on its create
+        revision. A removal applied late (sent to a paused member, applied after the
+        barrier was removed and set again) so deletes nothing of the later setting.
+        ``False`` also when another process removed it between the two.
+        """
+        transport = self._session.transport
+        found = (await transport.range(Op.get(self.key, keys_only=True))).first
+        if found is None:
+            return False
+        mine = Compare.create_revision(self.key) == found.create_revision
+        return (await transport.txn([mine], [Op.delete(self.key)])).succeeded
 
     async def is_set(self) -> bool:
         """Whether the barrier is set (a linearizable read)."""

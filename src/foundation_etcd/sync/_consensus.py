@@ -180,7 +180,13 @@ class Barrier(SyncWrapper[_fe.Barrier]):
         return self._portal.call(lambda: self._obj.set(hold=hold))
 
     def remove(self) -> bool:
-        """Remove the barrier; return whether it was set."""
+        """Remove the setting of the barrier found now; return whether this call removed it.
+
+        Two requests: a read of the setting, then its deletion compared on its create
+        revision. A removal applied late (sent to a paused member, applied after the
+        barrier was removed and set again) so deletes nothing of the later setting.
+        ``False`` also when another process removed it between the two.
+        """
         return self._portal.call(lambda: self._obj.remove())
 
     def is_set(self) -> bool:
