@@ -191,6 +191,11 @@ async def test_call_results_errors_and_outbox_across_nodes(etcd_config: Config) 
             with pytest.raises(fe.ActionError) as bad:
                 await a.call("c4", "add", {"m": 1})
             assert bad.value.error_type == "TypeError"
+            # a value its parameter's type does not take: refused before the action runs
+            with pytest.raises(TypeError, match="argument 'n': expected integer, got string"):
+                await a.call("c4", "add", {"n": "5"})
+            with pytest.raises(TypeError, match="argument 'note': expected string, got integer"):
+                await a.call("c4", "add", {"n": 1, "note": 5})  # would have run and added 1
             with pytest.raises(fe.ActionError) as unknown:
                 await a.call("c4", "nope", {})
             assert unknown.value.error_type == "UnknownAction"

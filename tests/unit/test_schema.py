@@ -25,6 +25,7 @@ from foundation_etcd._core.schema import (
     parameters_schema,
     tool_definition,
 )
+from foundation_etcd._core.schema_check import check_value
 
 
 class Color(enum.Enum):
@@ -517,11 +518,11 @@ def test_an_unsupported_hint_names_its_parameter() -> None:
 
 
 def test_check_arguments() -> None:
-    given_args = {"query": "q", "limit": "5", "point": {"x": 1}}
+    given_args = {"query": "q", "limit": 5, "point": {"x": 1}}
     checked = check_arguments(Tools.search, given_args)
     assert checked == given_args
     assert checked is not given_args
-    assert checked["limit"] == "5"  # no coercion: values are the caller's to check
+    assert checked["point"] == {"x": 1}  # no coercion: a dataclass-typed value stays a dict
     assert check_arguments(Tools.nothing, {}) == {}
 
     with pytest.raises(TypeError, match=r"search\(\) got unknown argument\(s\) 'ctx'"):
@@ -538,6 +539,58 @@ def test_check_arguments() -> None:
 
     with pytest.raises(TypeError, match=r"missing required argument\(s\) 'a', 'b'"):
         check_arguments(f, {"c": 1}, skip_first=False)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"query": 5}, r"argument 'query': expected string, got integer 5"),
+        ({"query": "q", "limit": "5"}, r"argument 'limit': expected integer, got string '5'"),
+        ({"query": "q", "limit": True}, r"'limit': expected integer, got boolean True"),
+        ({"query": "q", "limit": 1.5}, r"'limit': expected integer, got number 1.5"),
+        ({"query": "q", "colors": "red"}, r"'colors': expected array or null, got string"),
+        ({"query": "q", "colors": ["red", "pink"]}, r"'colors'\[1\]: expected one of 'red'"),
+        ({"query": "q", "point": [1]}, r"'point': expected object or null, got array \[1\]"),
+        ({"query": "q", "point": {"y": 1}}, r"'point': missing key\(s\) 'x'"),
+        ({"query": "q", "point": {"x": "1"}}, r"'point'.x: expected number, got string '1'"),
+        ({"query": "q", "point": {"x": 1, "z": 0}}, r"unknown key 'z'; it takes 'x', 'y', 'tags'"),
+    ],
+)
+def test_check_arguments_refuses_values_of_another_type(
+    arguments: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(TypeError, match=message):
+        check_arguments(Tools.search, arguments)
+
+
+def test_check_arguments_takes_json_values_as_their_hints_say() -> None:
+    def f(
+        n: float,
+        pair: tuple[int, str],
+        rows: dict[str, list[int]],
+        movie: Movie,
+        mode: Literal[1, "a"] = 1,
+        anything: Any = None,
+    ) -> None:
+        pass
+
+    ok = {"n": 1, "pair": [1, "a"], "rows": {"a": [1, 2]}, "movie": {"title": "t"}, "mode": "a"}
+    assert check_arguments(f, {**ok, "anything": {"x": [None]}}, skip_first=False)
+    assert check_arguments(f, {**ok, "n": 2.5, "mode": 1.0}, skip_first=False)  # 1.0 == 1
+    refused = [
+        ({"n": False}, r"'n': expected number, got boolean"),
+        ({"pair": [1]}, r"'pair': expected an array of 2 items, got 1"),
+        ({"pair": [1, 2]}, r"'pair'\[1\]: expected string, got integer 2"),
+        ({"rows": {"a": [1, "2"]}}, r"'rows'\['a'\]\[1\]: expected integer, got string"),
+        ({"movie": {"year": 1}}, r"'movie': missing key\(s\) 'title'"),
+        ({"movie": {"title": "t", "cast": []}}, r"'movie': unknown key 'cast'; it takes 'title'"),
+        ({"movie": {"title": "t", "year": "1999"}}, r"'movie'.year: expected integer"),
+        ({"mode": True}, r"'mode': expected one of 1, 'a', got boolean True"),
+        ({"mode": "b"}, r"'mode': expected one of 1, 'a', got string 'b'"),
+    ]
+    for change, message in refused:
+        with pytest.raises(TypeError, match=message):
+            check_arguments(f, {**ok, **change}, skip_first=False)
 
 
 SCALARS = st.one_of(st.text(max_size=5), st.integers(min_value=-(2**40), max_value=2**40))
@@ -563,3 +616,43 @@ def test_random_literals(values: list[str | int]) -> None:
     assert not validator.is_valid({"x": "z" * 6})  # longer than any member
     assert not validator.is_valid({"x": 2**41})
     assert not validator.is_valid({"x": None})
+
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=8,
+)
+CHECKED_HINTS = [
+    int, float, str, bool, list[int], tuple[int, str], dict[str, int], Literal[1, "a"],
+    Movie, Point | None, list[Color] | None, Options, Any,
+]  # fmt: skip
+
+
+def integral_floats(value: Any) -> bool:
+    """Whether ``value`` holds a float with no fraction (JSON Schema counts 1.0 an integer)."""
+    if isinstance(value, float):
+        return value.is_integer()
+    if isinstance(value, list):
+        return any(map(integral_floats, value))
+    if isinstance(value, dict):
+        return any(map(integral_floats, value.values()))
+    return False
+
+
+@given(st.sampled_from(CHECKED_HINTS), JSON_VALUES)
+def test_check_value_agrees_with_json_schema(hint: Any, value: Any) -> None:
+    """A value passes exactly when a draft 2020-12 validator finds it valid for the schema.
+
+    One difference, on purpose: a float without a fraction (``1.0``) is no integer here (an
+    ``int`` parameter would get a float), where JSON Schema takes it as one.
+    """
+    schema = parameters_schema(with_hint(hint))["properties"]["x"]
+    valid = Draft202012Validator(schema).is_valid(value)
+    try:
+        check_value(schema, value, "x")
+    except TypeError:
+        assert not valid or integral_floats(value), (schema, value)
+    else:
+        assert valid, (schema, value)

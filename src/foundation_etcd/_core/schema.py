@@ -26,8 +26,9 @@ Guarantees:
       above: a plain class, ``bytes``, ``set``, a mapping whose keys are not ``str``, a
       ``Literal`` or ``Enum`` value that is not a JSON scalar, an ``Enum`` without members,
       a TypedDict or dataclass that contains itself.
-    * :func:`check_arguments` checks names only and never coerces: a dataclass-typed
-      argument arrives as a ``dict``, an ``Enum``-typed one as the member's value.
+    * :func:`check_arguments` checks the names and the values (JSON types, as the schema
+      says) and never coerces: a dataclass-typed argument arrives as a ``dict``, an
+      ``Enum``-typed one as the member's value.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NotRequired, Required, Union, get_args, get_origin
+
+from .schema_check import check_value
 
 __all__ = [
     "arg_descriptions",
@@ -137,12 +140,14 @@ def check_arguments(
 ) -> dict[str, Any]:
     """Check a model's ``arguments`` against ``fn``'s parameters; return them as a dict.
 
-    The names are checked (``self`` and ``ctx`` are not arguments a model may give),
-    the values are not: they are returned as given, uncoerced.
+    The names are checked (``self`` and ``ctx`` are not arguments a model may give), and
+    each value against its parameter's schema (:func:`parameters_schema`, checked by
+    :func:`.schema_check.check_value`); values are returned as given, uncoerced.
 
     Raises:
-        TypeError: an unknown argument, a missing required one, or a parameter that
-            cannot be a tool's (``*args``, ``**kwargs``, positional-only).
+        TypeError: an unknown argument, a missing required one, a value its parameter's
+            type does not take, or a parameter that cannot be a tool's (``*args``,
+            ``**kwargs``, positional-only, a hint outside the module docstring's list).
     """
     if inspect.isfunction(fn):  # a plain function's parameters are read once
         names, required = _names_cached(fn, skip_first)
@@ -160,6 +165,11 @@ def check_arguments(
         raise TypeError(
             f"{_name(fn)}() is missing required argument(s) {', '.join(map(repr, missing))}"
         )
+    schema = _schema_cached(fn, skip_first) if inspect.isfunction(fn) else None
+    if schema is None:
+        schema = parameters_schema(fn, skip_first=skip_first)
+    for key, value in arguments.items():
+        check_value(schema["properties"][key], value, f"{_name(fn)}() argument {key!r}")
     return dict(arguments)
 
 
@@ -173,6 +183,11 @@ def _names(fn: Callable[..., Any], skip_first: bool) -> tuple[tuple[str, ...], t
 
 
 _names_cached = functools.lru_cache(maxsize=1024)(_names)
+
+
+@functools.lru_cache(maxsize=1024)
+def _schema_cached(fn: Callable[..., Any], skip_first: bool) -> dict[str, Any]:
+    return parameters_schema(fn, skip_first=skip_first)
 
 
 def _name(fn: Callable[..., Any]) -> str:
