@@ -111,6 +111,23 @@ def _prefixes(ks: Keyspace) -> list[bytes]:
     ]
 
 
+def test_the_roots_of_named_prefixes_hold_every_name() -> None:
+    """A prefix method without its name is the root of all of them (listings, rotation)."""
+    ks = Keyspace("ns", "t")
+    for root, one in [
+        (ks.election_prefix(), ks.election_prefix("e")),
+        (ks.lock_prefix(), ks.lock_prefix("l")),
+        (ks.signals_done_prefix(), ks.signal_done("a", "s1")),
+        (ks.dead_letters_prefix(), ks.dead_letter("a", "s1")),
+        (ks.agent_states_prefix(), ks.agent_state("a")),
+    ]:
+        assert root.endswith(b"/") and one.startswith(root) and one != root, (root, one)
+    assert ks.election_prefix() == b"/ns/t/elections/" and ks.lock_prefix() == b"/ns/t/locks/"
+    assert not ks.lock_prefix("l").startswith(ks.election_prefix())
+    with pytest.raises(InvalidIdError):
+        ks.lock_prefix("")
+
+
 def test_every_prefix_ends_with_a_slash() -> None:
     for prefix in _prefixes(Keyspace("a", "b")):
         assert prefix.endswith(b"/"), prefix

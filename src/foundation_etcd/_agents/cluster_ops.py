@@ -181,11 +181,11 @@ class OperatorMethods:
 
     async def elections(self) -> list[OwnershipSummary]:
         """Every election of the tenant with a candidate, and its leader, by name."""
-        return await self._owners("election", self.keyspace.key("elections", ""))
+        return await self._owners("election", self.keyspace.election_prefix())
 
     async def locks(self) -> list[OwnershipSummary]:
         """Every lock of the tenant that is held, its holder and its waiters, by name."""
-        return await self._owners("lock", self.keyspace.key("locks", ""))
+        return await self._owners("lock", self.keyspace.lock_prefix())
 
     async def quota_limits(self) -> dict[str, int]:
         """The tenant's quota limits by resource (``quota set``), from one read.

@@ -110,7 +110,7 @@ def _rewrite(ring: Keyring, ks: Keyspace, kind: str, kv: KeyValue) -> bytes | No
     else:  # done: the reply of a call, if any
         if "sealed" not in d and "reply" not in d:
             return None
-        agent, _, sid = kv.key[len(ks.key("signals", "done", "")) :].decode().partition("/")
+        agent, _, sid = kv.key[len(ks.signals_done_prefix()) :].decode().partition("/")
         if "sealed" in d and ring.is_current(d["sealed"]):
             return None
         reply = open_reply(ring, ks, agent, sid, d)
@@ -144,10 +144,10 @@ async def reencrypt(
         raise ConfigurationError("encryption", "re-encrypting needs the keys (Config.encryption)")
     report = ReencryptReport(keyring.primary)
     prefixes = {
-        "state": keyspace.key("agents", "state", ""),
+        "state": keyspace.agent_states_prefix(),
         "inbox": keyspace.inboxes_prefix(),
         "dead": keyspace.dead_letters_prefix(),
-        "done": keyspace.key("signals", "done", ""),
+        "done": keyspace.signals_done_prefix(),
     }
     for kind, prefix in prefixes.items():
         start, end = prefix, prefix_end(prefix)

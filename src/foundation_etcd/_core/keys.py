@@ -45,7 +45,6 @@ RESERVED_PREFIX = "_"  # ids never start with it: the library's own segments (``
 SYSTEM_SEGMENT = "_system"
 _ID_RE = re.compile(r"[A-Za-z0-9._:-]+")
 
-
 _VALID: set[str] = set()  # ids seen valid (validity depends on the value alone)
 _VALID_MAX = 1 << 16  # then the set starts again
 
@@ -248,14 +247,20 @@ class Keyspace:
         """Last state checkpoint of an agent (no lease)."""
         return self.key("agents", "state", validate_id(agent_id, "agent id"))
 
-    # election and locks --------------------------------------------------------------------
-    def election_prefix(self, name: str) -> bytes:
-        """Prefix of the candidates of one election."""
-        return self.key("elections", validate_id(name, "election name"), "")
+    def agent_states_prefix(self) -> bytes:
+        """Prefix of every agent's state checkpoint."""
+        return self.key("agents", "state", "")
 
-    def lock_prefix(self, name: str) -> bytes:
-        """Prefix of the waiters of one lock."""
-        return self.key("locks", validate_id(name, "lock name"), "")
+    # election and locks --------------------------------------------------------------------
+    def election_prefix(self, name: str | None = None) -> bytes:
+        """Prefix of the candidates of one election (without ``name``: of every election)."""
+        parts = () if name is None else (validate_id(name, "election name"),)
+        return self.key("elections", *parts, "")
+
+    def lock_prefix(self, name: str | None = None) -> bytes:
+        """Prefix of the waiters of one lock (without ``name``: of every lock)."""
+        parts = () if name is None else (validate_id(name, "lock name"),)
+        return self.key("locks", *parts, "")
 
     # quotas --------------------------------------------------------------------------------
     def quotas_prefix(self) -> bytes:
@@ -350,9 +355,10 @@ class Keyspace:
         """Which signal the agent's hosts started last, at which attempt."""
         return self.key("signals", "inflight", validate_id(agent_id, "agent id"))
 
-    def signals_done_prefix(self, agent_id: str) -> bytes:
-        """Prefix of the agent's handled-signal records."""
-        return self.key("signals", "done", validate_id(agent_id, "agent id"), "")
+    def signals_done_prefix(self, agent_id: str | None = None) -> bytes:
+        """Prefix of the handled-signal records of one agent (without ``agent_id``: of all)."""
+        parts = () if agent_id is None else (validate_id(agent_id, "agent id"),)
+        return self.key("signals", "done", *parts, "")
 
     def signal_done(self, agent_id: str, signal_id: str) -> bytes:
         """A handled signal: its dedupe record and reply (under a retention lease)."""
@@ -360,9 +366,8 @@ class Keyspace:
 
     def dead_letters_prefix(self, agent_id: str | None = None) -> bytes:
         """Prefix of dead letters, of one agent or of all."""
-        if agent_id is None:
-            return self.key("signals", "dead", "")
-        return self.key("signals", "dead", validate_id(agent_id, "agent id"), "")
+        parts = () if agent_id is None else (validate_id(agent_id, "agent id"),)
+        return self.key("signals", "dead", *parts, "")
 
     def dead_letter(self, agent_id: str, signal_id: str) -> bytes:
         """A signal given up on, with the reason (no lease)."""
