@@ -10,7 +10,8 @@ Guarantees:
       here), an integer is a number, and an enum value matches only a value of its own
       JSON type.
     * :class:`TypeError` for the first mismatch, its message the path to the value
-      (``n``, ``items[2]``, ``point.x``), what the schema expects and what was given.
+      (``f() argument 'n'``, ``... 'items'[2]``, ``... 'point'.x``), what the schema
+      expects and what was given.
 """
 
 from __future__ import annotations
