@@ -302,6 +302,35 @@ async def test_a_call_whose_reply_was_compacted_while_cut_off_reads_it(
             assert await c.call("sl", "bump", {"seconds": 0}) == 3  # the desk still works
 
 
+@pytest.mark.parametrize("applied", [True, False], ids=["applied", "not-applied"])
+async def test_a_call_whose_send_lost_its_answer_runs_once(
+    etcd_config: Config, monkeypatch: pytest.MonkeyPatch, applied: bool
+) -> None:
+    """The send's answer is lost (applied or not): the call sends it again, the action runs
+    once, and the caller gets its result instead of ``AmbiguousResultError``."""
+    async with two_nodes(etcd_config) as (a, _b), connect(etcd_config, node_id="lossy") as c:
+        await a.spawn(Counter, "c11", placement="pinned:sb")
+        inbox = c.keyspace.inbox_prefix("c11")
+        cls: Any = type(c.transport)
+        real_txn = cls.txn
+        lost: list[bool] = []
+
+        async def txn(self: Any, compare: Any, success: Any = (), failure: Any = ()) -> Any:
+            puts = [getattr(op, "key", b"") for op in success if getattr(op, "value", None)]
+            if self is c.transport and not lost and any(k.startswith(inbox) for k in puts):
+                lost.append(applied)
+                if applied:
+                    await real_txn(self, compare, success, failure)
+                raise fe.AmbiguousResultError("txn: answer lost (test)", operation="txn")
+            return await real_txn(self, compare, success, failure)
+
+        monkeypatch.setattr(cls, "txn", txn)
+        with anyio.fail_after(20):
+            assert await c.call("c11", "add", {"n": 5}, call_id="once") == 5
+            assert lost == [applied]
+            assert await a.call("c11", "add", {"n": 0}) == 5  # it ran once
+
+
 async def test_call_timeout_says_may_still_run(etcd_config: Config) -> None:
     async with connect(etcd_config, node_id="idle") as c:
         await c.spawn(Counter, "c6")  # nobody serves it

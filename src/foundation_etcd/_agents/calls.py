@@ -7,27 +7,41 @@ Guarantees:
       in the inbox) or, if the caller stops waiting first, raises
       :class:`CallTimeoutError`: the action may still run, once. Calling again with the
       same ``call_id`` waits for that one outcome, never a second run.
+    * A send whose answer was lost (a cut link, a paused member) is sent again with the
+      same id until the caller's deadline: a duplicate if it was applied, never a second
+      run, so the call goes on waiting for its one outcome instead of raising
+      :class:`AmbiguousResultError`.
     * A dead-lettered call raises :class:`ActionError` with ``error_type="DeadLetter"``.
 """
 
 from __future__ import annotations
 
 import builtins
+import logging
+import random
 from collections.abc import Mapping
 from typing import Any
 
 import anyio
 
 from .._core import codec as _codec
-from .._core.errors import ActionError, CallTimeoutError, SerializationError
+from .._core.errors import (
+    ActionError,
+    AmbiguousResultError,
+    CallTimeoutError,
+    EtcdUnavailableError,
+    SerializationError,
+)
 from .._core.keys import validate_id
 from .._core.kv import KeyValue
 from .._core.signals import new_signal_id
 from .dead_letters import dead_letter_of
 from .protection import open_reply
-from .signals import CALL_TYPE, Signals
+from .signals import CALL_TYPE, SendResult, Signals
 
 __all__ = ["call"]
+
+log = logging.getLogger("foundation_etcd.signals")
 
 
 async def call(
@@ -48,7 +62,7 @@ async def call(
     try:
         # registered before the send: the agent's shared watches (see ``replies``)
         with s.replies.expect(agent_id, cid) as (desk, waiter):
-            sent = await s.send(agent_id, CALL_TYPE, payload, signal_id=cid, reply=True)
+            sent = await _send(s, agent_id, payload, cid)
             # watches created after the send may have missed the reply: read it once then
             look = sent.duplicate or await desk.ready() > sent.revision
             while True:
@@ -66,6 +80,29 @@ async def call(
             # the caller's deadline (anyio.fail_after): say the action may still run
             raise CallTimeoutError(agent_id, action, cid) from None
         raise
+
+
+async def _send(s: Signals, agent_id: str, payload: dict[str, Any], cid: str) -> SendResult:
+    """Send the call; one whose answer was lost is sent again with the same id.
+
+    Sent again, an applied call is a duplicate (its inbox entry, done record or dead
+    letter is there): it never runs twice. Once an answer was lost, a refusal for want of
+    a connection is no answer either (the first may have been applied): sent again too.
+    The caller's deadline bounds it (then :class:`CallTimeoutError`: it may run).
+    """
+    delay, unsure = 0.05, False
+    while True:
+        try:
+            return await s.send(agent_id, CALL_TYPE, payload, signal_id=cid, reply=True)
+        except (AmbiguousResultError, EtcdUnavailableError) as exc:
+            if not (unsure or isinstance(exc, AmbiguousResultError)):
+                raise  # refused before anything was sent: not sent
+            unsure = True
+            log.info(
+                "call %s to %s: no answer to its send (%s); sending it again", cid, agent_id, exc
+            )
+        await anyio.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 1.0)
 
 
 def _outcome(s: Signals, agent_id: str, action: str, cid: str, kv: KeyValue) -> Any:
