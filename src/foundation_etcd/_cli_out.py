@@ -185,12 +185,46 @@ def _unrevised(listing: Listing) -> Listing:
     return dataclasses.replace(listing, revision=0, sections=parts)
 
 
-def setup_logging(verbosity: int) -> None:
+class _OneLine(logging.Formatter):
+    """``{prog}: warning: msg``: a record as one line, as the command's own errors read."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__()
+        self._prog = prog
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record's level (lower case) and message, no traceback, on one line."""
+        message = " ".join(record.getMessage().split())
+        return f"{self._prog}: {record.levelname.lower()}: {message}"
+
+
+class _Warnings(logging.Handler):
+    """The library's warnings and errors on the ``sys.stderr`` of the moment, one line each."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(logging.WARNING)
+        self.setFormatter(_OneLine(prog))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write the record's line to stderr (as it is now: a test may have replaced it)."""
+        try:
+            print(self.format(record), file=sys.stderr, flush=True)
+        except Exception:  # a closed stream: as logging's own handlers, never raise
+            self.handleError(record)
+
+
+def setup_logging(verbosity: int, prog: str = "foundation-etcd") -> None:
     """``-v``: the library's logs on stderr with UTC timestamps (``-vv``: debug too).
 
     One format for the command line and the demo: ``2026-12-01T18:02:57.123Z INFO name: msg``.
+    Without ``-v``, the library's warnings and errors (a lost session lease, a watch that
+    stopped) still reach stderr, one line each, as the command's own errors do:
+    ``{prog}: warning: msg``.
     """
     if verbosity <= 0:
+        lib = logging.getLogger("foundation_etcd")
+        if not any(isinstance(h, _Warnings) for h in lib.handlers):  # once per process
+            lib.addHandler(_Warnings(prog))
         return
     handler = logging.StreamHandler(sys.stderr)
     fmt = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s")

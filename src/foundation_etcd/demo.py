@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument("--no-serve", dest="serve", action="store_false")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="library logs")
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)  # the command line's format: UTC timestamps on stderr
+    setup_logging(args.verbose, "demo")  # the command line's format: UTC timestamps on stderr
     if args.cmd == "node":
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         with contextlib.suppress(KeyboardInterrupt, SystemExit):

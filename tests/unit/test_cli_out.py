@@ -1,10 +1,13 @@
-"""The table output never passes a terminal control sequence from etcd to the operator."""
+"""The table output never passes a terminal control sequence from etcd; warnings are one line."""
 
 from __future__ import annotations
 
 import json
+import logging
 
-from foundation_etcd._cli_out import Listing, render
+import pytest
+
+from foundation_etcd._cli_out import Listing, render, setup_logging
 
 
 def test_control_characters_from_etcd_values_are_not_printed() -> None:
@@ -45,3 +48,21 @@ def test_the_report_names_the_session_servers_a_test_used() -> None:
         funcargs={"etcd_tls_server": tls, "etcd_auth": SimpleNamespace(server=auth_server)},
     )
     assert _servers_of(item) == [tls, auth_server]  # type: ignore[arg-type]
+
+
+def test_without_v_the_librarys_warnings_are_one_prefixed_line_each(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    lib = logging.getLogger("foundation_etcd")
+    before = list(lib.handlers)
+    try:
+        setup_logging(0)
+        setup_logging(0)  # a second command in the same process: still one line each
+        logging.getLogger("foundation_etcd.session").warning("lease %x lost:\n  %s", 255, "gone")
+        logging.getLogger("foundation_etcd.watch").info("not shown without -v")
+        logging.getLogger("foundation_etcd.cli").error("cannot %s", "go on")
+        assert capsys.readouterr().err == (
+            "foundation-etcd: warning: lease ff lost: gone\nfoundation-etcd: error: cannot go on\n"
+        )
+    finally:
+        lib.handlers[:] = before
