@@ -331,6 +331,61 @@ async def test_a_call_whose_send_lost_its_answer_runs_once(
             assert await a.call("c11", "add", {"n": 0}) == 5  # it ran once
 
 
+async def test_a_call_whose_sends_keep_losing_their_answers_gives_up(
+    etcd_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a deadline, the sends again end after the window: ``AmbiguousResultError``."""
+    from foundation_etcd._agents.calls import resend_window
+
+    cfg = etcd_config.with_options(request_timeout=0.3)
+    assert resend_window(cfg) == pytest.approx(1.5)
+    async with connect(cfg, node_id="lossy2") as c:
+        await c.spawn(Counter, "c12")  # nobody serves it: nothing would answer anyway
+        inbox = c.keyspace.inbox_prefix("c12")
+        cls: Any = type(c.transport)
+        real_txn = cls.txn
+        sends: list[float] = []
+
+        async def txn(self: Any, compare: Any, success: Any = (), failure: Any = ()) -> Any:
+            puts = [getattr(op, "key", b"") for op in success if getattr(op, "value", None)]
+            if self is c.transport and any(k.startswith(inbox) for k in puts):
+                sends.append(anyio.current_time())
+                raise fe.AmbiguousResultError("txn: answer lost (test)", operation="txn")
+            return await real_txn(self, compare, success, failure)
+
+        monkeypatch.setattr(cls, "txn", txn)
+        with anyio.fail_after(10), pytest.raises(fe.AmbiguousResultError):
+            await c.call("c12", "add", {"n": 1})
+        assert len(sends) > 2 and 1.5 <= sends[-1] - sends[0] < 4, sends
+
+
+async def test_a_call_cancelled_by_its_task_group_is_no_timeout(etcd_config: Config) -> None:
+    """Only the caller's own deadline makes ``CallTimeoutError``; a cancellation stays one."""
+    async with connect(etcd_config, node_id="idle2") as c:
+        await c.spawn(Counter, "c13")  # nobody serves it
+        seen: list[str] = []
+
+        async def caller() -> None:
+            try:
+                await c.call("c13", "add", {"n": 1})
+            except fe.CallTimeoutError:
+                seen.append("timeout")
+                raise
+            except anyio.get_cancelled_exc_class():
+                seen.append("cancelled")
+                raise
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(caller)
+                await wait_until(lambda: c.signals.replies._desks.get("c13") is not None)
+                tg.cancel_scope.cancel()
+        assert seen == ["cancelled"]
+        with pytest.raises(fe.InvalidIdError):  # checked before any watch is opened
+            await c.call(None, "add", {})  # type: ignore[arg-type]
+        assert None not in c.signals.replies._desks
+
+
 async def test_call_timeout_says_may_still_run(etcd_config: Config) -> None:
     async with connect(etcd_config, node_id="idle") as c:
         await c.spawn(Counter, "c6")  # nobody serves it

@@ -199,10 +199,10 @@ class _OneLine(logging.Formatter):
 
 
 class _Warnings(logging.Handler):
-    """The library's warnings and errors on the ``sys.stderr`` of the moment, one line each."""
+    """Records on the ``sys.stderr`` of the moment: by default warnings, one line each."""
 
-    def __init__(self, prog: str) -> None:
-        super().__init__(logging.WARNING)
+    def __init__(self, prog: str, level: int = logging.WARNING) -> None:
+        super().__init__(level)
         self.setFormatter(_OneLine(prog))
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -219,17 +219,22 @@ def setup_logging(verbosity: int, prog: str = "foundation-etcd") -> None:
     One format for the command line and the demo: ``2026-12-01T18:02:57.123Z INFO name: msg``.
     Without ``-v``, the library's warnings and errors (a lost session lease, a watch that
     stopped) still reach stderr, one line each, as the command's own errors do:
-    ``{prog}: warning: msg``.
+    ``{prog}: warning: msg``; not when the application configured logging itself (a
+    handler on the root logger). Called again in one process (a test, an application
+    running the command line's ``main``), it replaces what it set before: never two
+    lines for one record.
     """
+    lib, root = logging.getLogger("foundation_etcd"), logging.getLogger()
+    for logger in (lib, root):
+        for old in [h for h in logger.handlers if isinstance(h, _Warnings)]:
+            logger.removeHandler(old)
     if verbosity <= 0:
-        lib = logging.getLogger("foundation_etcd")
-        if not any(isinstance(h, _Warnings) for h in lib.handlers):  # once per process
+        if not root.handlers:
             lib.addHandler(_Warnings(prog))
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Warnings(prog, logging.DEBUG)
     fmt = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s")
     fmt.datefmt, fmt.converter = "%Y-%m-%dT%H:%M:%S", time.gmtime
     handler.setFormatter(fmt)
-    root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)

@@ -53,8 +53,9 @@ def test_the_report_names_the_session_servers_a_test_used() -> None:
 def test_without_v_the_librarys_warnings_are_one_prefixed_line_each(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    lib = logging.getLogger("foundation_etcd")
-    before = list(lib.handlers)
+    lib, root = logging.getLogger("foundation_etcd"), logging.getLogger()
+    before, root_before = list(lib.handlers), list(root.handlers)
+    root.handlers[:] = []  # as in the command line (pytest's own capture is a root handler)
     try:
         setup_logging(0)
         setup_logging(0)  # a second command in the same process: still one line each
@@ -66,3 +67,33 @@ def test_without_v_the_librarys_warnings_are_one_prefixed_line_each(
         )
     finally:
         lib.handlers[:] = before
+        root.handlers[:] = root_before
+
+
+def test_setting_up_logging_again_replaces_what_it_set(capsys: pytest.CaptureFixture[str]) -> None:
+    """``main`` run twice in one process (no ``-v``, then ``-v``): one line per record."""
+    lib, root = logging.getLogger("foundation_etcd"), logging.getLogger()
+    before, root_before, level = list(lib.handlers), list(root.handlers), root.level
+    log = logging.getLogger("foundation_etcd.session")
+    root.handlers[:] = []  # as in the command line (pytest's own capture is a root handler)
+    try:
+        setup_logging(0)
+        setup_logging(0, "demo")  # the last prog wins
+        log.warning("one")
+        assert capsys.readouterr().err == "demo: warning: one\n"
+        setup_logging(1)
+        log.warning("two")
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.endswith("Z WARNING foundation_etcd.session: two"), line
+        setup_logging(0)
+        log.warning("three")
+        assert capsys.readouterr().err == "foundation-etcd: warning: three\n"
+        root.handlers[:] = []
+        root.addHandler(logging.NullHandler())  # the application configured logging itself
+        setup_logging(0)
+        log.warning("four")
+        assert capsys.readouterr().err == ""
+    finally:
+        lib.handlers[:] = before
+        root.handlers[:] = root_before
+        root.setLevel(level)

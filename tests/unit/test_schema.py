@@ -656,3 +656,26 @@ def test_check_value_agrees_with_json_schema(hint: Any, value: Any) -> None:
         assert not valid or integral_floats(value), (schema, value)
     else:
         assert valid, (schema, value)
+
+
+def test_check_arguments_takes_an_explicit_none_default_and_other_callables() -> None:
+    import functools
+
+    def f(x: int = None, y: int = 0) -> None:  # type: ignore[assignment]  # noqa: RUF013
+        pass
+
+    assert check_arguments(f, {"x": None}, skip_first=False) == {"x": None}
+    with pytest.raises(TypeError, match=r"'y': expected integer, got null"):
+        check_arguments(f, {"y": None}, skip_first=False)
+    with pytest.raises(TypeError, match=r"'x': expected integer, got string"):
+        check_arguments(f, {"x": "1"}, skip_first=False)
+    # a callable whose hints cannot be read: its names are checked, as before
+    part = functools.partial(f, y=1)
+    assert check_arguments(part, {"x": "1"}, skip_first=False) == {"x": "1"}
+    deep: list[Any] = []
+    inner = deep
+    for _ in range(5000):
+        inner.append([])
+        inner = inner[0]
+    with pytest.raises(TypeError, match=r"expected string, got array \[\[\[\[\.\.\.\]\]\]\]"):
+        check_arguments(Tools.search, {"query": deep})  # a short message for a deep value

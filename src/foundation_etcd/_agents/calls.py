@@ -8,9 +8,10 @@ Guarantees:
       :class:`CallTimeoutError`: the action may still run, once. Calling again with the
       same ``call_id`` waits for that one outcome, never a second run.
     * A send whose answer was lost (a cut link, a paused member) is sent again with the
-      same id until the caller's deadline: a duplicate if it was applied, never a second
-      run, so the call goes on waiting for its one outcome instead of raising
-      :class:`AmbiguousResultError`.
+      same id until the caller's deadline, for at most :func:`resend_window` (five
+      request timeouts): a duplicate if it was applied, never a second run, so the call
+      goes on waiting for its one outcome. After that window it raises
+      :class:`AmbiguousResultError` (call again with the same ``call_id``).
     * A dead-lettered call raises :class:`ActionError` with ``error_type="DeadLetter"``.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import math
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +27,7 @@ from typing import Any
 import anyio
 
 from .._core import codec as _codec
+from .._core.config import Config
 from .._core.errors import (
     ActionError,
     AmbiguousResultError,
@@ -53,12 +56,14 @@ async def call(
     call_id: str | None = None,
 ) -> Any:
     """Run ``action`` on the agent, wherever it is hosted; see :meth:`Cluster.call`."""
+    validate_id(agent_id, "agent id")  # before its watches are opened
     validate_id(action, "action")
     if args is not None and not isinstance(args, Mapping):
         raise SerializationError("args", "must be a mapping of argument names to values")
     cid = new_signal_id() if call_id is None else validate_id(call_id, "call id")
     payload = {"action": action, "args": dict(args or {})}
     ks = s.keyspace
+    deadline = anyio.current_effective_deadline()  # the caller's (``inf``: none)
     try:
         # registered before the send: the agent's shared watches (see ``replies``)
         with s.replies.expect(agent_id, cid) as (desk, waiter):
@@ -76,8 +81,9 @@ async def call(
                 if kvs:
                     return _outcome(s, agent_id, action, cid, kvs[0])
     except anyio.get_cancelled_exc_class():
-        if anyio.current_effective_deadline() <= anyio.current_time():
-            # the caller's deadline (anyio.fail_after): say the action may still run
+        if deadline != math.inf and anyio.current_time() >= deadline:
+            # the caller's deadline (anyio.fail_after): say the action may still run;
+            # any other cancellation (a task group's) stays a cancellation
             raise CallTimeoutError(agent_id, action, cid) from None
         raise
 
@@ -88,21 +94,40 @@ async def _send(s: Signals, agent_id: str, payload: dict[str, Any], cid: str) ->
     Sent again, an applied call is a duplicate (its inbox entry, done record or dead
     letter is there): it never runs twice. Once an answer was lost, a refusal for want of
     a connection is no answer either (the first may have been applied): sent again too.
-    The caller's deadline bounds it (then :class:`CallTimeoutError`: it may run).
+    The caller's deadline bounds it (then :class:`CallTimeoutError`: it may run), and so
+    does :func:`resend_window` from the first lost answer: after that the last error is
+    raised (a done record outlives ``signal_retention`` only by a little, and a send
+    after it would run the action again).
     """
-    delay, unsure = 0.05, False
+    delay, since = 0.05, None
     while True:
         try:
             return await s.send(agent_id, CALL_TYPE, payload, signal_id=cid, reply=True)
         except (AmbiguousResultError, EtcdUnavailableError) as exc:
-            if not (unsure or isinstance(exc, AmbiguousResultError)):
+            if since is None and not isinstance(exc, AmbiguousResultError):
                 raise  # refused before anything was sent: not sent
-            unsure = True
+            now = anyio.current_time()
+            since = now if since is None else since
+            if now - since >= resend_window(s.config):
+                if isinstance(exc, AmbiguousResultError):
+                    raise
+                raise AmbiguousResultError(
+                    f"call {cid}: no answer to its send ({exc})", operation="txn"
+                ) from exc
             log.info(
                 "call %s to %s: no answer to its send (%s); sending it again", cid, agent_id, exc
             )
         await anyio.sleep(delay * (0.5 + random.random()))
         delay = min(delay * 2, 1.0)
+
+
+def resend_window(config: Config) -> float:
+    """How long a call's send is sent again after its first lost answer (seconds).
+
+    Five request timeouts (a cut link or a paused member for that long), and at most half
+    of ``signal_retention``, so that every send again still finds the first one's record.
+    """
+    return min(5 * config.request_timeout, config.signal_retention / 2)
 
 
 def _outcome(s: Signals, agent_id: str, action: str, cid: str, kv: KeyValue) -> Any:

@@ -165,11 +165,18 @@ def check_arguments(
         raise TypeError(
             f"{_name(fn)}() is missing required argument(s) {', '.join(map(repr, missing))}"
         )
-    schema = _schema_cached(fn, skip_first) if inspect.isfunction(fn) else None
-    if schema is None:
-        schema = parameters_schema(fn, skip_first=skip_first)
+    if inspect.isfunction(fn):
+        schema = _schema_cached(fn, skip_first)
+    else:  # another callable (a partial...): its hints may not be readable; names only then
+        try:
+            schema = parameters_schema(fn, skip_first=skip_first)
+        except TypeError:
+            return dict(arguments)
     for key, value in arguments.items():
-        check_value(schema["properties"][key], value, f"{_name(fn)}() argument {key!r}")
+        prop = schema["properties"][key]
+        if value is None and "default" in prop and prop["default"] is None:
+            continue  # ``x: int = None``: the default given explicitly
+        check_value(prop, value, f"{_name(fn)}() argument {key!r}")
     return dict(arguments)
 
 

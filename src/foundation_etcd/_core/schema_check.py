@@ -17,6 +17,7 @@ Guarantees:
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,9 +52,13 @@ def _family(kind: str) -> str:
     return "number" if kind == "integer" else kind
 
 
+_REPR = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 3, 40, 40, 4, 4
+
+
 def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    """A short repr, bounded in depth and length (a deep or huge value costs nothing)."""
+    return _REPR.repr(value)
 
 
 def _wanted(schema: Mapping[str, Any]) -> str:
