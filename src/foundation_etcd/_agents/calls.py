@@ -17,9 +17,9 @@ Guarantees:
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import logging
-import math
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -63,7 +63,6 @@ async def call(
     cid = new_signal_id() if call_id is None else validate_id(call_id, "call id")
     payload = {"action": action, "args": dict(args or {})}
     ks = s.keyspace
-    deadline = anyio.current_effective_deadline()  # the caller's (``inf``: none)
     try:
         # registered before the send: the agent's shared watches (see ``replies``)
         with s.replies.expect(agent_id, cid) as (desk, waiter):
@@ -81,11 +80,35 @@ async def call(
                 if kvs:
                     return _outcome(s, agent_id, action, cid, kvs[0])
     except anyio.get_cancelled_exc_class():
-        if deadline != math.inf and anyio.current_time() >= deadline:
+        if _deadline_passed():
             # the caller's deadline (anyio.fail_after): say the action may still run;
             # any other cancellation (a task group's) stays a cancellation
             raise CallTimeoutError(agent_id, action, cid) from None
         raise
+
+
+def _deadline_passed() -> bool:
+    """Whether a deadline of the caller's scopes has passed (not: a scope was cancelled).
+
+    anyio's ``current_effective_deadline()`` reads ``-inf`` in any cancelled scope, a
+    task group's as a deadline's, so the scopes' own deadlines are read (anyio's asyncio
+    task state: a private structure; without it, any cancellation counts, as before).
+    """
+    now = anyio.current_time()
+    try:
+        from anyio._backends._asyncio import _task_states
+
+        task = asyncio.current_task()
+        scope = _task_states[task].cancel_scope if task is not None else None
+        while scope is not None:
+            if scope.deadline <= now:
+                return True
+            if scope.shield:
+                return False
+            scope = scope._parent_scope
+        return False
+    except (ImportError, KeyError, AttributeError):  # pragma: no cover - another anyio
+        return anyio.current_effective_deadline() <= now
 
 
 async def _send(s: Signals, agent_id: str, payload: dict[str, Any], cid: str) -> SendResult:
