@@ -302,6 +302,29 @@ async def test_a_call_whose_reply_was_compacted_while_cut_off_reads_it(
             assert await c.call("sl", "bump", {"seconds": 0}) == 3  # the desk still works
 
 
+def losing_sends(
+    monkeypatch: pytest.MonkeyPatch, c: fe.Cluster, agent_id: str, *, times: int, applied: bool
+) -> list[float]:
+    """The next ``times`` sends to ``agent_id`` from ``c`` lose their answer (applied or
+    not, in etcd); returns when each was made."""
+    inbox = c.keyspace.inbox_prefix(agent_id)
+    cls: Any = type(c.transport)
+    real_txn = cls.txn
+    made: list[float] = []
+
+    async def txn(self: Any, compare: Any, success: Any = (), failure: Any = ()) -> Any:
+        puts = [getattr(op, "key", b"") for op in success if getattr(op, "value", None)]
+        if self is c.transport and len(made) < times and any(k.startswith(inbox) for k in puts):
+            made.append(anyio.current_time())
+            if applied:
+                await real_txn(self, compare, success, failure)
+            raise fe.AmbiguousResultError("txn: answer lost (test)", operation="txn")
+        return await real_txn(self, compare, success, failure)
+
+    monkeypatch.setattr(cls, "txn", txn)
+    return made
+
+
 @pytest.mark.parametrize("applied", [True, False], ids=["applied", "not-applied"])
 async def test_a_call_whose_send_lost_its_answer_runs_once(
     etcd_config: Config, monkeypatch: pytest.MonkeyPatch, applied: bool
@@ -310,24 +333,10 @@ async def test_a_call_whose_send_lost_its_answer_runs_once(
     once, and the caller gets its result instead of ``AmbiguousResultError``."""
     async with two_nodes(etcd_config) as (a, _b), connect(etcd_config, node_id="lossy") as c:
         await a.spawn(Counter, "c11", placement="pinned:sb")
-        inbox = c.keyspace.inbox_prefix("c11")
-        cls: Any = type(c.transport)
-        real_txn = cls.txn
-        lost: list[bool] = []
-
-        async def txn(self: Any, compare: Any, success: Any = (), failure: Any = ()) -> Any:
-            puts = [getattr(op, "key", b"") for op in success if getattr(op, "value", None)]
-            if self is c.transport and not lost and any(k.startswith(inbox) for k in puts):
-                lost.append(applied)
-                if applied:
-                    await real_txn(self, compare, success, failure)
-                raise fe.AmbiguousResultError("txn: answer lost (test)", operation="txn")
-            return await real_txn(self, compare, success, failure)
-
-        monkeypatch.setattr(cls, "txn", txn)
+        lost = losing_sends(monkeypatch, c, "c11", times=1, applied=applied)
         with anyio.fail_after(20):
             assert await c.call("c11", "add", {"n": 5}, call_id="once") == 5
-            assert lost == [applied]
+            assert len(lost) == 1
             assert await a.call("c11", "add", {"n": 0}) == 5  # it ran once
 
 
@@ -341,19 +350,7 @@ async def test_a_call_whose_sends_keep_losing_their_answers_gives_up(
     assert resend_window(cfg) == pytest.approx(1.5)
     async with connect(cfg, node_id="lossy2") as c:
         await c.spawn(Counter, "c12")  # nobody serves it: nothing would answer anyway
-        inbox = c.keyspace.inbox_prefix("c12")
-        cls: Any = type(c.transport)
-        real_txn = cls.txn
-        sends: list[float] = []
-
-        async def txn(self: Any, compare: Any, success: Any = (), failure: Any = ()) -> Any:
-            puts = [getattr(op, "key", b"") for op in success if getattr(op, "value", None)]
-            if self is c.transport and any(k.startswith(inbox) for k in puts):
-                sends.append(anyio.current_time())
-                raise fe.AmbiguousResultError("txn: answer lost (test)", operation="txn")
-            return await real_txn(self, compare, success, failure)
-
-        monkeypatch.setattr(cls, "txn", txn)
+        sends = losing_sends(monkeypatch, c, "c12", times=10**6, applied=False)
         with anyio.fail_after(10), pytest.raises(fe.AmbiguousResultError):
             await c.call("c12", "add", {"n": 1})
         assert len(sends) > 2 and 1.5 <= sends[-1] - sends[0] < 4, sends
