@@ -175,17 +175,34 @@ async def test_contention_statistics_and_reset(etcd_config: Config) -> None:
             assert await solo.exact() == 120
             assert solo.statistics().conflicts == 0
 
-            # reset subtracts the exact value; adds running meanwhile are kept
+            # reset subtracts the exact value; adds running meanwhile are kept. The adders
+            # wait half way until the reset has sent its read (else, on a loaded machine,
+            # they could finish before it starts), then run on beside it
             removed = 0
+            halfway: list[ShardedCounter] = []
+            go = anyio.Event()
 
-            async def reset_midway() -> None:
+            async def gated(c: ShardedCounter) -> None:
+                for i in range(30):
+                    if i == 15:
+                        halfway.append(c)
+                        await go.wait()
+                    await c.add(1)
+
+            async def reset() -> None:
                 nonlocal removed
-                await wait_until(lambda: ca.statistics().adds >= 70)
                 removed = await ca.reset()
 
+            async def reset_midway() -> None:
+                await wait_until(lambda: len(halfway) == 2)  # 150 in, 30 to come
+                async with anyio.create_task_group() as inner:
+                    inner.start_soon(reset)
+                    await anyio.lowlevel.checkpoint()  # the reset runs to its read first
+                    go.set()
+
             async with anyio.create_task_group() as tg:
-                tg.start_soon(hammer, ca)
-                tg.start_soon(hammer, cb)
+                tg.start_soon(gated, ca)
+                tg.start_soon(gated, cb)
                 tg.start_soon(reset_midway)
             assert 120 < removed < 180
             assert await cb.exact() == 180 - removed
