@@ -91,15 +91,19 @@ class Tracer:
 tracer = Tracer()
 
 
+def awaiting(task: asyncio.Task[Any]) -> list[str]:
+    """The qualified names of the coroutines ``task`` is inside, outermost first."""
+    names = []
+    coro: Any = task.get_coro()
+    while coro is not None:
+        names.append(getattr(coro, "__qualname__", ""))
+        coro = getattr(coro, "cr_await", None)
+    return names
+
+
 def monitor_running() -> bool:
     """Whether some task is inside an ownership's key monitor (``ownership._monitor``)."""
-    for task in asyncio.all_tasks():
-        coro: Any = task.get_coro()
-        while coro is not None:
-            if getattr(coro, "__qualname__", "") == "_monitor":
-                return True
-            coro = getattr(coro, "cr_await", None)
-    return False
+    return any("_monitor" in awaiting(task) for task in asyncio.all_tasks())
 
 
 def streams_up() -> bool:
@@ -111,11 +115,7 @@ def streams_up() -> bool:
     """
     readers = pingers = views = 0
     for task in asyncio.all_tasks():
-        coro: Any = task.get_coro()
-        names = []
-        while coro is not None:
-            names.append(getattr(coro, "__qualname__", ""))
-            coro = getattr(coro, "cr_await", None)
+        names = awaiting(task)
         if "WatchedView._run" in names:
             views += 1
             readers += "WatchedView._read_loop" in names

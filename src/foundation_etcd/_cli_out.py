@@ -198,8 +198,8 @@ class _OneLine(logging.Formatter):
         return f"{self._prog}: {record.levelname.lower()}: {message}"
 
 
-class _Warnings(logging.Handler):
-    """Records on the ``sys.stderr`` of the moment: by default warnings, one line each."""
+class _Stderr(logging.Handler):
+    """Records on the ``sys.stderr`` of the moment (by default warnings, one line each)."""
 
     def __init__(self, prog: str, level: int = logging.WARNING) -> None:
         super().__init__(level)
@@ -226,13 +226,13 @@ def setup_logging(verbosity: int, prog: str = "foundation-etcd") -> None:
     """
     lib, root = logging.getLogger("foundation_etcd"), logging.getLogger()
     for logger in (lib, root):
-        for old in [h for h in logger.handlers if isinstance(h, _Warnings)]:
+        for old in [h for h in logger.handlers if isinstance(h, _Stderr)]:
             logger.removeHandler(old)
     if verbosity <= 0:
         if not root.handlers:
-            lib.addHandler(_Warnings(prog))
+            lib.addHandler(_Stderr(prog))
         return
-    handler = _Warnings(prog, logging.DEBUG)
+    handler = _Stderr(prog, logging.DEBUG)
     fmt = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s")
     fmt.datefmt, fmt.converter = "%Y-%m-%dT%H:%M:%S", time.gmtime
     handler.setFormatter(fmt)

@@ -11,7 +11,7 @@ Guarantees:
       (``Scheduler.commit``), so once ``cordon`` has returned no scheduler in any process
       can place an agent on the node, whatever its views had seen; the agents already there
       keep running. :meth:`Drain.uncordon` deletes it, compared on its create revision: an
-      uncordon applied late (sent to a paused member, applied after the node was uncordoned
+      uncordon applied late (after its caller stopped waiting, once the node was uncordoned
       and cordoned again) deletes nothing of the later cordon.
     * **Drain cordons first**, then moves the agents, so nothing lands on the node while it
       is being drained. Each move is one placement transaction that also compares the
@@ -132,8 +132,8 @@ class Drain:
         cordon, _ = await self._node_state(node_id)
         if cordon is None:
             return False
-        # the cordon read, no other: applied late (a paused member forwarding it after the
-        # node was uncordoned and cordoned again), this deletes nothing
+        # the cordon read, no other: applied late (after the node was uncordoned and
+        # cordoned again), this deletes nothing
         mine = Compare.create_revision(cordon.key) == cordon.create_revision
         res = await self._transport.txn([mine], [Op.delete(cordon.key)])
         if res.succeeded:

@@ -112,7 +112,7 @@ class Barrier:
         """Remove the setting of the barrier found now; return whether this call removed it.
 
         Two requests: a read of the setting, then its deletion compared on its create
-        revision. A removal applied late (sent to a paused member, applied after the
+        revision. A removal applied late (after its caller stopped waiting, once the
         barrier was removed and set again) so deletes nothing of the later setting.
         ``False`` also when another process removed it between the two.
         """

@@ -149,7 +149,8 @@ def check_arguments(
             type does not take, or a parameter that cannot be a tool's (``*args``,
             ``**kwargs``, positional-only, a hint outside the module docstring's list).
     """
-    if inspect.isfunction(fn):  # a plain function's parameters are read once
+    plain = inspect.isfunction(fn)
+    if plain:  # a plain function's parameters are read once
         names, required = _names_cached(fn, skip_first)
     else:  # a bound method or other callable: not kept alive by a cache
         names, required = _names(fn, skip_first)
@@ -165,7 +166,7 @@ def check_arguments(
         raise TypeError(
             f"{_name(fn)}() is missing required argument(s) {', '.join(map(repr, missing))}"
         )
-    if inspect.isfunction(fn):
+    if plain:
         schema = _schema_cached(fn, skip_first)
     else:  # another callable (a partial...): its hints may not be readable; names only then
         try:
